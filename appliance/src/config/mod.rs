@@ -1,0 +1,416 @@
+//! Configuration: the three kinds of settings (instance, tuning, policy) kept
+//! apart, parsed from TOML into typed values.
+//!
+//! Parsing is the only validation: every value is turned into its typed form
+//! while the file is read, so an error always names the file, the line, the
+//! key and the reason.
+
+mod values;
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use values::{BlockedResponse, NameRule, Percent, Strategy, Transport, UpstreamUrl};
+
+/// The configuration Moat runs with when no `--config` is given.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// A complete configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Settings that belong to this appliance alone.
+    pub instance: Instance,
+    /// Local performance settings; never synced.
+    pub tuning: Tuning,
+    /// DNS policy; owned by the primary.
+    pub policy: Policy,
+}
+
+/// Settings of one appliance: where it listens and keeps its data.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Instance {
+    /// Human name of this appliance.
+    pub name: String,
+    /// Addresses served on both UDP and TCP.
+    pub listen: Vec<SocketAddr>,
+    /// Address of the control endpoint (HTTP).
+    pub control: SocketAddr,
+    /// Directory holding the token, pause state and query log.
+    pub data_dir: PathBuf,
+    /// Extra PEM CA certificates trusted for DoT/DoH upstreams.
+    pub upstream_ca_file: Option<PathBuf>,
+}
+
+impl Default for Instance {
+    fn default() -> Self {
+        Self {
+            name: "moat".into(),
+            listen: vec![
+                SocketAddr::from(([127, 0, 0, 1], 5353)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5353)),
+            ],
+            control: SocketAddr::from(([127, 0, 0, 1], 8053)),
+            data_dir: PathBuf::from("moat-data"),
+            upstream_ca_file: None,
+        }
+    }
+}
+
+/// Local tuning, grouped by subsystem.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tuning {
+    /// The answer cache.
+    pub cache: CacheTuning,
+    /// Talking to upstream resolvers.
+    pub upstream: UpstreamTuning,
+    /// The listeners.
+    pub server: ServerTuning,
+    /// The query log.
+    pub query_log: QueryLogTuning,
+}
+
+/// Cache sizing, TTL clamping, serve-stale and refresh of hot names.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheTuning {
+    /// Bound in entries; exclusive with `max_bytes`. Default 100000.
+    pub max_entries: Option<usize>,
+    /// Bound in bytes of cached answers (`"32MiB"`); exclusive with `max_entries`.
+    #[serde(deserialize_with = "values::byte_size_opt")]
+    pub max_bytes: Option<u64>,
+    /// Lowest TTL an answer is cached for.
+    #[serde(deserialize_with = "values::duration")]
+    pub min_ttl: Duration,
+    /// Highest TTL an answer is cached for.
+    #[serde(deserialize_with = "values::duration")]
+    pub max_ttl: Duration,
+    /// Highest TTL of a negative answer (RFC 2308), and its TTL without SOA.
+    #[serde(deserialize_with = "values::duration")]
+    pub negative_ttl: Duration,
+    /// Answer from an expired entry when upstreams fail (RFC 8767).
+    pub serve_stale: bool,
+    /// How long past expiry an entry may still be served stale.
+    #[serde(deserialize_with = "values::duration")]
+    pub stale_ttl: Duration,
+    /// TTL written into a stale answer.
+    #[serde(deserialize_with = "values::duration")]
+    pub stale_answer_ttl: Duration,
+    /// How long a client waits for upstreams before a stale answer is sent.
+    #[serde(deserialize_with = "values::duration")]
+    pub stale_answer_timeout: Duration,
+    /// Refresh hot names before they expire.
+    pub refresh: bool,
+    /// Refresh once this share of the TTL remains.
+    pub refresh_before: Percent,
+    /// Window in which hits are counted to call a name hot.
+    #[serde(deserialize_with = "values::duration")]
+    pub refresh_hit_window: Duration,
+    /// Hits within the window that make a name hot.
+    pub refresh_hot_hits: u32,
+}
+
+/// How the cache is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheBound {
+    /// At most this many answers.
+    Entries(u64),
+    /// At most this many bytes of answers.
+    Bytes(u64),
+}
+
+impl CacheTuning {
+    /// The bound in force: bytes if set, else entries.
+    pub fn bound(&self) -> CacheBound {
+        match (self.max_bytes, self.max_entries) {
+            (Some(bytes), _) => CacheBound::Bytes(bytes),
+            (None, entries) => CacheBound::Entries(entries.unwrap_or(100_000) as u64),
+        }
+    }
+}
+
+impl Default for CacheTuning {
+    fn default() -> Self {
+        Self {
+            max_entries: None,
+            max_bytes: None,
+            min_ttl: (Duration::ZERO),
+            max_ttl: (Duration::from_secs(86_400)),
+            negative_ttl: (Duration::from_secs(3600)),
+            serve_stale: true,
+            stale_ttl: (Duration::from_secs(86_400)),
+            stale_answer_ttl: (Duration::from_secs(30)),
+            stale_answer_timeout: (Duration::from_millis(1800)),
+            refresh: true,
+            refresh_before: Percent(10),
+            refresh_hit_window: (Duration::from_secs(300)),
+            refresh_hot_hits: 3,
+        }
+    }
+}
+
+/// Timeouts and health of upstream resolvers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamTuning {
+    /// How long one upstream gets to answer one query.
+    #[serde(deserialize_with = "values::duration")]
+    pub timeout: Duration,
+    /// First pause after an upstream fails; doubles per failure up to 16×.
+    #[serde(deserialize_with = "values::duration")]
+    pub failure_backoff: Duration,
+}
+
+impl Default for UpstreamTuning {
+    fn default() -> Self {
+        Self {
+            timeout: (Duration::from_secs(2)),
+            failure_backoff: (Duration::from_secs(5)),
+        }
+    }
+}
+
+/// Listener limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerTuning {
+    /// Largest UDP answer sent, whatever the client advertises.
+    pub udp_max_payload: u16,
+    /// A TCP connection with no query for this long is closed.
+    #[serde(deserialize_with = "values::duration")]
+    pub tcp_idle_timeout: Duration,
+    /// Open TCP connections at most; more wait to be accepted.
+    pub tcp_max_connections: usize,
+}
+
+impl Default for ServerTuning {
+    fn default() -> Self {
+        Self {
+            udp_max_payload: 1232,
+            tcp_idle_timeout: (Duration::from_secs(10)),
+            tcp_max_connections: 512,
+        }
+    }
+}
+
+/// The in-memory query log and its copy in the data directory.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryLogTuning {
+    /// Record queries at all.
+    pub enabled: bool,
+    /// Entries kept in memory.
+    pub memory_entries: usize,
+    /// How often new entries are appended to the data directory.
+    #[serde(deserialize_with = "values::duration")]
+    pub flush_interval: Duration,
+    /// How long flushed log files are kept.
+    #[serde(deserialize_with = "values::duration")]
+    pub retention: Duration,
+}
+
+impl Default for QueryLogTuning {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            memory_entries: 10_000,
+            flush_interval: (Duration::from_secs(10)),
+            retention: (Duration::from_secs(7 * 86_400)),
+        }
+    }
+}
+
+/// DNS policy: what is forwarded where, and what is blocked.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// Upstream resolvers.
+    pub upstreams: Vec<UpstreamUrl>,
+    /// How upstreams are chosen.
+    pub strategy: Strategy,
+    /// What a blocked name is answered with.
+    pub blocked_response: BlockedResponse,
+    /// TTL of blocked answers.
+    #[serde(deserialize_with = "values::duration")]
+    pub blocked_ttl: Duration,
+    /// Names never blocked (`name` or `*.suffix`).
+    pub allow: Vec<NameRule>,
+    /// Names always blocked unless allowed (`name` or `*.suffix`).
+    pub deny: Vec<NameRule>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            upstreams: ["udp://9.9.9.9:53", "udp://1.1.1.1:53"]
+                .iter()
+                .map(|url| url.parse().expect("default upstream parses"))
+                .collect(),
+            strategy: Strategy::Parallel,
+            blocked_response: BlockedResponse::Null,
+            blocked_ttl: (Duration::from_secs(60)),
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but a key is wrong.
+    #[error("{origin}:{line}: key `{key}`: {reason}")]
+    Invalid {
+        /// The file (or `<embedded>`).
+        origin: String,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A rule spanning several keys is broken.
+    #[error("{origin}: {reason}")]
+    Inconsistent {
+        /// The file (or `<embedded>`).
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded() -> Self {
+        Self::parse(DEFAULT_TOML, "<embedded>").expect("embedded default config parses")
+    }
+
+    /// Parses TOML text; `origin` names the text in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let invalid =
+            |span: Option<Range<usize>>, key: String, reason: String| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                line: span.map_or(1, |span| line_of(text, span.start)),
+                key,
+                reason,
+            };
+        let deserializer = toml::de::Deserializer::parse(text)
+            .map_err(|err| invalid(err.span(), String::new(), err.message().to_owned()))?;
+        let config: Self = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = err.path().to_string();
+            let inner = err.into_inner();
+            invalid(inner.span(), key, inner.message().to_owned())
+        })?;
+        config.check().map_err(|reason| ConfigError::Inconsistent {
+            origin: origin.to_owned(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.instance.listen.is_empty() {
+            return Err("key `instance.listen`: at least one address is needed".into());
+        }
+        if self.policy.upstreams.is_empty() {
+            return Err("key `policy.upstreams`: at least one upstream is needed".into());
+        }
+        let cache = &self.tuning.cache;
+        if cache.min_ttl > cache.max_ttl {
+            return Err(format!(
+                "key `tuning.cache.min_ttl`: {:?} is above max_ttl {:?}",
+                cache.min_ttl, cache.max_ttl
+            ));
+        }
+        if cache.max_entries.is_some() && cache.max_bytes.is_some() {
+            return Err(
+                "keys `tuning.cache.max_entries` and `max_bytes`: set one bound, not both".into(),
+            );
+        }
+        if self.tuning.query_log.memory_entries == 0 && self.tuning.query_log.enabled {
+            return Err("key `tuning.query_log.memory_entries`: must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&byte| byte == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_file_matches_defaults() {
+        assert_eq!(Config::embedded(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let text = "[instance]\nname = \"a\"\n\n[tuning.cache]\nmax_ttl = \"1h\"\nbogus = 3\n";
+        let err = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:6: key `tuning.cache"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_line_key_and_reason() {
+        let text = "[policy]\nupstreams = [\"udp://1.2.3.4\", \"gopher://x\"]\n";
+        let err = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:2: key `policy.upstreams"), "{err}");
+        assert!(err.contains("gopher"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_refused() {
+        let text = "[tuning.cache]\nrefresh_hot_hits = \"many\"\n";
+        let err = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("x.toml:2: key `tuning.cache.refresh_hot_hits`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn both_cache_bounds_are_refused() {
+        let text = "[tuning.cache]\nmax_entries = 10\nmax_bytes = \"1MiB\"\n";
+        assert!(Config::parse(text, "x.toml").is_err());
+    }
+
+    #[test]
+    fn min_above_max_ttl_is_refused() {
+        let text = "[tuning.cache]\nmin_ttl = \"2h\"\nmax_ttl = \"1h\"\n";
+        let err = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("min_ttl"), "{err}");
+    }
+}

@@ -1,0 +1,321 @@
+//! Typed configuration values, each parsed from its TOML form.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+/// Parses `"30s"`, `"1h 30m"`, `"1d"` or an integer number of seconds.
+pub(super) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
+        Raw::Text(text) => humantime::parse_duration(&text).map_err(|err| {
+            de::Error::custom(format!(
+                "`{text}` is not a duration ({err}); try \"30s\" or \"5m\""
+            ))
+        }),
+    }
+}
+
+/// Parses `"32MiB"`, `"500kB"` or an integer number of bytes.
+pub(super) fn byte_size_opt<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    let bytes = match Raw::deserialize(deserializer)? {
+        Raw::Bytes(bytes) => bytes,
+        Raw::Text(text) => parse_byte_size(&text).ok_or_else(|| {
+            de::Error::custom(format!(
+                "`{text}` is not a size; try \"32MiB\" or \"500kB\""
+            ))
+        })?,
+    };
+    Ok(Some(bytes))
+}
+
+fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let multiplier = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(multiplier)
+}
+
+/// A share in percent, written `"10%"` or `10`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Percent(pub u8);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        let number = match Raw::deserialize(deserializer)? {
+            Raw::Number(number) => Some(number),
+            Raw::Text(text) => text.trim().trim_end_matches('%').trim().parse().ok(),
+        };
+        match number {
+            Some(number @ 0..=100) => Ok(Self(number as u8)),
+            _ => Err(de::Error::custom("expected a percentage from 0% to 100%")),
+        }
+    }
+}
+
+/// How queries are spread over upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Ask the two best upstreams at once; the first good answer wins.
+    Parallel,
+    /// Take turns.
+    RoundRobin,
+    /// Ask the one with the lowest smoothed latency.
+    Fastest,
+}
+
+/// How a blocked name is answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum BlockedResponse {
+    /// NXDOMAIN with an SOA.
+    Nxdomain,
+    /// 0.0.0.0 for A, :: for AAAA, NODATA otherwise.
+    Null,
+    /// REFUSED.
+    Refused,
+    /// NOERROR with no answer and an SOA.
+    Nodata,
+    /// These addresses (A from the IPv4 ones, AAAA from the IPv6 ones).
+    Custom(Vec<IpAddr>),
+}
+
+impl<'de> Deserialize<'de> for BlockedResponse {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Mode(String),
+            Addresses(Vec<String>),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Mode(mode) => match mode.as_str() {
+                "nxdomain" => Ok(Self::Nxdomain),
+                "null" => Ok(Self::Null),
+                "refused" => Ok(Self::Refused),
+                "nodata" => Ok(Self::Nodata),
+                other => other.parse().map(|ip| Self::Custom(vec![ip])).map_err(|_| {
+                    de::Error::custom(format!(
+                        "`{other}` is not one of nxdomain, null, refused, nodata, or an IP address"
+                    ))
+                }),
+            },
+            Raw::Addresses(addresses) => {
+                let addresses = addresses
+                    .iter()
+                    .map(|text| {
+                        text.parse().map_err(|_| {
+                            de::Error::custom(format!("`{text}` is not an IP address"))
+                        })
+                    })
+                    .collect::<Result<Vec<IpAddr>, D::Error>>()?;
+                if addresses.is_empty() {
+                    return Err(de::Error::custom("the list of addresses is empty"));
+                }
+                Ok(Self::Custom(addresses))
+            }
+        }
+    }
+}
+
+/// A name rule: `example.com` matches that name only; `*.example.com`
+/// matches it and every name below it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct NameRule {
+    /// Lower-case name without the trailing dot.
+    pub name: String,
+    /// Whether names below `name` match too.
+    pub subdomains: bool,
+}
+
+impl FromStr for NameRule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (subdomains, rest) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let name = rest.trim_end_matches('.').to_ascii_lowercase();
+        let valid_label = |label: &str| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+            return Err(format!(
+                "`{text}` is not a domain name or `*.suffix` (letters, digits, '-', '_')"
+            ));
+        }
+        Ok(Self { name, subdomains })
+    }
+}
+
+impl fmt::Display for NameRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.subdomains {
+            f.write_str("*.")?;
+        }
+        f.write_str(&self.name)
+    }
+}
+
+impl<'de> Deserialize<'de> for NameRule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(de::Error::custom)
+    }
+}
+
+/// The wire protocol of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Transport {
+    /// Plain DNS over UDP, retried over TCP when truncated.
+    Udp,
+    /// Plain DNS over TCP.
+    Tcp,
+    /// DNS over TLS (RFC 7858).
+    Tls,
+    /// DNS over HTTPS (RFC 8484).
+    Https,
+}
+
+/// An upstream resolver: `udp://IP[:PORT]`, `tcp://IP[:PORT]`,
+/// `tls://HOST[:PORT]` or `https://HOST[:PORT]/PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// Protocol.
+    pub transport: Transport,
+    /// Host as written (an IP address for udp and tcp).
+    pub host: String,
+    /// Port, defaulted per transport.
+    pub port: u16,
+    /// The URL as written.
+    pub url: String,
+}
+
+impl FromStr for UpstreamUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let url = url::Url::parse(text).map_err(|err| format!("`{text}` is not a URL: {err}"))?;
+        let (transport, default_port) = match url.scheme() {
+            "udp" => (Transport::Udp, 53),
+            "tcp" => (Transport::Tcp, 53),
+            "tls" => (Transport::Tls, 853),
+            "https" => (Transport::Https, 443),
+            other => {
+                return Err(format!(
+                    "`{text}`: scheme `{other}` is not one of udp, tcp, tls, https"
+                ));
+            }
+        };
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(host) => host.to_string(),
+            None => return Err(format!("`{text}` has no host")),
+        };
+        if matches!(transport, Transport::Udp | Transport::Tcp) && host.parse::<IpAddr>().is_err() {
+            return Err(format!(
+                "`{text}`: a udp or tcp upstream needs an IP address"
+            ));
+        }
+        Ok(Self {
+            transport,
+            host,
+            port: url.port().unwrap_or(default_port),
+            url: text.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for UpstreamUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let udp: UpstreamUrl = "udp://127.0.0.1".parse().unwrap();
+        assert_eq!((udp.transport, udp.port), (Transport::Udp, 53));
+        let tls: UpstreamUrl = "tls://[::1]:8853".parse().unwrap();
+        assert_eq!(
+            (tls.transport, tls.host.as_str(), tls.port),
+            (Transport::Tls, "::1", 8853)
+        );
+        assert!("udp://dns.example".parse::<UpstreamUrl>().is_err());
+        assert!("ftp://1.2.3.4".parse::<UpstreamUrl>().is_err());
+    }
+
+    #[test]
+    fn name_rules() {
+        let rule: NameRule = "*.Ads.Example.".parse().unwrap();
+        assert_eq!((rule.name.as_str(), rule.subdomains), ("ads.example", true));
+        assert!("bad name".parse::<NameRule>().is_err());
+        assert!("".parse::<NameRule>().is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("32MiB"), Some(32 << 20));
+        assert_eq!(parse_byte_size("10 kB"), Some(10_000));
+        assert_eq!(parse_byte_size("lots"), None);
+    }
+}

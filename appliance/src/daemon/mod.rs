@@ -1,0 +1,313 @@
+//! The running appliance: builds every subsystem from the configuration,
+//! binds the sockets, and applies reloads, pauses and shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::clock;
+use crate::config::{Config, ConfigError};
+use crate::dns::cache::Cache;
+use crate::dns::handler::{Live, QueryHandler};
+use crate::dns::listen::{ListenError, Listeners};
+use crate::dns::upstream::{UpstreamError, UpstreamStatus, Upstreams};
+use crate::policy::{NameRules, Pause, PauseState};
+use crate::stats::QueryLog;
+use crate::store::{Access, DataDir, StoreError, files};
+
+/// Where the configuration comes from, so a reload can read it again.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// The embedded default.
+    Embedded,
+    /// A TOML file.
+    File(PathBuf),
+}
+
+impl ConfigSource {
+    /// Reads and parses the configuration.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            Self::Embedded => Ok(Config::embedded()),
+            Self::File(path) => Config::load(path),
+        }
+    }
+}
+
+/// Why the daemon could not start or apply a change.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// An upstream could not be set up.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The upstream CA file is unusable.
+    #[error("instance.upstream_ca_file {path}: {reason}")]
+    UpstreamCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another I/O failure.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Status {
+    /// Appliance name.
+    pub name: String,
+    /// Moat version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Blocking pause state.
+    pub pause: PauseState,
+    /// Bound UDP addresses.
+    pub udp: Vec<SocketAddr>,
+    /// Bound TCP addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// Answers in the cache.
+    pub cache_entries: usize,
+    /// Upstream health.
+    pub upstreams: Vec<UpstreamStatus>,
+    /// Times the configuration was applied since start.
+    pub config_generation: u64,
+}
+
+/// A running appliance.
+#[derive(Debug)]
+pub struct Daemon {
+    source: ConfigSource,
+    config: Mutex<(Config, u64)>,
+    handler: Arc<QueryHandler>,
+    data: DataDir,
+    started: Instant,
+    udp: Vec<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Daemon {
+    /// Loads the configuration, binds every socket and starts serving.
+    /// Must run inside a multi-threaded tokio runtime.
+    pub fn start(source: ConfigSource) -> Result<Arc<Self>, DaemonError> {
+        let config = source.load()?;
+        let data = DataDir::open(&config.instance.data_dir)?;
+        let pause = match data.read_json::<PauseState>(files::PAUSE) {
+            Ok(state) => state.unwrap_or_default(),
+            Err(err) => {
+                tracing::error!(error = %err, "pause state unreadable; blocking stays on");
+                PauseState::Blocking
+            }
+        };
+        let handler = QueryHandler::new(
+            build_live(&config)?,
+            Cache::new(config.tuning.cache.clone()),
+            Pause::new(pause),
+            QueryLog::new(config.tuning.query_log.memory_entries),
+        );
+        let listeners = Listeners::bind(&config.instance.listen)?;
+        let (udp, tcp) = (listeners.udp_addrs(), listeners.tcp_addrs());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        listeners.serve(&handler, &config.tuning.server, &shutdown)?;
+        tracing::info!(name = %config.instance.name, ?udp, ?tcp, "serving DNS");
+        let daemon = Arc::new(Self {
+            source,
+            config: Mutex::new((config, 1)),
+            handler,
+            data,
+            started: clock::now(),
+            udp,
+            tcp,
+            shutdown,
+        });
+        tokio::spawn(Arc::clone(&daemon).flush_query_log_periodically());
+        Ok(daemon)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.config.lock().0.clone()
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// The query path.
+    pub fn handler(&self) -> &Arc<QueryHandler> {
+        &self.handler
+    }
+
+    /// Re-reads the configuration and applies it without dropping a query;
+    /// an invalid configuration is refused and the running one stays.
+    pub fn reload(&self) -> Result<u64, DaemonError> {
+        let new = self.source.load()?;
+        let live = build_live(&new)?;
+        let mut current = self.config.lock();
+        if new.instance != current.0.instance {
+            tracing::warn!("changes to [instance] take effect at the next start");
+        }
+        if new.tuning.query_log.memory_entries != current.0.tuning.query_log.memory_entries {
+            tracing::warn!("tuning.query_log.memory_entries takes effect at the next start");
+        }
+        self.handler.cache().retune(new.tuning.cache.clone());
+        self.handler.replace_live(live);
+        let generation = current.1 + 1;
+        *current = (new, generation);
+        tracing::info!(generation, "configuration reloaded");
+        Ok(generation)
+    }
+
+    /// Pauses blocking, for `duration` or until resumed; kept across restarts.
+    pub fn pause(&self, duration: Option<Duration>) -> Result<PauseState, DaemonError> {
+        self.set_pause(PauseState::for_duration(duration))
+    }
+
+    /// Resumes blocking.
+    pub fn resume(&self) -> Result<PauseState, DaemonError> {
+        self.set_pause(PauseState::Blocking)
+    }
+
+    fn set_pause(&self, state: PauseState) -> Result<PauseState, DaemonError> {
+        self.data.write_json(files::PAUSE, &state, Access::Public)?;
+        self.handler.pause().set(state);
+        tracing::info!(?state, "blocking pause changed");
+        Ok(state)
+    }
+
+    /// A status report.
+    pub fn status(&self) -> Status {
+        let (config, generation) = self.config.lock().clone();
+        Status {
+            name: config.instance.name,
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: clock::now()
+                .saturating_duration_since(self.started)
+                .as_secs(),
+            pause: self.handler.pause().state(),
+            udp: self.udp.clone(),
+            tcp: self.tcp.clone(),
+            cache_entries: self.handler.cache().len(),
+            upstreams: self.handler.live().upstreams.status(),
+            config_generation: generation,
+        }
+    }
+
+    /// Stops the listeners and writes the query log out.
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        self.flush_query_log();
+    }
+
+    fn flush_query_log(&self) {
+        let retention = self.config.lock().0.tuning.query_log.retention;
+        let dir = self.data.path(files::QUERY_LOG);
+        match self
+            .handler
+            .query_log()
+            .flush(&dir, clock::unix_now_ms(), retention)
+        {
+            Ok(report) if report.lost > 0 => {
+                tracing::warn!(
+                    lost = report.lost,
+                    "query log entries overwritten before flush; raise memory_entries or flush more often"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, dir = %dir.display(), "query log flush failed")
+            }
+        }
+    }
+
+    async fn flush_query_log_periodically(self: Arc<Self>) {
+        loop {
+            let interval = self
+                .config
+                .lock()
+                .0
+                .tuning
+                .query_log
+                .flush_interval
+                .max(Duration::from_millis(100));
+            tokio::time::sleep(interval).await;
+            if self.shutdown.load(Ordering::Relaxed) {
+                return;
+            }
+            let daemon = Arc::clone(&self);
+            let _ = tokio::task::spawn_blocking(move || daemon.flush_query_log()).await;
+        }
+    }
+}
+
+/// Builds the reloadable part of the query path from a configuration.
+fn build_live(config: &Config) -> Result<Live, DaemonError> {
+    let tls = Arc::new(upstream_tls(config)?);
+    let policy = &config.policy;
+    Ok(Live {
+        policy: Box::new(NameRules::new(&policy.allow, &policy.deny)),
+        upstreams: Upstreams::new(
+            &policy.upstreams,
+            policy.strategy,
+            config.tuning.upstream.clone(),
+            &tls,
+        )?,
+        blocked_response: policy.blocked_response.clone(),
+        blocked_ttl: u32::try_from(policy.blocked_ttl.as_secs()).unwrap_or(u32::MAX),
+        udp_max_payload: config.tuning.server.udp_max_payload,
+        query_log: config.tuning.query_log.enabled,
+    })
+}
+
+/// TLS settings for DoT and DoH upstreams: the public web roots plus any
+/// CA in `instance.upstream_ca_file`.
+fn upstream_tls(config: &Config) -> Result<rustls::ClientConfig, DaemonError> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &config.instance.upstream_ca_file {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let ca_error = |reason: String| DaemonError::UpstreamCa {
+            path: path.clone(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|err| ca_error(err.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| ca_error(err.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_error("no PEM certificate in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|err| ca_error(err.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| DaemonError::UpstreamCa {
+            path: PathBuf::new(),
+            reason: err.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}

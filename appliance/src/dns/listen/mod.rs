@@ -1,0 +1,121 @@
+//! Listeners: bind every `listen` address on UDP and TCP and feed the
+//! query handler.
+
+mod tcp;
+mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
+
+use super::handler::QueryHandler;
+use crate::config::ServerTuning;
+
+/// Why listening failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// A socket could not be bound.
+    #[error("cannot listen on {protocol} {addr}: {source}")]
+    Bind {
+        /// "udp" or "tcp".
+        protocol: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Bound sockets, before serving starts.
+#[derive(Debug)]
+pub struct Listeners {
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds UDP and TCP on every address. Port 0 binds the same free port
+    /// for both protocols where it can.
+    pub fn bind(addrs: &[SocketAddr]) -> Result<Self, ListenError> {
+        let mut listeners = Self {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        };
+        for &addr in addrs {
+            let udp = bind_socket(addr, Type::DGRAM).map_err(|source| ListenError::Bind {
+                protocol: "udp",
+                addr,
+                source,
+            })?;
+            let bound = udp.local_addr().map_err(|source| ListenError::Bind {
+                protocol: "udp",
+                addr,
+                source,
+            })?;
+            let tcp_addr = bound.as_socket().unwrap_or(addr);
+            let tcp = bind_socket(tcp_addr, Type::STREAM)
+                .and_then(|socket| socket.listen(1024).map(|()| socket))
+                .map_err(|source| ListenError::Bind {
+                    protocol: "tcp",
+                    addr: tcp_addr,
+                    source,
+                })?;
+            listeners.udp.push(udp.into());
+            listeners.tcp.push(tcp.into());
+        }
+        Ok(listeners)
+    }
+
+    /// Bound UDP addresses.
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.udp
+            .iter()
+            .filter_map(|socket| socket.local_addr().ok())
+            .collect()
+    }
+
+    /// Bound TCP addresses.
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp
+            .iter()
+            .filter_map(|listener| listener.local_addr().ok())
+            .collect()
+    }
+
+    /// Starts serving: one thread per UDP socket, one task per TCP listener.
+    pub fn serve(
+        self,
+        handler: &Arc<QueryHandler>,
+        tuning: &ServerTuning,
+        shutdown: &Arc<AtomicBool>,
+    ) -> std::io::Result<()> {
+        for socket in self.udp {
+            udp::spawn(socket, Arc::clone(handler), Arc::clone(shutdown))?;
+        }
+        for listener in self.tcp {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tokio::spawn(tcp::serve(listener, Arc::clone(handler), tuning.clone()));
+        }
+        Ok(())
+    }
+}
+
+fn bind_socket(addr: SocketAddr, kind: Type) -> std::io::Result<Socket> {
+    let protocol = if kind == Type::DGRAM {
+        SocketProtocol::UDP
+    } else {
+        SocketProtocol::TCP
+    };
+    let socket = Socket::new(Domain::for_address(addr), kind, Some(protocol))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if kind == Type::STREAM {
+        socket.set_reuse_address(true)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}

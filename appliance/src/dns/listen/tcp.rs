@@ -1,0 +1,94 @@
+//! The TCP listener: length-prefixed queries, pipelined (answers may leave
+//! out of order, RFC 7766), an idle timeout, and a bound on connections.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::config::ServerTuning;
+use crate::dns::handler::{Handled, Protocol, QueryHandler};
+
+/// Answers queued per connection before reading pauses.
+const QUEUED_ANSWERS: usize = 64;
+
+pub(super) async fn serve(listener: TcpListener, handler: Arc<QueryHandler>, tuning: ServerTuning) {
+    let slots = Arc::new(Semaphore::new(tuning.tcp_max_connections.max(1)));
+    loop {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::debug!(error = %err, "tcp accept failed");
+                continue;
+            }
+        };
+        let handler = Arc::clone(&handler);
+        let tuning = tuning.clone();
+        tokio::spawn(async move {
+            connection(stream, peer.ip().to_canonical(), handler, &tuning).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    client: IpAddr,
+    handler: Arc<QueryHandler>,
+    tuning: &ServerTuning,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (answers, mut queue) = mpsc::channel::<Vec<u8>>(QUEUED_ANSWERS);
+    let writing = tokio::spawn(async move {
+        let mut framed = Vec::new();
+        while let Some(answer) = queue.recv().await {
+            framed.clear();
+            framed.extend_from_slice(&(answer.len() as u16).to_be_bytes());
+            framed.extend_from_slice(&answer);
+            if writer.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let idle = tuning.tcp_idle_timeout;
+    let mut request = Vec::new();
+    loop {
+        let Ok(Ok(len)) = tokio::time::timeout(idle, reader.read_u16()).await else {
+            break;
+        };
+        request.resize(len as usize, 0);
+        if !matches!(
+            tokio::time::timeout(idle, reader.read_exact(&mut request)).await,
+            Ok(Ok(_))
+        ) {
+            break;
+        }
+        let mut answer = Vec::new();
+        match handler.handle(&request, client, Protocol::Tcp, &mut answer) {
+            Handled::Reply => {
+                if answers.send(answer).await.is_err() {
+                    break;
+                }
+            }
+            Handled::Ignore => {}
+            Handled::Resolve(pending) => {
+                let handler = Arc::clone(&handler);
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    if let Handled::Reply = handler.resolve(pending, &mut answer).await {
+                        let _ = answers.send(answer).await;
+                    }
+                });
+            }
+        }
+    }
+    drop(answers);
+    let _ = writing.await;
+}

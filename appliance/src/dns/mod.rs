@@ -1,0 +1,11 @@
+//! The DNS core: wire format, listeners, the query path, cache and upstreams.
+
+pub mod cache;
+pub mod handler;
+pub mod listen;
+pub mod upstream;
+pub mod wire;
+
+/// The UDP payload size Moat advertises, to clients and upstreams alike
+/// (the DNS flag day 2020 value: no IP fragmentation).
+pub const SERVER_UDP_PAYLOAD: u16 = 1232;

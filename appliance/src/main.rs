@@ -1,0 +1,189 @@
+//! The `moat` command: runs the appliance and talks to a running one.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use moat::config::Config;
+use moat::control::{self, ControlClient};
+use moat::daemon::{ConfigSource, Daemon};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(
+    name = "moat",
+    version,
+    about = "A DNS appliance: blocks ads, caches and forwards"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance (embedded default config without --config).
+    Run {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file without starting.
+    CheckConfig {
+        /// TOML configuration file.
+        file: PathBuf,
+    },
+    /// Show the running appliance's status.
+    Status(Target),
+    /// Make the running appliance re-read its configuration.
+    Reload(Target),
+    /// Pause blocking, for a duration ("5m", "1h") or until resumed.
+    Pause {
+        /// How long; omit to pause until `moat resume`.
+        duration: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Resume blocking.
+    Resume(Target),
+    /// Show counters: queries, cache, blocked, top names and clients.
+    Stats(Target),
+}
+
+/// Which running appliance a command talks to.
+#[derive(clap::Args)]
+struct Target {
+    /// The configuration the daemon runs with (to find its data directory).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run { config } => {
+            run(config.map_or(ConfigSource::Embedded, ConfigSource::File)).await
+        }
+        Command::CheckConfig { file } => {
+            Config::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Status(target) => show(&target, client(&target)?.get("status").await?),
+        Command::Stats(target) => show(&target, client(&target)?.get("stats").await?),
+        Command::Reload(target) => {
+            show(&target, client(&target)?.post("reload", &json!({})).await?)
+        }
+        Command::Pause { duration, target } => {
+            if let Some(text) = &duration {
+                humantime::parse_duration(text).with_context(|| format!("duration `{text}`"))?;
+            }
+            show(
+                &target,
+                client(&target)?
+                    .post("pause", &json!({ "duration": duration }))
+                    .await?,
+            )
+        }
+        Command::Resume(target) => {
+            show(&target, client(&target)?.post("resume", &json!({})).await?)
+        }
+    }
+}
+
+async fn run(source: ConfigSource) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let daemon = Daemon::start(source)?;
+    control::serve(std::sync::Arc::clone(&daemon)).await?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                if let Err(err) = daemon.reload() {
+                    tracing::error!(error = %err, "reload refused; the running configuration stays");
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    let stopping = std::sync::Arc::clone(&daemon);
+    tokio::task::spawn_blocking(move || stopping.shutdown()).await?;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}
+
+fn client(target: &Target) -> Result<ControlClient> {
+    let config = match &target.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded(),
+    };
+    Ok(ControlClient::for_config(&config)?)
+}
+
+fn show(target: &Target, value: Value) -> Result<()> {
+    if target.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    print_human(&value, 0);
+    Ok(())
+}
+
+fn print_human(value: &Value, indent: usize) {
+    let pad = "  ".repeat(indent);
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                if value.is_object() || value.is_array() {
+                    println!("{pad}{key}:");
+                    print_human(value, indent + 1);
+                } else {
+                    println!("{pad}{key}: {}", scalar(value));
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                match item {
+                    Value::Array(pair) if pair.len() == 2 => {
+                        println!("{pad}- {} {}", scalar(&pair[0]), scalar(&pair[1]))
+                    }
+                    Value::Object(_) | Value::Array(_) => {
+                        println!("{pad}-");
+                        print_human(item, indent + 1);
+                    }
+                    _ => println!("{pad}- {}", scalar(item)),
+                }
+            }
+        }
+        _ => println!("{pad}{}", scalar(value)),
+    }
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,183 @@
+//! The data directory: the only writer of files in it. Every write is
+//! atomic (temporary file, fsync, rename); secrets are mode 0600.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a data-directory operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A state file exists but cannot be understood.
+    #[error("{path}: corrupt ({reason})")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Who may read a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Owner only (0600).
+    Secret,
+    /// Anyone (0644).
+    Public,
+}
+
+/// Files Moat keeps in its data directory.
+pub mod files {
+    /// Bearer token for the control endpoint.
+    pub const CONTROL_TOKEN: &str = "control.token";
+    /// Address the control endpoint actually bound.
+    pub const CONTROL_ADDR: &str = "control.addr";
+    /// Whether blocking is paused.
+    pub const PAUSE: &str = "pause.json";
+    /// Directory of query log files.
+    pub const QUERY_LOG: &str = "querylog";
+}
+
+/// The data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Opens (creating if needed) the data directory.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        fs::create_dir_all(root).map_err(|source| StoreError::Io {
+            path: root.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    /// Path of a file or directory inside.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Replaces `name` with `bytes` atomically.
+    pub fn write(&self, name: &str, bytes: &[u8], access: Access) -> Result<(), StoreError> {
+        let path = self.path(name);
+        let temp = self.path(&format!(".{name}.tmp"));
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mode = if access == Access::Secret {
+            0o600
+        } else {
+            0o644
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)
+            .map_err(io)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        fs::rename(&temp, &path).map_err(io)?;
+        if let Ok(dir) = fs::File::open(&self.root) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Reads `name`; `None` if it does not exist.
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path(name);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Writes a value as JSON.
+    pub fn write_json<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        access: Access,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|err| StoreError::Corrupt {
+            path: self.path(name),
+            reason: err.to_string(),
+        })?;
+        self.write(name, &bytes, access)
+    }
+
+    /// Reads a JSON value; `None` if the file does not exist.
+    pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = self.read(name)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|err| StoreError::Corrupt {
+                path: self.path(name),
+                reason: err.to_string(),
+            })
+    }
+
+    /// The control token, created (random, 0600) on first use.
+    pub fn control_token(&self) -> Result<String, StoreError> {
+        if let Some(bytes) = self.read(files::CONTROL_TOKEN)? {
+            let token = String::from_utf8_lossy(&bytes).trim().to_owned();
+            if token.len() >= 32 {
+                return Ok(token);
+            }
+        }
+        let token: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        self.write(files::CONTROL_TOKEN, token.as_bytes(), Access::Secret)?;
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_atomic_and_secrets_private() {
+        let root = std::env::temp_dir().join(format!("moat-store-{}", std::process::id()));
+        let dir = DataDir::open(&root).unwrap();
+        let token = dir.control_token().unwrap();
+        assert_eq!(dir.control_token().unwrap(), token, "the token is kept");
+        let mode = fs::metadata(dir.path(files::CONTROL_TOKEN))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        dir.write("state.json", b"{not json", Access::Public)
+            .unwrap();
+        let err = dir.read_json::<u32>("state.json").unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(!dir.path(".state.json.tmp").exists());
+        fs::remove_dir_all(root).unwrap();
+    }
+}
