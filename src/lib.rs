@@ -1,1 +1,13 @@
-//! Placeholder so the root package builds.
+//! Support for Moat's end-to-end tests and benchmarks: the real `moat`
+//! binary as a child process, a real upstream DNS server on loopback, a
+//! test CA, and a small DNS client.
+
+pub mod client;
+pub mod moat;
+pub mod tls;
+pub mod upstream;
+
+pub use client::{DnsClient, query_message};
+pub use moat::MoatProcess;
+pub use tls::TestCa;
+pub use upstream::{Reply, TestUpstream};

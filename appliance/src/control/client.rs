@@ -51,8 +51,20 @@ impl ControlClient {
             .read(files::CONTROL_ADDR)?
             .and_then(|bytes| String::from_utf8_lossy(&bytes).trim().parse().ok())
             .unwrap_or(config.instance.control);
+        // Plain HTTP on loopback; reqwest still wants a TLS backend, so give it ring.
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| ClientError::Refused(err.to_string()))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .map_err(|err| ClientError::Refused(err.to_string()))?;
         Ok(Self {
-            http: reqwest::Client::new(),
+            http,
             base: format!("http://{addr}/api/v1"),
             addr,
             token,

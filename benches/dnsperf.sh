@@ -1,0 +1,361 @@
+#!/usr/bin/env bash
+# Cache-hit benchmark: Moat against unbound and dnsmasq, in the same run.
+#
+# Every server forwards to the same local upstream (a dnsmasq answering every
+# *.bench.test name with a one-hour TTL), runs pinned to CPU 0, and is driven
+# by dnsperf pinned to CPU 1. Each server's cache is warmed with one full pass
+# over the names (answers verified) so that every measured query is a cache
+# hit; the upstream's query counter proves it. Rounds are interleaved (each
+# round starts every server afresh, in rotated order). Per server it reports:
+#   - max qps: dnsperf with no rate limit for a fixed time;
+#   - p50/p99 latency at a fixed moderate rate, computed from dnsperf -v
+#     per-query output (dnsperf 2.10 prints no percentiles);
+#   - idle RSS (after start and warm-up) and RSS after load;
+#   - server CPU time (user+system) per answered query in the max-qps run.
+# Figures are medians over rounds; ratios are server/moat. The markdown table
+# is printed and saved under bench-results/.
+#
+# Run:  benches/dnsperf.sh                     full: 3 rounds, 10k names, ~3 min
+#       MOAT_BENCH_SMOKE=1 benches/dnsperf.sh  smoke (CI): 1 round, 1k names, ~15 s
+# Needs: dnsperf, unbound, dnsmasq, taskset, dig, python3, two CPUs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { echo "dnsperf.sh: error: $*" >&2; exit 1; }
+
+if [ "${MOAT_BENCH_SMOKE:-0}" = 1 ]; then
+    MODE=smoke ROUNDS=1 NAMES=1000 QPS_SECONDS=1 LAT_SECONDS=1
+else
+    MODE=full ROUNDS=3 NAMES=10000 QPS_SECONDS=10 LAT_SECONDS=5
+fi
+LAT_QPS=20000        # the fixed rate of the latency run
+WARM_QPS=5000        # gentle enough that no forwarded query is dropped
+CLIENTS=8            # dnsperf sockets of the max-qps run ...
+OUTSTANDING=256      # ... and queries in flight: enough to saturate one core
+SERVER_CPU=0
+CLIENT_CPU=1
+MIN_TTL=3600         # the upstream TTL must outlast the whole run
+SERVERS=(moat unbound dnsmasq)
+MOAT=target/release/moat
+
+tool() {
+    local path
+    path=$(command -v "$1" 2>/dev/null) || path=/usr/sbin/$1
+    [ -x "$path" ] || die "required tool '$1' not found (Debian package: $2)"
+    echo "$path"
+}
+DNSPERF=$(tool dnsperf dnsperf)
+UNBOUND=$(tool unbound unbound)
+DNSMASQ=$(tool dnsmasq dnsmasq-base)
+TASKSET=$(tool taskset util-linux)
+DIG=$(tool dig bind9-dnsutils)
+PYTHON=$(tool python3 python3)
+taskset -c "$CLIENT_CPU" true 2>/dev/null || die "needs CPUs $SERVER_CPU and $CLIENT_CPU (found $(nproc))"
+CLK_TCK=$(getconf CLK_TCK)
+
+if [ ! -x "$MOAT" ]; then
+    echo "building $MOAT"
+    cargo build --release -p moat
+fi
+if [ -n "$(find appliance -newer "$MOAT" -type f | head -n 1)" ]; then
+    echo "warning: $MOAT is older than sources in appliance/; run cargo build --release -p moat" >&2
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/moat-bench.XXXXXX")
+declare -A PID=()
+
+stop() {
+    local name=$1 pid=${PID[$1]:-} i
+    [ -n "$pid" ] || return 0
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset "PID[$name]"
+}
+
+cleanup() {
+    local rc=$? name
+    for name in "${!PID[@]}"; do stop "$name"; done
+    if [ "$rc" -ne 0 ]; then
+        for log in "$WORK"/*.log; do
+            [ -f "$log" ] || continue
+            echo "--- last lines of $log" >&2
+            tail -n 15 "$log" >&2
+        done
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Four distinct loopback ports, each free on both UDP and TCP.
+read -r UP_PORT MOAT_PORT UNBOUND_PORT DNSMASQ_PORT < <("$PYTHON" - <<'EOF'
+import socket
+held, ports = [], []
+for _ in range(100):
+    if len(ports) == 4:
+        break
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    port = u.getsockname()[1]
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        t.bind(("127.0.0.1", port))
+    except OSError:
+        u.close()
+        continue
+    held += [u, t]
+    ports.append(port)
+print(*ports)
+EOF
+)
+[ -n "${DNSMASQ_PORT:-}" ] || die "could not find four free loopback ports"
+declare -A PORT=([moat]=$MOAT_PORT [unbound]=$UNBOUND_PORT [dnsmasq]=$DNSMASQ_PORT)
+
+NAMES_FILE=$WORK/names.txt
+for i in $(seq 1 "$NAMES"); do printf 'n%05d.bench.test A\n' "$i"; done > "$NAMES_FILE"
+LAST_NAME=$(printf 'n%05d.bench.test' "$NAMES")
+
+start_upstream() {
+    taskset -c "$CLIENT_CPU" "$DNSMASQ" --no-daemon --no-resolv --no-hosts \
+        --port="$UP_PORT" --listen-address=127.0.0.1 --bind-interfaces \
+        --address=/bench.test/192.0.2.1 --local-ttl="$MIN_TTL" \
+        >>"$WORK/upstream.log" 2>&1 &
+    PID[upstream]=$!
+}
+
+start_moat() {
+    local dir=$WORK/moat
+    rm -rf "$dir"; mkdir -p "$dir/data"
+    cat >"$dir/moat.toml" <<EOF
+[instance]
+name = "bench"
+listen = ["127.0.0.1:$MOAT_PORT"]
+control = "127.0.0.1:0"
+data_dir = "$dir/data"
+
+[policy]
+upstreams = ["udp://127.0.0.1:$UP_PORT"]
+
+[tuning.cache]
+max_ttl = "1d"
+EOF
+    taskset -c "$SERVER_CPU" "$MOAT" run --config "$dir/moat.toml" >>"$WORK/moat.log" 2>&1 &
+    PID[moat]=$!
+}
+
+start_unbound() {
+    local dir=$WORK/unbound
+    rm -rf "$dir"; mkdir -p "$dir"
+    # test. is an RFC 6761 default local zone (NXDOMAIN): "nodefault" lets
+    # bench.test through; no validator module, so nothing is DNSSEC-checked.
+    cat >"$dir/unbound.conf" <<EOF
+server:
+    interface: 127.0.0.1
+    port: $UNBOUND_PORT
+    do-ip6: no
+    num-threads: 1
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    pidfile: ""
+    directory: "$dir"
+    use-syslog: no
+    logfile: ""
+    module-config: "iterator"
+    do-not-query-localhost: no
+    access-control: 127.0.0.0/8 allow
+    msg-cache-size: 16m
+    rrset-cache-size: 32m
+    local-zone: "test." nodefault
+    domain-insecure: "bench.test"
+forward-zone:
+    name: "."
+    forward-addr: 127.0.0.1@$UP_PORT
+EOF
+    taskset -c "$SERVER_CPU" "$UNBOUND" -d -c "$dir/unbound.conf" >>"$WORK/unbound.log" 2>&1 &
+    PID[unbound]=$!
+}
+
+start_dnsmasq() {
+    # dnsmasq 2.90 accepts more than 10000 (it only warns); twice the names
+    # leaves room so nothing warmed is evicted.
+    taskset -c "$SERVER_CPU" "$DNSMASQ" --no-daemon --no-resolv --no-hosts \
+        --port="$DNSMASQ_PORT" --listen-address=127.0.0.1 --bind-interfaces \
+        --server="127.0.0.1#$UP_PORT" --cache-size=$((NAMES * 2)) \
+        >>"$WORK/dnsmasq.log" 2>&1 &
+    PID[dnsmasq]=$!
+}
+
+# Waits until the server on $2 answers a bench.test name with 192.0.2.1.
+wait_ready() {
+    local name=$1 port=$2 i
+    for i in $(seq 100); do
+        kill -0 "${PID[$name]}" 2>/dev/null || die "$name exited during start-up"
+        if [ "$("$DIG" @127.0.0.1 -p "$port" +short +tries=1 +time=1 n00001.bench.test A)" = 192.0.2.1 ]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "$name on port $port did not answer within ~10 s"
+}
+
+# Queries answered by the upstream so far (from its SIGUSR1 statistics dump).
+upstream_queries() {
+    local log=$WORK/upstream.log before i
+    before=$(grep -c 'queries answered locally' "$log" || true)
+    kill -USR1 "${PID[upstream]}"
+    for i in $(seq 100); do
+        [ "$(grep -c 'queries answered locally' "$log" || true)" -gt "$before" ] && break
+        sleep 0.05
+    done
+    grep 'queries answered locally' "$log" | tail -n 1 |
+        sed -E 's/.*queries forwarded ([0-9]+), queries answered locally ([0-9]+).*/\1 \2/' |
+        awk '{ print $1 + $2 }'
+}
+
+# Pulls one figure out of dnsperf's summary: "Queries completed:  N (..)".
+stat_of() { awk -v key="$2" -F': *' '$1 ~ "^ *" key "$" { split($2, v, " "); print v[1] }' "$1"; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+
+run_dnsperf() {
+    local out=$1; shift
+    local cmd=(taskset -c "$CLIENT_CPU" "$DNSPERF" -s 127.0.0.1 "$@")
+    echo "${cmd[*]}" >"$out.cmd"
+    "${cmd[@]}" >"$out" 2>&1 || die "dnsperf failed ($(tail -n 1 "$out")): ${cmd[*]}"
+}
+
+check_upstream_ttl() {
+    local ttl
+    ttl=$("$DIG" @127.0.0.1 -p "$UP_PORT" +noall +answer +tries=1 +time=1 n00001.bench.test A | awk '{ print $2 }')
+    [ -n "$ttl" ] && [ "$ttl" -ge "$MIN_TTL" ] || die "upstream answers with TTL '${ttl}', want >= $MIN_TTL"
+}
+
+# measure ROUND SERVER: start, warm, measure, stop; appends one row to $ROWS.
+measure() {
+    local round=$1 name=$2 port=${PORT[$2]} out=$WORK/r$1-$2 pid
+    "start_$name"
+    pid=${PID[$name]}
+    wait_ready "$name" "$port"
+
+    run_dnsperf "$out.warm" -p "$port" -d "$NAMES_FILE" -n 1 -Q "$WARM_QPS" -t 2
+    local warm_ok warm_noerror
+    warm_ok=$(stat_of "$out.warm" "Queries completed")
+    warm_noerror=$(awk '/Response codes:/ { for (i = 1; i < NF; i++) if ($i == "NOERROR") print $(i + 1) }' "$out.warm")
+    [ "$warm_ok" = "$NAMES" ] && [ "$warm_noerror" = "$NAMES" ] ||
+        die "$name: warm-up got $warm_ok answers, $warm_noerror NOERROR, of $NAMES queries"
+    [ "$("$DIG" @127.0.0.1 -p "$port" +short +tries=1 +time=1 "$LAST_NAME" A)" = 192.0.2.1 ] ||
+        die "$name: wrong answer for $LAST_NAME after warm-up"
+
+    local idle_rss up0 up1 cpu0 cpu1
+    idle_rss=$(rss_kib "$pid")
+    up0=$(upstream_queries)
+
+    run_dnsperf "$out.lat" -p "$port" -d "$NAMES_FILE" -l "$LAT_SECONDS" -Q "$LAT_QPS" -c 4 -q 100 -t 1 -v
+    # Nearest-rank percentiles over every query sent: answered ones by their
+    # latency, timed-out ones ("> T") ranked as infinitely slow.
+    local p50 p99 lat_done
+    lat_done=$(stat_of "$out.lat" "Queries completed")
+    read -r p50 p99 < <(awk '$1 == ">" && NF == 5 { print $5 * 1e6 } $1 == ">" && $2 == "T" { print "inf" }' "$out.lat" |
+        sort -g | awk '{ v[NR] = $1 }
+            function pct(p,  r) { r = int(p * NR); if (r < p * NR) r++; if (r < 1) r = 1;
+                                  return v[r] == "inf" ? "lost" : sprintf("%.0f", v[r]) }
+            END { if (NR == 0) print "none none"; else print pct(0.50), pct(0.99) }')
+
+    cpu0=$(cpu_ticks "$pid")
+    run_dnsperf "$out.qps" -p "$port" -d "$NAMES_FILE" -l "$QPS_SECONDS" -c "$CLIENTS" -q "$OUTSTANDING" -t 1
+    cpu1=$(cpu_ticks "$pid")
+    up1=$(upstream_queries)
+
+    local qps answered lost after_rss cpu_us
+    qps=$(stat_of "$out.qps" "Queries per second")
+    answered=$(stat_of "$out.qps" "Queries completed")
+    lost=$(stat_of "$out.qps" "Queries lost")
+    after_rss=$(rss_kib "$pid")
+    [ "${answered:-0}" -gt 0 ] && [ "${lat_done:-0}" -gt 0 ] ||
+        die "$name answered no queries (max-qps run: ${answered:-?}, latency run: ${lat_done:-?})"
+    cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="$answered" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+
+    stop "$name"
+    printf '%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$qps" "$answered" "$lost" \
+        "$p50" "$p99" "$idle_rss" "$after_rss" "$cpu_us" "$((up1 - up0))" >>"$ROWS"
+    printf '  round %s %-8s %8.0f qps  p50 %s us  p99 %s us  cpu %s us/q\n' "$round" "$name" "$qps" "$p50" "$p99" "$cpu_us"
+}
+
+# Median over rounds of column $2 for server $1 (the lower one when even);
+# a "lost" percentile ranks above every number.
+median() {
+    awk -F'\t' -v s="$1" -v c="$2" '$2 == s { print ($c == "lost" ? "inf" : $c) }' "$ROWS" | sort -g |
+        awk '{ v[NR] = $1 } END { m = v[int((NR + 1) / 2)]; print (m == "inf" ? "lost" : m) }'
+}
+total() { awk -F'\t' -v s="$1" -v c="$2" '$2 == s { t += $c } END { print t + 0 }' "$ROWS"; }
+
+ROWS=$WORK/rows.tsv
+: >"$ROWS"
+start_upstream
+check_upstream_ttl
+echo "benchmark ($MODE): $ROUNDS round(s), $NAMES names, servers on CPU $SERVER_CPU, dnsperf on CPU $CLIENT_CPU"
+for round in $(seq 1 "$ROUNDS"); do
+    for i in 0 1 2; do
+        measure "$round" "${SERVERS[$(((i + round - 1) % 3))]}"
+    done
+done
+
+# Table: one row per metric; $3 is the column, $4 a printf format, $5 the
+# scale applied to the raw value; "median" or "total" over rounds.
+row() {
+    local label=$1 how=$2 col=$3 fmt=$4 scale=$5 s line
+    declare -A v=()
+    for s in "${SERVERS[@]}"; do v[$s]=$("$how" "$s" "$col"); done
+    line="| $label"
+    for s in "${SERVERS[@]}"; do
+        line+=" | $(awk -v x="${v[$s]}" -v k="$scale" -v f="$fmt" 'BEGIN { if (x ~ /^[0-9.]+$/) printf f, x * k; else print x }')"
+    done
+    for s in unbound dnsmasq; do
+        line+=" | $(awk -v a="${v[$s]}" -v b="${v[moat]}" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }')"
+    done
+    echo "$line |"
+}
+
+RESULTS_DIR=bench-results
+mkdir -p "$RESULTS_DIR"
+REPORT=$RESULTS_DIR/dnsperf-$MODE-$(date +%Y%m%d-%H%M%S).md
+{
+    echo "## Moat vs unbound vs dnsmasq: cache hits ($MODE, $(date -u '+%Y-%m-%d %H:%M UTC'))"
+    echo
+    echo "$ROUNDS round(s), $NAMES names, medians over rounds; ratios are server/moat."
+    echo "Servers pinned to CPU $SERVER_CPU, dnsperf to CPU $CLIENT_CPU;" \
+        "$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(uname -r)."
+    echo "Versions: moat $("$MOAT" --version | awk '{ print $NF }'), unbound $("$UNBOUND" -V | awk 'NR == 1 { print $2 }')," \
+        "dnsmasq $("$DNSMASQ" --version | awk 'NR == 1 { print $3 }'), dnsperf $("$DNSPERF" -h 2>&1 | awk '/^Version/ { print $2 }')."
+    echo
+    echo "| metric | moat | unbound | dnsmasq | unbound/moat | dnsmasq/moat |"
+    echo "|---|--:|--:|--:|--:|--:|"
+    row "max qps (${QPS_SECONDS} s, no rate limit)" median 3 "%.0f" 1
+    row "p50 latency at $LAT_QPS qps (us)" median 6 "%.0f" 1
+    row "p99 latency at $LAT_QPS qps (us)" median 7 "%.0f" 1
+    row "idle RSS (MiB)" median 8 "%.1f" 0.0009765625
+    row "RSS after load (MiB)" median 9 "%.1f" 0.0009765625
+    row "CPU per answered query (us)" median 10 "%.2f" 1
+    row "queries lost in max-qps runs (total)" total 5 "%.0f" 1
+    row "upstream queries while measured (total)" total 11 "%.0f" 1
+    echo
+    echo "Per round:"
+    echo
+    echo "| round | server | qps | answered | lost | p50 us | p99 us | idle RSS KiB | RSS after KiB | CPU us/q | upstream q |"
+    echo "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    awk -F'\t' -v OFS=' | ' '{ $1 = $1; print "| " $0 " |" }' "$ROWS"
+    echo
+    echo "dnsperf command lines (round 1, moat; other servers differ only in port):"
+    echo
+    for kind in warm lat qps; do echo "    $(cat "$WORK/r1-moat.$kind.cmd")"; done
+    echo
+    echo "Percentiles: nearest rank over every query sent in the latency run, from dnsperf -v"
+    echo "per-query latencies; queries that timed out count as infinitely slow (shown as 'lost')."
+} | tee "$REPORT"
+echo
+echo "saved to $REPORT"

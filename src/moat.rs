@@ -1,0 +1,227 @@
+//! The real `moat` binary as a child process on loopback ports chosen by
+//! the kernel, killed (by PID) when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use moat::config::Config;
+use moat::control::ControlClient;
+use moat::daemon::Status;
+
+use crate::client::DnsClient;
+
+/// Path of the `moat` binary, built once per test run in the same profile
+/// as the tests.
+pub fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps");
+        let release = profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "moat", "--bin", "moat"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build for the moat binary");
+        assert!(status.success(), "building the moat binary failed");
+        let binary = profile_dir.join("moat");
+        assert!(
+            binary.exists(),
+            "moat binary missing at {}",
+            binary.display()
+        );
+        binary
+    })
+}
+
+/// A fresh scratch directory, removed on drop.
+#[derive(Debug)]
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// Creates a new empty directory under the system temp dir.
+    pub fn new(label: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let index = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("moat-test-{}-{label}-{index}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `moat run`.
+#[derive(Debug)]
+pub struct MoatProcess {
+    child: Child,
+    /// Where its config, data and log live.
+    pub dir: Scratch,
+    /// Its configuration file.
+    pub config_path: PathBuf,
+    /// Its DNS addresses.
+    pub dns: DnsClient,
+}
+
+impl MoatProcess {
+    /// Starts moat with `[instance]` pointing at loopback port 0 and a
+    /// scratch data dir, plus `extra_instance` lines, plus `rest` (tuning
+    /// and policy tables).
+    pub async fn start(extra_instance: &str, rest: &str) -> Self {
+        let dir = Scratch::new("moat");
+        let config_path = dir.0.join("moat.toml");
+        write_config(&config_path, &dir.0, extra_instance, rest);
+        Self::spawn(dir, config_path).await
+    }
+
+    async fn spawn(dir: Scratch, config_path: PathBuf) -> Self {
+        let data = dir.0.join("data");
+        let _ = std::fs::remove_file(data.join("control.addr"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.0.join("moat.log"))
+            .unwrap();
+        let child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info,moat=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start moat");
+        let mut process = Self {
+            child,
+            dir,
+            config_path,
+            dns: DnsClient {
+                udp: ([0, 0, 0, 0], 0).into(),
+                tcp: ([0, 0, 0, 0], 0).into(),
+            },
+        };
+        let status = process.wait_ready().await;
+        process.dns = DnsClient {
+            udp: status.udp[0],
+            tcp: status.tcp[0],
+        };
+        process
+    }
+
+    async fn wait_ready(&mut self) -> Status {
+        for _ in 0..300 {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                panic!("moat exited during start ({exit}); log:\n{}", self.log());
+            }
+            if self.dir.0.join("data/control.addr").exists()
+                && let Ok(status) = self.status().await
+            {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("moat not ready after 30 s; log:\n{}", self.log());
+    }
+
+    /// The status from the control endpoint.
+    pub async fn status(&self) -> Result<Status, String> {
+        let value = self
+            .control()
+            .await?
+            .get("status")
+            .await
+            .map_err(|err| err.to_string())?;
+        serde_json::from_value(value).map_err(|err| err.to_string())
+    }
+
+    /// A control client for this instance.
+    pub async fn control(&self) -> Result<ControlClient, String> {
+        let config = Config::load(&self.config_path).map_err(|err| err.to_string())?;
+        ControlClient::for_config(&config).map_err(|err| err.to_string())
+    }
+
+    /// Runs a `moat` subcommand against this instance's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .expect("run moat cli")
+    }
+
+    /// Replaces the tuning and policy part of the config file.
+    pub fn rewrite_config(&self, extra_instance: &str, rest: &str) {
+        write_config(&self.config_path, &self.dir.0, extra_instance, rest);
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("moat.log")).unwrap_or_default()
+    }
+
+    /// Stops it (SIGKILL to its PID) and starts it again with the same
+    /// directory; the new one has new ports.
+    pub async fn restart(mut self) -> Self {
+        self.terminate();
+        let dir = std::mem::replace(&mut self.dir, Scratch::new("moved"));
+        let config_path = self.config_path.clone();
+        Self::spawn(dir, config_path).await
+    }
+
+    /// Asks it to stop (SIGTERM) and waits up to five seconds.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..50 {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MoatProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(path: &Path, dir: &Path, extra_instance: &str, rest: &str) {
+    let text = format!(
+        "[instance]\nname = \"test\"\nlisten = [\"127.0.0.1:0\"]\ncontrol = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra_instance}\n\n{rest}\n",
+        dir.join("data").display()
+    );
+    std::fs::write(path, text).unwrap();
+}
