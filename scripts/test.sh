@@ -15,7 +15,13 @@ if [ "${#need_packages[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_packages[@]}"
 fi
 
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
+
 cargo build --release --locked -p moat
 cargo test --workspace --locked --release
+# Fuzz the request path for a while. cargo-fuzz needs nightly flags; the
+# stable toolchain accepts them with RUSTC_BOOTSTRAP.
+RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none request_path -- \
+    -max_total_time="${MOAT_FUZZ_SECONDS:-30}" -rss_limit_mb=2048
 # The benchmark, small: proves the harness and every peer still run.
 MOAT_BENCH_SMOKE=1 benches/dnsperf.sh

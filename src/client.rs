@@ -62,7 +62,12 @@ impl DnsClient {
 
     /// Sends raw bytes over UDP; the raw answer, or `None` after three tries.
     pub async fn udp_raw(&self, bytes: &[u8]) -> Option<Vec<u8>> {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = if self.udp.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let socket = UdpSocket::bind(local).await.unwrap();
         socket.connect(self.udp).await.unwrap();
         let mut buffer = vec![0u8; 65_535];
         for _ in 0..3 {

@@ -75,8 +75,10 @@ pub struct MoatProcess {
     pub dir: Scratch,
     /// Its configuration file.
     pub config_path: PathBuf,
-    /// Its DNS addresses.
+    /// Its DNS addresses on 127.0.0.1.
     pub dns: DnsClient,
+    /// Its DNS addresses on ::1.
+    pub dns6: DnsClient,
 }
 
 impl MoatProcess {
@@ -106,19 +108,25 @@ impl MoatProcess {
             .stderr(log)
             .spawn()
             .expect("start moat");
+        let unknown = DnsClient {
+            udp: ([0, 0, 0, 0], 0).into(),
+            tcp: ([0, 0, 0, 0], 0).into(),
+        };
         let mut process = Self {
             child,
             dir,
             config_path,
-            dns: DnsClient {
-                udp: ([0, 0, 0, 0], 0).into(),
-                tcp: ([0, 0, 0, 0], 0).into(),
-            },
+            dns: unknown,
+            dns6: unknown,
         };
         let status = process.wait_ready().await;
         process.dns = DnsClient {
             udp: status.udp[0],
             tcp: status.tcp[0],
+        };
+        process.dns6 = DnsClient {
+            udp: status.udp[1],
+            tcp: status.tcp[1],
         };
         process
     }
@@ -220,7 +228,7 @@ impl Drop for MoatProcess {
 
 fn write_config(path: &Path, dir: &Path, extra_instance: &str, rest: &str) {
     let text = format!(
-        "[instance]\nname = \"test\"\nlisten = [\"127.0.0.1:0\"]\ncontrol = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra_instance}\n\n{rest}\n",
+        "[instance]\nname = \"test\"\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\ncontrol = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra_instance}\n\n{rest}\n",
         dir.join("data").display()
     );
     std::fs::write(path, text).unwrap();

@@ -15,24 +15,3 @@ pub mod dns;
 pub mod policy;
 pub mod stats;
 pub mod store;
-
-/// Checks one request against the query path without a socket or upstream:
-/// parses it and writes whatever answer the fast path gives. For fuzzing.
-pub fn fuzz_query_path(request: &[u8]) {
-    if let Ok(query) = dns::wire::Query::parse(request) {
-        let mut out = Vec::new();
-        dns::wire::begin_response(&query, dns::wire::rcode::NOERROR, &mut out);
-        dns::wire::finish_response(
-            &query,
-            Some(query.udp_limit(dns::SERVER_UDP_PAYLOAD)),
-            &mut out,
-        );
-        assert!(
-            dns::wire::ttl_offsets(&out).is_some(),
-            "our own answer must be readable"
-        );
-    } else if let Err(rejection) = dns::wire::Query::parse(request) {
-        let mut out = Vec::new();
-        dns::wire::write_rejection(request, rejection, &mut out);
-    }
-}

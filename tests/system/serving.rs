@@ -21,6 +21,17 @@ async fn answers_over_udp_and_tcp() {
         .await;
     assert_eq!(ips(&over_tcp), ["2001:db8::1"]);
     assert_eq!(upstream.count("www.example.test"), 1);
+    let over_v6 = moat.dns6.a("www.example.test").await;
+    assert_eq!(
+        ips(&over_v6),
+        [DEFAULT_V4.to_string()],
+        "served on [::1] too"
+    );
+    let v6_tcp = moat
+        .dns6
+        .tcp_query(&query_message("v6.example.test", RecordType::A, None))
+        .await;
+    assert_eq!(ips(&v6_tcp), [DEFAULT_V4.to_string()]);
 }
 
 #[tokio::test]

@@ -376,7 +376,12 @@ enum Resolution {
 }
 
 /// Writes the configured answer for a blocked name.
-fn write_blocked(query: &Query<'_>, mode: &BlockedResponse, ttl: u32, out: &mut Vec<u8>) {
+pub(crate) fn write_blocked(
+    query: &Query<'_>,
+    mode: &BlockedResponse,
+    ttl: u32,
+    out: &mut Vec<u8>,
+) {
     const NULL: [IpAddr; 2] = [
         IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(Ipv6Addr::UNSPECIFIED),

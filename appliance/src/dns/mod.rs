@@ -1,6 +1,7 @@
 //! The DNS core: wire format, listeners, the query path, cache and upstreams.
 
 pub mod cache;
+pub mod fuzz;
 pub mod handler;
 pub mod listen;
 pub mod upstream;

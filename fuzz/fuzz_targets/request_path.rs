@@ -1,0 +1,6 @@
+//! Fuzzes the request path: any bytes in, only valid DNS answers out.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|request: &[u8]| {
+    moat::dns::fuzz::request_path(request);
+});
