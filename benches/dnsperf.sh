@@ -11,12 +11,13 @@
 #   - p50/p99 latency at a fixed moderate rate, computed from dnsperf -v
 #     per-query output (dnsperf 2.10 prints no percentiles);
 #   - idle RSS (after start and warm-up) and RSS after load;
-#   - server CPU time (user+system) per answered query in the max-qps run.
+#   - server CPU time (user+system) per answered query in the max-qps run,
+#     and how busy the server and dnsperf were (near 100% = saturated).
 # Figures are medians over rounds; ratios are server/moat. The markdown table
 # is printed and saved under bench-results/.
 #
 # Run:  benches/dnsperf.sh                     full: 3 rounds, 10k names, ~3 min
-#       MOAT_BENCH_SMOKE=1 benches/dnsperf.sh  smoke (CI): 1 round, 1k names, ~15 s
+#       MOAT_BENCH_SMOKE=1 benches/dnsperf.sh  smoke (CI): 1 round, 1k names, ~10 s
 # Needs: dnsperf, unbound, dnsmasq, taskset, dig, python3, two CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +31,10 @@ else
 fi
 LAT_QPS=20000        # the fixed rate of the latency run
 WARM_QPS=5000        # gentle enough that no forwarded query is dropped
-CLIENTS=8            # dnsperf sockets of the max-qps run ...
-OUTSTANDING=256      # ... and queries in flight: enough to saturate one core
+CLIENTS=4            # dnsperf sockets of the max-qps run ...
+OUTSTANDING=128      # ... and queries in flight. More overflows a server's
+                     # default socket buffer (rmem_default) at start; each drop
+                     # then holds a slot until the timeout, lowering the load.
 SERVER_CPU=0
 CLIENT_CPU=1
 MIN_TTL=3600         # the upstream TTL must outlast the whole run
@@ -50,7 +53,7 @@ DNSMASQ=$(tool dnsmasq dnsmasq-base)
 TASKSET=$(tool taskset util-linux)
 DIG=$(tool dig bind9-dnsutils)
 PYTHON=$(tool python3 python3)
-taskset -c "$CLIENT_CPU" true 2>/dev/null || die "needs CPUs $SERVER_CPU and $CLIENT_CPU (found $(nproc))"
+"$TASKSET" -c "$CLIENT_CPU" true 2>/dev/null || die "needs CPUs $SERVER_CPU and $CLIENT_CPU (found $(nproc))"
 CLK_TCK=$(getconf CLK_TCK)
 
 if [ ! -x "$MOAT" ]; then
@@ -78,7 +81,7 @@ stop() {
 }
 
 cleanup() {
-    local rc=$? name
+    local rc=$? name log
     for name in "${!PID[@]}"; do stop "$name"; done
     if [ "$rc" -ne 0 ]; then
         for log in "$WORK"/*.log; do
@@ -90,6 +93,7 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # Four distinct loopback ports, each free on both UDP and TCP.
 read -r UP_PORT MOAT_PORT UNBOUND_PORT DNSMASQ_PORT < <("$PYTHON" - <<'EOF'
@@ -120,7 +124,7 @@ for i in $(seq 1 "$NAMES"); do printf 'n%05d.bench.test A\n' "$i"; done > "$NAME
 LAST_NAME=$(printf 'n%05d.bench.test' "$NAMES")
 
 start_upstream() {
-    taskset -c "$CLIENT_CPU" "$DNSMASQ" --no-daemon --no-resolv --no-hosts \
+    "$TASKSET" -c "$CLIENT_CPU" "$DNSMASQ" --no-daemon --no-resolv --no-hosts \
         --port="$UP_PORT" --listen-address=127.0.0.1 --bind-interfaces \
         --address=/bench.test/192.0.2.1 --local-ttl="$MIN_TTL" \
         >>"$WORK/upstream.log" 2>&1 &
@@ -143,7 +147,7 @@ upstreams = ["udp://127.0.0.1:$UP_PORT"]
 [tuning.cache]
 max_ttl = "1d"
 EOF
-    taskset -c "$SERVER_CPU" "$MOAT" run --config "$dir/moat.toml" >>"$WORK/moat.log" 2>&1 &
+    "$TASKSET" -c "$SERVER_CPU" "$MOAT" run --config "$dir/moat.toml" >>"$WORK/moat.log" 2>&1 &
     PID[moat]=$!
 }
 
@@ -176,14 +180,14 @@ forward-zone:
     name: "."
     forward-addr: 127.0.0.1@$UP_PORT
 EOF
-    taskset -c "$SERVER_CPU" "$UNBOUND" -d -c "$dir/unbound.conf" >>"$WORK/unbound.log" 2>&1 &
+    "$TASKSET" -c "$SERVER_CPU" "$UNBOUND" -d -c "$dir/unbound.conf" >>"$WORK/unbound.log" 2>&1 &
     PID[unbound]=$!
 }
 
 start_dnsmasq() {
     # dnsmasq 2.90 accepts more than 10000 (it only warns); twice the names
     # leaves room so nothing warmed is evicted.
-    taskset -c "$SERVER_CPU" "$DNSMASQ" --no-daemon --no-resolv --no-hosts \
+    "$TASKSET" -c "$SERVER_CPU" "$DNSMASQ" --no-daemon --no-resolv --no-hosts \
         --port="$DNSMASQ_PORT" --listen-address=127.0.0.1 --bind-interfaces \
         --server="127.0.0.1#$UP_PORT" --cache-size=$((NAMES * 2)) \
         >>"$WORK/dnsmasq.log" 2>&1 &
@@ -218,21 +222,38 @@ upstream_queries() {
 }
 
 # Pulls one figure out of dnsperf's summary: "Queries completed:  N (..)".
-stat_of() { awk -v key="$2" -F': *' '$1 ~ "^ *" key "$" { split($2, v, " "); print v[1] }' "$1"; }
+stat_of() { awk -v key="$2" -F': *' '{ sub(/^ +/, "", $1) } $1 == key { split($2, v, " "); print v[1] }' "$1"; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+core_ticks() { awk -v cpu="cpu$1" '$1 == cpu { print $2 + $3 + $4 }' /proc/stat; }  # user+nice+system
 
+# Runs dnsperf; its output goes to $1, its CPU seconds (user+system) to $1.cpu.
 run_dnsperf() {
     local out=$1; shift
-    local cmd=(taskset -c "$CLIENT_CPU" "$DNSPERF" -s 127.0.0.1 "$@")
+    local cmd=("$TASKSET" -c "$CLIENT_CPU" "$DNSPERF" -s 127.0.0.1 "$@") TIMEFORMAT='%U %S'
     echo "${cmd[*]}" >"$out.cmd"
-    "${cmd[@]}" >"$out" 2>&1 || die "dnsperf failed ($(tail -n 1 "$out")): ${cmd[*]}"
+    { time "${cmd[@]}" >"$out" 2>&1 || die "dnsperf failed ($(tail -n 1 "$out")): ${cmd[*]}"; } 2>"$out.time"
+    awk '{ print $1 + $2 }' "$out.time" >"$out.cpu"
 }
 
 check_upstream_ttl() {
     local ttl
     ttl=$("$DIG" @127.0.0.1 -p "$UP_PORT" +noall +answer +tries=1 +time=1 n00001.bench.test A | awk '{ print $2 }')
     [ -n "$ttl" ] && [ "$ttl" -ge "$MIN_TTL" ] || die "upstream answers with TTL '${ttl}', want >= $MIN_TTL"
+}
+
+# Ticks so far: the server ($1), its core, dnsperf's core.
+snapshot() { echo "$(cpu_ticks "$1") $(core_ticks "$SERVER_CPU") $(core_ticks "$CLIENT_CPU")"; }
+
+# Percent of the busier benchmark core that other processes (a compiler,
+# say) took during a dnsperf run: core time spent neither by the server nor
+# by dnsperf. Arguments: snapshots before and after, dnsperf output file.
+others_pct() {
+    local -a a=($1) b=($2)
+    awk -v srv=$((b[0] - a[0])) -v core=$((b[1] - a[1])) -v client=$((b[2] - a[2])) \
+        -v dnsperf="$(cat "$3.cpu")" -v secs="$(stat_of "$3" "Run time (s)")" -v hz="$CLK_TCK" 'BEGIN {
+            x = (core - srv) / hz; y = client / hz - dnsperf; m = x > y ? x : y
+            printf "%.0f", (m > 0 ? m : 0) / secs * 100 }'
 }
 
 # measure ROUND SERVER: start, warm, measure, stop; appends one row to $ROWS.
@@ -251,11 +272,19 @@ measure() {
     [ "$("$DIG" @127.0.0.1 -p "$port" +short +tries=1 +time=1 "$LAST_NAME" A)" = 192.0.2.1 ] ||
         die "$name: wrong answer for $LAST_NAME after warm-up"
 
-    local idle_rss up0 up1 cpu0 cpu1
+    local idle_rss up0 up1 snap0 snap1 snap2
     idle_rss=$(rss_kib "$pid")
     up0=$(upstream_queries)
-
+    snap0=$(snapshot "$pid")
     run_dnsperf "$out.lat" -p "$port" -d "$NAMES_FILE" -l "$LAT_SECONDS" -Q "$LAT_QPS" -c 4 -q 100 -t 1 -v
+    snap1=$(snapshot "$pid")
+    run_dnsperf "$out.qps" -p "$port" -d "$NAMES_FILE" -l "$QPS_SECONDS" -c "$CLIENTS" -q "$OUTSTANDING" -t 1
+    snap2=$(snapshot "$pid")
+    up1=$(upstream_queries)
+    local after_rss
+    after_rss=$(rss_kib "$pid")
+    stop "$name"
+
     # Nearest-rank percentiles over every query sent: answered ones by their
     # latency, timed-out ones ("> T") ranked as infinitely slow.
     local p50 p99 lat_done
@@ -266,24 +295,23 @@ measure() {
                                   return v[r] == "inf" ? "lost" : sprintf("%.0f", v[r]) }
             END { if (NR == 0) print "none none"; else print pct(0.50), pct(0.99) }')
 
-    cpu0=$(cpu_ticks "$pid")
-    run_dnsperf "$out.qps" -p "$port" -d "$NAMES_FILE" -l "$QPS_SECONDS" -c "$CLIENTS" -q "$OUTSTANDING" -t 1
-    cpu1=$(cpu_ticks "$pid")
-    up1=$(upstream_queries)
-
-    local qps answered lost after_rss cpu_us
+    local qps answered lost secs srv_ticks cpu_us busy client_busy others
     qps=$(stat_of "$out.qps" "Queries per second")
     answered=$(stat_of "$out.qps" "Queries completed")
     lost=$(stat_of "$out.qps" "Queries lost")
-    after_rss=$(rss_kib "$pid")
+    secs=$(stat_of "$out.qps" "Run time (s)")
     [ "${answered:-0}" -gt 0 ] && [ "${lat_done:-0}" -gt 0 ] ||
         die "$name answered no queries (max-qps run: ${answered:-?}, latency run: ${lat_done:-?})"
-    cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="$answered" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+    srv_ticks=$((${snap2%% *} - ${snap1%% *}))
+    cpu_us=$(awk -v t="$srv_ticks" -v hz="$CLK_TCK" -v n="$answered" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+    busy=$(awk -v t="$srv_ticks" -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.0f", t / hz / s * 100 }')
+    client_busy=$(awk -v c="$(cat "$out.qps.cpu")" -v s="$secs" 'BEGIN { printf "%.0f", c / s * 100 }')
+    others=$(printf '%s\n' "$(others_pct "$snap0" "$snap1" "$out.lat")" "$(others_pct "$snap1" "$snap2" "$out.qps")" | sort -n | tail -n 1)
 
-    stop "$name"
-    printf '%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$qps" "$answered" "$lost" \
-        "$p50" "$p99" "$idle_rss" "$after_rss" "$cpu_us" "$((up1 - up0))" >>"$ROWS"
-    printf '  round %s %-8s %8.0f qps  p50 %s us  p99 %s us  cpu %s us/q\n' "$round" "$name" "$qps" "$p50" "$p99" "$cpu_us"
+    printf '%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$qps" "$answered" "$lost" \
+        "$p50" "$p99" "$idle_rss" "$after_rss" "$cpu_us" "$busy" "$client_busy" "$((up1 - up0))" "$others" >>"$ROWS"
+    printf '  round %s %-8s %8.0f qps (server %s%% busy, dnsperf %s%%, others %s%%)  p50 %s us  p99 %s us  cpu %s us/q\n' \
+        "$round" "$name" "$qps" "$busy" "$client_busy" "$others" "$p50" "$p99" "$cpu_us"
 }
 
 # Median over rounds of column $2 for server $1 (the lower one when even);
@@ -340,14 +368,17 @@ REPORT=$RESULTS_DIR/dnsperf-$MODE-$(date +%Y%m%d-%H%M%S).md
     row "p99 latency at $LAT_QPS qps (us)" median 7 "%.0f" 1
     row "idle RSS (MiB)" median 8 "%.1f" 0.0009765625
     row "RSS after load (MiB)" median 9 "%.1f" 0.0009765625
-    row "CPU per answered query (us)" median 10 "%.2f" 1
+    row "server CPU per answered query, max-qps run (us)" median 10 "%.2f" 1
+    row "server CPU busy in max-qps run (%)" median 11 "%.0f" 1
+    row "dnsperf CPU busy in max-qps run (%)" median 12 "%.0f" 1
     row "queries lost in max-qps runs (total)" total 5 "%.0f" 1
-    row "upstream queries while measured (total)" total 11 "%.0f" 1
+    row "upstream queries while measured (total)" total 13 "%.0f" 1
+    row "CPU taken by other processes (%, worst core and run)" median 14 "%.0f" 1
     echo
     echo "Per round:"
     echo
-    echo "| round | server | qps | answered | lost | p50 us | p99 us | idle RSS KiB | RSS after KiB | CPU us/q | upstream q |"
-    echo "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    echo "| round | server | qps | answered | lost | p50 us | p99 us | idle RSS KiB | RSS after KiB | CPU us/q | server busy % | dnsperf busy % | upstream q | others % |"
+    echo "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     awk -F'\t' -v OFS=' | ' '{ $1 = $1; print "| " $0 " |" }' "$ROWS"
     echo
     echo "dnsperf command lines (round 1, moat; other servers differ only in port):"
@@ -356,6 +387,23 @@ REPORT=$RESULTS_DIR/dnsperf-$MODE-$(date +%Y%m%d-%H%M%S).md
     echo
     echo "Percentiles: nearest rank over every query sent in the latency run, from dnsperf -v"
     echo "per-query latencies; queries that timed out count as infinitely slow (shown as 'lost')."
+    echo
+    echo "Warnings and errors in the servers' logs (digits folded to N; count, line):"
+    echo
+    for s in "${SERVERS[@]}"; do
+        grep -Ei 'warn|error|fail|panic' "$WORK/$s.log" | sed -E 's/^[0-9T:.-]+Z +//; s/[0-9]+/N/g' |
+            sort | uniq -c | sort -rn | head -n 5 | sed "s/^/    $s: /" || true
+    done
+    if awk -F'\t' '$12 >= 95 { found = 1 } END { exit !found }' "$ROWS"; then
+        echo
+        echo "Note: dnsperf kept its core at least 95% busy in some max-qps run: there the load"
+        echo "generator, not the server, set the ceiling. Compare CPU per query and server busy %."
+    fi
+    if awk -F'\t' '$14 > 10 { found = 1 } END { exit !found }' "$ROWS"; then
+        echo
+        echo "**Warning: other processes took over 10% of a benchmark core during some measured run;"
+        echo "those figures are not reliable. Rerun on an otherwise idle machine.**"
+    fi
 } | tee "$REPORT"
 echo
 echo "saved to $REPORT"

@@ -43,6 +43,7 @@ pub enum Reply {
 struct State {
     replies: HashMap<String, Reply>,
     counts: HashMap<String, usize>,
+    connections: usize,
     delay: Duration,
 }
 
@@ -127,6 +128,11 @@ impl TestUpstream {
             .get(&name.to_ascii_lowercase())
             .copied()
             .unwrap_or(0)
+    }
+
+    /// TCP and TLS connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().connections
     }
 
     /// Queries received in total.
@@ -255,6 +261,7 @@ async fn serve_tcp(
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        state.lock().connections += 1;
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {

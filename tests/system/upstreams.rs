@@ -37,6 +37,17 @@ async fn dot_and_doh_upstreams_with_a_test_ca() {
             moat.log()
         );
         assert_eq!(upstream.count(&name), 1);
+        if url.starts_with("tls") {
+            let before = upstream.connections();
+            for index in 0..3 {
+                moat.dns.a(&format!("again{index}.secure.test")).await;
+            }
+            assert_eq!(
+                upstream.connections(),
+                before,
+                "later queries reuse the TLS connection"
+            );
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio_rustls::client::TlsStream;
 
 use super::UpstreamError;
 use crate::config::{Transport, UpstreamUrl};
@@ -15,16 +16,23 @@ use crate::config::{Transport, UpstreamUrl};
 /// Largest answer read from any upstream.
 const MAX_ANSWER: usize = 65_535;
 
+/// Idle connections kept per TCP or TLS upstream for the next query.
+const IDLE_CONNECTIONS: usize = 4;
+
 /// A way to reach one upstream.
 #[derive(Debug)]
 pub(super) enum Connector {
     Udp(SocketAddr),
-    Tcp(SocketAddr),
+    Tcp {
+        addr: SocketAddr,
+        idle: Idle<TcpStream>,
+    },
     Tls {
         host: String,
         port: u16,
         name: ServerName<'static>,
         tls: Arc<rustls::ClientConfig>,
+        idle: Idle<TlsStream<TcpStream>>,
     },
     Https {
         client: reqwest::Client,
@@ -46,13 +54,17 @@ impl Connector {
         };
         Ok(match url.transport {
             Transport::Udp => Self::Udp(ip_addr()?),
-            Transport::Tcp => Self::Tcp(ip_addr()?),
+            Transport::Tcp => Self::Tcp {
+                addr: ip_addr()?,
+                idle: Idle::default(),
+            },
             Transport::Tls => Self::Tls {
                 host: url.host.clone(),
                 port: url.port,
                 name: ServerName::try_from(url.host.clone())
                     .map_err(|err| UpstreamError::Setup(format!("{url}: {err}")))?,
                 tls: Arc::clone(tls),
+                idle: Idle::default(),
             },
             Transport::Https => {
                 let mut config = (**tls).clone();
@@ -90,20 +102,20 @@ impl Connector {
                 }
                 Ok(answer)
             }
-            Self::Tcp(addr) => {
-                let mut stream = TcpStream::connect(addr).await?;
-                framed_exchange(&mut stream, query).await
-            }
+            Self::Tcp { addr, idle } => idle.exchange(|| TcpStream::connect(*addr), query).await,
             Self::Tls {
                 host,
                 port,
                 name,
                 tls,
+                idle,
             } => {
-                let stream = TcpStream::connect((host.as_str(), *port)).await?;
-                let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls));
-                let mut stream = connector.connect(name.clone(), stream).await?;
-                framed_exchange(&mut stream, query).await
+                let connect = || async {
+                    let stream = TcpStream::connect((host.as_str(), *port)).await?;
+                    let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls));
+                    connector.connect(name.clone(), stream).await
+                };
+                idle.exchange(connect, query).await
             }
             Self::Https { client, url } => {
                 let response = client
@@ -163,4 +175,48 @@ async fn framed_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mut answer = vec![0u8; len];
     stream.read_exact(&mut answer).await?;
     Ok(answer)
+}
+
+/// Open connections to one upstream, waiting for their next query.
+pub(super) struct Idle<S>(parking_lot::Mutex<Vec<S>>);
+
+impl<S> Default for Idle<S> {
+    fn default() -> Self {
+        Self(parking_lot::Mutex::new(Vec::new()))
+    }
+}
+
+impl<S> std::fmt::Debug for Idle<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Idle({})", self.0.lock().len())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Idle<S> {
+    /// Exchanges `query` over an idle connection, or a new one from
+    /// `connect` if there is none or the idle one was closed meanwhile.
+    async fn exchange<F, C>(&self, connect: F, query: &[u8]) -> Result<Vec<u8>, UpstreamError>
+    where
+        F: Fn() -> C,
+        C: Future<Output = std::io::Result<S>>,
+    {
+        let reused = self.0.lock().pop();
+        if let Some(mut stream) = reused
+            && let Ok(answer) = framed_exchange(&mut stream, query).await
+        {
+            self.keep(stream);
+            return Ok(answer);
+        }
+        let mut stream = connect().await?;
+        let answer = framed_exchange(&mut stream, query).await?;
+        self.keep(stream);
+        Ok(answer)
+    }
+
+    fn keep(&self, stream: S) {
+        let mut idle = self.0.lock();
+        if idle.len() < IDLE_CONNECTIONS {
+            idle.push(stream);
+        }
+    }
 }
