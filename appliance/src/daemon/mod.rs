@@ -88,6 +88,8 @@ pub struct Status {
     pub upstreams: Vec<UpstreamStatus>,
     /// Times the configuration was applied since start.
     pub config_generation: u64,
+    /// Query log entries dropped because the log could not keep up.
+    pub query_log_lost: u64,
 }
 
 /// A running appliance.
@@ -101,6 +103,7 @@ pub struct Daemon {
     udp: Vec<SocketAddr>,
     tcp: Vec<SocketAddr>,
     shutdown: Arc<AtomicBool>,
+    query_log_loss_reported: AtomicBool,
 }
 
 impl Daemon {
@@ -136,6 +139,7 @@ impl Daemon {
             udp,
             tcp,
             shutdown,
+            query_log_loss_reported: AtomicBool::new(false),
         });
         tokio::spawn(Arc::clone(&daemon).flush_query_log_periodically());
         Ok(daemon)
@@ -208,6 +212,7 @@ impl Daemon {
             cache_entries: self.handler.cache().len(),
             upstreams: self.handler.live().upstreams.status(),
             config_generation: generation,
+            query_log_lost: self.handler.query_log().lost(),
         }
     }
 
@@ -225,10 +230,13 @@ impl Daemon {
             .query_log()
             .flush(&dir, clock::unix_now_ms(), retention)
         {
-            Ok(report) if report.lost > 0 => {
+            Ok(report)
+                if report.lost > 0
+                    && !self.query_log_loss_reported.swap(true, Ordering::Relaxed) =>
+            {
                 tracing::warn!(
                     lost = report.lost,
-                    "query log entries overwritten before flush; raise memory_entries or flush more often"
+                    "query log cannot keep up; entries it drops are counted in status (reported once)"
                 );
             }
             Ok(_) => {}
@@ -238,22 +246,23 @@ impl Daemon {
         }
     }
 
+    /// Flushes the query log every `flush_interval`, or sooner when half
+    /// the ring waits, but at most once a second, so a flood costs bounded
+    /// CPU (entries beyond that are counted as lost, not kept).
     async fn flush_query_log_periodically(self: Arc<Self>) {
         loop {
-            let interval = self
-                .config
-                .lock()
-                .0
-                .tuning
-                .query_log
-                .flush_interval
-                .max(Duration::from_millis(100));
-            tokio::time::sleep(interval).await;
+            let interval = self.config.lock().0.tuning.query_log.flush_interval;
+            let interval = interval.max(Duration::from_millis(100));
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = self.handler.query_log().half_full() => {}
+            }
             if self.shutdown.load(Ordering::Relaxed) {
                 return;
             }
             let daemon = Arc::clone(&self);
             let _ = tokio::task::spawn_blocking(move || daemon.flush_query_log()).await;
+            tokio::time::sleep(interval.min(Duration::from_secs(1))).await;
         }
     }
 }

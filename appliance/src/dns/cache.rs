@@ -203,22 +203,58 @@ pub enum Lookup {
     Miss,
 }
 
+/// A question as stored: the name on the heap, sized to fit. Lookups use
+/// the inline `QuestionKey` of the query without copying it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoredKey {
+    name: Box<[u8]>,
+    qtype: u16,
+    qclass: u16,
+    dnssec_ok: bool,
+}
+
+impl From<&QuestionKey> for StoredKey {
+    fn from(key: &QuestionKey) -> Self {
+        Self {
+            name: key.name.as_slice().into(),
+            qtype: key.qtype,
+            qclass: key.qclass,
+            dnssec_ok: key.dnssec_ok,
+        }
+    }
+}
+
+impl std::hash::Hash for StoredKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        wire::hash_question(&self.name, self.qtype, self.qclass, self.dnssec_ok, state);
+    }
+}
+
+impl quick_cache::Equivalent<StoredKey> for QuestionKey {
+    fn equivalent(&self, stored: &StoredKey) -> bool {
+        self.qtype == stored.qtype
+            && self.qclass == stored.qclass
+            && self.dnssec_ok == stored.dnssec_ok
+            && self.name.as_slice() == &*stored.name
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct AnswerWeight {
     by_bytes: bool,
 }
 
-impl Weighter<QuestionKey, Arc<Answer>> for AnswerWeight {
-    fn weight(&self, _key: &QuestionKey, answer: &Arc<Answer>) -> u64 {
+impl Weighter<StoredKey, Arc<Answer>> for AnswerWeight {
+    fn weight(&self, key: &StoredKey, answer: &Arc<Answer>) -> u64 {
         if self.by_bytes {
-            answer.size() as u64
+            (answer.size() + key.name.len() + size_of::<StoredKey>()) as u64
         } else {
             1
         }
     }
 }
 
-type Store = quick_cache::sync::Cache<QuestionKey, Arc<Answer>, AnswerWeight>;
+type Store = quick_cache::sync::Cache<StoredKey, Arc<Answer>, AnswerWeight>;
 
 /// The shared answer cache.
 pub struct Cache {
@@ -308,9 +344,9 @@ impl Cache {
     }
 
     /// Stores an answer; answers with a zero lifetime are not kept.
-    pub fn insert(&self, key: QuestionKey, answer: Arc<Answer>) {
+    pub fn insert(&self, key: &QuestionKey, answer: Arc<Answer>) {
         if answer.ttl > 0 {
-            self.store.read().1.insert(key, answer);
+            self.store.read().1.insert(StoredKey::from(key), answer);
         }
     }
 
@@ -433,7 +469,7 @@ mod tests {
         let key = Query::parse(&request).unwrap().key;
         let answer =
             Answer::from_upstream(response("s.example.", 60, 1, None), RULES, start).unwrap();
-        cache.insert(key.clone(), Arc::new(answer));
+        cache.insert(&key, Arc::new(answer));
         assert!(matches!(
             cache.lookup(&key, start + Duration::from_secs(10)),
             Lookup::Fresh { .. }
@@ -456,7 +492,7 @@ mod tests {
         let key = Query::parse(&request).unwrap().key;
         let answer =
             Answer::from_upstream(response("h.example.", 100, 1, None), RULES, start).unwrap();
-        cache.insert(key.clone(), Arc::new(answer));
+        cache.insert(&key, Arc::new(answer));
         let refresh_at = |secs| match cache.lookup(&key, start + Duration::from_secs(secs)) {
             Lookup::Fresh { refresh, .. } => refresh,
             other => panic!("expected fresh, got {other:?}"),
@@ -480,7 +516,7 @@ mod tests {
             let request = query(&name);
             let key = Query::parse(&request).unwrap().key;
             cache.insert(
-                key,
+                &key,
                 Arc::new(Answer::from_upstream(response(&name, 100, 1, None), RULES, now).unwrap()),
             );
         }

@@ -157,12 +157,19 @@ impl QueryHandler {
                     wire::Rejection::Reply { rcode, .. } => rcode,
                     wire::Rejection::Ignore => rcode::FORMERR,
                 };
-                self.record(b"", 0, client, rcode, Outcome::Rejected, received);
+                self.record(
+                    &self.live.load(),
+                    b"",
+                    0,
+                    client,
+                    rcode,
+                    Outcome::Rejected,
+                    received,
+                );
                 return Handled::Reply;
             }
         };
         let live = self.live.load();
-        let limit = (protocol == Protocol::Udp).then(|| query.udp_limit(live.udp_max_payload));
         if !self.pause.is_paused() {
             let question = PolicyQuestion {
                 name: &query.dotted,
@@ -171,7 +178,15 @@ impl QueryHandler {
             };
             if live.policy.decide(&question) == Decision::Block {
                 write_blocked(&query, &live.blocked_response, live.blocked_ttl, out);
-                return self.reply(&query, limit, client, Outcome::Blocked, received, out);
+                return self.reply(
+                    &live,
+                    &query,
+                    protocol,
+                    client,
+                    Outcome::Blocked,
+                    received,
+                    out,
+                );
             }
         }
         match self.cache.lookup(&query.key, received) {
@@ -180,7 +195,15 @@ impl QueryHandler {
                 if refresh {
                     self.refresh(&query);
                 }
-                self.reply(&query, limit, client, Outcome::Cached, received, out)
+                self.reply(
+                    &live,
+                    &query,
+                    protocol,
+                    client,
+                    Outcome::Cached,
+                    received,
+                    out,
+                )
             }
             Lookup::Stale(answer) => Handled::Resolve(Pending {
                 request: request.to_vec(),
@@ -244,11 +267,10 @@ impl QueryHandler {
             }
         };
         let live = self.live.load();
-        let limit =
-            (pending.protocol == Protocol::Udp).then(|| query.udp_limit(live.udp_max_payload));
         self.reply(
+            &live,
             &query,
-            limit,
+            pending.protocol,
             pending.client,
             outcome,
             pending.received,
@@ -256,18 +278,26 @@ impl QueryHandler {
         )
     }
 
+    /// Finishes the answer in `out` (OPT, truncation) and records it.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site per outcome; a struct would only rename them"
+    )]
     fn reply(
         &self,
+        live: &Live,
         query: &Query<'_>,
-        limit: Option<usize>,
+        protocol: Protocol,
         client: IpAddr,
         outcome: Outcome,
         received: Instant,
         out: &mut Vec<u8>,
     ) -> Handled {
+        let limit = (protocol == Protocol::Udp).then(|| query.udp_limit(live.udp_max_payload));
         wire::finish_response(query, limit, out);
         let rcode = u16::from(out[3] & 0x0f);
         self.record(
+            live,
             &query.dotted,
             query.key.qtype,
             client,
@@ -278,8 +308,10 @@ impl QueryHandler {
         Handled::Reply
     }
 
+    #[allow(clippy::too_many_arguments, reason = "the fields of one log record")]
     fn record(
         &self,
+        live: &Live,
         name: &[u8],
         qtype: u16,
         client: IpAddr,
@@ -296,7 +328,7 @@ impl QueryHandler {
             outcome,
             elapsed,
         });
-        if self.live.load().query_log {
+        if live.query_log {
             self.query_log.push(LogEntry {
                 unix_ms: clock::unix_now_ms(),
                 client,
@@ -363,7 +395,7 @@ impl QueryHandler {
         let answer = Answer::from_upstream(answer, self.cache.ttl_rules(), clock::now())
             .map_err(|err| UpstreamError::BadAnswer(err.to_string()))?;
         let answer = Arc::new(answer);
-        self.cache.insert(key.clone(), Arc::clone(&answer));
+        self.cache.insert(key, Arc::clone(&answer));
         Ok(answer)
     }
 }

@@ -47,7 +47,7 @@ pub mod rcode {
 pub type WireName = heapless::Vec<u8, MAX_NAME_LEN>;
 
 /// What identifies a cacheable answer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuestionKey {
     /// Lower-cased wire-format name.
     pub name: WireName,
@@ -57,6 +57,26 @@ pub struct QuestionKey {
     pub qclass: u16,
     /// The client asked for DNSSEC records (EDNS DO bit).
     pub dnssec_ok: bool,
+}
+
+impl std::hash::Hash for QuestionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        hash_question(&self.name, self.qtype, self.qclass, self.dnssec_ok, state);
+    }
+}
+
+/// The one hash of a question, shared by every key type that stands for one.
+pub fn hash_question<H: std::hash::Hasher>(
+    name: &[u8],
+    qtype: u16,
+    qclass: u16,
+    dnssec_ok: bool,
+    state: &mut H,
+) {
+    state.write(name);
+    state.write_u16(qtype);
+    state.write_u16(qclass);
+    state.write_u8(u8::from(dnssec_ok));
 }
 
 /// The EDNS(0) options a query carried.

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -52,6 +53,10 @@ struct Ring {
 pub struct QueryLog {
     ring: Mutex<Ring>,
     capacity: usize,
+    /// Woken when half the ring is waiting to be flushed.
+    half_full: tokio::sync::Notify,
+    /// Entries overwritten before they reached disk, in total.
+    lost: AtomicU64,
 }
 
 impl QueryLog {
@@ -60,6 +65,8 @@ impl QueryLog {
         Self {
             ring: Mutex::new(Ring::default()),
             capacity: capacity.max(1),
+            half_full: tokio::sync::Notify::new(),
+            lost: AtomicU64::new(0),
         }
     }
 
@@ -73,6 +80,19 @@ impl QueryLog {
             ring.entries.push(entry);
         }
         ring.written += 1;
+        if ring.written - ring.flushed == (self.capacity as u64).div_ceil(2) {
+            self.half_full.notify_one();
+        }
+    }
+
+    /// Waits until half the ring holds entries not yet on disk.
+    pub async fn half_full(&self) {
+        self.half_full.notified().await;
+    }
+
+    /// Entries overwritten before they reached disk since start.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// The newest `limit` entries, newest first.
@@ -106,6 +126,7 @@ impl QueryLog {
             ring.flushed = ring.written;
             (pending, lost)
         };
+        self.lost.fetch_add(lost, Ordering::Relaxed);
         std::fs::create_dir_all(dir)?;
         if !pending.is_empty() {
             let mut text = Vec::with_capacity(pending.len() * 128);
