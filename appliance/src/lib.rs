@@ -8,6 +8,7 @@
 //! control endpoint and its client), and `daemon` (wiring them together).
 
 pub mod clock;
+pub mod compile;
 pub mod config;
 pub mod control;
 pub mod daemon;

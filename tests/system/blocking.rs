@@ -6,11 +6,27 @@ use std::time::Duration;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use moat_system_tests::client::query_message;
+use moat_system_tests::moat::Scratch;
 use moat_system_tests::{MoatProcess, TestUpstream};
 
 use super::{ips, policy_for};
 
-const LISTS: &str = "deny = [\"*.ads.test\", \"tracker.test\"]\nallow = [\"good.ads.test\"]\n";
+/// Deny beats allow beats the blocklist: `ads.test` is listed (with
+/// everything below it), `*.good.ads.test` allowed, `bad.good.ads.test` and
+/// `tracker.test` denied.
+fn lists(dir: &Scratch) -> String {
+    let list = dir.0.join("hosts.txt");
+    std::fs::write(
+        &list,
+        "# a hosts file\r\n0.0.0.0 ads.test\r\n||adblock.test^\n",
+    )
+    .unwrap();
+    format!(
+        "deny = [\"tracker.test\", \"bad.good.ads.test\"]\nallow = [\"*.good.ads.test\"]\n\
+         [[policy.blocklists]]\nsource = \"{}\"\n",
+        list.display()
+    )
+}
 
 async fn ask(moat: &MoatProcess, name: &str, qtype: RecordType) -> Message {
     moat.dns.udp_query(&query_message(name, qtype, None)).await
@@ -28,11 +44,13 @@ fn reload(moat: &MoatProcess) {
 #[tokio::test]
 async fn every_blocked_reply_mode() {
     let upstream = TestUpstream::start().await;
+    let dir = Scratch::new("lists");
     let config = |mode: &str| {
-        policy_for(
-            &upstream,
-            &format!("{LISTS}blocked_response = {mode}\nblocked_ttl = \"42s\"\n"),
-        )
+        let policy = format!(
+            "blocked_response = {mode}\nblocked_ttl = \"42s\"\n{}",
+            lists(&dir)
+        );
+        policy_for(&upstream, &policy)
     };
     let moat = MoatProcess::start("", &config("\"nxdomain\"")).await;
 
@@ -42,8 +60,20 @@ async fn every_blocked_reply_mode() {
         nx.authorities[0].ttl, 42,
         "SOA makes the block cacheable for blocked_ttl"
     );
-    let allowed = ask(&moat, "good.ads.test", RecordType::A).await;
-    assert_eq!(ips(&allowed), ["192.0.2.1"], "the allowlist wins");
+    let allowed = ask(&moat, "ok.good.ads.test", RecordType::A).await;
+    assert_eq!(ips(&allowed), ["192.0.2.1"], "allow beats the blocklist");
+    let denied = ask(&moat, "bad.good.ads.test", RecordType::A).await;
+    assert_eq!(
+        denied.metadata.response_code,
+        ResponseCode::NXDomain,
+        "deny beats allow"
+    );
+    let adblock = ask(&moat, "x.adblock.test", RecordType::A).await;
+    assert_eq!(
+        adblock.metadata.response_code,
+        ResponseCode::NXDomain,
+        "||name^ rules block too"
+    );
     let exact = ask(&moat, "tracker.test", RecordType::A).await;
     assert_eq!(exact.metadata.response_code, ResponseCode::NXDomain);
     let below_exact = ask(&moat, "sub.tracker.test", RecordType::A).await;
@@ -102,7 +132,8 @@ async fn every_blocked_reply_mode() {
 #[tokio::test]
 async fn invalid_reload_keeps_running_config() {
     let upstream = TestUpstream::start().await;
-    let moat = MoatProcess::start("", &policy_for(&upstream, LISTS)).await;
+    let dir = Scratch::new("lists");
+    let moat = MoatProcess::start("", &policy_for(&upstream, &lists(&dir))).await;
     moat.rewrite_config(
         "",
         &policy_for(&upstream, "blocked_response = \"sometimes\"\n"),
@@ -141,7 +172,8 @@ async fn invalid_reload_keeps_running_config() {
 #[tokio::test]
 async fn pause_survives_restart_and_resume_blocks_again() {
     let upstream = TestUpstream::start().await;
-    let moat = MoatProcess::start("", &policy_for(&upstream, LISTS)).await;
+    let dir = Scratch::new("lists");
+    let moat = MoatProcess::start("", &policy_for(&upstream, &lists(&dir))).await;
     assert_eq!(
         ips(&ask(&moat, "p.ads.test", RecordType::A).await),
         ["0.0.0.0"]

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use values::{BlockedResponse, NameRule, Percent, Strategy, Transport, UpstreamUrl};
+pub use values::{
+    BlockedResponse, BlocklistSource, FailMode, NameRule, Percent, Strategy, Transport, UpstreamUrl,
+};
 
 /// The configuration Moat runs with when no `--config` is given.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -239,10 +241,14 @@ pub struct Policy {
     /// TTL of blocked answers.
     #[serde(deserialize_with = "values::duration")]
     pub blocked_ttl: Duration,
-    /// Names never blocked (`name` or `*.suffix`).
+    /// Names never blocked by blocklists (`name` or `*.suffix`).
     pub allow: Vec<NameRule>,
-    /// Names always blocked unless allowed (`name` or `*.suffix`).
+    /// Names always blocked, over every allow rule (`name` or `*.suffix`).
     pub deny: Vec<NameRule>,
+    /// Blocklist sources; a listed name blocks itself and every name below it.
+    pub blocklists: Vec<BlocklistSource>,
+    /// What a query gets when the policy plugin faults.
+    pub fail_mode: FailMode,
 }
 
 impl Default for Policy {
@@ -257,6 +263,8 @@ impl Default for Policy {
             blocked_ttl: (Duration::from_secs(60)),
             allow: Vec::new(),
             deny: Vec::new(),
+            blocklists: Vec::new(),
+            fail_mode: FailMode::Open,
         }
     }
 }

@@ -101,6 +101,38 @@ pub enum Strategy {
     Fastest,
 }
 
+/// What happens to a query when its policy plugin faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Answer as if there were no policy.
+    Open,
+    /// Answer SERVFAIL.
+    Closed,
+}
+
+/// One blocklist source: a local file (hosts, domains or Adblock syntax).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlocklistSource {
+    /// Path of the list.
+    #[serde(deserialize_with = "source_path")]
+    pub source: std::path::PathBuf,
+}
+
+fn source_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<std::path::PathBuf, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.starts_with("http://") || text.starts_with("https://") {
+        return Err(de::Error::custom(format!(
+            "`{text}`: downloading lists is not supported yet; give a local path"
+        )));
+    }
+    if text.is_empty() {
+        return Err(de::Error::custom("empty path"));
+    }
+    Ok(text.into())
+}
+
 /// How a blocked name is answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum BlockedResponse {

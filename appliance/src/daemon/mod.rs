@@ -11,12 +11,13 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::clock;
+use crate::compile::{CompileError, compile_policy};
 use crate::config::{Config, ConfigError};
 use crate::dns::cache::Cache;
 use crate::dns::handler::{Live, QueryHandler};
 use crate::dns::listen::{ListenError, Listeners};
 use crate::dns::upstream::{UpstreamError, UpstreamStatus, Upstreams};
-use crate::policy::{NameRules, Pause, PauseState};
+use crate::policy::{Pause, PauseState, PluginError, WasmPolicy};
 use crate::stats::QueryLog;
 use crate::store::{Access, DataDir, StoreError, files};
 
@@ -62,6 +63,12 @@ pub enum DaemonError {
         /// What is wrong.
         reason: String,
     },
+    /// The policy could not be compiled.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// The policy module could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
     /// Another I/O failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -120,7 +127,7 @@ impl Daemon {
             }
         };
         let handler = QueryHandler::new(
-            build_live(&config)?,
+            build_live(&config, &data, true)?,
             Cache::new(config.tuning.cache.clone()),
             Pause::new(pause),
             QueryLog::new(config.tuning.query_log.memory_entries),
@@ -164,7 +171,7 @@ impl Daemon {
     /// an invalid configuration is refused and the running one stays.
     pub fn reload(&self) -> Result<u64, DaemonError> {
         let new = self.source.load()?;
-        let live = build_live(&new)?;
+        let live = build_live(&new, &self.data, false)?;
         let mut current = self.config.lock();
         if new.instance != current.0.instance {
             tracing::warn!("changes to [instance] take effect at the next start");
@@ -246,33 +253,29 @@ impl Daemon {
         }
     }
 
-    /// Flushes the query log every `flush_interval`, or sooner when half
-    /// the ring waits, but at most once a second, so a flood costs bounded
-    /// CPU (entries beyond that are counted as lost, not kept).
+    /// Flushes the query log every `flush_interval`. Under a flood the
+    /// ring overwrites what it cannot hold; those entries are counted, so
+    /// the log costs bounded CPU and memory whatever the query rate.
     async fn flush_query_log_periodically(self: Arc<Self>) {
         loop {
             let interval = self.config.lock().0.tuning.query_log.flush_interval;
             let interval = interval.max(Duration::from_millis(100));
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                () = self.handler.query_log().half_full() => {}
-            }
+            tokio::time::sleep(interval).await;
             if self.shutdown.load(Ordering::Relaxed) {
                 return;
             }
             let daemon = Arc::clone(&self);
             let _ = tokio::task::spawn_blocking(move || daemon.flush_query_log()).await;
-            tokio::time::sleep(interval.min(Duration::from_secs(1))).await;
         }
     }
 }
 
 /// Builds the reloadable part of the query path from a configuration.
-fn build_live(config: &Config) -> Result<Live, DaemonError> {
+fn build_live(config: &Config, data: &DataDir, starting: bool) -> Result<Live, DaemonError> {
     let tls = Arc::new(upstream_tls(config)?);
     let policy = &config.policy;
     Ok(Live {
-        policy: Box::new(NameRules::new(&policy.allow, &policy.deny)),
+        policy: build_policy(config, data, starting)?,
         upstreams: Upstreams::new(
             &policy.upstreams,
             policy.strategy,
@@ -284,6 +287,32 @@ fn build_live(config: &Config) -> Result<Live, DaemonError> {
         udp_max_payload: config.tuning.server.udp_max_payload,
         query_log: config.tuning.query_log.enabled,
     })
+}
+
+/// Compiles the policy and persists the module. At start, a policy that
+/// cannot be compiled falls back to the module persisted last time, so a
+/// restart never serves without policy.
+fn build_policy(
+    config: &Config,
+    data: &DataDir,
+    starting: bool,
+) -> Result<Arc<WasmPolicy>, DaemonError> {
+    let module = match compile_policy(&config.policy, data) {
+        Ok(compiled) => {
+            tracing::info!(summary = ?compiled.summary, sources = ?compiled.sources, "policy compiled");
+            data.write(files::BLOCKLIST_MODULE, &compiled.blocklist, Access::Public)?;
+            compiled.blocklist
+        }
+        Err(err) if starting => match data.read(files::BLOCKLIST_MODULE)? {
+            Some(persisted) => {
+                tracing::error!(error = %err, "policy cannot be compiled; serving the persisted one");
+                persisted
+            }
+            None => return Err(err.into()),
+        },
+        Err(err) => return Err(err.into()),
+    };
+    Ok(WasmPolicy::new(&module, config.policy.fail_mode)?)
 }
 
 /// TLS settings for DoT and DoH upstreams: the public web roots plus any

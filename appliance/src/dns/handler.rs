@@ -29,7 +29,7 @@ use crate::stats::{LogEntry, Outcome, QueryLog, QueryRecord, Stats};
 #[derive(Debug)]
 pub struct Live {
     /// Decides block / allow.
-    pub policy: Box<dyn Policy>,
+    pub policy: Arc<dyn Policy>,
     /// Where misses go.
     pub upstreams: Upstreams,
     /// How blocked names are answered.
@@ -176,17 +176,18 @@ impl QueryHandler {
                 qtype: query.key.qtype,
                 client,
             };
-            if live.policy.decide(&question) == Decision::Block {
-                write_blocked(&query, &live.blocked_response, live.blocked_ttl, out);
-                return self.reply(
-                    &live,
-                    &query,
-                    protocol,
-                    client,
-                    Outcome::Blocked,
-                    received,
-                    out,
-                );
+            match live.policy.decide(&question) {
+                Decision::Block => {
+                    write_blocked(&query, &live.blocked_response, live.blocked_ttl, out);
+                    let outcome = Outcome::Blocked;
+                    return self.reply(&live, &query, protocol, client, outcome, received, out);
+                }
+                Decision::Fault => {
+                    wire::begin_response(&query, rcode::SERVFAIL, out);
+                    let outcome = Outcome::Failed;
+                    return self.reply(&live, &query, protocol, client, outcome, received, out);
+                }
+                Decision::Allow | Decision::NoOpinion => {}
             }
         }
         match self.cache.lookup(&query.key, received) {

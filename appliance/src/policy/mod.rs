@@ -1,14 +1,14 @@
-//! The policy seam: for each question, allow, block, answer locally, or
-//! have no opinion. The configured allow/deny lists fill it for now; the
-//! WASM policy host plugs in behind the same trait.
+//! The policy seam: for each question, allow, block, or have no opinion.
+//! Policy runs as WASM modules compiled from the configured sources (see
+//! `compile`), hosted by `wasm`.
 
 mod pause;
-mod rules;
+mod wasm;
 
 use std::net::IpAddr;
 
 pub use pause::{Pause, PauseState};
-pub use rules::NameRules;
+pub use wasm::{PluginError, WasmPolicy};
 
 /// A question as policy sees it.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +30,8 @@ pub enum Decision {
     Allow,
     /// Blocked: answer with the configured blocked response.
     Block,
+    /// Policy failed and the fail mode is closed: answer SERVFAIL.
+    Fault,
 }
 
 /// Decides what happens to each question. Implementations are called on

@@ -53,8 +53,6 @@ struct Ring {
 pub struct QueryLog {
     ring: Mutex<Ring>,
     capacity: usize,
-    /// Woken when half the ring is waiting to be flushed.
-    half_full: tokio::sync::Notify,
     /// Entries overwritten before they reached disk, in total.
     lost: AtomicU64,
 }
@@ -65,7 +63,6 @@ impl QueryLog {
         Self {
             ring: Mutex::new(Ring::default()),
             capacity: capacity.max(1),
-            half_full: tokio::sync::Notify::new(),
             lost: AtomicU64::new(0),
         }
     }
@@ -80,14 +77,6 @@ impl QueryLog {
             ring.entries.push(entry);
         }
         ring.written += 1;
-        if ring.written - ring.flushed == (self.capacity as u64).div_ceil(2) {
-            self.half_full.notify_one();
-        }
-    }
-
-    /// Waits until half the ring holds entries not yet on disk.
-    pub async fn half_full(&self) {
-        self.half_full.notified().await;
     }
 
     /// Entries overwritten before they reached disk since start.
@@ -106,6 +95,27 @@ impl QueryLog {
             .collect()
     }
 
+    /// Copies out the entries not yet on disk, a chunk per lock hold so
+    /// queries logging meanwhile wait microseconds, not milliseconds.
+    fn take_unflushed(&self) -> (Vec<LogEntry>, u64) {
+        const CHUNK: u64 = 256;
+        let capacity = self.capacity as u64;
+        let mut pending = Vec::new();
+        let mut lost = 0;
+        loop {
+            let mut ring = self.ring.lock();
+            let oldest_kept = ring.written.saturating_sub(capacity);
+            lost += oldest_kept.saturating_sub(ring.flushed);
+            let from = ring.flushed.max(oldest_kept);
+            let to = ring.written.min(from + CHUNK);
+            pending.extend((from..to).map(|seq| ring.entries[(seq % capacity) as usize].clone()));
+            ring.flushed = to;
+            if to == ring.written {
+                return (pending, lost);
+            }
+        }
+    }
+
     /// Appends entries not yet on disk to today's file in `dir`, then
     /// deletes files older than `retention`. Entries that fell out of the
     /// ring before a flush are counted as lost.
@@ -115,18 +125,7 @@ impl QueryLog {
         now_unix_ms: u64,
         retention: Duration,
     ) -> std::io::Result<FlushReport> {
-        let (pending, lost) = {
-            let mut ring = self.ring.lock();
-            let oldest_kept = ring.written.saturating_sub(self.capacity as u64);
-            let lost = oldest_kept.saturating_sub(ring.flushed);
-            let from = ring.flushed.max(oldest_kept);
-            let pending: Vec<LogEntry> = (from..ring.written)
-                .map(|seq| ring.entries[(seq % self.capacity as u64) as usize].clone())
-                .collect();
-            ring.flushed = ring.written;
-            (pending, lost)
-        };
-        self.lost.fetch_add(lost, Ordering::Relaxed);
+        let (pending, lost) = self.take_unflushed();
         std::fs::create_dir_all(dir)?;
         if !pending.is_empty() {
             let mut text = Vec::with_capacity(pending.len() * 128);

@@ -49,6 +49,10 @@ pub mod files {
     pub const PAUSE: &str = "pause.json";
     /// Directory of query log files.
     pub const QUERY_LOG: &str = "querylog";
+    /// The compiled blocklist module in force.
+    pub const BLOCKLIST_MODULE: &str = "policy-blocklist.wasm";
+    /// Prefix of the kept copies of blocklist sources.
+    pub const SOURCE_COPY_PREFIX: &str = "source-";
 }
 
 /// The data directory.

@@ -1,0 +1,138 @@
+//! The policy compiler: turns policy sources (blocklist files, allow and
+//! deny lists) into WASM policy modules that carry their data in a data
+//! segment.
+
+mod link;
+mod parse;
+mod sources;
+
+use std::collections::BTreeSet;
+
+use moat_plugin_abi::{DataHeader, TABLES, Table, name_hash};
+
+pub use link::{LinkError, with_data_segment};
+pub use parse::{ParsedList, parse_list};
+pub use sources::{SourceError, SourceReport};
+
+use crate::config::{NameRule, Policy};
+use crate::store::DataDir;
+
+/// Why a policy could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// A source could not be read and has no kept copy.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The module could not be built.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// A compiled policy: the blocklist module and what went into it.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    /// The blocklist module, data included.
+    pub blocklist: Vec<u8>,
+    /// Totals.
+    pub summary: CompileSummary,
+    /// Per source.
+    pub sources: Vec<SourceReport>,
+}
+
+/// Compiles `[policy]`: allow, deny and every blocklist source.
+pub fn compile_policy(policy: &Policy, data: &DataDir) -> Result<CompiledPolicy, CompileError> {
+    let mut rules = BlocklistRules::default();
+    let mut duplicates = rules.add_config(&policy.allow, &policy.deny);
+    let mut reports = Vec::new();
+    for source in &policy.blocklists {
+        let (list, report) = sources::load(source, data)?;
+        duplicates += rules.add_list(&list);
+        reports.push(report);
+    }
+    let (blocklist, summary) = rules.compile(duplicates)?;
+    Ok(CompiledPolicy {
+        blocklist,
+        summary,
+        sources: reports,
+    })
+}
+
+/// The blocklist plugin as built from `plugins/blocklist`, without data.
+pub const BLOCKLIST_TEMPLATE: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/moat_blocklist.wasm"));
+
+/// Rules gathered from every source, by table.
+#[derive(Debug, Default)]
+struct BlocklistRules {
+    tables: [BTreeSet<u64>; TABLES],
+}
+
+/// What the compiler did, for people.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CompileSummary {
+    /// Distinct entries per table, in `Table` order.
+    pub entries: [usize; TABLES],
+    /// Rules seen more than once.
+    pub duplicates: usize,
+    /// Bytes of the module, data included.
+    pub module_bytes: usize,
+}
+
+impl BlocklistRules {
+    /// Adds the configured allow and deny rules.
+    fn add_config(&mut self, allow: &[NameRule], deny: &[NameRule]) -> usize {
+        let mut duplicates = 0;
+        for (rules, exact, suffix) in [
+            (deny, Table::DenyExact, Table::DenySuffix),
+            (allow, Table::AllowExact, Table::AllowSuffix),
+        ] {
+            for rule in rules {
+                let table = if rule.subdomains { suffix } else { exact };
+                duplicates += usize::from(!self.insert(table, rule.name.as_bytes()));
+            }
+        }
+        duplicates
+    }
+
+    /// Adds a parsed list: its block names as suffix rules (a listed name
+    /// blocks everything below it), its exceptions as allow suffixes.
+    fn add_list(&mut self, list: &ParsedList) -> usize {
+        let mut duplicates = 0;
+        for name in &list.block {
+            duplicates += usize::from(!self.insert(Table::BlockSuffix, name.as_bytes()));
+        }
+        for name in &list.allow {
+            duplicates += usize::from(!self.insert(Table::AllowSuffix, name.as_bytes()));
+        }
+        duplicates
+    }
+
+    fn insert(&mut self, table: Table, name: &[u8]) -> bool {
+        self.tables[table as usize].insert(name_hash(name))
+    }
+
+    /// The data segment contents: header, then each table sorted.
+    fn encode(&self) -> Vec<u8> {
+        let counts = self.tables.each_ref().map(|table| table.len() as u32);
+        let total: usize = self.tables.iter().map(BTreeSet::len).sum();
+        let mut data = Vec::with_capacity(DataHeader::LEN + total * 8);
+        data.extend_from_slice(&DataHeader { counts }.encode());
+        for table in &self.tables {
+            for hash in table {
+                data.extend_from_slice(&hash.to_le_bytes());
+            }
+        }
+        data
+    }
+
+    /// Builds the blocklist module with these rules as its data.
+    fn compile(&self, duplicates: usize) -> Result<(Vec<u8>, CompileSummary), LinkError> {
+        let module = with_data_segment(BLOCKLIST_TEMPLATE, &self.encode())?;
+        let summary = CompileSummary {
+            entries: self.tables.each_ref().map(BTreeSet::len),
+            duplicates,
+            module_bytes: module.len(),
+        };
+        Ok((module, summary))
+    }
+}

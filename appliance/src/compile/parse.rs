@@ -1,0 +1,177 @@
+//! Reading blocklist sources: hosts files, plain domain lists and
+//! Adblock-style DNS rules, detected per line. Lines that cannot be used
+//! are counted, never fatal.
+
+/// What one source contributed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ParsedList {
+    /// Names to block, with everything below them.
+    pub block: Vec<String>,
+    /// Exception names (`@@||name^`), with everything below them.
+    pub allow: Vec<String>,
+    /// Lines that were neither rules nor comments.
+    pub rejected: usize,
+    /// Adblock rules ignored for their modifier (`$badfilter`).
+    pub ignored_modifiers: usize,
+    /// Comment and blank lines.
+    pub comments: usize,
+}
+
+/// Longest line considered; longer ones are rejected unread.
+const MAX_LINE: usize = 4096;
+
+/// Parses a whole source.
+pub fn parse_list(text: &str) -> ParsedList {
+    let mut list = ParsedList::default();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for line in text.lines() {
+        parse_line(line.trim_end_matches('\r').trim(), &mut list);
+    }
+    list
+}
+
+fn parse_line(line: &str, list: &mut ParsedList) {
+    if line.is_empty() || line.starts_with('#') || line.starts_with('!') || line.starts_with('[') {
+        list.comments += 1;
+        return;
+    }
+    if line.len() > MAX_LINE {
+        list.rejected += 1;
+        return;
+    }
+    let (exception, rule) = match line.strip_prefix("@@") {
+        Some(rule) => (true, rule),
+        None => (false, line),
+    };
+    if exception || rule.starts_with("||") || rule.starts_with("*.") || rule.contains(['^', '$']) {
+        match (adblock_rule(rule), exception) {
+            (AdblockRule::Name(name), true) => list.allow.push(name),
+            (AdblockRule::Name(name), false) => list.block.push(name),
+            (AdblockRule::Ignored, _) => list.ignored_modifiers += 1,
+            (AdblockRule::Unusable, _) => list.rejected += 1,
+        }
+        return;
+    }
+    let line = line.split('#').next().unwrap_or("").trim();
+    let mut fields = line.split_whitespace();
+    let first = fields.next().unwrap_or("");
+    if first.parse::<std::net::IpAddr>().is_ok() {
+        let mut names = 0;
+        for name in fields {
+            names += 1;
+            if is_local_alias(&name.to_ascii_lowercase()) {
+                continue;
+            }
+            match normalize(name) {
+                Some(name) => list.block.push(name),
+                None => list.rejected += 1,
+            }
+        }
+        if names == 0 {
+            list.rejected += 1;
+        }
+        return;
+    }
+    match (normalize(first), fields.next()) {
+        (Some(name), None) => list.block.push(name),
+        _ => list.rejected += 1,
+    }
+}
+
+enum AdblockRule {
+    Name(String),
+    /// A rule whose modifier Moat does not apply (`$badfilter`).
+    Ignored,
+    Unusable,
+}
+
+/// Reads an Adblock DNS rule `||name^` or `*.name`. Modifiers such as
+/// `$important` are dropped (the rule applies as a plain block);
+/// `$badfilter` rules are ignored; cosmetic and path rules are unusable.
+fn adblock_rule(rule: &str) -> AdblockRule {
+    let rule = match rule.split_once('$') {
+        Some((_, modifiers))
+            if modifiers
+                .split(',')
+                .any(|modifier| modifier.trim() == "badfilter") =>
+        {
+            return AdblockRule::Ignored;
+        }
+        Some((rule, _)) => rule,
+        None => rule,
+    };
+    let rule = rule
+        .strip_prefix("||")
+        .or_else(|| rule.strip_prefix("*."))
+        .unwrap_or(rule);
+    let rule = rule.strip_suffix('^').unwrap_or(rule);
+    if rule.contains(['/', '*', '^', '|', '#']) {
+        return AdblockRule::Unusable;
+    }
+    normalize(rule).map_or(AdblockRule::Unusable, AdblockRule::Name)
+}
+
+/// Lower-cases and checks a name; IDN names must already be punycode
+/// (`xn--`), as they are on the wire. Returns `None` for anything else.
+fn normalize(name: &str) -> Option<String> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let valid_label = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+            && !label.starts_with('-')
+    };
+    (name.len() <= 253 && name.contains('.') && name.split('.').all(valid_label)).then_some(name)
+}
+
+/// Names hosts files map to themselves, never meant as blocks.
+fn is_local_alias(name: &str) -> bool {
+    matches!(
+        name,
+        "localhost"
+            | "localhost.localdomain"
+            | "local"
+            | "broadcasthost"
+            | "ip6-localhost"
+            | "ip6-loopback"
+    ) || name.ends_with(".localdomain")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_domains_and_adblock_lines() {
+        let text = "\u{feff}# comment\r\n0.0.0.0 ads.example tracker.example\r\n127.0.0.1 localhost\n\
+                    ::1 ip6-localhost\nplain.example\n||adblock.example^\n@@||good.adblock.example^\n\
+                    ||important.example^$important\n||gone.example^$badfilter\n*.wild.example\n\
+                    ! adblock comment\n\nexample.com/path\nnot a domain line\n0.0.0.0\nxn--bcher-kva.example\n";
+        let list = parse_list(text);
+        assert_eq!(
+            list.block,
+            [
+                "ads.example",
+                "tracker.example",
+                "plain.example",
+                "adblock.example",
+                "important.example",
+                "wild.example",
+                "xn--bcher-kva.example"
+            ]
+        );
+        assert_eq!(list.allow, ["good.adblock.example"]);
+        assert_eq!(list.ignored_modifiers, 1, "the $badfilter rule");
+        assert_eq!(list.rejected, 3, "path rule, sentence, bare address");
+        assert_eq!(list.comments, 3);
+    }
+
+    #[test]
+    fn unicode_and_long_lines_are_rejected_not_fatal() {
+        let long = format!("{}.example", "a".repeat(5000));
+        let list = parse_list(&format!("bücher.example\n{long}\nok.example\n"));
+        assert_eq!(list.block, ["ok.example"]);
+        assert_eq!(list.rejected, 2);
+    }
+}
