@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use moat::compile::{compile_policy, explain};
 use moat::config::Config;
 use moat::control::{self, ControlClient};
 use moat::daemon::{ConfigSource, Daemon};
+use moat::policy::{Policy, Question, WasmPolicy};
+use moat::store::{Access, DataDir};
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -49,6 +52,30 @@ enum Command {
     Resume(Target),
     /// Show counters: queries, cache, blocked, top names and clients.
     Stats(Target),
+    /// Compile or try out a policy offline.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Compile the policy of a config into WASM modules in DIR; print a summary.
+    Compile {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Where the modules go.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Say what the policy does with NAME and which rule decided.
+    Test {
+        /// The name to try.
+        name: String,
+        /// TOML configuration file (the embedded default without it).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Which running appliance a command talks to.
@@ -108,7 +135,49 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Resume(target) => {
             show(&target, client(&target)?.post("resume", &json!({})).await?)
         }
+        Command::Policy(command) => policy_tool(command),
     }
+}
+
+fn policy_tool(command: PolicyCommand) -> Result<()> {
+    match command {
+        PolicyCommand::Compile { config, out } => {
+            let config = Config::load(&config)?;
+            let data = DataDir::open(&out)?;
+            let compiled = compile_policy(&config.policy, &data)?;
+            data.write("blocklist.wasm", &compiled.blocklist, Access::Public)?;
+            let summary = json!({
+                "out": out.join("blocklist.wasm"),
+                "summary": compiled.summary,
+                "sources": compiled.sources,
+            });
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        PolicyCommand::Test { name, config } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::embedded(),
+            };
+            let data = DataDir::open(&config.instance.data_dir)?;
+            let compiled = compile_policy(&config.policy, &data)?;
+            let policy = WasmPolicy::new(&compiled.blocklist, config.policy.fail_mode)?;
+            let lower = name.trim_end_matches('.').to_ascii_lowercase();
+            let question = Question {
+                name: lower.as_bytes(),
+                qtype: 1,
+                client: [127, 0, 0, 1].into(),
+            };
+            let decision = policy.decide(&question);
+            match explain(&config.policy, &data, &name)? {
+                Some(rule) => println!(
+                    "{name}: {decision:?} by {} `{}` from {}",
+                    rule.table, rule.rule, rule.origin
+                ),
+                None => println!("{name}: {decision:?} (no rule matches)"),
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn run(source: ConfigSource) -> Result<()> {

@@ -136,3 +136,78 @@ impl BlocklistRules {
         Ok((module, summary))
     }
 }
+
+/// Which rule decided a name, for `moat policy test`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Explanation {
+    /// The rule's table (`deny`, `allow`, `block`) and kind (exact, suffix).
+    pub table: String,
+    /// The rule as it matched (`*.ads.example`, `ads.example`).
+    pub rule: String,
+    /// Where it came from: `policy.deny`, `policy.allow`, or a source path.
+    pub origin: String,
+}
+
+/// Finds the rule that decides `name`, by the plugin's precedence (deny,
+/// then allow, then block). Reads the sources again: for people, not the
+/// query path.
+pub fn explain(
+    policy: &Policy,
+    data: &DataDir,
+    name: &str,
+) -> Result<Option<Explanation>, CompileError> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let mut rules: Vec<(Table, String, String)> = Vec::new();
+    for (list, exact, suffix, origin) in [
+        (
+            &policy.deny,
+            Table::DenyExact,
+            Table::DenySuffix,
+            "policy.deny",
+        ),
+        (
+            &policy.allow,
+            Table::AllowExact,
+            Table::AllowSuffix,
+            "policy.allow",
+        ),
+    ] {
+        for rule in list {
+            let table = if rule.subdomains { suffix } else { exact };
+            rules.push((table, rule.name.clone(), origin.to_owned()));
+        }
+    }
+    for source in &policy.blocklists {
+        let (list, report) = sources::load(source, data)?;
+        rules.extend(
+            list.block
+                .into_iter()
+                .map(|rule| (Table::BlockSuffix, rule, report.source.clone())),
+        );
+        rules.extend(
+            list.allow
+                .into_iter()
+                .map(|rule| (Table::AllowSuffix, rule, report.source.clone())),
+        );
+    }
+    let matches = |table: Table, rule: &str| match table {
+        Table::DenyExact | Table::AllowExact | Table::BlockExact => name == rule,
+        _ => name == rule || name.ends_with(&format!(".{rule}")),
+    };
+    let precedence = |table: Table| table as usize / 2;
+    let best = rules
+        .into_iter()
+        .filter(|(table, rule, _)| matches(*table, rule))
+        .min_by_key(|(table, _, _)| precedence(*table));
+    Ok(best.map(|(table, rule, origin)| {
+        let suffix = matches!(
+            table,
+            Table::DenySuffix | Table::AllowSuffix | Table::BlockSuffix
+        );
+        Explanation {
+            table: format!("{table:?}"),
+            rule: if suffix { format!("*.{rule}") } else { rule },
+            origin,
+        }
+    }))
+}

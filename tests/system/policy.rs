@@ -1,0 +1,186 @@
+//! Policy as WASM seen from outside: hot swap under load and a restart
+//! that serves the persisted policy with no source or upstream reachable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use moat_system_tests::moat::Scratch;
+use moat_system_tests::{MoatProcess, TestUpstream};
+
+use super::{ips, policy_for};
+
+fn policy_with_list(upstream: &TestUpstream, list: &std::path::Path) -> String {
+    policy_for(
+        upstream,
+        &format!("[[policy.blocklists]]\nsource = \"{}\"\n", list.display()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_under_load_fails_no_query() {
+    let upstream = TestUpstream::start().await;
+    let dir = Scratch::new("swap");
+    let list = dir.0.join("list.txt");
+    std::fs::write(&list, "ads.test\n").unwrap();
+    let moat = MoatProcess::start("", &policy_with_list(&upstream, &list)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for client in 0..4 {
+        let (dns, stop, answered) = (moat.dns, stop.clone(), answered.clone());
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for index in 0..5_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let blocked = dns.a(&format!("q{client}-{index}.ads.test")).await;
+                let either = dns.a(&format!("q{client}-{index}.other.test")).await;
+                if ips(&blocked) != ["0.0.0.0"] {
+                    failures.push(format!("listed in both versions, got {blocked:?}"));
+                }
+                let either_ips = ips(&either);
+                if either.metadata.response_code != ResponseCode::NoError
+                    || !(either_ips == ["0.0.0.0"] || either_ips == ["192.0.2.1"])
+                {
+                    failures.push(format!("other.test got {either:?}"));
+                }
+                answered.fetch_add(2, Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+    for swap in 0..10 {
+        let text = if swap % 2 == 0 {
+            "ads.test\nother.test\n"
+        } else {
+            "ads.test\n"
+        };
+        std::fs::write(&list, text).unwrap();
+        let output = moat.cli(&["reload"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let failures = client.await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} wrong answers, first: {}",
+            failures.len(),
+            failures[0]
+        );
+    }
+    assert!(
+        answered.load(Ordering::Relaxed) > 100,
+        "the load really ran"
+    );
+    let status = moat.status().await.unwrap();
+    assert_eq!(status.config_generation, 11);
+}
+
+#[tokio::test]
+async fn restart_serves_persisted_policy_without_sources_or_upstreams() {
+    let mut upstream = TestUpstream::start().await;
+    let dir = Scratch::new("persist");
+    let list = dir.0.join("list.txt");
+    std::fs::write(&list, "0.0.0.0 persisted.test\n").unwrap();
+    let moat = MoatProcess::start("", &policy_with_list(&upstream, &list)).await;
+    assert_eq!(ips(&moat.dns.a("x.persisted.test").await), ["0.0.0.0"]);
+
+    upstream.stop().await;
+    std::fs::remove_file(&list).unwrap();
+    let data = moat.dir.0.join("data");
+    for entry in std::fs::read_dir(&data).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("source-") {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    let moat = moat.restart().await;
+    assert_eq!(
+        ips(&moat.dns.a("y.persisted.test").await),
+        ["0.0.0.0"],
+        "blocked from the persisted module; log:\n{}",
+        moat.log()
+    );
+    assert!(moat.log().contains("serving the persisted one"));
+}
+
+#[test]
+fn policy_compile_and_test_explain_decisions() {
+    use moat_system_tests::moat::binary;
+    let dir = Scratch::new("policy-cli");
+    let list = dir.0.join("list.txt");
+    std::fs::write(
+        &list,
+        "0.0.0.0 ads.example\nnot a rule line\n@@||ok.ads.example^\n",
+    )
+    .unwrap();
+    let config = dir.0.join("moat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[instance]\ndata_dir = \"{}\"\n[policy]\ndeny = [\"*.deny.ok.ads.example\"]\n\
+             [[policy.blocklists]]\nsource = \"{}\"\n",
+            dir.0.join("data").display(),
+            list.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(binary())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let out = dir.0.join("out");
+    let summary = run(&[
+        "policy",
+        "compile",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(summary["sources"][0]["blocked"], 1, "{summary}");
+    assert_eq!(summary["sources"][0]["rejected"], 1, "{summary}");
+    assert!(out.join("blocklist.wasm").exists());
+
+    let config = config.to_str().unwrap();
+    let said = run(&["policy", "test", "x.ads.example", "--config", config]);
+    assert!(
+        said.contains("Block by BlockSuffix `*.ads.example` from"),
+        "{said}"
+    );
+    let said = run(&["policy", "test", "ok.ads.example", "--config", config]);
+    assert!(
+        said.contains("Allow by AllowSuffix `*.ok.ads.example`"),
+        "{said}"
+    );
+    let said = run(&[
+        "policy",
+        "test",
+        "a.deny.ok.ads.example",
+        "--config",
+        config,
+    ]);
+    assert!(
+        said.contains("Block by DenySuffix `*.deny.ok.ads.example` from policy.deny"),
+        "{said}"
+    );
+    let said = run(&["policy", "test", "elsewhere.example", "--config", config]);
+    assert!(said.contains("NoOpinion (no rule matches)"), "{said}");
+}
