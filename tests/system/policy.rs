@@ -184,3 +184,114 @@ fn policy_compile_and_test_explain_decisions() {
     let said = run(&["policy", "test", "elsewhere.example", "--config", config]);
     assert!(said.contains("NoOpinion (no rule matches)"), "{said}");
 }
+
+#[tokio::test]
+async fn local_records_of_every_type_wildcards_and_auto_ptr() {
+    use hickory_proto::rr::RecordType;
+    use moat_system_tests::client::query_message;
+    let upstream = TestUpstream::start().await;
+    let records = [
+        ("nas.lan", "A", "192.168.1.10"),
+        ("nas.lan", "AAAA", "fd00::10"),
+        ("www.lan", "CNAME", "nas.lan"),
+        ("note.lan", "TXT", "hello from moat"),
+        ("lan", "MX", "10 mail.lan"),
+        ("_sip._udp.lan", "SRV", "0 5 5060 sip.lan"),
+        ("*.dev.lan", "A", "192.168.1.99"),
+        ("printer.lan", "PTR", "explicit.lan"),
+    ];
+    let mut policy = String::new();
+    for (name, kind, value) in records {
+        policy.push_str(&format!(
+            "[[policy.local_records]]\nname = \"{name}\"\ntype = \"{kind}\"\nvalue = \"{value}\"\nttl = 120\n"
+        ));
+    }
+    let moat = MoatProcess::start("", &policy_for(&upstream, &policy)).await;
+    let ask = |name: &'static str, kind: RecordType| {
+        let dns = moat.dns;
+        async move { dns.udp_query(&query_message(name, kind, None)).await }
+    };
+    let a = ask("nas.lan", RecordType::A).await;
+    assert_eq!(
+        (ips(&a), a.answers[0].ttl),
+        (vec!["192.168.1.10".to_owned()], 120)
+    );
+    assert!(a.metadata.authoritative);
+    assert_eq!(ips(&ask("NAS.lan", RecordType::AAAA).await), ["fd00::10"]);
+    assert_eq!(
+        ips(&ask("www.lan", RecordType::A).await),
+        ["nas.lan."],
+        "CNAME answers any type"
+    );
+    assert_eq!(
+        ips(&ask("note.lan", RecordType::TXT).await),
+        ["hello from moat"]
+    );
+    assert_eq!(ips(&ask("lan", RecordType::MX).await), ["10 mail.lan."]);
+    assert_eq!(
+        ips(&ask("_sip._udp.lan", RecordType::SRV).await),
+        ["0 5 5060 sip.lan."]
+    );
+    assert_eq!(
+        ips(&ask("x.y.dev.lan", RecordType::A).await),
+        ["192.168.1.99"],
+        "wildcard"
+    );
+    let apex = ask("dev.lan", RecordType::A).await;
+    assert_eq!(apex.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        ips(&apex),
+        ["192.0.2.1"],
+        "a wildcard does not cover its own suffix: forwarded"
+    );
+    assert_eq!(
+        ips(&ask("10.1.168.192.in-addr.arpa", RecordType::PTR).await),
+        ["nas.lan."],
+        "auto PTR"
+    );
+    let v6_ptr = "0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa";
+    assert_eq!(ips(&ask(v6_ptr, RecordType::PTR).await), ["nas.lan."]);
+    assert_eq!(
+        ips(&ask("printer.lan", RecordType::PTR).await),
+        ["explicit.lan."]
+    );
+    let nodata = ask("nas.lan", RecordType::TXT).await;
+    assert!(nodata.answers.is_empty() && nodata.metadata.response_code == ResponseCode::NoError);
+    assert_eq!(nodata.authorities.len(), 1, "SOA for negative caching");
+    assert_eq!(
+        upstream.count("nas.lan"),
+        0,
+        "local names never go upstream"
+    );
+}
+
+#[test]
+fn bad_local_records_are_refused_with_their_name() {
+    use moat_system_tests::moat::binary;
+    let dir = Scratch::new("bad-records");
+    let config = dir.0.join("moat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[instance]\ndata_dir = \"{}\"\n[[policy.local_records]]\nname = \"nas.lan\"\ntype = \"A\"\nvalue = \"fd00::1\"\n",
+            dir.0.join("data").display()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(binary())
+        .args([
+            "policy",
+            "test",
+            "nas.lan",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("local record `nas.lan` A: `fd00::1` is not an IPv4 address"),
+        "{said}"
+    );
+}

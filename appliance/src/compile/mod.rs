@@ -4,6 +4,7 @@
 
 mod link;
 mod parse;
+mod records;
 mod sources;
 
 use std::collections::BTreeSet;
@@ -12,6 +13,8 @@ use moat_plugin_abi::{DataHeader, TABLES, Table, name_hash};
 
 pub use link::{LinkError, with_data_segment};
 pub use parse::{ParsedList, parse_list};
+pub use records::RecordError;
+pub(crate) use records::check as check_record;
 pub use sources::{SourceError, SourceReport};
 
 use crate::config::{NameRule, Policy};
@@ -26,6 +29,9 @@ pub enum CompileError {
     /// The module could not be built.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// A local record is invalid.
+    #[error(transparent)]
+    Record(#[from] RecordError),
 }
 
 /// A compiled policy: the blocklist module and what went into it.
@@ -33,6 +39,8 @@ pub enum CompileError {
 pub struct CompiledPolicy {
     /// The blocklist module, data included.
     pub blocklist: Vec<u8>,
+    /// The local-records module, data included.
+    pub local_records: Vec<u8>,
     /// Totals.
     pub summary: CompileSummary,
     /// Per source.
@@ -50,8 +58,11 @@ pub fn compile_policy(policy: &Policy, data: &DataDir) -> Result<CompiledPolicy,
         reports.push(report);
     }
     let (blocklist, summary) = rules.compile(duplicates)?;
+    let records = records::encode(&policy.local_records, policy.local_ptr)?;
+    let local_records = with_data_segment(LOCAL_RECORDS_TEMPLATE, &records)?;
     Ok(CompiledPolicy {
         blocklist,
+        local_records,
         summary,
         sources: reports,
     })
@@ -60,6 +71,10 @@ pub fn compile_policy(policy: &Policy, data: &DataDir) -> Result<CompiledPolicy,
 /// The blocklist plugin as built from `plugins/blocklist`, without data.
 pub const BLOCKLIST_TEMPLATE: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/moat_blocklist.wasm"));
+
+/// The local-records plugin as built from `plugins/local-records`, without data.
+pub const LOCAL_RECORDS_TEMPLATE: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/moat_local_records.wasm"));
 
 /// Rules gathered from every source, by table.
 #[derive(Debug, Default)]
@@ -210,4 +225,67 @@ pub fn explain(
             origin,
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::{Decision, Policy, Question, WasmPolicy};
+
+    /// A million-domain hosts file compiles, loads, and decides correctly.
+    #[test]
+    fn a_million_domains() {
+        let root = std::env::temp_dir().join(format!("moat-million-{}", std::process::id()));
+        let data = DataDir::open(&root).unwrap();
+        let list = root.join("hosts.txt");
+        let mut text = String::with_capacity(30_000_000);
+        for index in 0..1_000_000u32 {
+            text.push_str(&format!(
+                "0.0.0.0 d{index}.tracker{}.example\n",
+                index % 977
+            ));
+        }
+        std::fs::write(&list, &text).unwrap();
+        let config = Config::parse(
+            &format!("[[policy.blocklists]]\nsource = \"{}\"\n", list.display()),
+            "test",
+        )
+        .unwrap();
+        let started = crate::clock::now();
+        let compiled = compile_policy(&config.policy, &data).unwrap();
+        let took = crate::clock::now() - started;
+        assert_eq!(
+            compiled.summary.entries[Table::BlockSuffix as usize],
+            1_000_000
+        );
+        let bytes_per_domain = compiled.blocklist.len() as f64 / 1e6;
+        assert!(
+            bytes_per_domain < 9.0,
+            "{bytes_per_domain} bytes per domain"
+        );
+        let policy = WasmPolicy::new(&compiled.blocklist, crate::config::FailMode::Closed).unwrap();
+        let ask = |name: &str| {
+            policy.decide(&Question {
+                name: name.as_bytes(),
+                qtype: 1,
+                client: [127, 0, 0, 1].into(),
+            })
+        };
+        assert_eq!(
+            ask(&format!("d999999.tracker{}.example", 999_999 % 977)),
+            Decision::Block
+        );
+        assert_eq!(
+            ask(&format!("x.d12345.tracker{}.example", 12_345 % 977)),
+            Decision::Block
+        );
+        assert_eq!(ask("d12345.tracker1.example"), Decision::NoOpinion);
+        assert_eq!(ask("d1000000.tracker0.example"), Decision::NoOpinion);
+        eprintln!(
+            "1M domains: compiled in {took:?}, {} module bytes",
+            compiled.blocklist.len()
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
 }

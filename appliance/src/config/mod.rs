@@ -15,7 +15,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use values::{
-    BlockedResponse, BlocklistSource, FailMode, NameRule, Percent, Strategy, Transport, UpstreamUrl,
+    BlockedResponse, BlocklistSource, FailMode, LocalRecord, NameRule, Percent, RecordKind,
+    Strategy, Transport, UpstreamUrl,
 };
 
 /// The configuration Moat runs with when no `--config` is given.
@@ -249,6 +250,10 @@ pub struct Policy {
     pub blocklists: Vec<BlocklistSource>,
     /// What a query gets when the policy plugin faults.
     pub fail_mode: FailMode,
+    /// Names answered locally.
+    pub local_records: Vec<LocalRecord>,
+    /// Make PTR records from local A and AAAA records.
+    pub local_ptr: bool,
 }
 
 impl Default for Policy {
@@ -265,6 +270,8 @@ impl Default for Policy {
             deny: Vec::new(),
             blocklists: Vec::new(),
             fail_mode: FailMode::Open,
+            local_records: Vec::new(),
+            local_ptr: true,
         }
     }
 }
@@ -353,6 +360,10 @@ impl Config {
                 "key `tuning.cache.min_ttl`: {:?} is above max_ttl {:?}",
                 cache.min_ttl, cache.max_ttl
             ));
+        }
+        for (index, record) in self.policy.local_records.iter().enumerate() {
+            crate::compile::check_record(record)
+                .map_err(|err| format!("key `policy.local_records[{index}]`: {err}"))?;
         }
         if cache.max_entries.is_some() && cache.max_bytes.is_some() {
             return Err(

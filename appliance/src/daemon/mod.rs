@@ -17,7 +17,7 @@ use crate::dns::cache::Cache;
 use crate::dns::handler::{Live, QueryHandler};
 use crate::dns::listen::{ListenError, Listeners};
 use crate::dns::upstream::{UpstreamError, UpstreamStatus, Upstreams};
-use crate::policy::{Pause, PauseState, PluginError, WasmPolicy};
+use crate::policy::{Chain, Pause, PauseState, PluginError, Policy, WasmPolicy};
 use crate::stats::QueryLog;
 use crate::store::{Access, DataDir, StoreError, files};
 
@@ -289,30 +289,43 @@ fn build_live(config: &Config, data: &DataDir, starting: bool) -> Result<Live, D
     })
 }
 
-/// Compiles the policy and persists the module. At start, a policy that
-/// cannot be compiled falls back to the module persisted last time, so a
+/// Compiles the policy and persists its modules. At start, a policy that
+/// cannot be compiled falls back to the modules persisted last time, so a
 /// restart never serves without policy.
 fn build_policy(
     config: &Config,
     data: &DataDir,
     starting: bool,
-) -> Result<Arc<WasmPolicy>, DaemonError> {
-    let module = match compile_policy(&config.policy, data) {
+) -> Result<Arc<dyn Policy>, DaemonError> {
+    let (local_records, blocklist) = match compile_policy(&config.policy, data) {
         Ok(compiled) => {
             tracing::info!(summary = ?compiled.summary, sources = ?compiled.sources, "policy compiled");
+            data.write(
+                files::LOCAL_RECORDS_MODULE,
+                &compiled.local_records,
+                Access::Public,
+            )?;
             data.write(files::BLOCKLIST_MODULE, &compiled.blocklist, Access::Public)?;
-            compiled.blocklist
+            (compiled.local_records, compiled.blocklist)
         }
-        Err(err) if starting => match data.read(files::BLOCKLIST_MODULE)? {
-            Some(persisted) => {
-                tracing::error!(error = %err, "policy cannot be compiled; serving the persisted one");
-                persisted
-            }
-            None => return Err(err.into()),
-        },
+        Err(err) if starting => {
+            let persisted = (
+                data.read(files::LOCAL_RECORDS_MODULE)?,
+                data.read(files::BLOCKLIST_MODULE)?,
+            );
+            let (Some(local_records), Some(blocklist)) = persisted else {
+                return Err(err.into());
+            };
+            tracing::error!(error = %err, "policy cannot be compiled; serving the persisted one");
+            (local_records, blocklist)
+        }
         Err(err) => return Err(err.into()),
     };
-    Ok(WasmPolicy::new(&module, config.policy.fail_mode)?)
+    let fail_mode = config.policy.fail_mode;
+    Ok(Arc::new(Chain(vec![
+        WasmPolicy::new(&local_records, fail_mode)?,
+        WasmPolicy::new(&blocklist, fail_mode)?,
+    ])))
 }
 
 /// TLS settings for DoT and DoH upstreams: the public web roots plus any

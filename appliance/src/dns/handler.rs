@@ -21,7 +21,7 @@ use super::upstream::{UpstreamError, Upstreams, upstream_query};
 use super::wire::{self, Query, QuestionKey, rcode};
 use crate::clock;
 use crate::config::BlockedResponse;
-use crate::policy::{Decision, Pause, Policy, Question as PolicyQuestion};
+use crate::policy::{Decision, LocalAnswer, Pause, Policy, Question as PolicyQuestion};
 use crate::stats::{LogEntry, Outcome, QueryLog, QueryRecord, Stats};
 
 /// The parts of the query path that a reload replaces together, so a query
@@ -185,6 +185,11 @@ impl QueryHandler {
                 Decision::Fault => {
                     wire::begin_response(&query, rcode::SERVFAIL, out);
                     let outcome = Outcome::Failed;
+                    return self.reply(&live, &query, protocol, client, outcome, received, out);
+                }
+                Decision::Answer(answer) => {
+                    write_local(&query, &answer, out);
+                    let outcome = Outcome::Local;
                     return self.reply(&live, &query, protocol, client, outcome, received, out);
                 }
                 Decision::Allow | Decision::NoOpinion => {}
@@ -406,6 +411,24 @@ enum Resolution {
     Fresh(Arc<Answer>),
     Stale(Arc<Answer>),
     Failed,
+}
+
+/// TTL of the SOA that makes "this local name has no such record" cacheable.
+const LOCAL_NODATA_TTL: u32 = 60;
+
+/// Writes a local answer: authoritative, the records owned by the question
+/// name, or NODATA with an SOA when the name has none of the asked type.
+fn write_local(query: &Query<'_>, answer: &LocalAnswer, out: &mut Vec<u8>) {
+    wire::begin_response(query, rcode::NOERROR, out);
+    out[2] |= 0x04;
+    let mut written = 0;
+    for (kind, ttl, rdata) in answer.records() {
+        wire::push_answer_record(out, wire::Section::Answer, kind, ttl, rdata);
+        written += 1;
+    }
+    if written == 0 {
+        wire::push_soa(out, LOCAL_NODATA_TTL);
+    }
 }
 
 /// Writes the configured answer for a blocked name.

@@ -6,6 +6,7 @@ mod pause;
 mod wasm;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub use pause::{Pause, PauseState};
 pub use wasm::{PluginError, WasmPolicy};
@@ -32,6 +33,62 @@ pub enum Decision {
     Block,
     /// Policy failed and the fail mode is closed: answer SERVFAIL.
     Fault,
+    /// Answer locally with these records (see `LocalAnswer`).
+    Answer(LocalAnswer),
+}
+
+/// Records a policy answers with: a big-endian record count, then per
+/// record its type (u16), TTL (u32), RDATA length (u16) and RDATA, all in
+/// DNS wire order. No records means the name exists without that type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAnswer(pub Vec<u8>);
+
+impl LocalAnswer {
+    /// The records as (type, TTL, RDATA).
+    pub fn records(&self) -> impl Iterator<Item = (u16, u32, &[u8])> {
+        let count = self
+            .0
+            .get(..2)
+            .map_or(0, |count| u16::from_be_bytes([count[0], count[1]]));
+        let mut at = 2;
+        (0..count).map_while(move |_| {
+            let fixed = self.0.get(at..at + 8)?;
+            let kind = u16::from_be_bytes([fixed[0], fixed[1]]);
+            let ttl = u32::from_be_bytes([fixed[2], fixed[3], fixed[4], fixed[5]]);
+            let len = u16::from_be_bytes([fixed[6], fixed[7]]) as usize;
+            let rdata = self.0.get(at + 8..at + 8 + len)?;
+            at += 8 + len;
+            Some((kind, ttl, rdata))
+        })
+    }
+
+    /// Bytes the count and records take, if they are well formed.
+    pub fn checked_len(bytes: &[u8]) -> Option<usize> {
+        let count = u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]);
+        let mut at = 2;
+        for _ in 0..count {
+            let fixed = bytes.get(at..at + 8)?;
+            at += 8 + u16::from_be_bytes([fixed[6], fixed[7]]) as usize;
+        }
+        (at <= bytes.len()).then_some(at)
+    }
+}
+
+/// Policies asked in turn; the first with an opinion decides (local
+/// records, then the blocklist).
+#[derive(Debug)]
+pub struct Chain(pub Vec<Arc<dyn Policy>>);
+
+impl Policy for Chain {
+    fn decide(&self, question: &Question<'_>) -> Decision {
+        for policy in &self.0 {
+            match policy.decide(question) {
+                Decision::NoOpinion => {}
+                decided => return decided,
+            }
+        }
+        Decision::NoOpinion
+    }
 }
 
 /// Decides what happens to each question. Implementations are called on

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use moat_plugin_abi::{ABI_VERSION, QUERY_CAPACITY, Verdict};
+use moat_plugin_abi::{ABI_VERSION, ANSWER_CAPACITY, QUERY_CAPACITY, Verdict};
 use wasmtime::{
     Engine, InstancePre, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
 };
 
-use super::{Decision, Policy, Question};
+use super::{Decision, LocalAnswer, Policy, Question};
 use crate::config::FailMode;
 
 /// How often the epoch advances.
@@ -79,6 +79,7 @@ struct Worker {
     store: Store<StoreLimits>,
     memory: Memory,
     query_buffer: usize,
+    answer_buffer: Option<usize>,
     decide: TypedFunc<(i32, i32), i32>,
 }
 
@@ -139,17 +140,29 @@ impl WasmPolicy {
         if query_buffer + QUERY_CAPACITY > memory.data_size(&store) {
             return Err(wasmtime::Error::msg("query buffer outside memory"));
         }
+        let answer_buffer =
+            match instance.get_typed_func::<(), i32>(&mut store, "moat_answer_buffer") {
+                Ok(answer) => {
+                    let at = answer.call(&mut store, ())? as u32 as usize;
+                    if at + ANSWER_CAPACITY > memory.data_size(&store) {
+                        return Err(wasmtime::Error::msg("answer buffer outside memory"));
+                    }
+                    Some(at)
+                }
+                Err(_) => None,
+            };
         let decide = instance.get_typed_func(&mut store, "moat_decide")?;
         Ok(Worker {
             policy_id: self.id,
             store,
             memory,
             query_buffer,
+            answer_buffer,
             decide,
         })
     }
 
-    fn call(&self, worker: &mut Worker, question: &Question<'_>) -> wasmtime::Result<Verdict> {
+    fn call(&self, worker: &mut Worker, question: &Question<'_>) -> wasmtime::Result<Decision> {
         let name = &question.name[..question.name.len().min(QUERY_CAPACITY)];
         worker
             .memory
@@ -159,8 +172,13 @@ impl WasmPolicy {
             &mut worker.store,
             (name.len() as i32, i32::from(question.qtype)),
         )?;
-        Verdict::from_code(code)
-            .ok_or_else(|| wasmtime::Error::msg(format!("bad verdict code {code}")))
+        match Verdict::from_code(code) {
+            Some(Verdict::NoOpinion) => Ok(Decision::NoOpinion),
+            Some(Verdict::Allow) => Ok(Decision::Allow),
+            Some(Verdict::Block) => Ok(Decision::Block),
+            Some(Verdict::Answer) => read_answer(worker).map(Decision::Answer),
+            None => Err(wasmtime::Error::msg(format!("bad verdict code {code}"))),
+        }
     }
 
     fn fault(&self, err: &wasmtime::Error) -> Decision {
@@ -190,9 +208,7 @@ impl Policy for WasmPolicy {
             }
             let worker = slot.as_mut().expect("instantiated above");
             match self.call(worker, question) {
-                Ok(Verdict::NoOpinion) => Decision::NoOpinion,
-                Ok(Verdict::Allow) => Decision::Allow,
-                Ok(Verdict::Block) => Decision::Block,
+                Ok(decision) => decision,
                 Err(err) => {
                     // The instance may be half-way through anything: start afresh next time.
                     *slot = None;
@@ -201,6 +217,17 @@ impl Policy for WasmPolicy {
             }
         })
     }
+}
+
+/// Copies a plugin's answer out of its answer buffer, checking its form.
+fn read_answer(worker: &Worker) -> wasmtime::Result<LocalAnswer> {
+    let at = worker
+        .answer_buffer
+        .ok_or_else(|| wasmtime::Error::msg("answered without an answer buffer"))?;
+    let buffer = &worker.memory.data(&worker.store)[at..at + ANSWER_CAPACITY];
+    let len =
+        LocalAnswer::checked_len(buffer).ok_or_else(|| wasmtime::Error::msg("malformed answer"))?;
+    Ok(LocalAnswer(buffer[..len].to_vec()))
 }
 
 /// Highest byte the module's data segments reach, from its minimum memory.

@@ -27,8 +27,10 @@ pub enum Outcome {
     Blocked,
     /// Refused or answered with an error before resolution.
     Rejected,
-    /// Every upstream failed.
+    /// Every upstream failed, or policy faulted with fail mode closed.
     Failed,
+    /// Answered from local records.
+    Local,
 }
 
 /// Query types counted on their own; others count as "other".
@@ -79,7 +81,7 @@ pub struct Stats {
     queries: AtomicU64,
     by_type: [AtomicU64; COUNTED_TYPES.len() + 1],
     by_rcode: [AtomicU64; 24],
-    by_outcome: [AtomicU64; 6],
+    by_outcome: [AtomicU64; 7],
     cache_misses: AtomicU64,
     upstream_errors: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
@@ -187,6 +189,7 @@ impl Stats {
             blocked: outcome(Outcome::Blocked),
             rejected: outcome(Outcome::Rejected),
             failed: outcome(Outcome::Failed),
+            local: outcome(Outcome::Local),
             upstream_errors: load(&self.upstream_errors),
             upstream_latency: LatencyHistogram {
                 bounds_us: LATENCY_BOUNDS_US.to_vec(),
@@ -250,8 +253,10 @@ pub struct StatsSnapshot {
     pub blocked: u64,
     /// Refused or malformed.
     pub rejected: u64,
-    /// SERVFAIL because every upstream failed.
+    /// SERVFAIL because every upstream failed or policy faulted.
     pub failed: u64,
+    /// Answered from local records.
+    pub local: u64,
     /// Failed upstream attempts.
     pub upstream_errors: u64,
     /// Upstream answer times.

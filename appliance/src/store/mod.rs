@@ -49,6 +49,8 @@ pub mod files {
     pub const PAUSE: &str = "pause.json";
     /// Directory of query log files.
     pub const QUERY_LOG: &str = "querylog";
+    /// The compiled local-records module in force.
+    pub const LOCAL_RECORDS_MODULE: &str = "policy-local-records.wasm";
     /// The compiled blocklist module in force.
     pub const BLOCKLIST_MODULE: &str = "policy-blocklist.wasm";
     /// Prefix of the kept copies of blocklist sources.

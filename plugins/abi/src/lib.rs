@@ -34,6 +34,8 @@ pub enum Verdict {
     Allow = 1,
     /// A block or deny rule matched.
     Block = 2,
+    /// The plugin answers: records are in the answer buffer.
+    Answer = 3,
 }
 
 impl Verdict {
@@ -43,10 +45,36 @@ impl Verdict {
             0 => Some(Self::NoOpinion),
             1 => Some(Self::Allow),
             2 => Some(Self::Block),
+            3 => Some(Self::Answer),
             _ => None,
         }
     }
 }
+
+/// Size of the answer buffer of plugins that answer
+/// (`moat_answer_buffer() -> i32` gives its address).
+pub const ANSWER_CAPACITY: usize = 4096;
+
+/// Magic at the start of local-records data.
+pub const RECORDS_MAGIC: [u8; 8] = *b"MOATLR01";
+
+/// Layout of local-records data at [`DATA_BASE`]: the magic; the number of
+/// exact names, of wildcard suffixes, and the bytes of the record area
+/// (u32 LE each); then that many index
+/// entries per kind, sorted by hash: name hash (u64 LE), offset and length
+/// (u32 LE each) of the name's records in the record area that follows.
+/// A name's records are DNS wire records without owner: type (u16 BE),
+/// TTL (u32 BE), RDATA length (u16 BE), RDATA (names uncompressed).
+///
+/// An answer in the answer buffer is the record count (u16 BE) followed by
+/// records in the same form.
+pub const RECORDS_HEADER_LEN: usize = 20;
+
+/// Bytes of one index entry.
+pub const RECORDS_INDEX_ENTRY: usize = 16;
+
+/// The CNAME record type, which answers every query type.
+pub const TYPE_CNAME: u16 = 5;
 
 /// Magic at the start of blocklist data.
 pub const BLOCKLIST_MAGIC: [u8; 8] = *b"MOATBL01";
