@@ -58,10 +58,10 @@ CLK_TCK=$(getconf CLK_TCK)
 
 if [ ! -x "$MOAT" ]; then
     echo "building $MOAT"
-    cargo build --release -p moat
+    cargo build --workspace --release
 fi
 if [ -n "$(find appliance -newer "$MOAT" -type f | head -n 1)" ]; then
-    echo "warning: $MOAT is older than sources in appliance/; run cargo build --release -p moat" >&2
+    echo "warning: $MOAT is older than sources in appliance/; run cargo build --workspace --release" >&2
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/moat-bench.XXXXXX")

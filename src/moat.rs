@@ -28,7 +28,8 @@ pub fn binary() -> &'static Path {
             .is_some_and(|name| name == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "moat", "--bin", "moat"]);
+        // The whole workspace, as scripts/test.sh builds it: one feature set, one build.
+        build.args(["build", "--quiet", "--workspace", "--bins"]);
         if release {
             build.arg("--release");
         }
