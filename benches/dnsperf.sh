@@ -39,97 +39,17 @@ SERVER_CPU=0
 CLIENT_CPU=1
 MIN_TTL=3600         # the upstream TTL must outlast the whole run
 SERVERS=(moat unbound dnsmasq)
-MOAT=target/release/moat
 
-tool() {
-    local path
-    path=$(command -v "$1" 2>/dev/null) || path=/usr/sbin/$1
-    [ -x "$path" ] || die "required tool '$1' not found (Debian package: $2)"
-    echo "$path"
-}
-DNSPERF=$(tool dnsperf dnsperf)
-UNBOUND=$(tool unbound unbound)
-DNSMASQ=$(tool dnsmasq dnsmasq-base)
-TASKSET=$(tool taskset util-linux)
-DIG=$(tool dig bind9-dnsutils)
-PYTHON=$(tool python3 python3)
-"$TASKSET" -c "$CLIENT_CPU" true 2>/dev/null || die "needs CPUs $SERVER_CPU and $CLIENT_CPU (found $(nproc))"
-CLK_TCK=$(getconf CLK_TCK)
+. benches/lib.sh
+bench_init
 
-if [ ! -x "$MOAT" ]; then
-    echo "building $MOAT"
-    cargo build --workspace --release
-fi
-if [ -n "$(find appliance -newer "$MOAT" -type f | head -n 1)" ]; then
-    echo "warning: $MOAT is older than sources in appliance/; run cargo build --workspace --release" >&2
-fi
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/moat-bench.XXXXXX")
-declare -A PID=()
-
-stop() {
-    local name=$1 pid=${PID[$1]:-} i
-    [ -n "$pid" ] || return 0
-    kill "$pid" 2>/dev/null || true
-    for i in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    unset "PID[$name]"
-}
-
-cleanup() {
-    local rc=$? name log
-    for name in "${!PID[@]}"; do stop "$name"; done
-    if [ "$rc" -ne 0 ]; then
-        for log in "$WORK"/*.log; do
-            [ -f "$log" ] || continue
-            echo "--- last lines of $log" >&2
-            tail -n 15 "$log" >&2
-        done
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Four distinct loopback ports, each free on both UDP and TCP.
-read -r UP_PORT MOAT_PORT UNBOUND_PORT DNSMASQ_PORT < <("$PYTHON" - <<'EOF'
-import socket
-held, ports = [], []
-for _ in range(100):
-    if len(ports) == 4:
-        break
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("127.0.0.1", 0))
-    port = u.getsockname()[1]
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        t.bind(("127.0.0.1", port))
-    except OSError:
-        u.close()
-        continue
-    held += [u, t]
-    ports.append(port)
-print(*ports)
-EOF
-)
+read -r UP_PORT MOAT_PORT UNBOUND_PORT DNSMASQ_PORT < <(free_ports 4)
 [ -n "${DNSMASQ_PORT:-}" ] || die "could not find four free loopback ports"
 declare -A PORT=([moat]=$MOAT_PORT [unbound]=$UNBOUND_PORT [dnsmasq]=$DNSMASQ_PORT)
 
 NAMES_FILE=$WORK/names.txt
 for i in $(seq 1 "$NAMES"); do printf 'n%05d.bench.test A\n' "$i"; done > "$NAMES_FILE"
 LAST_NAME=$(printf 'n%05d.bench.test' "$NAMES")
-
-start_upstream() {
-    "$TASKSET" -c "$CLIENT_CPU" "$DNSMASQ" --no-daemon --no-resolv --no-hosts \
-        --port="$UP_PORT" --listen-address=127.0.0.1 --bind-interfaces \
-        --address=/bench.test/192.0.2.1 --local-ttl="$MIN_TTL" \
-        >>"$WORK/upstream.log" 2>&1 &
-    PID[upstream]=$!
-}
 
 start_moat() {
     local dir=$WORK/moat
@@ -205,55 +125,6 @@ wait_ready() {
         sleep 0.1
     done
     die "$name on port $port did not answer within ~10 s"
-}
-
-# Queries answered by the upstream so far (from its SIGUSR1 statistics dump).
-upstream_queries() {
-    local log=$WORK/upstream.log before i
-    before=$(grep -c 'queries answered locally' "$log" || true)
-    kill -USR1 "${PID[upstream]}"
-    for i in $(seq 100); do
-        [ "$(grep -c 'queries answered locally' "$log" || true)" -gt "$before" ] && break
-        sleep 0.05
-    done
-    grep 'queries answered locally' "$log" | tail -n 1 |
-        sed -E 's/.*queries forwarded ([0-9]+), queries answered locally ([0-9]+).*/\1 \2/' |
-        awk '{ print $1 + $2 }'
-}
-
-# Pulls one figure out of dnsperf's summary: "Queries completed:  N (..)".
-stat_of() { awk -v key="$2" -F': *' '{ sub(/^ +/, "", $1) } $1 == key { split($2, v, " "); print v[1] }' "$1"; }
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
-core_ticks() { awk -v cpu="cpu$1" '$1 == cpu { print $2 + $3 + $4 }' /proc/stat; }  # user+nice+system
-
-# Runs dnsperf; its output goes to $1, its CPU seconds (user+system) to $1.cpu.
-run_dnsperf() {
-    local out=$1; shift
-    local cmd=("$TASKSET" -c "$CLIENT_CPU" "$DNSPERF" -s 127.0.0.1 "$@") TIMEFORMAT='%U %S'
-    echo "${cmd[*]}" >"$out.cmd"
-    { time "${cmd[@]}" >"$out" 2>&1 || die "dnsperf failed ($(tail -n 1 "$out")): ${cmd[*]}"; } 2>"$out.time"
-    awk '{ print $1 + $2 }' "$out.time" >"$out.cpu"
-}
-
-check_upstream_ttl() {
-    local ttl
-    ttl=$("$DIG" @127.0.0.1 -p "$UP_PORT" +noall +answer +tries=1 +time=1 n00001.bench.test A | awk '{ print $2 }')
-    [ -n "$ttl" ] && [ "$ttl" -ge "$MIN_TTL" ] || die "upstream answers with TTL '${ttl}', want >= $MIN_TTL"
-}
-
-# Ticks so far: the server ($1), its core, dnsperf's core.
-snapshot() { echo "$(cpu_ticks "$1") $(core_ticks "$SERVER_CPU") $(core_ticks "$CLIENT_CPU")"; }
-
-# Percent of the busier benchmark core that other processes (a compiler,
-# say) took during a dnsperf run: core time spent neither by the server nor
-# by dnsperf. Arguments: snapshots before and after, dnsperf output file.
-others_pct() {
-    local -a a=($1) b=($2)
-    awk -v srv=$((b[0] - a[0])) -v core=$((b[1] - a[1])) -v client=$((b[2] - a[2])) \
-        -v dnsperf="$(cat "$3.cpu")" -v secs="$(stat_of "$3" "Run time (s)")" -v hz="$CLK_TCK" 'BEGIN {
-            x = (core - srv) / hz; y = client / hz - dnsperf; m = x > y ? x : y
-            printf "%.0f", (m > 0 ? m : 0) / secs * 100 }'
 }
 
 # measure ROUND SERVER: start, warm, measure, stop; appends one row to $ROWS.
@@ -358,8 +229,7 @@ REPORT=$RESULTS_DIR/dnsperf-$MODE-$(date +%Y%m%d-%H%M%S).md
     echo "$ROUNDS round(s), $NAMES names, medians over rounds; ratios are server/moat."
     echo "Servers pinned to CPU $SERVER_CPU, dnsperf to CPU $CLIENT_CPU;" \
         "$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(uname -r)."
-    echo "Versions: moat $("$MOAT" --version | awk '{ print $NF }'), unbound $("$UNBOUND" -V | awk 'NR == 1 { print $2 }')," \
-        "dnsmasq $("$DNSMASQ" --version | awk 'NR == 1 { print $3 }'), dnsperf $("$DNSPERF" -h 2>&1 | awk '/^Version/ { print $2 }')."
+    versions_line
     echo
     echo "| metric | moat | unbound | dnsmasq | unbound/moat | dnsmasq/moat |"
     echo "|---|--:|--:|--:|--:|--:|"
@@ -390,10 +260,7 @@ REPORT=$RESULTS_DIR/dnsperf-$MODE-$(date +%Y%m%d-%H%M%S).md
     echo
     echo "Warnings and errors in the servers' logs (digits folded to N; count, line):"
     echo
-    for s in "${SERVERS[@]}"; do
-        grep -Ei 'warn|error|fail|panic' "$WORK/$s.log" | sed -E 's/^[0-9T:.-]+Z +//; s/[0-9]+/N/g' |
-            sort | uniq -c | sort -rn | head -n 5 | sed "s/^/    $s: /" || true
-    done
+    log_warnings "${SERVERS[@]}"
     if awk -F'\t' '$12 >= 95 { found = 1 } END { exit !found }' "$ROWS"; then
         echo
         echo "Note: dnsperf kept its core at least 95% busy in some max-qps run: there the load"

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use moat_plugin_abi::{ABI_VERSION, ANSWER_CAPACITY, QUERY_CAPACITY, Verdict};
+use moat_plugin_abi::{
+    ABI_VERSION, ANSWER_CAPACITY, CLIENT_LEN, NAME_CAPACITY, QUERY_CAPACITY, Verdict,
+};
 use wasmtime::{
     Engine, InstancePre, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
 };
@@ -163,10 +165,18 @@ impl WasmPolicy {
     }
 
     fn call(&self, worker: &mut Worker, question: &Question<'_>) -> wasmtime::Result<Decision> {
-        let name = &question.name[..question.name.len().min(QUERY_CAPACITY)];
+        let name = &question.name[..question.name.len().min(NAME_CAPACITY)];
+        let mut input = [0u8; QUERY_CAPACITY];
+        let client = match question.client {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            std::net::IpAddr::V6(v6) => v6,
+        };
+        input[..CLIENT_LEN].copy_from_slice(&client.octets());
+        input[CLIENT_LEN..CLIENT_LEN + name.len()].copy_from_slice(name);
+        let input = &input[..CLIENT_LEN + name.len()];
         worker
             .memory
-            .write(&mut worker.store, worker.query_buffer, name)?;
+            .write(&mut worker.store, worker.query_buffer, input)?;
         worker.store.set_epoch_deadline(CALL_TICKS);
         let code = worker.decide.call(
             &mut worker.store,
@@ -380,6 +390,22 @@ mod tests {
         let policy = WasmPolicy::new(&fixture(body), FailMode::Closed).unwrap();
         assert_eq!(ask(&policy, "a.example"), Decision::Fault);
         assert!(policy.memory_limit <= 1 << 30);
+    }
+
+    #[test]
+    fn the_client_address_reaches_the_plugin() {
+        // Blocks when the last byte of the client's address is 7.
+        let body = "(select (i32.const 2) (i32.const 0) (i32.eq (i32.load8_u (i32.const 1039)) (i32.const 7)))";
+        let policy = WasmPolicy::new(&fixture(body), FailMode::Closed).unwrap();
+        let from = |client: [u8; 4]| {
+            policy.decide(&Question {
+                name: b"a.example",
+                qtype: 1,
+                client: client.into(),
+            })
+        };
+        assert_eq!(from([127, 0, 0, 7]), Decision::Block);
+        assert_eq!(from([127, 0, 0, 1]), Decision::NoOpinion);
     }
 
     #[test]

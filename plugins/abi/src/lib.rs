@@ -3,10 +3,11 @@
 //! A plugin is a core WASM module that exports `memory` and:
 //! - `moat_abi_version() -> i32`: must equal [`ABI_VERSION`];
 //! - `moat_query_buffer() -> i32`: address of a [`QUERY_CAPACITY`]-byte
-//!   buffer the host writes the question name into (lower case, dotted, no
-//!   trailing dot);
-//! - `moat_decide(len: i32, qtype: i32) -> i32`: decides for the name in the
-//!   buffer; returns a [`Verdict`] code.
+//!   buffer the host writes the question into: the client's address
+//!   ([`CLIENT_LEN`] bytes, IPv6, IPv4 as `::ffff:a.b.c.d`), then the name
+//!   (lower case, dotted, no trailing dot);
+//! - `moat_decide(len: i32, qtype: i32) -> i32`: decides for the `len`-byte
+//!   name in the buffer; returns a [`Verdict`] code.
 //!
 //! The plugin's data (the compiled domain set) is a data segment the policy
 //! compiler adds at [`DATA_BASE`]; it starts with a [`DataHeader`]. Nothing
@@ -17,8 +18,14 @@
 /// Version of this ABI; a plugin built for another is refused.
 pub const ABI_VERSION: i32 = 1;
 
-/// Size of the query buffer: the longest dotted name.
-pub const QUERY_CAPACITY: usize = 256;
+/// Bytes of the client address at the start of the query buffer.
+pub const CLIENT_LEN: usize = 16;
+
+/// Longest dotted name.
+pub const NAME_CAPACITY: usize = 256;
+
+/// Size of the query buffer: client address, then name.
+pub const QUERY_CAPACITY: usize = CLIENT_LEN + NAME_CAPACITY;
 
 /// Where the compiler places the plugin's data in linear memory (4 MiB);
 /// guests keep their own stack and statics below it.

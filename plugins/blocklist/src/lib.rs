@@ -7,8 +7,8 @@
 use core::cell::UnsafeCell;
 
 use moat_plugin_abi::{
-    ABI_VERSION, DATA_BASE, DataHeader, FNV_OFFSET, QUERY_CAPACITY, TABLES, Table, Verdict,
-    fnv_step,
+    ABI_VERSION, CLIENT_LEN, DATA_BASE, DataHeader, FNV_OFFSET, NAME_CAPACITY, QUERY_CAPACITY,
+    TABLES, Table, Verdict, fnv_step,
 };
 
 #[panic_handler]
@@ -40,7 +40,7 @@ pub extern "C" fn moat_query_buffer() -> i32 {
 pub extern "C" fn moat_decide(len: i32, _qtype: i32) -> i32 {
     // SAFETY: the host wrote the buffer before this call; nothing else runs.
     let query: &[u8; QUERY_CAPACITY] = unsafe { &*QUERY.0.get() };
-    let name = &query[..(len.max(0) as usize).min(QUERY_CAPACITY)];
+    let name = &query[CLIENT_LEN..CLIENT_LEN + (len.max(0) as usize).min(NAME_CAPACITY)];
     decide(name, &Tables::load()) as i32
 }
 

@@ -7,8 +7,8 @@
 use core::cell::UnsafeCell;
 
 use moat_plugin_abi::{
-    ABI_VERSION, ANSWER_CAPACITY, DATA_BASE, FNV_OFFSET, QUERY_CAPACITY, RECORDS_HEADER_LEN,
-    RECORDS_INDEX_ENTRY, RECORDS_MAGIC, TYPE_CNAME, Verdict, fnv_step,
+    ABI_VERSION, ANSWER_CAPACITY, CLIENT_LEN, DATA_BASE, FNV_OFFSET, NAME_CAPACITY, QUERY_CAPACITY,
+    RECORDS_HEADER_LEN, RECORDS_INDEX_ENTRY, RECORDS_MAGIC, TYPE_CNAME, Verdict, fnv_step,
 };
 
 #[panic_handler]
@@ -48,7 +48,7 @@ pub extern "C" fn moat_decide(len: i32, qtype: i32) -> i32 {
     // SAFETY: the host wrote the query buffer before this call and reads
     // the answer buffer after it; nothing else runs meanwhile.
     let (query, answer) = unsafe { (&*QUERY.0.get(), &mut *ANSWER.0.get()) };
-    let name = &query[..(len.max(0) as usize).min(QUERY_CAPACITY)];
+    let name = &query[CLIENT_LEN..CLIENT_LEN + (len.max(0) as usize).min(NAME_CAPACITY)];
     let Some(data) = Data::load() else {
         return Verdict::NoOpinion as i32;
     };
