@@ -3,6 +3,7 @@
 //! test CA, and a small DNS client.
 
 pub mod client;
+pub mod http;
 pub mod moat;
 pub mod tls;
 pub mod upstream;

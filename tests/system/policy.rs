@@ -295,3 +295,60 @@ fn bad_local_records_are_refused_with_their_name() {
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn downloaded_lists_refresh_and_survive_an_outage() {
+    use moat_system_tests::http::ListServer;
+    let upstream = TestUpstream::start().await;
+    let server = ListServer::start("0.0.0.0 first.test\n").await;
+    let policy = policy_for(
+        &upstream,
+        &format!(
+            "[[policy.blocklists]]\nsource = \"http://{}/hosts.txt\"\nrefresh = \"1s\"\n",
+            server.addr
+        ),
+    );
+    let moat = MoatProcess::start("", &policy).await;
+    let blocked = |name: &'static str| {
+        let dns = moat.dns;
+        async move {
+            for _ in 0..100 {
+                if ips(&dns.a(name).await) == ["0.0.0.0"] {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(
+        blocked("x.first.test").await,
+        "downloaded list applied; log:\n{}",
+        moat.log()
+    );
+    server.set("0.0.0.0 first.test\n0.0.0.0 second.test\n");
+    assert!(blocked("x.second.test").await, "refreshed list applied");
+
+    server.stop();
+    let moat = moat.restart().await;
+    assert_eq!(
+        ips(&moat.dns.a("y.second.test").await),
+        ["0.0.0.0"],
+        "last good copy after restart"
+    );
+    let mut reported = false;
+    for _ in 0..50 {
+        reported = moat
+            .log()
+            .contains("list download failed; keeping the last good copy");
+        if reported {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reported,
+        "the failed download is reported; log:\n{}",
+        moat.log()
+    );
+}

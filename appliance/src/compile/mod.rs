@@ -15,7 +15,7 @@ pub use link::{LinkError, with_data_segment};
 pub use parse::{ParsedList, parse_list};
 pub use records::RecordError;
 pub(crate) use records::check as check_record;
-pub use sources::{SourceError, SourceReport};
+pub use sources::{SourceError, SourceReport, store_download};
 
 use crate::config::{NameRule, Policy};
 use crate::store::DataDir;

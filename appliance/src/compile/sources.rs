@@ -1,7 +1,7 @@
 //! Reading blocklist sources, keeping the last good copy of each in the
 //! data directory so an unreadable source never empties the policy.
 
-use crate::config::BlocklistSource;
+use crate::config::{BlocklistSource, SourceLocation};
 use crate::store::{Access, DataDir, StoreError};
 
 use super::parse::{ParsedList, parse_list};
@@ -33,32 +33,39 @@ pub struct SourceError {
     pub reason: String,
 }
 
-/// Reads and parses a source, refreshing its kept copy; falls back to the
-/// kept copy when the source cannot be read.
+/// Reads and parses a source. A local file refreshes its kept copy, and
+/// falls back to it when unreadable; a URL source is its kept copy (the
+/// daemon downloads it, see `store_download`), empty until first fetched.
 pub(super) fn load(
     source: &BlocklistSource,
     data: &DataDir,
 ) -> Result<(ParsedList, SourceReport), SourceError> {
-    let name = source.source.display().to_string();
+    let name = source.source.to_string();
     let copy = copy_name(&name);
-    let (text, stale) = match std::fs::read(&source.source) {
-        Ok(bytes) => {
-            if let Err(err) = data.write(&copy, &bytes, Access::Public) {
-                tracing::warn!(source = %name, error = %err, "cannot keep a copy of the blocklist");
+    let (text, stale) = match &source.source {
+        SourceLocation::Path(path) => match std::fs::read(path) {
+            Ok(bytes) => {
+                if let Err(err) = data.write(&copy, &bytes, Access::Public) {
+                    tracing::warn!(source = %name, error = %err, "cannot keep a copy of the blocklist");
+                }
+                (bytes, None)
             }
-            (bytes, None)
-        }
-        Err(err) => match data.read(&copy) {
-            Ok(Some(bytes)) => {
-                tracing::warn!(source = %name, error = %err, "blocklist unreadable; using its last good copy");
-                (bytes, Some(err.to_string()))
-            }
-            Ok(None) | Err(StoreError::Io { .. } | StoreError::Corrupt { .. }) => {
-                return Err(SourceError {
-                    source_path: name,
-                    reason: err.to_string(),
-                });
-            }
+            Err(err) => match data.read(&copy) {
+                Ok(Some(bytes)) => {
+                    tracing::warn!(source = %name, error = %err, "blocklist unreadable; using its last good copy");
+                    (bytes, Some(err.to_string()))
+                }
+                Ok(None) | Err(StoreError::Io { .. } | StoreError::Corrupt { .. }) => {
+                    return Err(SourceError {
+                        source_path: name,
+                        reason: err.to_string(),
+                    });
+                }
+            },
+        },
+        SourceLocation::Url(_) => match data.read(&copy) {
+            Ok(Some(bytes)) => (bytes, None),
+            _ => (Vec::new(), Some("not downloaded yet".to_owned())),
         },
     };
     let list = parse_list(&String::from_utf8_lossy(&text));
@@ -73,7 +80,22 @@ pub(super) fn load(
     Ok((list, report))
 }
 
-/// File name of a source's kept copy: its path, made safe.
+/// Keeps a fresh download of a URL source; says whether it differs from
+/// the copy kept before.
+pub fn store_download(
+    source: &BlocklistSource,
+    data: &DataDir,
+    bytes: &[u8],
+) -> Result<bool, StoreError> {
+    let copy = copy_name(&source.source.to_string());
+    if data.read(&copy)?.as_deref() == Some(bytes) {
+        return Ok(false);
+    }
+    data.write(&copy, bytes, Access::Public)?;
+    Ok(true)
+}
+
+/// File name of a source's kept copy: its path or URL, made safe.
 fn copy_name(source: &str) -> String {
     let safe: String = source
         .chars()

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub use values::{
     BlockedResponse, BlocklistSource, FailMode, LocalRecord, NameRule, Percent, RecordKind,
-    Strategy, Transport, UpstreamUrl,
+    SourceLocation, Strategy, Transport, UpstreamUrl,
 };
 
 /// The configuration Moat runs with when no `--config` is given.

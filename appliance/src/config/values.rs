@@ -111,26 +111,52 @@ pub enum FailMode {
     Closed,
 }
 
-/// One blocklist source: a local file (hosts, domains or Adblock syntax).
+/// One blocklist source (hosts, domains or Adblock syntax).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlocklistSource {
-    /// Path of the list.
-    #[serde(deserialize_with = "source_path")]
-    pub source: std::path::PathBuf,
+    /// A local path or an `http(s)://` URL.
+    pub source: SourceLocation,
+    /// How often a URL is downloaded again (local files are read at every
+    /// start and reload).
+    #[serde(default = "default_refresh", deserialize_with = "duration")]
+    pub refresh: Duration,
 }
 
-fn source_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<std::path::PathBuf, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    if text.starts_with("http://") || text.starts_with("https://") {
-        return Err(de::Error::custom(format!(
-            "`{text}`: downloading lists is not supported yet; give a local path"
-        )));
+fn default_refresh() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+/// Where a blocklist comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum SourceLocation {
+    /// A file on this appliance.
+    Path(std::path::PathBuf),
+    /// A list to download.
+    Url(String),
+}
+
+impl fmt::Display for SourceLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Path(path) => write!(f, "{}", path.display()),
+            Self::Url(url) => f.write_str(url),
+        }
     }
-    if text.is_empty() {
-        return Err(de::Error::custom("empty path"));
+}
+
+impl<'de> Deserialize<'de> for SourceLocation {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.starts_with("http://") || text.starts_with("https://") {
+            url::Url::parse(&text).map_err(|err| de::Error::custom(format!("`{text}`: {err}")))?;
+            return Ok(Self::Url(text));
+        }
+        if text.is_empty() {
+            return Err(de::Error::custom("empty path"));
+        }
+        Ok(Self::Path(text.into()))
     }
-    Ok(text.into())
 }
 
 /// A local DNS record: `name` (or `*.suffix`) answers `type` with `value`.

@@ -11,8 +11,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::clock;
-use crate::compile::{CompileError, compile_policy};
-use crate::config::{Config, ConfigError};
+use crate::compile::{CompileError, compile_policy, store_download};
+use crate::config::{BlocklistSource, Config, ConfigError, SourceLocation};
 use crate::dns::cache::Cache;
 use crate::dns::handler::{Live, QueryHandler};
 use crate::dns::listen::{ListenError, Listeners};
@@ -149,6 +149,7 @@ impl Daemon {
             query_log_loss_reported: AtomicBool::new(false),
         });
         tokio::spawn(Arc::clone(&daemon).flush_query_log_periodically());
+        tokio::spawn(Arc::clone(&daemon).download_lists_periodically());
         Ok(daemon)
     }
 
@@ -268,6 +269,109 @@ impl Daemon {
             let _ = tokio::task::spawn_blocking(move || daemon.flush_query_log()).await;
         }
     }
+}
+
+/// Largest blocklist downloaded.
+const MAX_LIST_BYTES: usize = 256 << 20;
+/// How long one download may take.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Daemon {
+    /// Downloads every URL blocklist now and then at its refresh interval;
+    /// a changed list is kept and the policy recompiled. A failed download
+    /// keeps the last good copy.
+    async fn download_lists_periodically(self: Arc<Self>) {
+        let mut client = None;
+        loop {
+            let config = self.config();
+            let sources: Vec<_> = config
+                .policy
+                .blocklists
+                .iter()
+                .filter(|source| matches!(source.source, SourceLocation::Url(_)))
+                .collect();
+            let wait = sources
+                .iter()
+                .map(|source| source.refresh)
+                .min()
+                .unwrap_or(Duration::from_secs(60));
+            if client.is_none() && !sources.is_empty() {
+                client = download_client(&config)
+                    .inspect_err(
+                        |err| tracing::warn!(error = %err, "no HTTP client for blocklists"),
+                    )
+                    .ok();
+            }
+            let mut changed = false;
+            for source in sources {
+                let Some(client) = &client else { break };
+                changed |= self.download(client, source).await;
+            }
+            if changed {
+                let daemon = Arc::clone(&self);
+                match tokio::task::spawn_blocking(move || daemon.reload()).await {
+                    Ok(Ok(generation)) => {
+                        tracing::info!(generation, "policy rebuilt from downloaded lists")
+                    }
+                    Ok(Err(err)) => tracing::error!(error = %err, "downloaded lists not applied"),
+                    Err(err) => tracing::error!(error = %err, "reload task failed"),
+                }
+            }
+            if self.shutdown.load(Ordering::Relaxed) {
+                return;
+            }
+            tokio::time::sleep(wait.max(Duration::from_millis(500))).await;
+        }
+    }
+
+    /// Downloads one list; true when its content changed.
+    async fn download(&self, client: &reqwest::Client, source: &BlocklistSource) -> bool {
+        let SourceLocation::Url(url) = &source.source else {
+            return false;
+        };
+        let fetched = async {
+            let response = client
+                .get(url)
+                .timeout(DOWNLOAD_TIMEOUT)
+                .send()
+                .await?
+                .error_for_status()?;
+            if response
+                .content_length()
+                .is_some_and(|len| len > MAX_LIST_BYTES as u64)
+            {
+                return Ok(None);
+            }
+            let body = response.bytes().await?;
+            Ok::<_, reqwest::Error>((body.len() <= MAX_LIST_BYTES).then_some(body))
+        };
+        match fetched.await {
+            Ok(Some(body)) => match store_download(source, &self.data, &body) {
+                Ok(changed) => changed,
+                Err(err) => {
+                    tracing::warn!(%url, error = %err, "cannot keep the downloaded list");
+                    false
+                }
+            },
+            Ok(None) => {
+                tracing::warn!(%url, limit = MAX_LIST_BYTES, "list too large; keeping the last good copy");
+                false
+            }
+            Err(err) => {
+                tracing::warn!(%url, error = %err, "list download failed; keeping the last good copy");
+                false
+            }
+        }
+    }
+}
+
+/// The client lists are downloaded with: the same trust as DoH upstreams.
+fn download_client(config: &Config) -> Result<reqwest::Client, DaemonError> {
+    let tls = upstream_tls(config)?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|err| DaemonError::Io(std::io::Error::other(err)))
 }
 
 /// Builds the reloadable part of the query path from a configuration.
