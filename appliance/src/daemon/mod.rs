@@ -426,10 +426,13 @@ fn build_policy(
         Err(err) => return Err(err.into()),
     };
     let fail_mode = config.policy.fail_mode;
-    Ok(Arc::new(Chain(vec![
-        WasmPolicy::new(&local_records, fail_mode)?,
-        WasmPolicy::new(&blocklist, fail_mode)?,
-    ])))
+    let mut chain: Vec<Arc<dyn Policy>> = Vec::with_capacity(2);
+    // Without local records the module could only say "no opinion": skip the call.
+    if !config.policy.local_records.is_empty() {
+        chain.push(WasmPolicy::new(&local_records, fail_mode)?);
+    }
+    chain.push(WasmPolicy::new(&blocklist, fail_mode)?);
+    Ok(Arc::new(Chain(chain)))
 }
 
 /// TLS settings for DoT and DoH upstreams: the public web roots plus any
