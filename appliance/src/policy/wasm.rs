@@ -64,6 +64,7 @@ pub struct WasmPolicy {
     fail_mode: FailMode,
     faults: AtomicU64,
     fault_logged: AtomicBool,
+    instances: AtomicU64,
 }
 
 impl std::fmt::Debug for WasmPolicy {
@@ -85,8 +86,12 @@ struct Worker {
     decide: TypedFunc<(i32, i32), i32>,
 }
 
+/// Instances a worker thread keeps: every module of the chain in force,
+/// plus room for the next version while a swap drains. The oldest goes first.
+const WORKER_INSTANCES: usize = 4;
+
 thread_local! {
-    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+    static WORKERS: RefCell<Vec<Worker>> = const { RefCell::new(Vec::new()) };
 }
 
 impl WasmPolicy {
@@ -106,6 +111,7 @@ impl WasmPolicy {
             fail_mode,
             faults: AtomicU64::new(0),
             fault_logged: AtomicBool::new(false),
+            instances: AtomicU64::new(0),
         };
         policy.instantiate().map_err(invalid)?;
         Ok(Arc::new(policy))
@@ -116,7 +122,14 @@ impl WasmPolicy {
         self.faults.load(Ordering::Relaxed)
     }
 
+    /// Instances made of this module so far (one per worker thread, plus
+    /// one after each fault).
+    pub fn instances(&self) -> u64 {
+        self.instances.load(Ordering::Relaxed)
+    }
+
     fn instantiate(&self) -> wasmtime::Result<Worker> {
+        self.instances.fetch_add(1, Ordering::Relaxed);
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.memory_limit)
             .instances(1)
@@ -205,23 +218,29 @@ impl WasmPolicy {
 
 impl Policy for WasmPolicy {
     fn decide(&self, question: &Question<'_>) -> Decision {
-        WORKER.with(|slot| {
-            let mut slot = slot.borrow_mut();
-            if slot
-                .as_ref()
-                .is_none_or(|worker| worker.policy_id != self.id)
+        WORKERS.with(|workers| {
+            let mut workers = workers.borrow_mut();
+            let index = match workers
+                .iter()
+                .position(|worker| worker.policy_id == self.id)
             {
-                match self.instantiate() {
-                    Ok(worker) => *slot = Some(worker),
+                Some(index) => index,
+                None => match self.instantiate() {
+                    Ok(worker) => {
+                        if workers.len() >= WORKER_INSTANCES {
+                            workers.remove(0);
+                        }
+                        workers.push(worker);
+                        workers.len() - 1
+                    }
                     Err(err) => return self.fault(&err),
-                }
-            }
-            let worker = slot.as_mut().expect("instantiated above");
-            match self.call(worker, question) {
+                },
+            };
+            match self.call(&mut workers[index], question) {
                 Ok(decision) => decision,
                 Err(err) => {
                     // The instance may be half-way through anything: start afresh next time.
-                    *slot = None;
+                    workers.remove(index);
                     self.fault(&err)
                 }
             }
@@ -406,6 +425,26 @@ mod tests {
         };
         assert_eq!(from([127, 0, 0, 7]), Decision::Block);
         assert_eq!(from([127, 0, 0, 1]), Decision::NoOpinion);
+    }
+
+    #[test]
+    fn a_thread_keeps_one_instance_per_module_of_the_chain() {
+        let local = WasmPolicy::new(&fixture("i32.const 0"), FailMode::Closed).unwrap();
+        let blocklist = WasmPolicy::new(&fixture("i32.const 2"), FailMode::Closed).unwrap();
+        let chain = crate::policy::Chain(vec![local.clone(), blocklist.clone()]);
+        for _ in 0..100 {
+            assert_eq!(ask_policy(&chain, "a.example"), Decision::Block);
+        }
+        // One probe at load, one for this thread.
+        assert_eq!((local.instances(), blocklist.instances()), (2, 2));
+    }
+
+    fn ask_policy(policy: &dyn Policy, name: &str) -> Decision {
+        policy.decide(&Question {
+            name: name.as_bytes(),
+            qtype: 1,
+            client: [127, 0, 0, 1].into(),
+        })
     }
 
     #[test]
