@@ -64,13 +64,19 @@ pub const DEFAULT_TTL: u32 = 300;
 impl TestUpstream {
     /// Starts plain UDP + TCP on 127.0.0.1, a free port.
     pub async fn start() -> Self {
-        let udp = UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream udp");
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr)
-            .await
-            .expect("bind upstream tcp on the udp port");
+        // A free UDP port may be taken on TCP: try again with another.
+        let mut bound = None;
+        for _ in 0..100 {
+            let udp = UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind upstream udp");
+            let addr = udp.local_addr().unwrap();
+            if let Ok(tcp) = TcpListener::bind(addr).await {
+                bound = Some((udp, addr, tcp));
+                break;
+            }
+        }
+        let (udp, addr, tcp) = bound.expect("a loopback port free on both UDP and TCP");
         let state = Arc::new(Mutex::new(State::default()));
         let tasks = vec![
             tokio::spawn(serve_udp(udp, state.clone())),

@@ -44,24 +44,7 @@ impl Listeners {
             tcp: Vec::new(),
         };
         for &addr in addrs {
-            let udp = bind_socket(addr, Type::DGRAM).map_err(|source| ListenError::Bind {
-                protocol: "udp",
-                addr,
-                source,
-            })?;
-            let bound = udp.local_addr().map_err(|source| ListenError::Bind {
-                protocol: "udp",
-                addr,
-                source,
-            })?;
-            let tcp_addr = bound.as_socket().unwrap_or(addr);
-            let tcp = bind_socket(tcp_addr, Type::STREAM)
-                .and_then(|socket| socket.listen(1024).map(|()| socket))
-                .map_err(|source| ListenError::Bind {
-                    protocol: "tcp",
-                    addr: tcp_addr,
-                    source,
-                })?;
+            let (udp, tcp) = bind_pair(addr)?;
             listeners.udp.push(udp.into());
             listeners.tcp.push(tcp.into());
         }
@@ -101,6 +84,38 @@ impl Listeners {
         }
         Ok(())
     }
+}
+
+/// Binds UDP and TCP on `addr`. With port 0 the kernel picks a UDP port,
+/// which may be taken on TCP: then it tries another, a bounded number of times.
+fn bind_pair(addr: SocketAddr) -> Result<(Socket, Socket), ListenError> {
+    let attempts = if addr.port() == 0 { 100 } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let udp = bind_socket(addr, Type::DGRAM).map_err(|source| ListenError::Bind {
+            protocol: "udp",
+            addr,
+            source,
+        })?;
+        let bound = udp
+            .local_addr()
+            .ok()
+            .and_then(|bound| bound.as_socket())
+            .unwrap_or(addr);
+        match bind_socket(bound, Type::STREAM)
+            .and_then(|socket| socket.listen(1024).map(|()| socket))
+        {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(source) => {
+                last_error = Some(ListenError::Bind {
+                    protocol: "tcp",
+                    addr: bound,
+                    source,
+                })
+            }
+        }
+    }
+    Err(last_error.expect("at least one attempt"))
 }
 
 fn bind_socket(addr: SocketAddr, kind: Type) -> std::io::Result<Socket> {
