@@ -7,12 +7,10 @@ mod parse;
 mod records;
 mod sources;
 
-use std::collections::BTreeSet;
-
 use moat_plugin_abi::{DataHeader, TABLES, Table, name_hash};
 
 pub use link::{LinkError, with_data_segment};
-pub use parse::{ParsedList, parse_list};
+pub use parse::{ParsedList, Rule, parse_list};
 pub use records::RecordError;
 pub(crate) use records::check as check_record;
 pub use sources::{SourceError, SourceReport, store_download};
@@ -50,14 +48,19 @@ pub struct CompiledPolicy {
 /// Compiles `[policy]`: allow, deny and every blocklist source.
 pub fn compile_policy(policy: &Policy, data: &DataDir) -> Result<CompiledPolicy, CompileError> {
     let mut rules = BlocklistRules::default();
-    let mut duplicates = rules.add_config(&policy.allow, &policy.deny);
+    rules.add_config(&policy.allow, &policy.deny);
     let mut reports = Vec::new();
     for source in &policy.blocklists {
-        let (list, report) = sources::load(source, data)?;
-        duplicates += rules.add_list(&list);
+        let report = sources::load(source, data, &mut |rule, name| {
+            let table = match rule {
+                Rule::Block => Table::BlockSuffix,
+                Rule::Allow => Table::AllowSuffix,
+            };
+            rules.insert(table, name.as_bytes());
+        })?;
         reports.push(report);
     }
-    let (blocklist, summary) = rules.compile(duplicates)?;
+    let (blocklist, summary) = rules.compile()?;
     let records = records::encode(&policy.local_records, policy.local_ptr)?;
     let local_records = with_data_segment(LOCAL_RECORDS_TEMPLATE, &records)?;
     Ok(CompiledPolicy {
@@ -76,10 +79,11 @@ pub const BLOCKLIST_TEMPLATE: &[u8] =
 pub const LOCAL_RECORDS_TEMPLATE: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/moat_local_records.wasm"));
 
-/// Rules gathered from every source, by table.
+/// Rules gathered from every source, by table: name hashes, sorted and
+/// deduplicated once at the end (8 bytes per rule while compiling).
 #[derive(Debug, Default)]
 struct BlocklistRules {
-    tables: [BTreeSet<u64>; TABLES],
+    tables: [Vec<u64>; TABLES],
 }
 
 /// What the compiler did, for people.
@@ -95,41 +99,39 @@ pub struct CompileSummary {
 
 impl BlocklistRules {
     /// Adds the configured allow and deny rules.
-    fn add_config(&mut self, allow: &[NameRule], deny: &[NameRule]) -> usize {
-        let mut duplicates = 0;
+    fn add_config(&mut self, allow: &[NameRule], deny: &[NameRule]) {
         for (rules, exact, suffix) in [
             (deny, Table::DenyExact, Table::DenySuffix),
             (allow, Table::AllowExact, Table::AllowSuffix),
         ] {
             for rule in rules {
                 let table = if rule.subdomains { suffix } else { exact };
-                duplicates += usize::from(!self.insert(table, rule.name.as_bytes()));
+                self.insert(table, rule.name.as_bytes());
             }
         }
-        duplicates
     }
 
-    /// Adds a parsed list: its block names as suffix rules (a listed name
-    /// blocks everything below it), its exceptions as allow suffixes.
-    fn add_list(&mut self, list: &ParsedList) -> usize {
-        let mut duplicates = 0;
-        for name in &list.block {
-            duplicates += usize::from(!self.insert(Table::BlockSuffix, name.as_bytes()));
-        }
-        for name in &list.allow {
-            duplicates += usize::from(!self.insert(Table::AllowSuffix, name.as_bytes()));
-        }
-        duplicates
+    fn insert(&mut self, table: Table, name: &[u8]) {
+        self.tables[table as usize].push(name_hash(name));
     }
 
-    fn insert(&mut self, table: Table, name: &[u8]) -> bool {
-        self.tables[table as usize].insert(name_hash(name))
+    /// Sorts and deduplicates every table; returns how many repeats went.
+    fn settle(&mut self) -> usize {
+        let mut removed = 0;
+        for table in &mut self.tables {
+            let before = table.len();
+            table.sort_unstable();
+            table.dedup();
+            table.shrink_to_fit();
+            removed += before - table.len();
+        }
+        removed
     }
 
     /// The data segment contents: header, then each table sorted.
     fn encode(&self) -> Vec<u8> {
         let counts = self.tables.each_ref().map(|table| table.len() as u32);
-        let total: usize = self.tables.iter().map(BTreeSet::len).sum();
+        let total: usize = self.tables.iter().map(Vec::len).sum();
         let mut data = Vec::with_capacity(DataHeader::LEN + total * 8);
         data.extend_from_slice(&DataHeader { counts }.encode());
         for table in &self.tables {
@@ -141,10 +143,11 @@ impl BlocklistRules {
     }
 
     /// Builds the blocklist module with these rules as its data.
-    fn compile(&self, duplicates: usize) -> Result<(Vec<u8>, CompileSummary), LinkError> {
+    fn compile(mut self) -> Result<(Vec<u8>, CompileSummary), LinkError> {
+        let duplicates = self.settle();
         let module = with_data_segment(BLOCKLIST_TEMPLATE, &self.encode())?;
         let summary = CompileSummary {
-            entries: self.tables.each_ref().map(BTreeSet::len),
+            entries: self.tables.each_ref().map(Vec::len),
             duplicates,
             module_bytes: module.len(),
         };
@@ -192,23 +195,22 @@ pub fn explain(
             rules.push((table, rule.name.clone(), origin.to_owned()));
         }
     }
-    for source in &policy.blocklists {
-        let (list, report) = sources::load(source, data)?;
-        rules.extend(
-            list.block
-                .into_iter()
-                .map(|rule| (Table::BlockSuffix, rule, report.source.clone())),
-        );
-        rules.extend(
-            list.allow
-                .into_iter()
-                .map(|rule| (Table::AllowSuffix, rule, report.source.clone())),
-        );
-    }
     let matches = |table: Table, rule: &str| match table {
         Table::DenyExact | Table::AllowExact | Table::BlockExact => name == rule,
         _ => name == rule || name.ends_with(&format!(".{rule}")),
     };
+    for source in &policy.blocklists {
+        let origin = source.source.to_string();
+        sources::load(source, data, &mut |kind, rule| {
+            let table = match kind {
+                Rule::Block => Table::BlockSuffix,
+                Rule::Allow => Table::AllowSuffix,
+            };
+            if matches(table, rule) {
+                rules.push((table, rule.to_owned(), origin.clone()));
+            }
+        })?;
+    }
     let precedence = |table: Table| table as usize / 2;
     let best = rules
         .into_iter()

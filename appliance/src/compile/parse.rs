@@ -2,13 +2,22 @@
 //! Adblock-style DNS rules, detected per line. Lines that cannot be used
 //! are counted, never fatal.
 
-/// What one source contributed.
+/// A rule a list gives; each covers the name and everything below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Block the name.
+    Block,
+    /// An exception (`@@||name^`).
+    Allow,
+}
+
+/// What one source contributed, counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ParsedList {
-    /// Names to block, with everything below them.
-    pub block: Vec<String>,
-    /// Exception names (`@@||name^`), with everything below them.
-    pub allow: Vec<String>,
+    /// Block rules.
+    pub blocked: usize,
+    /// Exception rules.
+    pub allowed: usize,
     /// Lines that were neither rules nor comments.
     pub rejected: usize,
     /// Adblock rules ignored for their modifier (`$badfilter`).
@@ -20,17 +29,27 @@ pub struct ParsedList {
 /// Longest line considered; longer ones are rejected unread.
 const MAX_LINE: usize = 4096;
 
-/// Parses a whole source.
-pub fn parse_list(text: &str) -> ParsedList {
+/// Parses a whole source, handing each rule to `visit` as it is read (a
+/// million-name list never exists as a million strings).
+pub fn parse_list(text: &str, visit: &mut dyn FnMut(Rule, &str)) -> ParsedList {
     let mut list = ParsedList::default();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut emit = |rule: Rule, name: &str, list: &mut ParsedList| {
+        match rule {
+            Rule::Block => list.blocked += 1,
+            Rule::Allow => list.allowed += 1,
+        }
+        visit(rule, name);
+    };
     for line in text.lines() {
-        parse_line(line.trim_end_matches('\r').trim(), &mut list);
+        parse_line(line.trim_end_matches('\r').trim(), &mut list, &mut emit);
     }
     list
 }
 
-fn parse_line(line: &str, list: &mut ParsedList) {
+type Emit<'a> = dyn FnMut(Rule, &str, &mut ParsedList) + 'a;
+
+fn parse_line(line: &str, list: &mut ParsedList, emit: &mut Emit<'_>) {
     if line.is_empty() || line.starts_with('#') || line.starts_with('!') || line.starts_with('[') {
         list.comments += 1;
         return;
@@ -45,8 +64,8 @@ fn parse_line(line: &str, list: &mut ParsedList) {
     };
     if exception || rule.starts_with("||") || rule.starts_with("*.") || rule.contains(['^', '$']) {
         match (adblock_rule(rule), exception) {
-            (AdblockRule::Name(name), true) => list.allow.push(name),
-            (AdblockRule::Name(name), false) => list.block.push(name),
+            (AdblockRule::Name(name), true) => emit(Rule::Allow, &name, list),
+            (AdblockRule::Name(name), false) => emit(Rule::Block, &name, list),
             (AdblockRule::Ignored, _) => list.ignored_modifiers += 1,
             (AdblockRule::Unusable, _) => list.rejected += 1,
         }
@@ -63,7 +82,7 @@ fn parse_line(line: &str, list: &mut ParsedList) {
                 continue;
             }
             match normalize(name) {
-                Some(name) => list.block.push(name),
+                Some(name) => emit(Rule::Block, &name, list),
                 None => list.rejected += 1,
             }
         }
@@ -73,7 +92,7 @@ fn parse_line(line: &str, list: &mut ParsedList) {
         return;
     }
     match (normalize(first), fields.next()) {
-        (Some(name), None) => list.block.push(name),
+        (Some(name), None) => emit(Rule::Block, &name, list),
         _ => list.rejected += 1,
     }
 }
@@ -142,15 +161,24 @@ fn is_local_alias(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn collect(text: &str) -> (ParsedList, Vec<String>, Vec<String>) {
+        let (mut block, mut allow) = (Vec::new(), Vec::new());
+        let list = parse_list(text, &mut |rule, name| match rule {
+            Rule::Block => block.push(name.to_owned()),
+            Rule::Allow => allow.push(name.to_owned()),
+        });
+        (list, block, allow)
+    }
+
     #[test]
     fn hosts_domains_and_adblock_lines() {
         let text = "\u{feff}# comment\r\n0.0.0.0 ads.example tracker.example\r\n127.0.0.1 localhost\n\
                     ::1 ip6-localhost\nplain.example\n||adblock.example^\n@@||good.adblock.example^\n\
                     ||important.example^$important\n||gone.example^$badfilter\n*.wild.example\n\
                     ! adblock comment\n\nexample.com/path\nnot a domain line\n0.0.0.0\nxn--bcher-kva.example\n";
-        let list = parse_list(text);
+        let (list, block, allow) = collect(text);
         assert_eq!(
-            list.block,
+            block,
             [
                 "ads.example",
                 "tracker.example",
@@ -161,7 +189,8 @@ mod tests {
                 "xn--bcher-kva.example"
             ]
         );
-        assert_eq!(list.allow, ["good.adblock.example"]);
+        assert_eq!(allow, ["good.adblock.example"]);
+        assert_eq!((list.blocked, list.allowed), (7, 1));
         assert_eq!(list.ignored_modifiers, 1, "the $badfilter rule");
         assert_eq!(list.rejected, 3, "path rule, sentence, bare address");
         assert_eq!(list.comments, 3);
@@ -170,8 +199,8 @@ mod tests {
     #[test]
     fn unicode_and_long_lines_are_rejected_not_fatal() {
         let long = format!("{}.example", "a".repeat(5000));
-        let list = parse_list(&format!("bücher.example\n{long}\nok.example\n"));
-        assert_eq!(list.block, ["ok.example"]);
+        let (list, block, _) = collect(&format!("bücher.example\n{long}\nok.example\n"));
+        assert_eq!(block, ["ok.example"]);
         assert_eq!(list.rejected, 2);
     }
 }

@@ -4,7 +4,7 @@
 use crate::config::{BlocklistSource, SourceLocation};
 use crate::store::{Access, DataDir, StoreError};
 
-use super::parse::{ParsedList, parse_list};
+use super::parse::{Rule, parse_list};
 
 /// What one source gave, for the summary.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -39,7 +39,8 @@ pub struct SourceError {
 pub(super) fn load(
     source: &BlocklistSource,
     data: &DataDir,
-) -> Result<(ParsedList, SourceReport), SourceError> {
+    visit: &mut dyn FnMut(Rule, &str),
+) -> Result<SourceReport, SourceError> {
     let name = source.source.to_string();
     let copy = copy_name(&name);
     let (text, stale) = match &source.source {
@@ -68,16 +69,16 @@ pub(super) fn load(
             _ => (Vec::new(), Some("not downloaded yet".to_owned())),
         },
     };
-    let list = parse_list(&String::from_utf8_lossy(&text));
+    let list = parse_list(&String::from_utf8_lossy(&text), visit);
     let report = SourceReport {
         source: name,
-        blocked: list.block.len(),
-        allowed: list.allow.len(),
+        blocked: list.blocked,
+        allowed: list.allowed,
         rejected: list.rejected,
         ignored: list.ignored_modifiers,
         stale,
     };
-    Ok((list, report))
+    Ok(report)
 }
 
 /// Keeps a fresh download of a URL source; says whether it differs from
