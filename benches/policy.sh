@@ -163,7 +163,7 @@ first_answer() {
             ms=$(ms_since "${T0[$name]}")
             awk -v ms="$ms" -v i="$i" -v core=$(($(core_ticks "$SERVER_CPU") - core0)) -v srv="$(cpu_ticks "$pid")" \
                 -v hz="$CLK_TCK" 'BEGIN { o = (core - srv) / hz / (ms / 1000) * 100   # the server started after core0
-                                          printf "%s %s %.0f\n", ms, i, (o > 0 ? o : 0) }'
+                                          printf "%s %s %.0f\n", ms, i, (o > 100 ? 100 : o > 0 ? o : 0) }'
             return 0
         fi
         [ "$(ms_since "${T0[$name]}")" -lt $((START_LIMIT * 1000)) ] ||
@@ -338,7 +338,7 @@ for k in $(seq 1 "$COMPILES"); do
     # Percent of CPU 0 that other processes took while it ran (over the
     # whole wrapper; ticks are 1/$CLK_TCK s, so short runs read coarse).
     others=$(awk -v core=$(($(core_ticks "$SERVER_CPU") - core0)) -v cpu="$cpu" -v t0="$t0" -v t1="$EPOCHREALTIME" \
-        -v hz="$CLK_TCK" 'BEGIN { o = (core / hz - cpu) / (t1 - t0) * 100; printf "%.0f", (o > 0 ? o : 0) }')
+        -v hz="$CLK_TCK" 'BEGIN { o = (core / hz - cpu) / (t1 - t0) * 100; printf "%.0f", (o > 100 ? 100 : o > 0 ? o : 0) }')
     printf '%s\t%s\t%s\t%s\t%s\n' "$k" "$wall" "$cpu" "$peak" "$others" >>"$COMPILE_ROWS"
     printf '  compile %s: %s s wall, %s s CPU, peak RSS %s KiB (others %s%%)\n' "$k" "$wall" "$cpu" "$peak" "$others"
 done

@@ -426,12 +426,18 @@ fn build_policy(
         Err(err) => return Err(err.into()),
     };
     let fail_mode = config.policy.fail_mode;
+    let policy = &config.policy;
+    let has_rules =
+        !(policy.allow.is_empty() && policy.deny.is_empty() && policy.blocklists.is_empty());
+    // A module with nothing configured for it could only say "no opinion":
+    // it is not called at all.
     let mut chain: Vec<Arc<dyn Policy>> = Vec::with_capacity(2);
-    // Without local records the module could only say "no opinion": skip the call.
-    if !config.policy.local_records.is_empty() {
+    if !policy.local_records.is_empty() {
         chain.push(WasmPolicy::new(&local_records, fail_mode)?);
     }
-    chain.push(WasmPolicy::new(&blocklist, fail_mode)?);
+    if has_rules {
+        chain.push(WasmPolicy::new(&blocklist, fail_mode)?);
+    }
     Ok(Arc::new(Chain(chain)))
 }
 
