@@ -97,6 +97,8 @@ pub struct Status {
     pub config_generation: u64,
     /// Query log entries dropped because the log could not keep up.
     pub query_log_lost: u64,
+    /// Policy plugin faults since the policy in force was loaded.
+    pub policy_faults: u64,
 }
 
 /// A running appliance.
@@ -221,6 +223,7 @@ impl Daemon {
             upstreams: self.handler.live().upstreams.status(),
             config_generation: generation,
             query_log_lost: self.handler.query_log().lost(),
+            policy_faults: self.handler.live().policy.faults(),
         }
     }
 

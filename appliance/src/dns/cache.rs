@@ -122,11 +122,6 @@ impl Answer {
         self.ttl
     }
 
-    /// The response code.
-    pub fn rcode(&self) -> u16 {
-        u16::from(self.wire[3] & 0x0f)
-    }
-
     /// Bytes this answer occupies.
     pub fn size(&self) -> usize {
         self.wire.len() + self.ttl_offsets.len() * 2 + size_of::<Self>()

@@ -89,6 +89,10 @@ impl Policy for Chain {
         }
         Decision::NoOpinion
     }
+
+    fn faults(&self) -> u64 {
+        self.0.iter().map(|policy| policy.faults()).sum()
+    }
 }
 
 /// Decides what happens to each question. Implementations are called on
@@ -96,4 +100,9 @@ impl Policy for Chain {
 pub trait Policy: Send + Sync + std::fmt::Debug {
     /// Decides for one question.
     fn decide(&self, question: &Question<'_>) -> Decision;
+
+    /// Faults (traps, timeouts, bad verdicts) since this policy was loaded.
+    fn faults(&self) -> u64 {
+        0
+    }
 }

@@ -117,11 +117,6 @@ impl WasmPolicy {
         Ok(Arc::new(policy))
     }
 
-    /// Faults since this module was loaded.
-    pub fn faults(&self) -> u64 {
-        self.faults.load(Ordering::Relaxed)
-    }
-
     /// Instances made of this module so far (one per worker thread, plus
     /// one after each fault).
     pub fn instances(&self) -> u64 {
@@ -217,6 +212,10 @@ impl WasmPolicy {
 }
 
 impl Policy for WasmPolicy {
+    fn faults(&self) -> u64 {
+        self.faults.load(Ordering::Relaxed)
+    }
+
     fn decide(&self, question: &Question<'_>) -> Decision {
         WORKERS.with(|workers| {
             let mut workers = workers.borrow_mut();
