@@ -41,9 +41,6 @@ bench_init() {
     declare -gA PID=()
     trap cleanup EXIT
     trap 'exit 130' INT TERM
-    # A private copy: a rebuild during the run does not change what is measured.
-    cp "$MOAT" "$WORK/moat"
-    MOAT=$WORK/moat
 }
 
 stop() {
