@@ -5,14 +5,19 @@
 //! kinds of settings), `dns` (listeners, the query path, cache, upstreams),
 //! `policy` (the block/allow seam and pause switch), `stats` (counters and
 //! the query log), `store` (the data directory), `control` (the HTTP
-//! control endpoint and its client), and `daemon` (wiring them together).
+//! control endpoint and its client), `bundle` (signed policy bundles),
+//! `sync` (identity, pairing, the sync protocol), `fleet` (the primary's
+//! view of its replicas) and `daemon` (wiring them together).
 
+pub mod bundle;
 pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
+pub mod fleet;
 pub mod policy;
 pub mod stats;
 pub mod store;
+pub mod sync;
