@@ -160,7 +160,7 @@ fn policy_tool(command: PolicyCommand) -> Result<()> {
             };
             let data = DataDir::open(&config.instance.data_dir)?;
             let compiled = compile_policy(&config.policy, &data)?;
-            let policy = WasmPolicy::new(&compiled.blocklist, config.policy.fail_mode)?;
+            let policy = WasmPolicy::new(&compiled.blocklist)?;
             let lower = name.trim_end_matches('.').to_ascii_lowercase();
             let question = Question {
                 name: lower.as_bytes(),

@@ -86,6 +86,40 @@ async fn hot_swap_under_load_fails_no_query() {
 }
 
 #[tokio::test]
+async fn cached_answers_follow_each_policy_version() {
+    let upstream = TestUpstream::start().await;
+    let dir = Scratch::new("verdicts");
+    let list = dir.0.join("list.txt");
+    std::fs::write(&list, "ads.test\n").unwrap();
+    let moat = MoatProcess::start("", &policy_with_list(&upstream, &list)).await;
+    for _ in 0..3 {
+        assert_eq!(ips(&moat.dns.a("cached.test").await), ["192.0.2.1"]);
+    }
+    assert_eq!(upstream.count("cached.test"), 1, "answered from the cache");
+
+    std::fs::write(&list, "ads.test\ncached.test\n").unwrap();
+    assert!(moat.cli(&["reload"]).status.success());
+    assert_eq!(
+        ips(&moat.dns.a("cached.test").await),
+        ["0.0.0.0"],
+        "a verdict kept with the cached answer is not reused by the next policy"
+    );
+    std::fs::write(&list, "ads.test\n").unwrap();
+    assert!(moat.cli(&["reload"]).status.success());
+    assert_eq!(ips(&moat.dns.a("cached.test").await), ["192.0.2.1"]);
+    assert_eq!(upstream.count("cached.test"), 1, "still the cached answer");
+
+    let moat = moat.restart().await;
+    assert_eq!(ips(&moat.dns.a("x.ads.test").await), ["0.0.0.0"]);
+    assert!(
+        moat.log()
+            .contains("policy inputs unchanged; using the persisted modules"),
+        "a restart with the same inputs compiles nothing; log:\n{}",
+        moat.log()
+    );
+}
+
+#[tokio::test]
 async fn restart_serves_persisted_policy_without_sources_or_upstreams() {
     let mut upstream = TestUpstream::start().await;
     let dir = Scratch::new("persist");

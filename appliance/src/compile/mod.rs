@@ -71,6 +71,38 @@ pub fn compile_policy(policy: &Policy, data: &DataDir) -> Result<CompiledPolicy,
     })
 }
 
+/// A digest of everything a compiled policy depends on: this build of the
+/// compiler and plugins, the rules in the configuration, and the bytes of
+/// every source. Equal digests compile to equal modules, so modules kept
+/// from an earlier run can be used without compiling again.
+pub fn inputs_digest(policy: &Policy, data: &DataDir) -> [u8; 32] {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut add = |bytes: &[u8]| {
+        digest.update(&(bytes.len() as u64).to_be_bytes());
+        digest.update(bytes);
+    };
+    add(env!("CARGO_PKG_VERSION").as_bytes());
+    add(BLOCKLIST_TEMPLATE);
+    add(LOCAL_RECORDS_TEMPLATE);
+    let rules = serde_json::json!([
+        policy.allow,
+        policy.deny,
+        policy.blocklists,
+        policy.local_records,
+        policy.local_ptr
+    ]);
+    add(rules.to_string().as_bytes());
+    for source in &policy.blocklists {
+        match sources::current_bytes(source, data) {
+            Some(bytes) => add(&bytes),
+            None => add(b"\0missing"),
+        }
+    }
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.finish().as_ref());
+    out
+}
+
 /// The blocklist plugin as built from `plugins/blocklist`, without data.
 pub const BLOCKLIST_TEMPLATE: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/moat_blocklist.wasm"));
@@ -266,7 +298,7 @@ mod tests {
             bytes_per_domain < 9.0,
             "{bytes_per_domain} bytes per domain"
         );
-        let policy = WasmPolicy::new(&compiled.blocklist, crate::config::FailMode::Closed).unwrap();
+        let policy = WasmPolicy::new(&compiled.blocklist).unwrap();
         let ask = |name: &str| {
             policy.decide(&Question {
                 name: name.as_bytes(),

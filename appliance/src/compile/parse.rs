@@ -130,10 +130,19 @@ fn adblock_rule(rule: &str) -> AdblockRule {
     normalize(rule).map_or(AdblockRule::Unusable, AdblockRule::Name)
 }
 
-/// Lower-cases and checks a name; IDN names must already be punycode
-/// (`xn--`), as they are on the wire. Returns `None` for anything else.
+/// Lower-cases and checks a name; an internationalized name becomes its
+/// punycode (`xn--`) form, as it is asked on the wire. Returns `None` for
+/// anything that is not a domain name.
 fn normalize(name: &str) -> Option<String> {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let name = name.trim_end_matches('.');
+    let name = if name.is_ascii() {
+        name.to_ascii_lowercase()
+    } else {
+        match url::Host::parse(name).ok()? {
+            url::Host::Domain(ascii) => ascii,
+            url::Host::Ipv4(_) | url::Host::Ipv6(_) => return None,
+        }
+    };
     let valid_label = |label: &str| {
         (1..=63).contains(&label.len())
             && label
@@ -197,10 +206,21 @@ mod tests {
     }
 
     #[test]
-    fn unicode_and_long_lines_are_rejected_not_fatal() {
+    fn idn_names_become_punycode_and_long_lines_are_rejected() {
         let long = format!("{}.example", "a".repeat(5000));
-        let (list, block, _) = collect(&format!("bücher.example\n{long}\nok.example\n"));
-        assert_eq!(block, ["ok.example"]);
-        assert_eq!(list.rejected, 2);
+        let text = format!(
+            "Bücher.example\n0.0.0.0 münchen.de\n||xn--caf-dma.example^\n{long}\nbad\u{0}name.example\nok.example\n"
+        );
+        let (list, block, _) = collect(&text);
+        assert_eq!(
+            block,
+            [
+                "xn--bcher-kva.example",
+                "xn--mnchen-3ya.de",
+                "xn--caf-dma.example",
+                "ok.example"
+            ]
+        );
+        assert_eq!(list.rejected, 2, "the long line and the control character");
     }
 }

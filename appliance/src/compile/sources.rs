@@ -81,6 +81,20 @@ pub(super) fn load(
     Ok(report)
 }
 
+/// The bytes a source would be compiled from now (the file, or its kept
+/// copy), or `None` when there are none.
+pub(super) fn current_bytes(source: &BlocklistSource, data: &DataDir) -> Option<Vec<u8>> {
+    let kept = || {
+        data.read(&copy_name(&source.source.to_string()))
+            .ok()
+            .flatten()
+    };
+    match &source.source {
+        SourceLocation::Path(path) => std::fs::read(path).ok().or_else(kept),
+        SourceLocation::Url(_) => kept(),
+    }
+}
+
 /// Keeps a fresh download of a URL source; says whether it differs from
 /// the copy kept before.
 pub fn store_download(

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use values::{
     BlockedResponse, BlocklistSource, FailMode, LocalRecord, NameRule, Percent, RecordKind,
@@ -229,8 +229,9 @@ impl Default for QueryLogTuning {
     }
 }
 
-/// DNS policy: what is forwarded where, and what is blocked.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// DNS policy: what is forwarded where, and what is blocked. Serializes
+/// to the TOML it is read from, which is how it travels in a bundle.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// Upstream resolvers.
@@ -240,7 +241,10 @@ pub struct Policy {
     /// What a blocked name is answered with.
     pub blocked_response: BlockedResponse,
     /// TTL of blocked answers.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub blocked_ttl: Duration,
     /// Names never blocked by blocklists (`name` or `*.suffix`).
     pub allow: Vec<NameRule>,
@@ -385,9 +389,64 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+impl Policy {
+    /// The policy as a `[policy]` TOML table: the form it travels in inside
+    /// a bundle, read back by `Policy::from_toml`.
+    pub fn to_toml(&self) -> String {
+        #[derive(Serialize)]
+        struct Wrapper<'a> {
+            policy: &'a Policy,
+        }
+        toml::to_string(&Wrapper { policy: self })
+            .unwrap_or_else(|err| unreachable!("every policy value has a TOML form: {err}"))
+    }
+
+    /// Reads a policy written by `to_toml`, with the checks a configuration
+    /// file gets.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        Config::parse(text, origin).map(|config| config.policy)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_survives_its_toml_form() {
+        let text = r#"[policy]
+upstreams = ["udp://127.0.0.1:5353", "tls://[::1]:853", "https://dns.example/dns-query"]
+strategy = "fastest"
+blocked_response = ["0.0.0.0", "::"]
+blocked_ttl = "90s"
+allow = ["ok.example", "*.fine.example"]
+deny = ["*.bad.example"]
+fail_mode = "closed"
+local_ptr = false
+[[policy.blocklists]]
+source = "/lists/hosts.txt"
+refresh = "6h"
+[[policy.blocklists]]
+source = "https://lists.example/ads.txt"
+[[policy.local_records]]
+name = "*.lan"
+type = "A"
+value = "192.168.1.2"
+ttl = 60
+"#;
+        let policy = Config::parse(text, "x.toml").unwrap().policy;
+        let written = policy.to_toml();
+        assert_eq!(
+            Policy::from_toml(&written, "bundle").unwrap(),
+            policy,
+            "{written}"
+        );
+        let default = Policy::default();
+        assert_eq!(
+            Policy::from_toml(&default.to_toml(), "bundle").unwrap(),
+            default
+        );
+    }
 
     #[test]
     fn embedded_file_matches_defaults() {

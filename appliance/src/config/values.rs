@@ -27,6 +27,26 @@ pub(super) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Dur
 }
 
 /// Parses `"32MiB"`, `"500kB"` or an integer number of bytes.
+/// Writes a duration in the form `duration` reads ("1h 30m").
+pub(super) fn serialize_duration<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_duration(*duration))
+}
+
+/// Serializes a value as its `Display` text, the form it is parsed from.
+macro_rules! serialize_as_text {
+    ($($kind:ty),*) => {$(
+        impl Serialize for $kind {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_as_text!(SourceLocation, NameRule);
+
 pub(super) fn byte_size_opt<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<u64>, D::Error> {
@@ -119,7 +139,11 @@ pub struct BlocklistSource {
     pub source: SourceLocation,
     /// How often a URL is downloaded again (local files are read at every
     /// start and reload).
-    #[serde(default = "default_refresh", deserialize_with = "duration")]
+    #[serde(
+        default = "default_refresh",
+        deserialize_with = "duration",
+        serialize_with = "serialize_duration"
+    )]
     pub refresh: Duration,
 }
 
@@ -128,7 +152,7 @@ fn default_refresh() -> Duration {
 }
 
 /// Where a blocklist comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceLocation {
     /// A file on this appliance.
     Path(std::path::PathBuf),
@@ -201,7 +225,7 @@ pub enum RecordKind {
 }
 
 /// How a blocked name is answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlockedResponse {
     /// NXDOMAIN with an SOA.
     Nxdomain,
@@ -213,6 +237,18 @@ pub enum BlockedResponse {
     Nodata,
     /// These addresses (A from the IPv4 ones, AAAA from the IPv6 ones).
     Custom(Vec<IpAddr>),
+}
+
+impl Serialize for BlockedResponse {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Nxdomain => serializer.serialize_str("nxdomain"),
+            Self::Null => serializer.serialize_str("null"),
+            Self::Refused => serializer.serialize_str("refused"),
+            Self::Nodata => serializer.serialize_str("nodata"),
+            Self::Custom(addresses) => serializer.collect_seq(addresses),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for BlockedResponse {
@@ -255,7 +291,7 @@ impl<'de> Deserialize<'de> for BlockedResponse {
 
 /// A name rule: `example.com` matches that name only; `*.example.com`
 /// matches it and every name below it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NameRule {
     /// Lower-case name without the trailing dot.
     pub name: String,

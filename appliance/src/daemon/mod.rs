@@ -2,16 +2,17 @@
 //! binds the sockets, and applies reloads, pauses and shutdown.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::clock;
-use crate::compile::{CompileError, compile_policy, store_download};
+use crate::compile::{CompileError, compile_policy, inputs_digest, store_download};
 use crate::config::{BlocklistSource, Config, ConfigError, SourceLocation};
 use crate::dns::cache::Cache;
 use crate::dns::handler::{Live, QueryHandler};
@@ -379,10 +380,17 @@ fn download_client(config: &Config) -> Result<reqwest::Client, DaemonError> {
 
 /// Builds the reloadable part of the query path from a configuration.
 fn build_live(config: &Config, data: &DataDir, starting: bool) -> Result<Live, DaemonError> {
+    static POLICY_VERSIONS: AtomicU64 = AtomicU64::new(1);
     let tls = Arc::new(upstream_tls(config)?);
     let policy = &config.policy;
+    let plugins = build_policy(config, data, starting)?;
+    let policy_stamp = (!plugins.reads_client())
+        .then(|| NonZeroU64::new(POLICY_VERSIONS.fetch_add(1, Ordering::Relaxed)))
+        .flatten();
     Ok(Live {
-        policy: build_policy(config, data, starting)?,
+        policy: plugins,
+        fail_mode: policy.fail_mode,
+        policy_stamp,
         upstreams: Upstreams::new(
             &policy.upstreams,
             policy.strategy,
@@ -396,52 +404,65 @@ fn build_live(config: &Config, data: &DataDir, starting: bool) -> Result<Live, D
     })
 }
 
-/// Compiles the policy and persists its modules. At start, a policy that
-/// cannot be compiled falls back to the modules persisted last time, so a
-/// restart never serves without policy.
+/// The policy in force for `config`: local records, then the blocklist.
 fn build_policy(
     config: &Config,
     data: &DataDir,
     starting: bool,
 ) -> Result<Arc<dyn Policy>, DaemonError> {
-    let (local_records, blocklist) = match compile_policy(&config.policy, data) {
+    let (local_records, blocklist) = policy_modules(config, data, starting)?;
+    Ok(Arc::new(Chain(vec![
+        WasmPolicy::new(&local_records)?,
+        WasmPolicy::new(&blocklist)?,
+    ])))
+}
+
+/// The policy modules for `config`: the persisted ones when they were
+/// compiled from the same inputs, otherwise freshly compiled and persisted.
+/// At start, a policy that cannot be compiled falls back to the persisted
+/// modules, so a restart never serves without policy.
+fn policy_modules(
+    config: &Config,
+    data: &DataDir,
+    starting: bool,
+) -> Result<(Vec<u8>, Vec<u8>), DaemonError> {
+    let digest = inputs_digest(&config.policy, data);
+    if data.read(files::POLICY_INPUTS)?.as_deref() == Some(&digest[..])
+        && let Some(modules) = persisted_modules(data)?
+    {
+        tracing::info!("policy inputs unchanged; using the persisted modules");
+        return Ok(modules);
+    }
+    match compile_policy(&config.policy, data) {
         Ok(compiled) => {
             tracing::info!(summary = ?compiled.summary, sources = ?compiled.sources, "policy compiled");
+            // The digest goes last, so modules half-written by a crash are never taken as current.
+            data.write(files::POLICY_INPUTS, b"", Access::Public)?;
             data.write(
                 files::LOCAL_RECORDS_MODULE,
                 &compiled.local_records,
                 Access::Public,
             )?;
             data.write(files::BLOCKLIST_MODULE, &compiled.blocklist, Access::Public)?;
-            (compiled.local_records, compiled.blocklist)
+            data.write(files::POLICY_INPUTS, &digest, Access::Public)?;
+            Ok((compiled.local_records, compiled.blocklist))
         }
         Err(err) if starting => {
-            let persisted = (
-                data.read(files::LOCAL_RECORDS_MODULE)?,
-                data.read(files::BLOCKLIST_MODULE)?,
-            );
-            let (Some(local_records), Some(blocklist)) = persisted else {
+            let Some(modules) = persisted_modules(data)? else {
                 return Err(err.into());
             };
             tracing::error!(error = %err, "policy cannot be compiled; serving the persisted one");
-            (local_records, blocklist)
+            Ok(modules)
         }
-        Err(err) => return Err(err.into()),
-    };
-    let fail_mode = config.policy.fail_mode;
-    let policy = &config.policy;
-    let has_rules =
-        !(policy.allow.is_empty() && policy.deny.is_empty() && policy.blocklists.is_empty());
-    // A module with nothing configured for it could only say "no opinion":
-    // it is not called at all.
-    let mut chain: Vec<Arc<dyn Policy>> = Vec::with_capacity(2);
-    if !policy.local_records.is_empty() {
-        chain.push(WasmPolicy::new(&local_records, fail_mode)?);
+        Err(err) => Err(err.into()),
     }
-    if has_rules {
-        chain.push(WasmPolicy::new(&blocklist, fail_mode)?);
-    }
-    Ok(Arc::new(Chain(chain)))
+}
+
+/// The modules persisted last time, if both are there.
+fn persisted_modules(data: &DataDir) -> Result<Option<(Vec<u8>, Vec<u8>)>, DaemonError> {
+    Ok(data
+        .read(files::LOCAL_RECORDS_MODULE)?
+        .zip(data.read(files::BLOCKLIST_MODULE)?))
 }
 
 /// TLS settings for DoT and DoH upstreams: the public web roots plus any

@@ -4,6 +4,7 @@
 //! Time is always passed in, so the rules (clamping, negative TTLs,
 //! serve-stale, refresh of hot names) are tested without waiting.
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ pub struct Answer {
     ttl: u32,
     hot: HitWindow,
     refreshing: AtomicBool,
+    /// The policy version that last let this question through (0: none).
+    passed_policy: AtomicU64,
 }
 
 /// The outcome of clamping an upstream answer to the cache rules.
@@ -114,7 +117,18 @@ impl Answer {
             ttl,
             hot: HitWindow::default(),
             refreshing: AtomicBool::new(false),
+            passed_policy: AtomicU64::new(0),
         }
+    }
+
+    /// Whether policy version `stamp` already let this question through.
+    pub fn passed_policy(&self, stamp: NonZeroU64) -> bool {
+        self.passed_policy.load(Ordering::Relaxed) == stamp.get()
+    }
+
+    /// Notes that policy version `stamp` lets this question through.
+    pub fn mark_passed_policy(&self, stamp: NonZeroU64) {
+        self.passed_policy.store(stamp.get(), Ordering::Relaxed);
     }
 
     /// Lifetime in the cache, in seconds.
@@ -196,6 +210,16 @@ pub enum Lookup {
     Stale(Arc<Answer>),
     /// Nothing usable.
     Miss,
+}
+
+impl Lookup {
+    /// The answer found, fresh or stale.
+    pub fn answer(&self) -> Option<&Arc<Answer>> {
+        match self {
+            Self::Fresh { answer, .. } | Self::Stale(answer) => Some(answer),
+            Self::Miss => None,
+        }
+    }
 }
 
 /// A question as stored: the name on the heap, sized to fit. Lookups use

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +21,7 @@ use super::cache::{Answer, Cache, Lookup};
 use super::upstream::{UpstreamError, Upstreams, upstream_query};
 use super::wire::{self, Query, QuestionKey, rcode};
 use crate::clock;
-use crate::config::BlockedResponse;
+use crate::config::{BlockedResponse, FailMode};
 use crate::policy::{Decision, LocalAnswer, Pause, Policy, Question as PolicyQuestion};
 use crate::stats::{LogEntry, Outcome, QueryLog, QueryRecord, Stats};
 
@@ -30,6 +31,12 @@ use crate::stats::{LogEntry, Outcome, QueryLog, QueryRecord, Stats};
 pub struct Live {
     /// Decides block / allow.
     pub policy: Arc<dyn Policy>,
+    /// What a policy fault means for the query.
+    pub fail_mode: FailMode,
+    /// Identifies this policy version for the verdicts kept with cached
+    /// answers; `None` when verdicts cannot be kept (they depend on the
+    /// client).
+    pub policy_stamp: Option<NonZeroU64>,
     /// Where misses go.
     pub upstreams: Upstreams,
     /// How blocked names are answered.
@@ -170,32 +177,11 @@ impl QueryHandler {
             }
         };
         let live = self.live.load();
-        if !self.pause.is_paused() {
-            let question = PolicyQuestion {
-                name: &query.dotted,
-                qtype: query.key.qtype,
-                client,
-            };
-            match live.policy.decide(&question) {
-                Decision::Block => {
-                    write_blocked(&query, &live.blocked_response, live.blocked_ttl, out);
-                    let outcome = Outcome::Blocked;
-                    return self.reply(&live, &query, protocol, client, outcome, received, out);
-                }
-                Decision::Fault => {
-                    wire::begin_response(&query, rcode::SERVFAIL, out);
-                    let outcome = Outcome::Failed;
-                    return self.reply(&live, &query, protocol, client, outcome, received, out);
-                }
-                Decision::Answer(answer) => {
-                    write_local(&query, &answer, out);
-                    let outcome = Outcome::Local;
-                    return self.reply(&live, &query, protocol, client, outcome, received, out);
-                }
-                Decision::Allow | Decision::NoOpinion => {}
-            }
+        let lookup = self.cache.lookup(&query.key, received);
+        if let Some(outcome) = self.apply_policy(&live, &query, client, &lookup, out) {
+            return self.reply(&live, &query, protocol, client, outcome, received, out);
         }
-        match self.cache.lookup(&query.key, received) {
+        match lookup {
             Lookup::Fresh { answer, refresh } => {
                 answer.write(&query, received, None, out);
                 if refresh {
@@ -227,6 +213,55 @@ impl QueryHandler {
                     received,
                     stale: None,
                 })
+            }
+        }
+    }
+
+    /// Asks the policy about `query`, unless blocking is paused or the
+    /// cached answer already passed this policy version. Writes the answer
+    /// when the policy gives one (blocked, local, or SERVFAIL on a fault
+    /// with fail mode closed).
+    fn apply_policy(
+        &self,
+        live: &Live,
+        query: &Query<'_>,
+        client: IpAddr,
+        lookup: &Lookup,
+        out: &mut Vec<u8>,
+    ) -> Option<Outcome> {
+        if self.pause.is_paused() {
+            return None;
+        }
+        let cached = lookup.answer();
+        if let (Some(answer), Some(stamp)) = (cached, live.policy_stamp)
+            && answer.passed_policy(stamp)
+        {
+            return None;
+        }
+        let question = PolicyQuestion {
+            name: &query.dotted,
+            qtype: query.key.qtype,
+            client,
+        };
+        match live.policy.decide(&question) {
+            Decision::Block => {
+                write_blocked(query, &live.blocked_response, live.blocked_ttl, out);
+                Some(Outcome::Blocked)
+            }
+            Decision::Fault if live.fail_mode == FailMode::Closed => {
+                wire::begin_response(query, rcode::SERVFAIL, out);
+                Some(Outcome::Failed)
+            }
+            Decision::Answer(answer) => {
+                write_local(query, &answer, out);
+                Some(Outcome::Local)
+            }
+            Decision::Fault => None,
+            Decision::Allow | Decision::NoOpinion => {
+                if let (Some(answer), Some(stamp)) = (cached, live.policy_stamp) {
+                    answer.mark_passed_policy(stamp);
+                }
+                None
             }
         }
     }

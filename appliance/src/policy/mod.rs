@@ -31,7 +31,9 @@ pub enum Decision {
     Allow,
     /// Blocked: answer with the configured blocked response.
     Block,
-    /// Policy failed and the fail mode is closed: answer SERVFAIL.
+    /// Policy failed (a trap, a timeout, a bad verdict): the configured
+    /// fail mode decides between answering as if there were no policy and
+    /// SERVFAIL.
     Fault,
     /// Answer locally with these records (see `LocalAnswer`).
     Answer(LocalAnswer),
@@ -93,6 +95,10 @@ impl Policy for Chain {
     fn faults(&self) -> u64 {
         self.0.iter().map(|policy| policy.faults()).sum()
     }
+
+    fn reads_client(&self) -> bool {
+        self.0.iter().any(|policy| policy.reads_client())
+    }
 }
 
 /// Decides what happens to each question. Implementations are called on
@@ -105,4 +111,9 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
     fn faults(&self) -> u64 {
         0
     }
+
+    /// Whether decisions depend on who asks. When they do not, a decision
+    /// to let a question through is kept with its cached answer until the
+    /// policy changes, and cache hits skip the policy.
+    fn reads_client(&self) -> bool;
 }

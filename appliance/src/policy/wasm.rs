@@ -2,7 +2,7 @@
 //! per policy version, one instance per worker thread, typed calls bounded
 //! in time (epoch interruption) and memory (a store limiter). A trap, a
 //! timeout or a bad verdict is a fault: counted, logged once per module, and
-//! answered by the configured fail mode.
+//! decided as `Decision::Fault` (the query path applies the fail mode).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,14 +10,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use moat_plugin_abi::{
-    ABI_VERSION, ANSWER_CAPACITY, CLIENT_LEN, NAME_CAPACITY, QUERY_CAPACITY, Verdict,
+    ABI_VERSION, ANSWER_CAPACITY, CLIENT_LEN, DECIDES_BY_CLIENT_EXPORT, NAME_CAPACITY,
+    QUERY_CAPACITY, Verdict,
 };
 use wasmtime::{
     Engine, InstancePre, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
 };
 
 use super::{Decision, LocalAnswer, Policy, Question};
-use crate::config::FailMode;
 
 /// How often the epoch advances.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -61,7 +61,7 @@ pub struct WasmPolicy {
     /// Distinguishes this module from any other for per-thread instances.
     id: u64,
     memory_limit: usize,
-    fail_mode: FailMode,
+    reads_client: bool,
     faults: AtomicU64,
     fault_logged: AtomicBool,
     instances: AtomicU64,
@@ -96,7 +96,7 @@ thread_local! {
 
 impl WasmPolicy {
     /// Compiles `wasm` and checks it once, by instantiating it.
-    pub fn new(wasm: &[u8], fail_mode: FailMode) -> Result<Arc<Self>, PluginError> {
+    pub fn new(wasm: &[u8]) -> Result<Arc<Self>, PluginError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let invalid = |err: wasmtime::Error| PluginError::Invalid(format!("{err:#}"));
         let module = Module::new(engine(), wasm).map_err(invalid)?;
@@ -108,7 +108,7 @@ impl WasmPolicy {
             pre,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             memory_limit: data_end + MEMORY_HEADROOM,
-            fail_mode,
+            reads_client: module.get_export(DECIDES_BY_CLIENT_EXPORT).is_some(),
             faults: AtomicU64::new(0),
             fault_logged: AtomicBool::new(false),
             instances: AtomicU64::new(0),
@@ -202,18 +202,19 @@ impl WasmPolicy {
     fn fault(&self, err: &wasmtime::Error) -> Decision {
         self.faults.fetch_add(1, Ordering::Relaxed);
         if !self.fault_logged.swap(true, Ordering::Relaxed) {
-            tracing::error!(module = self.id, error = %format!("{err:#}"), fail_mode = ?self.fail_mode, "policy plugin fault (logged once per module)");
+            tracing::error!(module = self.id, error = %format!("{err:#}"), "policy plugin fault (logged once per module)");
         }
-        match self.fail_mode {
-            FailMode::Open => Decision::NoOpinion,
-            FailMode::Closed => Decision::Fault,
-        }
+        Decision::Fault
     }
 }
 
 impl Policy for WasmPolicy {
     fn faults(&self) -> u64 {
         self.faults.load(Ordering::Relaxed)
+    }
+
+    fn reads_client(&self) -> bool {
+        self.reads_client
     }
 
     fn decide(&self, question: &Question<'_>) -> Decision {
@@ -279,7 +280,7 @@ mod tests {
     use crate::config::Config;
     use crate::store::DataDir;
 
-    fn ask(policy: &WasmPolicy, name: &str) -> Decision {
+    fn ask(policy: &dyn Policy, name: &str) -> Decision {
         policy.decide(&Question {
             name: name.as_bytes(),
             qtype: 1,
@@ -290,9 +291,14 @@ mod tests {
     /// A module (WAT text, which wasmtime compiles too) speaking the ABI
     /// whose `moat_decide` body is `body`.
     fn fixture(body: &str) -> Vec<u8> {
+        fixture_with(body, "")
+    }
+
+    /// Like `fixture`, with `extra` exports.
+    fn fixture_with(body: &str, extra: &str) -> Vec<u8> {
         (format!(
             r#"(module
-                (memory (export "memory") 1)
+                (memory (export "memory") 1) {extra}
                 (func (export "moat_abi_version") (result i32) i32.const {ABI_VERSION})
                 (func (export "moat_query_buffer") (result i32) i32.const 1024)
                 (func (export "moat_decide") (param i32 i32) (result i32) {body}))"#
@@ -328,72 +334,72 @@ mod tests {
         let module = compiled(
             "deny = [\"exact.example\", \"*.denied.ok.tracker.example\"]\nallow = [\"fine.ads.example\", \"*.kept.ads.example\"]",
         );
-        let policy = WasmPolicy::new(&module, FailMode::Closed).unwrap();
-        assert_eq!(ask(&policy, "ads.example"), Decision::Block, "listed name");
+        let policy = WasmPolicy::new(&module).unwrap();
+        assert_eq!(ask(&*policy, "ads.example"), Decision::Block, "listed name");
         assert_eq!(
-            ask(&policy, "a.b.ads.example"),
+            ask(&*policy, "a.b.ads.example"),
             Decision::Block,
             "listed names cover subdomains"
         );
         assert_eq!(
-            ask(&policy, "badads.example"),
+            ask(&*policy, "badads.example"),
             Decision::NoOpinion,
             "suffixes stop at label boundaries"
         );
         assert_eq!(
-            ask(&policy, "x.tracker.example"),
+            ask(&*policy, "x.tracker.example"),
             Decision::Block,
             "adblock rule"
         );
         assert_eq!(
-            ask(&policy, "ok.tracker.example"),
+            ask(&*policy, "ok.tracker.example"),
             Decision::Allow,
             "adblock exception"
         );
         assert_eq!(
-            ask(&policy, "fine.ads.example"),
+            ask(&*policy, "fine.ads.example"),
             Decision::Allow,
             "exact allow beats the list"
         );
         assert_eq!(
-            ask(&policy, "sub.fine.ads.example"),
+            ask(&*policy, "sub.fine.ads.example"),
             Decision::Block,
             "exact allow is exact"
         );
         assert_eq!(
-            ask(&policy, "x.kept.ads.example"),
+            ask(&*policy, "x.kept.ads.example"),
             Decision::Allow,
             "suffix allow"
         );
-        assert_eq!(ask(&policy, "exact.example"), Decision::Block, "exact deny");
-        assert_eq!(ask(&policy, "sub.exact.example"), Decision::NoOpinion);
         assert_eq!(
-            ask(&policy, "x.denied.ok.tracker.example"),
+            ask(&*policy, "exact.example"),
+            Decision::Block,
+            "exact deny"
+        );
+        assert_eq!(ask(&*policy, "sub.exact.example"), Decision::NoOpinion);
+        assert_eq!(
+            ask(&*policy, "x.denied.ok.tracker.example"),
             Decision::Block,
             "deny beats allow"
         );
-        assert_eq!(ask(&policy, "example"), Decision::NoOpinion);
-        assert_eq!(ask(&policy, ""), Decision::NoOpinion);
+        assert_eq!(ask(&*policy, "example"), Decision::NoOpinion);
+        assert_eq!(ask(&*policy, ""), Decision::NoOpinion);
         assert_eq!(policy.faults(), 0);
     }
 
     #[test]
-    fn a_trap_is_a_fault_answered_by_fail_mode() {
-        let module = fixture("unreachable");
-        let open = WasmPolicy::new(&module, FailMode::Open).unwrap();
-        assert_eq!(ask(&open, "a.example"), Decision::NoOpinion);
-        let closed = WasmPolicy::new(&module, FailMode::Closed).unwrap();
-        assert_eq!(ask(&closed, "a.example"), Decision::Fault);
-        assert_eq!(ask(&closed, "b.example"), Decision::Fault);
-        assert_eq!(closed.faults(), 2);
+    fn a_trap_is_a_fault() {
+        let policy = WasmPolicy::new(&fixture("unreachable")).unwrap();
+        assert_eq!(ask(&*policy, "a.example"), Decision::Fault);
+        assert_eq!(ask(&*policy, "b.example"), Decision::Fault);
+        assert_eq!(policy.faults(), 2);
     }
 
     #[test]
     fn a_runaway_loop_is_stopped() {
-        let policy =
-            WasmPolicy::new(&fixture("(loop (br 0)) i32.const 0"), FailMode::Closed).unwrap();
+        let policy = WasmPolicy::new(&fixture("(loop (br 0)) i32.const 0")).unwrap();
         let started = crate::clock::now();
-        assert_eq!(ask(&policy, "a.example"), Decision::Fault);
+        assert_eq!(ask(&*policy, "a.example"), Decision::Fault);
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "stopped after {:?}",
@@ -405,8 +411,8 @@ mod tests {
     fn a_memory_grab_is_refused_and_bad_verdicts_are_faults() {
         // Grows memory until refused, then returns the page count: not a verdict.
         let body = "(block (loop (br_if 1 (i32.eq (memory.grow (i32.const 256)) (i32.const -1))) (br 0))) memory.size";
-        let policy = WasmPolicy::new(&fixture(body), FailMode::Closed).unwrap();
-        assert_eq!(ask(&policy, "a.example"), Decision::Fault);
+        let policy = WasmPolicy::new(&fixture(body)).unwrap();
+        assert_eq!(ask(&*policy, "a.example"), Decision::Fault);
         assert!(policy.memory_limit <= 1 << 30);
     }
 
@@ -414,7 +420,17 @@ mod tests {
     fn the_client_address_reaches_the_plugin() {
         // Blocks when the last byte of the client's address is 7.
         let body = "(select (i32.const 2) (i32.const 0) (i32.eq (i32.load8_u (i32.const 1039)) (i32.const 7)))";
-        let policy = WasmPolicy::new(&fixture(body), FailMode::Closed).unwrap();
+        let policy = WasmPolicy::new(&fixture_with(
+            body,
+            r#"(func (export "moat_decides_by_client") (result i32) i32.const 1)"#,
+        ))
+        .unwrap();
+        assert!(policy.reads_client(), "the export says so");
+        assert!(
+            !WasmPolicy::new(&fixture("i32.const 0"))
+                .unwrap()
+                .reads_client()
+        );
         let from = |client: [u8; 4]| {
             policy.decide(&Question {
                 name: b"a.example",
@@ -428,22 +444,14 @@ mod tests {
 
     #[test]
     fn a_thread_keeps_one_instance_per_module_of_the_chain() {
-        let local = WasmPolicy::new(&fixture("i32.const 0"), FailMode::Closed).unwrap();
-        let blocklist = WasmPolicy::new(&fixture("i32.const 2"), FailMode::Closed).unwrap();
+        let local = WasmPolicy::new(&fixture("i32.const 0")).unwrap();
+        let blocklist = WasmPolicy::new(&fixture("i32.const 2")).unwrap();
         let chain = crate::policy::Chain(vec![local.clone(), blocklist.clone()]);
         for _ in 0..100 {
-            assert_eq!(ask_policy(&chain, "a.example"), Decision::Block);
+            assert_eq!(ask(&chain, "a.example"), Decision::Block);
         }
         // One probe at load, one for this thread.
         assert_eq!((local.instances(), blocklist.instances()), (2, 2));
-    }
-
-    fn ask_policy(policy: &dyn Policy, name: &str) -> Decision {
-        policy.decide(&Question {
-            name: name.as_bytes(),
-            qtype: 1,
-            client: [127, 0, 0, 1].into(),
-        })
     }
 
     #[test]
@@ -453,10 +461,8 @@ mod tests {
                 (func (export "moat_query_buffer") (result i32) i32.const 0)
                 (func (export "moat_decide") (param i32 i32) (result i32) i32.const 0))"#)
             .as_bytes();
-        let err = WasmPolicy::new(module, FailMode::Open)
-            .unwrap_err()
-            .to_string();
+        let err = WasmPolicy::new(module).unwrap_err().to_string();
         assert!(err.contains("ABI 99"), "{err}");
-        assert!(WasmPolicy::new(b"not wasm", FailMode::Open).is_err());
+        assert!(WasmPolicy::new(b"not wasm").is_err());
     }
 }

@@ -53,6 +53,8 @@ pub mod files {
     pub const LOCAL_RECORDS_MODULE: &str = "policy-local-records.wasm";
     /// The compiled blocklist module in force.
     pub const BLOCKLIST_MODULE: &str = "policy-blocklist.wasm";
+    /// Digest of the inputs the persisted modules were compiled from.
+    pub const POLICY_INPUTS: &str = "policy-inputs";
     /// Prefix of the kept copies of blocklist sources.
     pub const SOURCE_COPY_PREFIX: &str = "source-";
 }

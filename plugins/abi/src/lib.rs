@@ -12,11 +12,18 @@
 //! The plugin's data (the compiled domain set) is a data segment the policy
 //! compiler adds at [`DATA_BASE`]; it starts with a [`DataHeader`]. Nothing
 //! is allocated per call.
+//!
+//! A plugin whose verdicts depend on the client's address also exports a
+//! function named [`DECIDES_BY_CLIENT_EXPORT`]; without it, the host may
+//! keep a verdict per name and type until the policy changes.
 #![no_std]
 #![forbid(unsafe_code)]
 
 /// Version of this ABI; a plugin built for another is refused.
 pub const ABI_VERSION: i32 = 1;
+
+/// The export that marks a plugin whose verdicts depend on the client.
+pub const DECIDES_BY_CLIENT_EXPORT: &str = "moat_decides_by_client";
 
 /// Bytes of the client address at the start of the query buffer.
 pub const CLIENT_LEN: usize = 16;
