@@ -1,3 +1,119 @@
 //! Policy bundles: the policy modules and synced settings, a manifest, and an
 //! ed25519 signature; sealing on the primary, verification everywhere, and
 //! atomic storage in the data directory.
+//!
+//! A [`Bundle`] is untrusted bytes; a [`VerifiedBundle`] exists only as the
+//! output of [`Bundle::verify`] (key, signature, hashes, version, expiry) or
+//! of [`BundleStore::load`] (the same checks but version and expiry, since a
+//! rebooted appliance keeps serving what it last accepted).
+//!
+//! Wire and file form: the magic `MOATBNDL`, then the postcard encoding of
+//! an envelope holding the manifest bytes, the signature over exactly those
+//! bytes, and the named parts.
+
+use std::path::PathBuf;
+
+use crate::store::StoreError;
+
+mod key;
+mod manifest;
+mod sealed;
+mod store;
+#[cfg(test)]
+mod tests;
+
+pub use key::{KeyId, PublicKey, SigningKey};
+pub use manifest::{FORMAT_VERSION, Manifest, PartDigest};
+pub use sealed::{Bundle, VerifiedBundle};
+pub use store::{BundleStore, LoadedBundle};
+
+/// Part holding the compiled blocklist module.
+pub const BLOCKLIST_PART: &str = "blocklist.wasm";
+/// Part holding the compiled local-records module.
+pub const LOCAL_RECORDS_PART: &str = "local-records.wasm";
+/// Part holding the synced policy settings.
+pub const SETTINGS_PART: &str = "policy.toml";
+
+/// Largest encoded bundle accepted; anything bigger is refused unread.
+pub const MAX_BUNDLE_BYTES: usize = 128 << 20;
+/// Most parts a bundle may carry.
+pub const MAX_PARTS: usize = 64;
+
+/// Why a bundle was refused, or could not be made or stored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// The bytes are not a well-formed bundle (or key).
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// The input exceeds [`MAX_BUNDLE_BYTES`].
+    #[error("bundle of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Bytes offered.
+        len: usize,
+        /// Bytes allowed.
+        limit: usize,
+    },
+    /// The manifest uses a format this build does not know.
+    #[error("unknown bundle format {0} (this build reads format {FORMAT_VERSION})")]
+    UnknownFormat(u16),
+    /// The manifest names a signing key other than the trusted one.
+    #[error("bundle signed by key {got}, expected the pinned key {expected}")]
+    WrongKey {
+        /// Id of the trusted key.
+        expected: KeyId,
+        /// Id named by the manifest.
+        got: KeyId,
+    },
+    /// The signature does not match the manifest and trusted key.
+    #[error("bad bundle signature")]
+    BadSignature,
+    /// A part's length or SHA-256 differs from the manifest.
+    #[error("part {part} does not match its manifest hash")]
+    PartMismatch {
+        /// Name of the part.
+        part: String,
+    },
+    /// The manifest lists a part the bundle does not carry.
+    #[error("part {part} is listed in the manifest but missing")]
+    MissingPart {
+        /// Name of the part.
+        part: String,
+    },
+    /// The bundle carries a part the manifest does not list, or one twice.
+    #[error("part {part} is not listed in the manifest or appears twice")]
+    UnexpectedPart {
+        /// Name of the part.
+        part: String,
+    },
+    /// The bundle is not newer than the one running.
+    #[error("bundle version {offered} is not above the running version {running}")]
+    Rollback {
+        /// Version offered.
+        offered: u64,
+        /// Version running.
+        running: u64,
+    },
+    /// The bundle's lifetime is over.
+    #[error("bundle expired at {expires_unix} (now {now_unix})")]
+    Expired {
+        /// When it expired (Unix seconds).
+        expires_unix: u64,
+        /// The time of the check (Unix seconds).
+        now_unix: u64,
+    },
+    /// The stored bundle file could not be used.
+    #[error("{path}: {source}")]
+    Stored {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: Box<Self>,
+    },
+    /// The system random generator failed while making a key.
+    #[error("could not generate a signing key")]
+    KeyGeneration,
+    /// The data directory failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -57,6 +57,10 @@ pub mod files {
     pub const POLICY_INPUTS: &str = "policy-inputs";
     /// Prefix of the kept copies of blocklist sources.
     pub const SOURCE_COPY_PREFIX: &str = "source-";
+    /// The key that signs policy bundles (PKCS#8, secret).
+    pub const SIGNING_KEY: &str = "signing.key";
+    /// The verified policy bundle in force.
+    pub const BUNDLE: &str = "bundle";
 }
 
 /// The data directory.
