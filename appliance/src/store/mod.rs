@@ -55,6 +55,8 @@ pub mod files {
     pub const BLOCKLIST_MODULE: &str = "policy-blocklist.wasm";
     /// Prefix of the kept copies of blocklist sources.
     pub const SOURCE_COPY_PREFIX: &str = "source-";
+    /// The primary's paired replicas: pins, revocations, last known state.
+    pub const REPLICAS: &str = "replicas.json";
 }
 
 /// The data directory.
