@@ -61,6 +61,8 @@ pub mod files {
     pub const SIGNING_KEY: &str = "signing.key";
     /// The verified policy bundle in force.
     pub const BUNDLE: &str = "bundle";
+    /// The primary's paired replicas: pins, revocations, last known state.
+    pub const REPLICAS: &str = "replicas.json";
 }
 
 /// The data directory.
