@@ -1,6 +1,7 @@
 //! The real `moat` binary as a child process on loopback ports chosen by
 //! the kernel, killed (by PID) when dropped.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -96,6 +97,7 @@ impl MoatProcess {
     async fn spawn(dir: Scratch, config_path: PathBuf) -> Self {
         let data = dir.0.join("data");
         let _ = std::fs::remove_file(data.join("control.addr"));
+        let _ = std::fs::remove_file(data.join("sync.addr"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -164,6 +166,25 @@ impl MoatProcess {
         ControlClient::for_config(&config).map_err(|err| err.to_string())
     }
 
+    /// The address its QUIC sync endpoint is bound to, read from
+    /// `<data_dir>/sync.addr` (waits up to five seconds for the file).
+    pub async fn sync_addr(&self) -> SocketAddr {
+        let file = self.dir.0.join("data/sync.addr");
+        for _ in 0..50 {
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && let Ok(addr) = text.trim().parse()
+            {
+                return addr;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "no sync address in {} after 5 s; log:\n{}",
+            file.display(),
+            self.log()
+        );
+    }
+
     /// Runs a `moat` subcommand against this instance's config.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(binary())
@@ -203,8 +224,12 @@ impl MoatProcess {
         Self::spawn(dir, config_path).await
     }
 
-    /// Asks it to stop (SIGTERM) and waits up to five seconds.
+    /// Asks it to stop (SIGTERM) and waits up to five seconds; does nothing
+    /// if it has already exited (its PID may belong to someone else by now).
     pub fn terminate(&mut self) {
+        if !self.is_running() {
+            return;
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -227,10 +252,38 @@ impl Drop for MoatProcess {
     }
 }
 
+/// A UDP port on 127.0.0.1 that was free a moment ago (bound, read,
+/// released), for an instance that must keep its sync port across restarts.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("bind a loopback UDP port")
+        .port()
+}
+
+/// Writes a config: `[instance]` with loopback port 0 everywhere (DNS,
+/// control, sync) and a name, unless `extra_instance` sets `name` or `sync`
+/// itself, then `extra_instance`, then `rest`.
 fn write_config(path: &Path, dir: &Path, extra_instance: &str, rest: &str) {
-    let text = format!(
-        "[instance]\nname = \"test\"\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\ncontrol = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra_instance}\n\n{rest}\n",
+    let mut text = String::from("[instance]\n");
+    if !sets_key(extra_instance, "name") {
+        text.push_str("name = \"test\"\n");
+    }
+    if !sets_key(extra_instance, "sync") {
+        text.push_str("sync = \"127.0.0.1:0\"\n");
+    }
+    text.push_str(&format!(
+        "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\ncontrol = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra_instance}\n\n{rest}\n",
         dir.join("data").display()
-    );
+    ));
     std::fs::write(path, text).unwrap();
+}
+
+/// Whether some line of `toml` assigns `key`.
+fn sets_key(toml: &str, key: &str) -> bool {
+    toml.lines().any(|line| {
+        line.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
 }

@@ -4,6 +4,7 @@
 mod blocking;
 mod cache;
 mod config;
+mod fleet;
 mod policy;
 mod robustness;
 mod serving;

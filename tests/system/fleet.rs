@@ -1,0 +1,652 @@
+//! The fleet seen from outside: a primary and replicas as real processes on
+//! loopback, paired with one-time codes over QUIC, following every policy
+//! change, surviving an absent primary, revoked, refusing local policy edits
+//! and reporting their stats.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use moat_system_tests::moat::{Scratch, binary, free_udp_port};
+use moat_system_tests::{MoatProcess, TestUpstream};
+use serde_json::Value;
+
+use super::{ips, policy_for};
+
+/// Name of every primary.
+const PRIMARY: &str = "hq";
+/// Name of every replica.
+const REPLICA: &str = "branch-1";
+/// How long a change may take to reach a replica.
+const SYNC_LIMIT: Duration = Duration::from_secs(15);
+/// How long a replica may take to reconnect to a restarted primary.
+const RECONNECT_LIMIT: Duration = Duration::from_secs(30);
+/// The characters of a Crockford base32 code.
+const CROCKFORD: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// A primary named [`PRIMARY`] with its own upstream, a blocklist file
+/// (kept in `list`) and a local record `printer.lan A 192.168.1.9`.
+struct Primary {
+    moat: MoatProcess,
+    upstream: TestUpstream,
+    /// Holds the blocklist file.
+    _files: Scratch,
+    list: std::path::PathBuf,
+}
+
+impl Primary {
+    /// Starts one listing `ads.test`, with `extra_instance` lines after its name.
+    async fn start(extra_instance: &str) -> Self {
+        let upstream = TestUpstream::start().await;
+        let files = Scratch::new("fleet-list");
+        let list = files.0.join("list.txt");
+        std::fs::write(&list, "ads.test\n").unwrap();
+        let extra_instance = format!("name = \"{PRIMARY}\"\n{extra_instance}");
+        let moat = MoatProcess::start(&extra_instance, &Self::policy(&upstream, &list)).await;
+        Self {
+            moat,
+            upstream,
+            _files: files,
+            list,
+        }
+    }
+
+    fn policy(upstream: &TestUpstream, list: &Path) -> String {
+        policy_for(
+            upstream,
+            &format!(
+                "[[policy.blocklists]]\nsource = \"{}\"\n\n[[policy.local_records]]\nname = \"printer.lan\"\ntype = \"A\"\nvalue = \"192.168.1.9\"\nttl = 120\n",
+                list.display()
+            ),
+        )
+    }
+
+    /// Rewrites its blocklist file (one name a line).
+    fn set_list(&self, names: &[&str]) {
+        std::fs::write(&self.list, names.join("\n") + "\n").unwrap();
+    }
+
+    /// Rewrites its blocklist and has the running primary reload it.
+    fn change_list(&self, names: &[&str], replica: &MoatProcess) {
+        self.set_list(names);
+        let output = self.moat.cli(&["reload"]);
+        assert!(
+            output.status.success(),
+            "primary reload failed: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            logs(&[&self.moat, replica])
+        );
+    }
+}
+
+/// The replica's own upstream and config: a `[policy]` with only that
+/// upstream (never used once it is a replica).
+async fn replica() -> (MoatProcess, TestUpstream) {
+    let upstream = TestUpstream::start().await;
+    let moat = MoatProcess::start(&replica_instance(), &policy_for(&upstream, "")).await;
+    (moat, upstream)
+}
+
+fn replica_instance() -> String {
+    format!("name = \"{REPLICA}\"")
+}
+
+/// Both logs (or more), labelled, for a failure message.
+fn logs(moats: &[&MoatProcess]) -> String {
+    moats
+        .iter()
+        .map(|moat| {
+            format!(
+                "\n----- log of {} -----\n{}",
+                moat.config_path.display(),
+                moat.log()
+            )
+        })
+        .collect()
+}
+
+/// Polls `check` every 100 ms until it gives `Ok`, for at most `limit`;
+/// panics naming `what`, the last thing seen, and the logs of `moats`.
+async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    moats: &[&MoatProcess],
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let mut seen = String::from("nothing yet");
+    let polling = async {
+        loop {
+            match check().await {
+                Ok(value) => return value,
+                Err(now) => seen = now,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    match tokio::time::timeout(limit, polling).await {
+        Ok(value) => value,
+        Err(_) => panic!(
+            "{what}: not so after {limit:?}; last seen: {seen}{}",
+            logs(moats)
+        ),
+    }
+}
+
+/// The status JSON of a running instance.
+async fn status(moat: &MoatProcess) -> Result<Value, String> {
+    moat.control()
+        .await?
+        .get("status")
+        .await
+        .map_err(|err| err.to_string())
+}
+
+/// `moat replicas` on a primary, parsed.
+fn replicas(primary: &MoatProcess) -> Result<Vec<Value>, String> {
+    let output = primary.cli(&["replicas"]);
+    if !output.status.success() {
+        return Err(format!(
+            "moat replicas failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|err| {
+        format!(
+            "moat replicas printed no JSON array ({err}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// The entry named `name` in `moat replicas`.
+fn replica_entry(primary: &MoatProcess, name: &str) -> Result<Value, String> {
+    let list = replicas(primary)?;
+    list.iter()
+        .find(|entry| entry["name"] == name)
+        .cloned()
+        .ok_or_else(|| format!("{name} not among {list:?}"))
+}
+
+/// The bundle version in a status, which every appliance has once running.
+fn bundle_version(status: &Value) -> Result<u64, String> {
+    status["bundle_version"]
+        .as_u64()
+        .ok_or_else(|| format!("no bundle_version in status {status}"))
+}
+
+/// Issues a pairing code on the primary.
+fn issue_code(primary: &MoatProcess) -> String {
+    let output = primary.cli(&["code"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "moat code failed: {}{}",
+        String::from_utf8_lossy(&output.stderr),
+        logs(&[primary])
+    );
+    let code = stdout.split_whitespace().next().unwrap_or_default();
+    assert!(
+        is_code(code),
+        "moat code printed {stdout:?}: its first word is not XXXX-XXXX in Crockford base32"
+    );
+    code.to_string()
+}
+
+fn is_code(code: &str) -> bool {
+    let groups: Vec<&str> = code.split('-').collect();
+    groups.len() == 2
+        && groups
+            .iter()
+            .all(|group| group.len() == 4 && group.chars().all(|c| CROCKFORD.contains(c)))
+}
+
+/// The same code with its first character changed: still well formed.
+fn wrong_code(code: &str, attempt: usize) -> String {
+    let first = code.chars().next().unwrap();
+    let other = CROCKFORD
+        .chars()
+        .filter(|&c| c != first)
+        .nth(attempt)
+        .unwrap();
+    let wrong = format!("{other}{}", &code[1..]);
+    assert!(is_code(&wrong) && wrong != code);
+    wrong
+}
+
+/// `moat join ADDR CODE --config CONFIG`, run by the binary itself (the
+/// replica's daemon may or may not be running).
+fn join(addr: SocketAddr, code: &str, config: &Path) -> Output {
+    Command::new(binary())
+        .args(["join", &addr.to_string(), code, "--config"])
+        .arg(config)
+        .output()
+        .expect("run moat join")
+}
+
+/// Pairs `replica` (running or not) with `primary` by a fresh code.
+async fn pair(primary: &MoatProcess, replica: &MoatProcess) {
+    let code = issue_code(primary);
+    let output = join(primary.sync_addr().await, &code, &replica.config_path);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("paired with"),
+        "moat join with the right code: exit {}, stdout {stdout:?}, stderr {:?}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        logs(&[primary, replica])
+    );
+}
+
+/// Waits until `moat` answers `name` with `expected`.
+async fn answers(moat: &MoatProcess, others: &[&MoatProcess], name: &str, expected: &str) {
+    let mut all = vec![moat];
+    all.extend_from_slice(others);
+    eventually(
+        &format!("{name} answered with {expected}"),
+        SYNC_LIMIT,
+        &all,
+        async || {
+            let got = ips(&moat.dns.a(name).await);
+            if got == [expected] {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits until the replica is a replica running bundle `version`.
+async fn runs_version(replica: &MoatProcess, primary: &MoatProcess, version: u64) {
+    eventually(
+        &format!("replica runs bundle version {version}"),
+        SYNC_LIMIT,
+        &[primary, replica],
+        async || {
+            let status = status(replica).await?;
+            if status["role"] == "replica" && status["bundle_version"] == version {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_then_sync_follows_every_change() {
+    let primary = Primary::start("").await;
+    let p = &primary.moat;
+    let (r, r_upstream) = replica().await;
+    let before = status(p).await.unwrap();
+    assert_eq!(before["role"], "primary", "{before}");
+    assert!(before["primary"].is_null(), "{before}");
+    let version = bundle_version(&before).unwrap();
+
+    pair(p, &r).await;
+    answers(&r, &[p], "x.ads.test", "0.0.0.0").await;
+    answers(&r, &[p], "printer.lan", "192.168.1.9").await;
+    runs_version(&r, p, version).await;
+    let replica_status = status(&r).await.unwrap();
+    assert_eq!(
+        replica_status["primary"]["name"], PRIMARY,
+        "{replica_status}"
+    );
+    assert_eq!(
+        replica_status["replicas"],
+        Value::Array(vec![]),
+        "{replica_status}"
+    );
+    assert_eq!(
+        ips(&r.dns.a("fresh.test").await),
+        ["192.0.2.1"],
+        "forwarded"
+    );
+    assert!(
+        primary.upstream.count("fresh.test") >= 1 && r_upstream.count("fresh.test") == 0,
+        "the replica forwards to the upstreams synced from the primary{}",
+        logs(&[p, &r])
+    );
+    eventually(
+        "primary lists the replica as active",
+        SYNC_LIMIT,
+        &[p, &r],
+        async || {
+            let entry = replica_entry(p, REPLICA)?;
+            if entry["status"] == "active"
+                && entry["bundle_version"] == version
+                && entry["connected"] == true
+            {
+                Ok(())
+            } else {
+                Err(entry.to_string())
+            }
+        },
+    )
+    .await;
+    let listed = status(p).await.unwrap()["replicas"].clone();
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|list| list.iter().any(|entry| entry["name"] == REPLICA)),
+        "primary status lists the replica: {listed}"
+    );
+
+    primary.change_list(&["ads.test", "new.test"], &r);
+    let newer = bundle_version(&status(p).await.unwrap()).unwrap();
+    assert!(
+        newer > version,
+        "a policy change raises the bundle version ({version} -> {newer})"
+    );
+    answers(&r, &[p], "new.test", "0.0.0.0").await;
+    runs_version(&r, p, newer).await;
+    answers(&r, &[p], "printer.lan", "192.168.1.9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_codes_burn_the_code_and_pin_nothing() {
+    let primary = Primary::start("").await;
+    let p = &primary.moat;
+    let (r, _r_upstream) = replica().await;
+    let code = issue_code(p);
+    let addr = p.sync_addr().await;
+    for attempt in 0..3 {
+        let wrong = wrong_code(&code, attempt);
+        let output = join(addr, &wrong, &r.config_path);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains("wrong pairing code"),
+            "attempt {} with {wrong} (issued {code}): exit {}, stderr {stderr:?}{}",
+            attempt + 1,
+            output.status,
+            logs(&[p, &r])
+        );
+    }
+    let output = join(addr, &code, &r.config_path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("expired or already used"),
+        "the right code after 3 wrong ones: exit {}, stdout {:?}, stderr {stderr:?}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        logs(&[p, &r])
+    );
+
+    let replica_status = status(&r).await.unwrap();
+    assert_eq!(replica_status["role"], "primary", "{replica_status}");
+    assert!(
+        replica_status["primary"].is_null(),
+        "nothing pinned on the replica: {replica_status}"
+    );
+    assert!(
+        !r.dir.0.join("data/primary.json").exists(),
+        "no primary.json after failed pairings"
+    );
+    assert_eq!(
+        replicas(p).unwrap(),
+        Vec::<Value>::new(),
+        "nothing pinned on the primary{}",
+        logs(&[p, &r])
+    );
+    assert_eq!(
+        ips(&r.dns.a("x.ads.test").await),
+        ["192.0.2.1"],
+        "still its own policy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_while_stopped_then_start_as_replica() {
+    let primary = Primary::start("").await;
+    let p = &primary.moat;
+    let (mut r, _r_upstream) = replica().await;
+    r.terminate();
+    assert!(!r.is_running());
+    pair(p, &r).await;
+    assert!(
+        r.dir.0.join("data/primary.json").exists(),
+        "join pins the primary in the data dir{}",
+        logs(&[p, &r])
+    );
+
+    let r = r.restart().await;
+    let replica_status = status(&r).await.unwrap();
+    assert_eq!(
+        replica_status["role"],
+        "replica",
+        "started as a replica: {replica_status}{}",
+        logs(&[p, &r])
+    );
+    answers(&r, &[p], "x.ads.test", "0.0.0.0").await;
+    let version = bundle_version(&status(p).await.unwrap()).unwrap();
+    runs_version(&r, p, version).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_keeps_serving_while_primary_is_away_and_catches_up() {
+    let port = free_udp_port();
+    let mut primary = Primary::start(&format!("sync = \"127.0.0.1:{port}\"")).await;
+    let (r, _r_upstream) = replica().await;
+    pair(&primary.moat, &r).await;
+    answers(&r, &[&primary.moat], "x.ads.test", "0.0.0.0").await;
+    let version = bundle_version(&status(&primary.moat).await.unwrap()).unwrap();
+    runs_version(&r, &primary.moat, version).await;
+
+    primary.moat.terminate();
+    for name in ["y.ads.test", "printer.lan", "other.test"] {
+        let expected = match name {
+            "printer.lan" => "192.168.1.9",
+            "other.test" => "192.0.2.1",
+            _ => "0.0.0.0",
+        };
+        assert_eq!(
+            ips(&r.dns.a(name).await),
+            [expected],
+            "{name} from the last bundle with the primary gone{}",
+            logs(&[&r])
+        );
+    }
+    let replica_status = status(&r).await.unwrap();
+    assert_eq!(replica_status["role"], "replica", "{replica_status}");
+    assert_eq!(
+        replica_status["bundle_version"], version,
+        "{replica_status}"
+    );
+
+    primary.set_list(&["ads.test", "later.test"]);
+    primary.moat = primary.moat.restart().await;
+    assert_eq!(
+        primary.moat.sync_addr().await.port(),
+        port,
+        "the primary is back on its fixed sync port"
+    );
+    let newer = bundle_version(&status(&primary.moat).await.unwrap()).unwrap();
+    assert!(
+        newer > version,
+        "the changed list gives a newer bundle ({version} -> {newer})"
+    );
+    eventually(
+        "replica catches up with the returned primary",
+        RECONNECT_LIMIT,
+        &[&primary.moat, &r],
+        async || {
+            let got = ips(&r.dns.a("later.test").await);
+            if got == ["0.0.0.0"] {
+                Ok(())
+            } else {
+                Err(format!("later.test -> {got:?}"))
+            }
+        },
+    )
+    .await;
+    runs_version(&r, &primary.moat, newer).await;
+    eventually(
+        "replica connected again",
+        SYNC_LIMIT,
+        &[&primary.moat, &r],
+        async || {
+            let status = status(&r).await?;
+            if status["primary"]["connected"] == true {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_replica_is_refused() {
+    let primary = Primary::start("").await;
+    let p = &primary.moat;
+    let (r, _r_upstream) = replica().await;
+    pair(p, &r).await;
+    let version = bundle_version(&status(p).await.unwrap()).unwrap();
+    runs_version(&r, p, version).await;
+
+    let output = p.cli(&["revoke", REPLICA]);
+    assert!(
+        output.status.success(),
+        "moat revoke: {}{}",
+        String::from_utf8_lossy(&output.stderr),
+        logs(&[p, &r])
+    );
+    eventually(
+        "primary shows the replica revoked and cut off",
+        SYNC_LIMIT,
+        &[p, &r],
+        async || {
+            let entry = replica_entry(p, REPLICA)?;
+            if entry["revoked"] == true && entry["connected"] == false {
+                Ok(())
+            } else {
+                Err(entry.to_string())
+            }
+        },
+    )
+    .await;
+    eventually(
+        "replica sees its primary gone",
+        SYNC_LIMIT,
+        &[p, &r],
+        async || {
+            let status = status(&r).await?;
+            if status["primary"]["connected"] == false {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
+
+    primary.change_list(&["ads.test", "revoked.test"], &r);
+    let newer = bundle_version(&status(p).await.unwrap()).unwrap();
+    assert!(newer > version, "{version} -> {newer}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let replica_status = status(&r).await.unwrap();
+    assert_eq!(
+        replica_status["bundle_version"],
+        version,
+        "a revoked replica gets no newer bundle: {replica_status}{}",
+        logs(&[p, &r])
+    );
+    assert_eq!(
+        replica_status["primary"]["connected"], false,
+        "{replica_status}"
+    );
+    assert_eq!(
+        ips(&r.dns.a("revoked.test").await),
+        ["192.0.2.1"],
+        "not blocked by the change it never got"
+    );
+    assert_eq!(
+        ips(&r.dns.a("x.ads.test").await),
+        ["0.0.0.0"],
+        "still serving its last bundle"
+    );
+    let entry = replica_entry(p, REPLICA).unwrap();
+    assert!(
+        entry["revoked"] == true && entry["connected"] == false,
+        "still refused: {entry}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_refuses_local_policy_changes() {
+    let primary = Primary::start("").await;
+    let p = &primary.moat;
+    let (r, r_upstream) = replica().await;
+    pair(p, &r).await;
+    answers(&r, &[p], "x.ads.test", "0.0.0.0").await;
+
+    r.rewrite_config(
+        &replica_instance(),
+        &policy_for(&r_upstream, "deny = [\"local.test\"]\n"),
+    );
+    let output = r.cli(&["reload"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains(PRIMARY) && stderr.contains("synced from"),
+        "a policy edit on a replica is refused naming its primary: exit {}, stderr {stderr:?}{}",
+        output.status,
+        logs(&[p, &r])
+    );
+
+    r.rewrite_config(
+        &replica_instance(),
+        &policy_for(&r_upstream, "\n[tuning.cache]\nmax_ttl = \"2h\"\n"),
+    );
+    let output = r.cli(&["reload"]);
+    assert!(
+        output.status.success(),
+        "a tuning change on a replica reloads: {}{}",
+        String::from_utf8_lossy(&output.stderr),
+        logs(&[p, &r])
+    );
+    assert_eq!(
+        ips(&r.dns.a("local.test").await),
+        ["192.0.2.1"],
+        "the refused deny rule never applied"
+    );
+    assert_eq!(
+        ips(&r.dns.a("y.ads.test").await),
+        ["0.0.0.0"],
+        "the synced policy still applies after the tuning reload"
+    );
+    let replica_status = status(&r).await.unwrap();
+    assert_eq!(replica_status["role"], "replica", "{replica_status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_carry_replica_stats() {
+    let primary = Primary::start("").await;
+    let p = &primary.moat;
+    let (r, _r_upstream) = replica().await;
+    pair(p, &r).await;
+    let version = bundle_version(&status(p).await.unwrap()).unwrap();
+    runs_version(&r, p, version).await;
+
+    for index in 0..20 {
+        r.dns.a(&format!("q{index}.stats.test")).await;
+    }
+    eventually(
+        "primary shows the replica's 20 queries",
+        SYNC_LIMIT,
+        &[p, &r],
+        async || {
+            let entry = replica_entry(p, REPLICA)?;
+            let queries = entry["stats"]["queries"].as_u64().unwrap_or(0);
+            if queries >= 20 && entry["stats_updated_unix_ms"].is_u64() {
+                Ok(())
+            } else {
+                Err(entry.to_string())
+            }
+        },
+    )
+    .await;
+}
