@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use moat::compile::{compile_policy, explain};
 use moat::config::Config;
-use moat::control::{self, ControlClient};
-use moat::daemon::{ConfigSource, Daemon};
+use moat::control::{self, ClientError, ControlClient};
+use moat::daemon::{ConfigSource, Daemon, join_offline};
 use moat::policy::{Policy, Question, WasmPolicy};
 use moat::store::{Access, DataDir};
 use serde_json::{Value, json};
@@ -55,6 +55,27 @@ enum Command {
     /// Compile or try out a policy offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// On the primary: print a one-time code a replica pairs with.
+    Code(Target),
+    /// Pair this appliance (running or not) with a primary and become its
+    /// replica.
+    Join {
+        /// The primary's sync address, HOST:PORT.
+        address: String,
+        /// The code `moat code` printed on the primary.
+        code: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// On the primary: list the replicas, their status and stats.
+    Replicas(Target),
+    /// On the primary: close a replica's connection and refuse it from now on.
+    Revoke {
+        /// The replica's name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,7 +157,66 @@ async fn dispatch(command: Command) -> Result<()> {
             show(&target, client(&target)?.post("resume", &json!({})).await?)
         }
         Command::Policy(command) => policy_tool(command),
+        Command::Code(target) => {
+            let issued = client(&target)?.post("pairing-code", &json!({})).await?;
+            if target.json {
+                return show(&target, issued);
+            }
+            let code = issued["code"].as_str().unwrap_or_default();
+            let valid = issued["valid_secs"].as_u64().unwrap_or_default();
+            println!(
+                "{code}  (single use, valid for {})",
+                humantime::format_duration(Duration::from_secs(valid))
+            );
+            Ok(())
+        }
+        Command::Join {
+            address,
+            code,
+            target,
+        } => join(&address, &code, &target).await,
+        Command::Replicas(target) => {
+            let replicas = client(&target)?.get("replicas").await?;
+            println!("{}", serde_json::to_string_pretty(&replicas)?);
+            Ok(())
+        }
+        Command::Revoke { name, target } => show(
+            &target,
+            client(&target)?
+                .post(&format!("replicas/{name}/revoke"), &json!({}))
+                .await?,
+        ),
     }
+}
+
+/// Pairs through the running daemon, or directly when it is not running.
+async fn join(address: &str, code: &str, target: &Target) -> Result<()> {
+    let config = match &target.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded(),
+    };
+    let running = ControlClient::for_config(&config);
+    let request = json!({ "address": address, "code": code });
+    let pin = match running {
+        Ok(client) => match client.post("join", &request).await {
+            Ok(pin) => pin,
+            Err(ClientError::Unreachable { .. }) => {
+                serde_json::to_value(join_offline(&config, address, code).await?)?
+            }
+            Err(err) => return Err(err.into()),
+        },
+        Err(ClientError::NoToken(_)) => {
+            serde_json::to_value(join_offline(&config, address, code).await?)?
+        }
+        Err(err) => return Err(err.into()),
+    };
+    println!(
+        "paired with primary {} at {} (certificate {})",
+        pin["name"].as_str().unwrap_or("?"),
+        pin["address"].as_str().unwrap_or(address),
+        pin["fingerprint"].as_str().unwrap_or("?")
+    );
+    Ok(())
 }
 
 fn policy_tool(command: PolicyCommand) -> Result<()> {
@@ -201,7 +281,8 @@ async fn run(source: ConfigSource) -> Result<()> {
     tracing::info!("shutting down");
     let stopping = std::sync::Arc::clone(&daemon);
     tokio::task::spawn_blocking(move || stopping.shutdown()).await?;
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Lets the sync endpoint send its close to the replicas.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
 }
 

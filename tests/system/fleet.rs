@@ -368,7 +368,7 @@ async fn wrong_codes_burn_the_code_and_pin_nothing() {
     let output = join(addr, &code, &r.config_path);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        !output.status.success() && stderr.contains("expired or already used"),
+        !output.status.success() && stderr.contains("expired or was already used"),
         "the right code after 3 wrong ones: exit {}, stdout {:?}, stderr {stderr:?}{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),

@@ -44,6 +44,9 @@ pub struct Instance {
     pub listen: Vec<SocketAddr>,
     /// Address of the control endpoint (HTTP).
     pub control: SocketAddr,
+    /// Address (UDP) of the primary's sync endpoint (QUIC) that replicas
+    /// pair with and dial.
+    pub sync: SocketAddr,
     /// Directory holding the token, pause state and query log.
     pub data_dir: PathBuf,
     /// Extra PEM CA certificates trusted for DoT/DoH upstreams.
@@ -59,6 +62,7 @@ impl Default for Instance {
                 SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5353)),
             ],
             control: SocketAddr::from(([127, 0, 0, 1], 8053)),
+            sync: SocketAddr::from(([0, 0, 0, 0], 8853)),
             data_dir: PathBuf::from("moat-data"),
             upstream_ca_file: None,
         }

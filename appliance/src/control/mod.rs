@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub use client::{ClientError, ControlClient};
 
-use crate::daemon::{Daemon, DaemonError};
+use crate::daemon::{Daemon, DaemonError, FleetError};
 use crate::store::{Access, files};
 
 #[derive(Clone)]
@@ -45,6 +45,10 @@ pub async fn serve(daemon: Arc<Daemon>) -> Result<SocketAddr, DaemonError> {
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/pause", post(pause))
         .route("/api/v1/resume", post(resume))
+        .route("/api/v1/pairing-code", post(pairing_code))
+        .route("/api/v1/join", post(join))
+        .route("/api/v1/replicas", get(replicas))
+        .route("/api/v1/replicas/{name}/revoke", post(revoke))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
     tokio::spawn(async move {
@@ -92,6 +96,12 @@ impl From<DaemonError> for ApiError {
         let status = match err {
             DaemonError::Config(_) | DaemonError::Upstream(_) | DaemonError::UpstreamCa { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
+            }
+            DaemonError::SyncedPolicy { .. } | DaemonError::Fleet(FleetError::Role(_)) => {
+                StatusCode::CONFLICT
+            }
+            DaemonError::Fleet(FleetError::Pairing(_) | FleetError::Code(_)) => {
+                StatusCode::FORBIDDEN
             }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -165,4 +175,43 @@ async fn pause(
 
 async fn resume(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.daemon.resume()?))
+}
+
+async fn pairing_code(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let (code, valid_secs) = state.daemon.issue_pairing_code()?;
+    Ok(Json(
+        serde_json::json!({ "code": code, "valid_secs": valid_secs }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct JoinBody {
+    address: String,
+    code: String,
+}
+
+async fn join(
+    State(state): State<AppState>,
+    Json(body): Json<JoinBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let pin = state.daemon.join(&body.address, &body.code).await?;
+    Ok(Json(pin))
+}
+
+async fn replicas(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.daemon.status().replicas)
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    if state.daemon.revoke(&name)? {
+        Ok(Json(serde_json::json!({ "revoked": name })))
+    } else {
+        Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no replica named `{name}`"),
+        ))
+    }
 }

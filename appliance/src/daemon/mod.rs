@@ -1,6 +1,11 @@
 //! The running appliance: builds every subsystem from the configuration,
 //! binds the sockets, and applies reloads, pauses and shutdown.
 
+mod fleet;
+mod policy;
+
+pub use fleet::{FleetError, PrimaryStatus, join_offline};
+
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::path::PathBuf;
@@ -11,16 +16,19 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::bundle::{Bundle, BundleError, BundleStore, PublicKey, SigningKey, VerifiedBundle};
 use crate::clock;
-use crate::compile::{CompileError, compile_policy, inputs_digest, store_download};
+use crate::compile::{CompileError, store_download};
 use crate::config::{BlocklistSource, Config, ConfigError, SourceLocation};
 use crate::dns::cache::Cache;
 use crate::dns::handler::{Live, QueryHandler};
 use crate::dns::listen::{ListenError, Listeners};
 use crate::dns::upstream::{UpstreamError, UpstreamStatus, Upstreams};
-use crate::policy::{Chain, Pause, PauseState, PluginError, Policy, WasmPolicy};
+use crate::policy::{Chain, Pause, PauseState, PluginError};
 use crate::stats::QueryLog;
 use crate::store::{Access, DataDir, StoreError, files};
+use crate::sync::pairing::PrimaryPin;
+use policy::OpenedBundle;
 
 /// Where the configuration comes from, so a reload can read it again.
 #[derive(Debug, Clone)]
@@ -70,6 +78,22 @@ pub enum DaemonError {
     /// The policy module could not be loaded.
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// A policy bundle is unusable.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// This appliance is a replica: its policy comes from its primary.
+    #[error(
+        "policy is synced from primary `{primary}` ({address}); change it there (tuning and instance settings stay local)"
+    )]
+    SyncedPolicy {
+        /// The primary's name.
+        primary: String,
+        /// Where it is.
+        address: String,
+    },
+    /// Pairing or sync failed.
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
     /// Another I/O failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -100,13 +124,95 @@ pub struct Status {
     pub query_log_lost: u64,
     /// Policy plugin faults since the policy in force was loaded.
     pub policy_faults: u64,
+    /// `primary` or `replica`.
+    pub role: String,
+    /// Version of the policy bundle in force.
+    pub bundle_version: Option<u64>,
+    /// When that bundle expires, Unix seconds.
+    pub bundle_expires_unix: Option<u64>,
+    /// On a replica: its primary and the sync link's health.
+    pub primary: Option<PrimaryStatus>,
+    /// On the primary: its replicas.
+    pub replicas: Vec<crate::fleet::ReplicaView>,
+}
+
+/// The configuration and policy in force.
+#[derive(Debug)]
+struct Current {
+    config: Config,
+    generation: u64,
+    role: Role,
+    bundle: Option<VerifiedBundle>,
+    opened: Arc<OpenedBundle>,
+}
+
+/// What this appliance is in its fleet.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// Owns the policy and signs its bundles with this key.
+    Primary(Arc<SigningKey>),
+    /// Runs the bundles of the primary pinned at pairing.
+    Replica(PrimaryPin),
+}
+
+impl Role {
+    /// A replica when a primary is pinned in `data`, otherwise a primary.
+    fn load(data: &DataDir) -> Result<Self, DaemonError> {
+        match data.read_json::<PrimaryPin>(files::PRIMARY)? {
+            Some(pin) => Ok(Self::Replica(pin)),
+            None => Ok(Self::Primary(Arc::new(SigningKey::load_or_create(data)?))),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Primary(_) => "primary",
+            Self::Replica(_) => "replica",
+        }
+    }
+}
+
+/// The bundle `role` runs with `config`, opened. A replica without a
+/// usable bundle from its primary yet serves without blocking, with its
+/// own upstreams, until the first one arrives.
+fn policy_for(
+    config: &Config,
+    data: &DataDir,
+    role: &Role,
+    starting: bool,
+) -> Result<(Option<VerifiedBundle>, OpenedBundle), DaemonError> {
+    let now = clock::unix_now();
+    let bundle = match role {
+        Role::Primary(key) => Some(policy::seal_for_primary(config, data, key, starting, now)?),
+        Role::Replica(pin) => policy::stored(data, &PublicKey(pin.signing_key), now)
+            .inspect_err(|err| tracing::error!(error = %err, "stored bundle unusable"))
+            .ok()
+            .flatten(),
+    };
+    match bundle {
+        Some(bundle) => {
+            let opened = policy::open(&bundle)?;
+            Ok((Some(bundle), opened))
+        }
+        None => {
+            tracing::warn!(
+                "no bundle from the primary yet; serving without blocking until it arrives"
+            );
+            let opened = OpenedBundle {
+                policy: config.policy.clone(),
+                plugins: Arc::new(Chain(Vec::new())),
+            };
+            Ok((None, opened))
+        }
+    }
 }
 
 /// A running appliance.
 #[derive(Debug)]
 pub struct Daemon {
     source: ConfigSource,
-    config: Mutex<(Config, u64)>,
+    current: Mutex<Current>,
+    fleet: fleet::FleetLinks,
     handler: Arc<QueryHandler>,
     data: DataDir,
     started: Instant,
@@ -122,6 +228,8 @@ impl Daemon {
     pub fn start(source: ConfigSource) -> Result<Arc<Self>, DaemonError> {
         let config = source.load()?;
         let data = DataDir::open(&config.instance.data_dir)?;
+        let role = Role::load(&data)?;
+        let (bundle, opened) = policy_for(&config, &data, &role, true)?;
         let pause = match data.read_json::<PauseState>(files::PAUSE) {
             Ok(state) => state.unwrap_or_default(),
             Err(err) => {
@@ -130,7 +238,7 @@ impl Daemon {
             }
         };
         let handler = QueryHandler::new(
-            build_live(&config, &data, true)?,
+            build_live(&config, &opened)?,
             Cache::new(config.tuning.cache.clone()),
             Pause::new(pause),
             QueryLog::new(config.tuning.query_log.memory_entries),
@@ -140,9 +248,17 @@ impl Daemon {
         let shutdown = Arc::new(AtomicBool::new(false));
         listeners.serve(&handler, &config.tuning.server, &shutdown)?;
         tracing::info!(name = %config.instance.name, ?udp, ?tcp, "serving DNS");
+        let fleet = fleet::FleetLinks::new(&config, &data)?;
         let daemon = Arc::new(Self {
             source,
-            config: Mutex::new((config, 1)),
+            current: Mutex::new(Current {
+                config,
+                generation: 1,
+                role,
+                bundle,
+                opened: Arc::new(opened),
+            }),
+            fleet,
             handler,
             data,
             started: clock::now(),
@@ -153,12 +269,14 @@ impl Daemon {
         });
         tokio::spawn(Arc::clone(&daemon).flush_query_log_periodically());
         tokio::spawn(Arc::clone(&daemon).download_lists_periodically());
+        daemon.start_sync()?;
+        tokio::spawn(Arc::clone(&daemon).reseal_periodically());
         Ok(daemon)
     }
 
     /// The configuration in force.
     pub fn config(&self) -> Config {
-        self.config.lock().0.clone()
+        self.current.lock().config.clone()
     }
 
     /// The data directory.
@@ -175,20 +293,99 @@ impl Daemon {
     /// an invalid configuration is refused and the running one stays.
     pub fn reload(&self) -> Result<u64, DaemonError> {
         let new = self.source.load()?;
-        let live = build_live(&new, &self.data, false)?;
-        let mut current = self.config.lock();
-        if new.instance != current.0.instance {
+        let mut current = self.current.lock();
+        let (bundle, opened) = match &current.role {
+            Role::Primary(_) => {
+                let (bundle, opened) = policy_for(&new, &self.data, &current.role, false)?;
+                (bundle, Arc::new(opened))
+            }
+            Role::Replica(pin) if new.policy != current.config.policy => {
+                return Err(DaemonError::SyncedPolicy {
+                    primary: pin.name.clone(),
+                    address: pin.address.clone(),
+                });
+            }
+            Role::Replica(_) => (current.bundle.clone(), Arc::clone(&current.opened)),
+        };
+        let live = build_live(&new, &opened)?;
+        if new.instance != current.config.instance {
             tracing::warn!("changes to [instance] take effect at the next start");
         }
-        if new.tuning.query_log.memory_entries != current.0.tuning.query_log.memory_entries {
+        if new.tuning.query_log.memory_entries != current.config.tuning.query_log.memory_entries {
             tracing::warn!("tuning.query_log.memory_entries takes effect at the next start");
         }
         self.handler.cache().retune(new.tuning.cache.clone());
         self.handler.replace_live(live);
-        let generation = current.1 + 1;
-        *current = (new, generation);
-        tracing::info!(generation, "configuration reloaded");
-        Ok(generation)
+        current.generation += 1;
+        current.config = new;
+        current.opened = opened;
+        if let Some(bundle) = &bundle
+            && matches!(current.role, Role::Primary(_))
+        {
+            self.fleet.publish(bundle);
+        }
+        current.bundle = bundle;
+        tracing::info!(generation = current.generation, "configuration reloaded");
+        Ok(current.generation)
+    }
+
+    /// Applies a bundle sent by the primary: verified with the pinned key,
+    /// newer than the one in force, then stored and swapped in.
+    pub fn apply_bundle(&self, bytes: &[u8]) -> Result<u64, DaemonError> {
+        let mut current = self.current.lock();
+        let Role::Replica(pin) = current.role.clone() else {
+            return Err(DaemonError::Bundle(BundleError::Malformed(
+                "a primary takes no bundles".into(),
+            )));
+        };
+        let running = current.bundle.as_ref().map(VerifiedBundle::version);
+        let bundle = Bundle::parse(bytes)?.verify(
+            &PublicKey(pin.signing_key),
+            running,
+            clock::unix_now(),
+        )?;
+        let opened = Arc::new(policy::open(&bundle)?);
+        let live = build_live(&current.config, &opened)?;
+        BundleStore::new(self.data.clone()).save(&bundle)?;
+        self.handler.replace_live(live);
+        let version = bundle.version();
+        current.bundle = Some(bundle);
+        current.opened = opened;
+        tracing::info!(version, primary = %pin.name, "applied a bundle from the primary");
+        Ok(version)
+    }
+
+    /// On the primary, seals a new version of the bundle before the one in
+    /// force expires, so replicas never freeze on an expired policy.
+    async fn reseal_periodically(self: Arc<Self>) {
+        const CHECK_EVERY: Duration = Duration::from_secs(3600);
+        loop {
+            tokio::time::sleep(CHECK_EVERY).await;
+            let due = {
+                let current = self.current.lock();
+                matches!(current.role, Role::Primary(_))
+                    && current.bundle.as_ref().is_some_and(|bundle| {
+                        bundle.expires_unix() < clock::unix_now() + policy::RESEAL_BEFORE.as_secs()
+                    })
+            };
+            if due {
+                let daemon = Arc::clone(&self);
+                match tokio::task::spawn_blocking(move || daemon.reload()).await {
+                    Ok(Ok(_)) => tracing::info!("bundle re-sealed before expiry"),
+                    Ok(Err(err)) => tracing::error!(error = %err, "cannot re-seal the bundle"),
+                    Err(err) => tracing::error!(error = %err, "re-seal task failed"),
+                }
+            }
+        }
+    }
+
+    /// The version of the bundle in force.
+    pub fn bundle_version(&self) -> Option<u64> {
+        self.current
+            .lock()
+            .bundle
+            .as_ref()
+            .map(VerifiedBundle::version)
     }
 
     /// Pauses blocking, for `duration` or until resumed; kept across restarts.
@@ -210,8 +407,24 @@ impl Daemon {
 
     /// A status report.
     pub fn status(&self) -> Status {
-        let (config, generation) = self.config.lock().clone();
+        let current = self.current.lock();
+        let (config, generation) = (current.config.clone(), current.generation);
+        let bundle = current.bundle.as_ref();
+        let (bundle_version, bundle_expires_unix) = (
+            bundle.map(VerifiedBundle::version),
+            bundle.map(VerifiedBundle::expires_unix),
+        );
+        let role = current.role.clone();
+        drop(current);
         Status {
+            role: role.name().into(),
+            bundle_version,
+            bundle_expires_unix,
+            primary: match &role {
+                Role::Replica(pin) => Some(self.fleet.primary_status(pin)),
+                Role::Primary(_) => None,
+            },
+            replicas: self.fleet.replicas(),
             name: config.instance.name,
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: clock::now()
@@ -231,11 +444,12 @@ impl Daemon {
     /// Stops the listeners and writes the query log out.
     pub fn shutdown(&self) {
         self.shutdown.store(true, Ordering::Relaxed);
+        self.fleet.close();
         self.flush_query_log();
     }
 
     fn flush_query_log(&self) {
-        let retention = self.config.lock().0.tuning.query_log.retention;
+        let retention = self.current.lock().config.tuning.query_log.retention;
         let dir = self.data.path(files::QUERY_LOG);
         match self
             .handler
@@ -263,7 +477,7 @@ impl Daemon {
     /// the log costs bounded CPU and memory whatever the query rate.
     async fn flush_query_log_periodically(self: Arc<Self>) {
         loop {
-            let interval = self.config.lock().0.tuning.query_log.flush_interval;
+            let interval = self.current.lock().config.tuning.query_log.flush_interval;
             let interval = interval.max(Duration::from_millis(100));
             tokio::time::sleep(interval).await;
             if self.shutdown.load(Ordering::Relaxed) {
@@ -378,12 +592,13 @@ fn download_client(config: &Config) -> Result<reqwest::Client, DaemonError> {
         .map_err(|err| DaemonError::Io(std::io::Error::other(err)))
 }
 
-/// Builds the reloadable part of the query path from a configuration.
-fn build_live(config: &Config, data: &DataDir, starting: bool) -> Result<Live, DaemonError> {
+/// Builds the reloadable part of the query path: policy from a bundle,
+/// tuning and instance settings from the local configuration.
+fn build_live(config: &Config, bundle: &OpenedBundle) -> Result<Live, DaemonError> {
     static POLICY_VERSIONS: AtomicU64 = AtomicU64::new(1);
     let tls = Arc::new(upstream_tls(config)?);
-    let policy = &config.policy;
-    let plugins = build_policy(config, data, starting)?;
+    let policy = &bundle.policy;
+    let plugins = Arc::clone(&bundle.plugins);
     let policy_stamp = (!plugins.reads_client())
         .then(|| NonZeroU64::new(POLICY_VERSIONS.fetch_add(1, Ordering::Relaxed)))
         .flatten();
@@ -402,67 +617,6 @@ fn build_live(config: &Config, data: &DataDir, starting: bool) -> Result<Live, D
         udp_max_payload: config.tuning.server.udp_max_payload,
         query_log: config.tuning.query_log.enabled,
     })
-}
-
-/// The policy in force for `config`: local records, then the blocklist.
-fn build_policy(
-    config: &Config,
-    data: &DataDir,
-    starting: bool,
-) -> Result<Arc<dyn Policy>, DaemonError> {
-    let (local_records, blocklist) = policy_modules(config, data, starting)?;
-    Ok(Arc::new(Chain(vec![
-        WasmPolicy::new(&local_records)?,
-        WasmPolicy::new(&blocklist)?,
-    ])))
-}
-
-/// The policy modules for `config`: the persisted ones when they were
-/// compiled from the same inputs, otherwise freshly compiled and persisted.
-/// At start, a policy that cannot be compiled falls back to the persisted
-/// modules, so a restart never serves without policy.
-fn policy_modules(
-    config: &Config,
-    data: &DataDir,
-    starting: bool,
-) -> Result<(Vec<u8>, Vec<u8>), DaemonError> {
-    let digest = inputs_digest(&config.policy, data);
-    if data.read(files::POLICY_INPUTS)?.as_deref() == Some(&digest[..])
-        && let Some(modules) = persisted_modules(data)?
-    {
-        tracing::info!("policy inputs unchanged; using the persisted modules");
-        return Ok(modules);
-    }
-    match compile_policy(&config.policy, data) {
-        Ok(compiled) => {
-            tracing::info!(summary = ?compiled.summary, sources = ?compiled.sources, "policy compiled");
-            // The digest goes last, so modules half-written by a crash are never taken as current.
-            data.write(files::POLICY_INPUTS, b"", Access::Public)?;
-            data.write(
-                files::LOCAL_RECORDS_MODULE,
-                &compiled.local_records,
-                Access::Public,
-            )?;
-            data.write(files::BLOCKLIST_MODULE, &compiled.blocklist, Access::Public)?;
-            data.write(files::POLICY_INPUTS, &digest, Access::Public)?;
-            Ok((compiled.local_records, compiled.blocklist))
-        }
-        Err(err) if starting => {
-            let Some(modules) = persisted_modules(data)? else {
-                return Err(err.into());
-            };
-            tracing::error!(error = %err, "policy cannot be compiled; serving the persisted one");
-            Ok(modules)
-        }
-        Err(err) => Err(err.into()),
-    }
-}
-
-/// The modules persisted last time, if both are there.
-fn persisted_modules(data: &DataDir) -> Result<Option<(Vec<u8>, Vec<u8>)>, DaemonError> {
-    Ok(data
-        .read(files::LOCAL_RECORDS_MODULE)?
-        .zip(data.read(files::BLOCKLIST_MODULE)?))
 }
 
 /// TLS settings for DoT and DoH upstreams: the public web roots plus any

@@ -49,14 +49,18 @@ pub mod files {
     pub const PAUSE: &str = "pause.json";
     /// Directory of query log files.
     pub const QUERY_LOG: &str = "querylog";
-    /// The compiled local-records module in force.
-    pub const LOCAL_RECORDS_MODULE: &str = "policy-local-records.wasm";
-    /// The compiled blocklist module in force.
-    pub const BLOCKLIST_MODULE: &str = "policy-blocklist.wasm";
-    /// Digest of the inputs the persisted modules were compiled from.
+    /// A replica's pinned primary; its presence makes this appliance a replica.
+    pub const PRIMARY: &str = "primary.json";
+    /// Address the sync endpoint actually bound (primary).
+    pub const SYNC_ADDR: &str = "sync.addr";
+    /// Digest of the inputs the stored bundle's modules were compiled from.
     pub const POLICY_INPUTS: &str = "policy-inputs";
     /// Prefix of the kept copies of blocklist sources.
     pub const SOURCE_COPY_PREFIX: &str = "source-";
+    /// This appliance's private key (PKCS#8 DER, 0600).
+    pub const IDENTITY_KEY: &str = "identity.key";
+    /// This appliance's self-signed certificate (DER), pinned by its peers.
+    pub const IDENTITY_CERT: &str = "identity.crt";
     /// The key that signs policy bundles (PKCS#8, secret).
     pub const SIGNING_KEY: &str = "signing.key";
     /// The verified policy bundle in force.

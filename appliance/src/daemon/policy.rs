@@ -1,0 +1,138 @@
+//! Where the policy in force comes from. Every appliance builds its query
+//! path from a verified bundle: the primary seals one from its own
+//! configuration, a replica takes the last one its primary sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::DaemonError;
+use crate::bundle::{
+    BLOCKLIST_PART, Bundle, BundleError, BundleStore, LOCAL_RECORDS_PART, PublicKey, SETTINGS_PART,
+    SigningKey, VerifiedBundle,
+};
+use crate::compile::{compile_policy, inputs_digest};
+use crate::config::{self, Config};
+use crate::policy::{Chain, Policy, WasmPolicy};
+use crate::store::{Access, DataDir, files};
+
+/// How long a bundle is valid after it is sealed.
+pub(super) const BUNDLE_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+/// The primary seals a new version when less than this is left.
+pub(super) const RESEAL_BEFORE: Duration = Duration::from_secs(15 * 86_400);
+
+/// A bundle opened for the query path: its settings and its plugins.
+#[derive(Debug)]
+pub(super) struct OpenedBundle {
+    /// The synced settings (upstreams, blocked response, fail mode, rules).
+    pub(super) policy: config::Policy,
+    /// Local records, then the blocklist.
+    pub(super) plugins: Arc<dyn Policy>,
+}
+
+/// Opens a verified bundle: reads its settings and loads its modules.
+pub(super) fn open(bundle: &VerifiedBundle) -> Result<OpenedBundle, DaemonError> {
+    let part = |name: &str| {
+        bundle.part(name).ok_or_else(|| BundleError::MissingPart {
+            part: name.to_owned(),
+        })
+    };
+    let settings = std::str::from_utf8(part(SETTINGS_PART)?)
+        .map_err(|err| BundleError::Malformed(format!("settings are not UTF-8: {err}")))?;
+    let policy = config::Policy::from_toml(settings, SETTINGS_PART)?;
+    let plugins = Arc::new(Chain(vec![
+        WasmPolicy::new(part(LOCAL_RECORDS_PART)?)?,
+        WasmPolicy::new(part(BLOCKLIST_PART)?)?,
+    ]));
+    Ok(OpenedBundle { policy, plugins })
+}
+
+/// The bundle stored in `data`, verified with `key`; an expired one is
+/// still returned (serving the last policy beats serving none) and logged.
+pub(super) fn stored(
+    data: &DataDir,
+    key: &PublicKey,
+    now_unix: u64,
+) -> Result<Option<VerifiedBundle>, DaemonError> {
+    let loaded = BundleStore::new(data.clone()).load(key, now_unix)?;
+    Ok(loaded.map(|loaded| {
+        if loaded.expired {
+            tracing::warn!(
+                version = loaded.bundle.version(),
+                "the stored bundle has expired; serving it until a new one arrives"
+            );
+        }
+        loaded.bundle
+    }))
+}
+
+/// The primary's bundle for `config`: the stored one while it was sealed
+/// from the same inputs and is not due for re-signing, otherwise a new
+/// version (compiling only when the rules or sources changed). When
+/// `starting`, a policy that cannot be compiled falls back to the stored
+/// bundle, so a restart never serves without policy.
+pub(super) fn seal_for_primary(
+    config: &Config,
+    data: &DataDir,
+    key: &SigningKey,
+    starting: bool,
+    now_unix: u64,
+) -> Result<VerifiedBundle, DaemonError> {
+    let current = match stored(data, &key.public(), now_unix) {
+        Ok(current) => current,
+        Err(err) => {
+            tracing::error!(error = %err, "stored bundle unusable; sealing a new one");
+            None
+        }
+    };
+    let settings = config.policy.to_toml();
+    let digest = inputs_digest(&config.policy, data);
+    let modules_current = data.read(files::POLICY_INPUTS)?.as_deref() == Some(&digest[..]);
+    let reusable = current.as_ref().filter(|_| modules_current);
+    if let Some(bundle) = reusable
+        && bundle.part(SETTINGS_PART) == Some(settings.as_bytes())
+        && bundle.expires_unix() > now_unix + RESEAL_BEFORE.as_secs()
+    {
+        tracing::info!(
+            version = bundle.version(),
+            "policy unchanged; serving the stored bundle"
+        );
+        return Ok(bundle.clone());
+    }
+    let modules = match reusable {
+        Some(bundle) => [LOCAL_RECORDS_PART, BLOCKLIST_PART]
+            .map(|name| bundle.part(name).unwrap_or_default().to_vec()),
+        None => match compile_policy(&config.policy, data) {
+            Ok(compiled) => {
+                tracing::info!(summary = ?compiled.summary, sources = ?compiled.sources, "policy compiled");
+                [compiled.local_records, compiled.blocklist]
+            }
+            Err(err) if starting => {
+                let Some(current) = current else {
+                    return Err(err.into());
+                };
+                tracing::error!(error = %err, "policy cannot be compiled; serving the stored bundle");
+                return Ok(current);
+            }
+            Err(err) => return Err(err.into()),
+        },
+    };
+    let running = current.as_ref().map(VerifiedBundle::version);
+    let [local_records, blocklist] = modules;
+    let parts = vec![
+        (LOCAL_RECORDS_PART.to_owned(), local_records),
+        (BLOCKLIST_PART.to_owned(), blocklist),
+        (SETTINGS_PART.to_owned(), settings.into_bytes()),
+    ];
+    let version = running.map_or(1, |version| version + 1);
+    let bundle = Bundle::seal(parts, version, now_unix, BUNDLE_LIFETIME, key).verify(
+        &key.public(),
+        running,
+        now_unix,
+    )?;
+    // The digest goes last: a crash in between leaves it stale, never wrong.
+    data.write(files::POLICY_INPUTS, b"", Access::Public)?;
+    BundleStore::new(data.clone()).save(&bundle)?;
+    data.write(files::POLICY_INPUTS, &digest, Access::Public)?;
+    tracing::info!(version, "sealed a new policy bundle");
+    Ok(bundle)
+}

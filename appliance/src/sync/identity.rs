@@ -1,0 +1,341 @@
+//! An appliance's identity: its key pair and self-signed certificate, made
+//! on first start and kept in the data directory.
+//!
+//! There is no CA: peers pin each other's certificate by [`Fingerprint`]
+//! (SHA-256 of the certificate DER). Validity dates are never checked (a
+//! Raspberry Pi boots at 1970), so the certificate's only job is to carry the
+//! public key that signs the TLS handshake.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::store::{Access, DataDir, StoreError, files};
+
+/// Why an identity could not be loaded or made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// A file could not be read or written, or is corrupt.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// One of the two identity files exists without the other.
+    #[error(
+        "{missing} is missing but {present} exists; refusing to make a new identity over it \
+         (remove both files to start over, then pair again)"
+    )]
+    Incomplete {
+        /// The file that is missing.
+        missing: String,
+        /// The file that exists.
+        present: String,
+    },
+    /// The key pair or certificate could not be generated.
+    #[error("cannot generate the identity: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// The key and certificate given do not form an identity.
+    #[error("invalid identity: {0}")]
+    Invalid(rustls::Error),
+}
+
+/// SHA-256 of a certificate's DER: what peers pin.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint(pub [u8; 32]);
+
+/// Why a fingerprint could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a fingerprint is 64 hexadecimal digits")]
+pub struct FingerprintError;
+
+impl Fingerprint {
+    /// The fingerprint of a certificate.
+    pub fn of(cert_der: &[u8]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, cert_der);
+        let mut bytes = [0; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        Self(bytes)
+    }
+
+    /// Parses 64 hexadecimal digits (either case).
+    pub fn from_hex(text: &str) -> Result<Self, FingerprintError> {
+        let digits = text.as_bytes();
+        if digits.len() != 64 {
+            return Err(FingerprintError);
+        }
+        let mut bytes = [0; 32];
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            let [high, low] = pair else {
+                return Err(FingerprintError);
+            };
+            *byte = (hex_digit(*high)? << 4) | hex_digit(*low)?;
+        }
+        Ok(Self(bytes))
+    }
+
+    /// The raw digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = FingerprintError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::from_hex(text)
+    }
+}
+
+impl Serialize for Fingerprint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fingerprint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::from_hex(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// This appliance's key pair (PKCS#8) and self-signed certificate.
+pub struct Identity {
+    cert_der: CertificateDer<'static>,
+    key_der: PrivatePkcs8KeyDer<'static>,
+    fingerprint: Fingerprint,
+}
+
+impl Identity {
+    /// Loads the identity from `dir`, or makes and stores one on first start
+    /// (`name` goes into the certificate's subject, for people reading it).
+    ///
+    /// A corrupt or half-present identity is an error naming the file: it is
+    /// never silently replaced, since peers have pinned it.
+    pub fn load_or_create(dir: &DataDir, name: &str) -> Result<Self, IdentityError> {
+        let key = dir.read(files::IDENTITY_KEY)?;
+        let cert = dir.read(files::IDENTITY_CERT)?;
+        match (key, cert) {
+            (Some(key), Some(cert)) => Self::load(dir, key, cert),
+            (None, None) => {
+                let identity = Self::generate(name)?;
+                dir.write(
+                    files::IDENTITY_KEY,
+                    identity.key_der.secret_pkcs8_der(),
+                    Access::Secret,
+                )?;
+                dir.write(files::IDENTITY_CERT, &identity.cert_der, Access::Public)?;
+                Ok(identity)
+            }
+            (Some(_), None) => Err(incomplete(dir, files::IDENTITY_CERT, files::IDENTITY_KEY)),
+            (None, Some(_)) => Err(incomplete(dir, files::IDENTITY_KEY, files::IDENTITY_CERT)),
+        }
+    }
+
+    /// Makes a new key pair (ECDSA P-256) and self-signed certificate, in
+    /// memory only.
+    pub fn generate(name: &str) -> Result<Self, IdentityError> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = rcgen::CertificateParams::new(vec!["moat".to_owned()])?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("moat {name}"));
+        let cert = params.self_signed(&key)?;
+        Self::from_der(cert.der().to_vec(), key.serialize_der())
+            .map_err(|err| IdentityError::Invalid(err.into_rustls()))
+    }
+
+    /// An identity from a certificate and its PKCS#8 key, both DER; checks
+    /// that the key parses and matches the certificate.
+    pub fn from_der(cert_der: Vec<u8>, key_der: Vec<u8>) -> Result<Self, IdentityMismatch> {
+        let provider = rustls::crypto::ring::default_provider();
+        let key_der = PrivatePkcs8KeyDer::from(key_der);
+        let signing_key = provider
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(key_der.clone_key()))
+            .map_err(IdentityMismatch::Key)?;
+        let cert_der = CertificateDer::from(cert_der);
+        rustls::sign::CertifiedKey::new(vec![cert_der.clone()], signing_key)
+            .keys_match()
+            .map_err(IdentityMismatch::Certificate)?;
+        let fingerprint = Fingerprint::of(&cert_der);
+        Ok(Self {
+            cert_der,
+            key_der,
+            fingerprint,
+        })
+    }
+
+    /// The certificate, DER.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// The private key, PKCS#8 DER.
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key_der.clone_key())
+    }
+
+    /// The certificate's fingerprint, what peers pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    fn load(dir: &DataDir, key: Vec<u8>, cert: Vec<u8>) -> Result<Self, IdentityError> {
+        Self::from_der(cert, key).map_err(|mismatch| {
+            let (name, reason) = match mismatch {
+                IdentityMismatch::Key(err) => (files::IDENTITY_KEY, err),
+                IdentityMismatch::Certificate(err) => (files::IDENTITY_CERT, err),
+            };
+            IdentityError::Store(StoreError::Corrupt {
+                path: dir.path(name),
+                reason: reason.to_string(),
+            })
+        })
+    }
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            cert_der: self.cert_der.clone(),
+            key_der: self.key_der.clone_key(),
+            fingerprint: self.fingerprint,
+        }
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which half of a would-be identity is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityMismatch {
+    /// The private key does not parse.
+    #[error("bad private key: {0}")]
+    Key(rustls::Error),
+    /// The certificate does not parse or is not for this key.
+    #[error("bad certificate: {0}")]
+    Certificate(rustls::Error),
+}
+
+impl IdentityMismatch {
+    fn into_rustls(self) -> rustls::Error {
+        match self {
+            Self::Key(err) | Self::Certificate(err) => err,
+        }
+    }
+}
+
+fn hex_digit(digit: u8) -> Result<u8, FingerprintError> {
+    char::from(digit)
+        .to_digit(16)
+        .map(|value| value as u8)
+        .ok_or(FingerprintError)
+}
+
+fn incomplete(dir: &DataDir, missing: &str, present: &str) -> IdentityError {
+    IdentityError::Incomplete {
+        missing: dir.path(missing).display().to_string(),
+        present: dir.path(present).display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> (std::path::PathBuf, DataDir) {
+        let root = std::env::temp_dir().join(format!("moat-identity-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = DataDir::open(&root).unwrap();
+        (root, dir)
+    }
+
+    #[test]
+    fn created_once_then_loaded_with_a_private_key_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let (root, dir) = temp_dir("create");
+        let first = Identity::load_or_create(&dir, "alpha").unwrap();
+        let again = Identity::load_or_create(&dir, "alpha").unwrap();
+        assert_eq!(first.fingerprint(), again.fingerprint());
+        assert_eq!(first.fingerprint(), Fingerprint::of(first.cert_der()));
+        let mode = std::fs::metadata(dir.path(files::IDENTITY_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn corrupt_or_missing_files_are_errors_naming_them() {
+        let (root, dir) = temp_dir("corrupt");
+        let identity = Identity::load_or_create(&dir, "beta").unwrap();
+        dir.write(files::IDENTITY_CERT, b"garbage", Access::Public)
+            .unwrap();
+        let err = Identity::load_or_create(&dir, "beta").unwrap_err();
+        assert!(err.to_string().contains(files::IDENTITY_CERT), "{err}");
+
+        dir.write(files::IDENTITY_CERT, identity.cert_der(), Access::Public)
+            .unwrap();
+        dir.write(files::IDENTITY_KEY, b"garbage", Access::Secret)
+            .unwrap();
+        let err = Identity::load_or_create(&dir, "beta").unwrap_err();
+        assert!(err.to_string().contains(files::IDENTITY_KEY), "{err}");
+
+        let other = Identity::generate("other").unwrap();
+        dir.write(
+            files::IDENTITY_KEY,
+            other.key_der().secret_der(),
+            Access::Secret,
+        )
+        .unwrap();
+        let err = Identity::load_or_create(&dir, "beta").unwrap_err();
+        assert!(err.to_string().contains(files::IDENTITY_CERT), "{err}");
+
+        std::fs::remove_file(dir.path(files::IDENTITY_CERT)).unwrap();
+        let err = Identity::load_or_create(&dir, "beta").unwrap_err();
+        assert!(matches!(err, IdentityError::Incomplete { .. }), "{err}");
+        assert!(dir.read(files::IDENTITY_KEY).unwrap().is_some(), "kept");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn fingerprints_are_lowercase_hex_both_ways() {
+        let fingerprint = Fingerprint([0xab; 32]);
+        let text = fingerprint.to_string();
+        assert_eq!(text, "ab".repeat(32));
+        assert_eq!(Fingerprint::from_hex(&text.to_uppercase()), Ok(fingerprint));
+        let json = serde_json::to_string(&fingerprint).unwrap();
+        assert_eq!(json, format!("\"{text}\""));
+        assert_eq!(
+            serde_json::from_str::<Fingerprint>(&json).unwrap(),
+            fingerprint
+        );
+        assert!(Fingerprint::from_hex("abc").is_err());
+        assert!(Fingerprint::from_hex(&"zz".repeat(32)).is_err());
+        assert!(Fingerprint::from_hex(&"é".repeat(32)).is_err());
+        assert!(Fingerprint::from_hex(&"+f".repeat(32)).is_err());
+    }
+}
