@@ -56,7 +56,13 @@ enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// On the primary: print a one-time code a replica pairs with.
-    Code(Target),
+    Code {
+        /// How long the code stays valid ("10m" unless given).
+        #[arg(long)]
+        valid: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Pair this appliance (running or not) with a primary and become its
     /// replica.
     Join {
@@ -157,8 +163,10 @@ async fn dispatch(command: Command) -> Result<()> {
             show(&target, client(&target)?.post("resume", &json!({})).await?)
         }
         Command::Policy(command) => policy_tool(command),
-        Command::Code(target) => {
-            let issued = client(&target)?.post("pairing-code", &json!({})).await?;
+        Command::Code { valid, target } => {
+            let issued = client(&target)?
+                .post("pairing-code", &json!({ "valid": valid }))
+                .await?;
             if target.json {
                 return show(&target, issued);
             }

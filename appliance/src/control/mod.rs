@@ -162,14 +162,7 @@ async fn pause(
     body: Option<Json<PauseBody>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = body.map(|Json(body)| body).unwrap_or_default();
-    let duration = body
-        .duration
-        .map(|text| {
-            humantime::parse_duration(&text).map_err(|err| {
-                ApiError(StatusCode::BAD_REQUEST, format!("duration `{text}`: {err}"))
-            })
-        })
-        .transpose()?;
+    let duration = body.duration.as_deref().map(parse_duration).transpose()?;
     Ok(Json(state.daemon.pause(duration)?))
 }
 
@@ -177,11 +170,26 @@ async fn resume(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
     Ok(Json(state.daemon.resume()?))
 }
 
-async fn pairing_code(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let (code, valid_secs) = state.daemon.issue_pairing_code()?;
+#[derive(Deserialize, Default)]
+struct CodeBody {
+    valid: Option<String>,
+}
+
+async fn pairing_code(
+    State(state): State<AppState>,
+    body: Option<Json<CodeBody>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = body.map(|Json(body)| body).unwrap_or_default();
+    let valid = body.valid.as_deref().map(parse_duration).transpose()?;
+    let (code, valid) = state.daemon.issue_pairing_code(valid)?;
     Ok(Json(
-        serde_json::json!({ "code": code, "valid_secs": valid_secs }),
+        serde_json::json!({ "code": code, "valid_secs": valid.as_secs() }),
     ))
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, ApiError> {
+    humantime::parse_duration(text)
+        .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("duration `{text}`: {err}")))
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -16,7 +17,9 @@ use crate::fleet::{Fleet, ReplicaView};
 use crate::store::{Access, DataDir, StoreError, files};
 use crate::sync::identity::{Identity, IdentityError};
 use crate::sync::link::{LinkHealth, Replica, ReplicaLink};
-use crate::sync::pairing::{self, CodeParseError, PairingCode, PairingError, PrimaryPin};
+use crate::sync::pairing::{
+    self, CodeParseError, DEFAULT_CODE_TTL, PairingCode, PairingError, PrimaryPin,
+};
 use crate::sync::protocol::ReplicaStats;
 use crate::sync::server::{ServerError, SyncServer};
 use crate::sync::tls;
@@ -194,14 +197,17 @@ impl Daemon {
         Ok(())
     }
 
-    /// Issues a one-time pairing code and its lifetime in seconds.
-    pub fn issue_pairing_code(&self) -> Result<(String, u64), DaemonError> {
+    /// Issues a one-time pairing code valid for `valid` (default 10 minutes).
+    pub fn issue_pairing_code(
+        &self,
+        valid: Option<Duration>,
+    ) -> Result<(String, Duration), DaemonError> {
         let server = self.fleet.server.lock();
         let server = server.as_ref().ok_or(FleetError::Role(
             "only a primary issues pairing codes; this appliance is a replica",
         ))?;
-        let (code, valid) = server.issue_code();
-        Ok((code.to_string(), valid.as_secs()))
+        let valid = valid.unwrap_or(DEFAULT_CODE_TTL);
+        Ok((server.issue_code(valid).to_string(), valid))
     }
 
     /// Revokes replica `name`; false when there is none.

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::identity::Identity;
-use super::pairing::{self, CodeBook, DEFAULT_CODE_TTL, PairingCode};
+use super::pairing::{self, CodeBook, PairingCode};
 use super::protocol::{
     FrameDecoder, PrimarySession, ProtocolError, ReplicaMessage, ReplicaUpdate, encode_frame,
 };
@@ -103,12 +103,10 @@ impl SyncServer {
         self.endpoint.local_addr()
     }
 
-    /// Issues a one-time pairing code (replacing any earlier one) and how
-    /// long it stays valid.
-    pub fn issue_code(&self) -> (PairingCode, Duration) {
-        let now = clock::now();
-        let (code, expires) = self.shared.codes.lock().issue(now, DEFAULT_CODE_TTL);
-        (code, expires.saturating_duration_since(now))
+    /// Issues a one-time pairing code valid for `valid` (replacing any
+    /// earlier one).
+    pub fn issue_code(&self, valid: Duration) -> PairingCode {
+        self.shared.codes.lock().issue(clock::now(), valid).0
     }
 
     /// Makes `bundle` the one every replica should run, and pushes it to
