@@ -74,32 +74,7 @@ EOF
 start_unbound() {
     local dir=$WORK/unbound
     rm -rf "$dir"; mkdir -p "$dir"
-    # test. is an RFC 6761 default local zone (NXDOMAIN): "nodefault" lets
-    # bench.test through; no validator module, so nothing is DNSSEC-checked.
-    cat >"$dir/unbound.conf" <<EOF
-server:
-    interface: 127.0.0.1
-    port: $UNBOUND_PORT
-    do-ip6: no
-    num-threads: 1
-    do-daemonize: no
-    chroot: ""
-    username: ""
-    pidfile: ""
-    directory: "$dir"
-    use-syslog: no
-    logfile: ""
-    module-config: "iterator"
-    do-not-query-localhost: no
-    access-control: 127.0.0.0/8 allow
-    msg-cache-size: 16m
-    rrset-cache-size: 32m
-    local-zone: "test." nodefault
-    domain-insecure: "bench.test"
-forward-zone:
-    name: "."
-    forward-addr: 127.0.0.1@$UP_PORT
-EOF
+    write_unbound_conf "$dir/unbound.conf" "$UNBOUND_PORT" "$dir"
     "$TASKSET" -c "$SERVER_CPU" "$UNBOUND" -d -c "$dir/unbound.conf" >>"$WORK/unbound.log" 2>&1 &
     PID[unbound]=$!
 }

@@ -171,3 +171,43 @@ log_warnings() {
             sort | uniq -c | sort -rn | head -n 5 | sed "s/^/    $s: /" || true
     done
 }
+
+# Writes an unbound config to $1: loopback port $2, working directory $3,
+# forwarding to the test upstream on $UP_PORT; any further arguments are
+# extra `server:` lines (a list's `include:`). test. is an RFC 6761
+# default local zone (NXDOMAIN): "nodefault" lets bench.test through; no
+# validator module, so nothing is DNSSEC-checked.
+write_unbound_conf() {
+    local file=$1 port=$2 dir=$3 line
+    shift 3
+    {
+        cat <<EOF
+server:
+    interface: 127.0.0.1
+    port: $port
+    do-ip6: no
+    num-threads: 1
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    pidfile: ""
+    directory: "$dir"
+    use-syslog: no
+    logfile: ""
+    module-config: "iterator"
+    do-not-query-localhost: no
+    access-control: 127.0.0.0/8 allow
+    msg-cache-size: 16m
+    rrset-cache-size: 32m
+    local-zone: "test." nodefault
+    domain-insecure: "bench.test"
+EOF
+        for line in "$@"; do echo "    $line"; done
+        cat <<EOF
+forward-zone:
+    name: "."
+    forward-addr: 127.0.0.1@$UP_PORT
+EOF
+    } >"$file"
+}
+

@@ -100,33 +100,8 @@ moat_config "$WORK/moat-nolist.toml" "$NOLIST_PORT" "$WORK/moat-nolist-data"
 moat_config "$WORK/compile.toml" "$MOAT_PORT" "$WORK/compile-data" "$LIST"
 
 mkdir -p "$WORK/unbound"
-# As in dnsperf.sh: test. is an RFC 6761 default local zone (NXDOMAIN),
-# "nodefault" lets bench.test through; no validator module.
-cat >"$WORK/unbound.conf" <<EOF
-server:
-    interface: 127.0.0.1
-    port: $UNBOUND_PORT
-    do-ip6: no
-    num-threads: 1
-    do-daemonize: no
-    chroot: ""
-    username: ""
-    pidfile: ""
-    directory: "$WORK/unbound"
-    use-syslog: no
-    logfile: ""
-    module-config: "iterator"
-    do-not-query-localhost: no
-    access-control: 127.0.0.0/8 allow
-    msg-cache-size: 16m
-    rrset-cache-size: 32m
-    local-zone: "test." nodefault
-    domain-insecure: "bench.test"
-    include: "$WORK/unbound-list.conf"
-forward-zone:
-    name: "."
-    forward-addr: 127.0.0.1@$UP_PORT
-EOF
+write_unbound_conf "$WORK/unbound.conf" "$UNBOUND_PORT" "$WORK/unbound" \
+    "include: \"$WORK/unbound-list.conf\""
 
 # Launches a server and records the launch time in T0[name].
 declare -A T0=()

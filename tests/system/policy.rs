@@ -113,7 +113,7 @@ async fn cached_answers_follow_each_policy_version() {
     assert_eq!(ips(&moat.dns.a("x.ads.test").await), ["0.0.0.0"]);
     assert!(
         moat.log()
-            .contains("policy inputs unchanged; using the persisted modules"),
+            .contains("policy unchanged; serving the stored bundle"),
         "a restart with the same inputs compiles nothing; log:\n{}",
         moat.log()
     );
@@ -140,10 +140,13 @@ async fn restart_serves_persisted_policy_without_sources_or_upstreams() {
     assert_eq!(
         ips(&moat.dns.a("y.persisted.test").await),
         ["0.0.0.0"],
-        "blocked from the persisted module; log:\n{}",
+        "blocked by the stored bundle; log:\n{}",
         moat.log()
     );
-    assert!(moat.log().contains("serving the persisted one"));
+    assert!(
+        moat.log()
+            .contains("policy cannot be compiled; serving the stored bundle")
+    );
 }
 
 #[test]

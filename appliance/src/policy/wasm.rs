@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use moat_plugin_abi::{
@@ -65,6 +65,8 @@ pub struct WasmPolicy {
     faults: AtomicU64,
     fault_logged: AtomicBool,
     instances: AtomicU64,
+    /// Held only by this policy: workers of a dropped policy see it gone.
+    alive: Arc<()>,
 }
 
 impl std::fmt::Debug for WasmPolicy {
@@ -79,6 +81,7 @@ impl std::fmt::Debug for WasmPolicy {
 /// A worker's instance of one module.
 struct Worker {
     policy_id: u64,
+    policy_alive: Weak<()>,
     store: Store<StoreLimits>,
     memory: Memory,
     query_buffer: usize,
@@ -112,6 +115,7 @@ impl WasmPolicy {
             faults: AtomicU64::new(0),
             fault_logged: AtomicBool::new(false),
             instances: AtomicU64::new(0),
+            alive: Arc::new(()),
         };
         policy.instantiate().map_err(invalid)?;
         Ok(Arc::new(policy))
@@ -164,6 +168,7 @@ impl WasmPolicy {
         let decide = instance.get_typed_func(&mut store, "moat_decide")?;
         Ok(Worker {
             policy_id: self.id,
+            policy_alive: Arc::downgrade(&self.alive),
             store,
             memory,
             query_buffer,
@@ -227,6 +232,8 @@ impl Policy for WasmPolicy {
                 Some(index) => index,
                 None => match self.instantiate() {
                     Ok(worker) => {
+                        // Instances of replaced policies go first, so their memory drains.
+                        workers.retain(|worker| worker.policy_alive.strong_count() > 0);
                         if workers.len() >= WORKER_INSTANCES {
                             workers.remove(0);
                         }
@@ -452,6 +459,18 @@ mod tests {
         }
         // One probe at load, one for this thread.
         assert_eq!((local.instances(), blocklist.instances()), (2, 2));
+    }
+
+    #[test]
+    fn instances_of_a_replaced_policy_are_dropped() {
+        let old = WasmPolicy::new(&fixture("i32.const 2")).unwrap();
+        assert_eq!(ask(&*old, "a.example"), Decision::Block);
+        drop(old);
+        let new = WasmPolicy::new(&fixture("i32.const 0")).unwrap();
+        assert_eq!(ask(&*new, "a.example"), Decision::NoOpinion);
+        let ids: Vec<u64> =
+            WORKERS.with(|workers| workers.borrow().iter().map(|w| w.policy_id).collect());
+        assert_eq!(ids, [new.id], "only the policy in force keeps an instance");
     }
 
     #[test]

@@ -170,3 +170,47 @@ pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 pub fn fnv_step(hash: u64, byte: u8) -> u64 {
     (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
 }
+
+/// What every plugin defines besides `moat_decide`: the panic handler
+/// (a trap the host counts as a fault), a `Buffer` type for buffers the
+/// host reads and writes, the query buffer `QUERY`, and the exports
+/// `moat_abi_version` and `moat_query_buffer`.
+#[macro_export]
+macro_rules! plugin_glue {
+    () => {
+        #[panic_handler]
+        fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+            core::arch::wasm32::unreachable()
+        }
+
+        /// A buffer shared with the host.
+        struct Buffer<const N: usize>(core::cell::UnsafeCell<[u8; N]>);
+
+        // SAFETY: a WASM instance runs one call at a time, on one thread.
+        unsafe impl<const N: usize> Sync for Buffer<N> {}
+
+        impl<const N: usize> Buffer<N> {
+            const fn new() -> Self {
+                Self(core::cell::UnsafeCell::new([0; N]))
+            }
+
+            fn address(&self) -> i32 {
+                self.0.get() as i32
+            }
+        }
+
+        static QUERY: Buffer<{ $crate::QUERY_CAPACITY }> = Buffer::new();
+
+        /// The ABI version this plugin speaks.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn moat_abi_version() -> i32 {
+            $crate::ABI_VERSION
+        }
+
+        /// Address of the buffer the host writes the question into.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn moat_query_buffer() -> i32 {
+            QUERY.address()
+        }
+    };
+}

@@ -4,36 +4,12 @@
 //! Precedence: deny > allow > block.
 #![no_std]
 
-use core::cell::UnsafeCell;
-
 use moat_plugin_abi::{
-    ABI_VERSION, CLIENT_LEN, DATA_BASE, DataHeader, FNV_OFFSET, NAME_CAPACITY, QUERY_CAPACITY,
-    TABLES, Table, Verdict, fnv_step,
+    CLIENT_LEN, DATA_BASE, DataHeader, FNV_OFFSET, NAME_CAPACITY, QUERY_CAPACITY, TABLES, Table,
+    Verdict, fnv_step,
 };
 
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    core::arch::wasm32::unreachable()
-}
-
-struct QueryBuffer(UnsafeCell<[u8; QUERY_CAPACITY]>);
-
-// SAFETY: a WASM instance runs one call at a time, on one thread.
-unsafe impl Sync for QueryBuffer {}
-
-static QUERY: QueryBuffer = QueryBuffer(UnsafeCell::new([0; QUERY_CAPACITY]));
-
-/// The ABI version this plugin speaks.
-#[unsafe(no_mangle)]
-pub extern "C" fn moat_abi_version() -> i32 {
-    ABI_VERSION
-}
-
-/// Address of the buffer the host writes the name into.
-#[unsafe(no_mangle)]
-pub extern "C" fn moat_query_buffer() -> i32 {
-    QUERY.0.get() as i32
-}
+moat_plugin_abi::plugin_glue!();
 
 /// Decides for the `len`-byte name in the query buffer.
 #[unsafe(no_mangle)]

@@ -4,42 +4,19 @@
 //! type (or its CNAME), and with no records (NODATA) if it has none.
 #![no_std]
 
-use core::cell::UnsafeCell;
-
 use moat_plugin_abi::{
-    ABI_VERSION, ANSWER_CAPACITY, CLIENT_LEN, DATA_BASE, FNV_OFFSET, NAME_CAPACITY, QUERY_CAPACITY,
-    RECORDS_HEADER_LEN, RECORDS_INDEX_ENTRY, RECORDS_MAGIC, TYPE_CNAME, Verdict, fnv_step,
+    ANSWER_CAPACITY, CLIENT_LEN, DATA_BASE, FNV_OFFSET, NAME_CAPACITY, RECORDS_HEADER_LEN,
+    RECORDS_INDEX_ENTRY, RECORDS_MAGIC, TYPE_CNAME, Verdict, fnv_step,
 };
 
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    core::arch::wasm32::unreachable()
-}
+moat_plugin_abi::plugin_glue!();
 
-struct Buffer<const N: usize>(UnsafeCell<[u8; N]>);
-
-// SAFETY: a WASM instance runs one call at a time, on one thread.
-unsafe impl<const N: usize> Sync for Buffer<N> {}
-
-static QUERY: Buffer<QUERY_CAPACITY> = Buffer(UnsafeCell::new([0; QUERY_CAPACITY]));
-static ANSWER: Buffer<ANSWER_CAPACITY> = Buffer(UnsafeCell::new([0; ANSWER_CAPACITY]));
-
-/// The ABI version this plugin speaks.
-#[unsafe(no_mangle)]
-pub extern "C" fn moat_abi_version() -> i32 {
-    ABI_VERSION
-}
-
-/// Address of the buffer the host writes the name into.
-#[unsafe(no_mangle)]
-pub extern "C" fn moat_query_buffer() -> i32 {
-    QUERY.0.get() as i32
-}
+static ANSWER: Buffer<ANSWER_CAPACITY> = Buffer::new();
 
 /// Address of the buffer answers are written into.
 #[unsafe(no_mangle)]
 pub extern "C" fn moat_answer_buffer() -> i32 {
-    ANSWER.0.get() as i32
+    ANSWER.address()
 }
 
 /// Answers the `len`-byte name in the query buffer, if it is local.
