@@ -123,7 +123,17 @@ pub(super) fn seal_for_primary(
         (BLOCKLIST_PART.to_owned(), blocklist),
         (SETTINGS_PART.to_owned(), settings.into_bytes()),
     ];
-    let version = running.map_or(1, |version| version + 1);
+    // Replicas refuse any version they ran before, so versions go on from
+    // the last one sealed even when the stored bundle was lost.
+    let last_sealed = data
+        .read(files::BUNDLE_VERSION)?
+        .and_then(|bytes| String::from_utf8_lossy(&bytes).trim().parse::<u64>().ok());
+    let version = running.max(last_sealed).map_or(1, |version| version + 1);
+    data.write(
+        files::BUNDLE_VERSION,
+        version.to_string().as_bytes(),
+        Access::Public,
+    )?;
     let bundle = Bundle::seal(parts, version, now_unix, BUNDLE_LIFETIME, key).verify(
         &key.public(),
         running,
@@ -135,4 +145,39 @@ pub(super) fn seal_for_primary(
     data.write(files::POLICY_INPUTS, &digest, Access::Public)?;
     tracing::info!(version, "sealed a new policy bundle");
     Ok(bundle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_only_go_up_even_when_the_stored_bundle_is_lost() {
+        let root = std::env::temp_dir().join(format!("moat-seal-{}", std::process::id()));
+        let data = DataDir::open(&root).unwrap();
+        let key = SigningKey::generate().unwrap();
+        let config = |deny: &str| Config::parse(&format!("[policy]\ndeny = [\"{deny}\"]\n"), "t");
+        let (first, second) = (config("a.example").unwrap(), config("b.example").unwrap());
+        let seal = |config: &Config, now: u64| {
+            seal_for_primary(config, &data, &key, true, now)
+                .unwrap()
+                .version()
+        };
+        assert_eq!(seal(&first, 1_000), 1);
+        assert_eq!(
+            seal(&first, 1_000),
+            1,
+            "unchanged policy: the stored bundle"
+        );
+        std::fs::write(data.path(files::BUNDLE), b"garbage").unwrap();
+        assert_eq!(
+            seal(&first, 1_000),
+            2,
+            "a lost bundle is sealed again, higher"
+        );
+        assert_eq!(seal(&second, 1_000), 3, "a changed policy");
+        let due = 1_000 + BUNDLE_LIFETIME.as_secs() - RESEAL_BEFORE.as_secs() + 1;
+        assert_eq!(seal(&second, due), 4, "re-signed before it expires");
+        std::fs::remove_dir_all(root).unwrap();
+    }
 }

@@ -53,6 +53,8 @@ pub mod files {
     pub const PRIMARY: &str = "primary.json";
     /// Address the sync endpoint actually bound (primary).
     pub const SYNC_ADDR: &str = "sync.addr";
+    /// The last bundle version the primary sealed.
+    pub const BUNDLE_VERSION: &str = "bundle-version";
     /// Digest of the inputs the stored bundle's modules were compiled from.
     pub const POLICY_INPUTS: &str = "policy-inputs";
     /// Prefix of the kept copies of blocklist sources.
