@@ -1,25 +1,33 @@
 //! The fleet seen from outside: a primary and replicas as real processes on
 //! loopback, paired with one-time codes over QUIC, following every policy
 //! change, surviving an absent primary, revoked, refusing local policy edits
-//! and reporting their stats.
+//! and reporting their stats; codes that expired or were used, a relay in
+//! the middle of pairing, replicas keeping their own tuning, and a restarted
+//! replica serving its stored bundle.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use moat::store::DataDir;
+use moat::sync::identity::Identity;
+use moat::sync::tls;
 use moat_system_tests::moat::{Scratch, binary, free_udp_port};
+use moat_system_tests::upstream::DEFAULT_TTL;
 use moat_system_tests::{MoatProcess, TestUpstream};
 use serde_json::Value;
 
 use super::{ips, policy_for};
 
 /// Name of every primary.
-const PRIMARY: &str = "hq";
+pub(super) const PRIMARY: &str = "hq";
 /// Name of every replica.
-const REPLICA: &str = "branch-1";
+pub(super) const REPLICA: &str = "branch-1";
 /// How long a change may take to reach a replica.
-const SYNC_LIMIT: Duration = Duration::from_secs(15);
+pub(super) const SYNC_LIMIT: Duration = Duration::from_secs(15);
 /// How long a replica may take to reconnect to a restarted primary.
 const RECONNECT_LIMIT: Duration = Duration::from_secs(30);
 /// The characters of a Crockford base32 code.
@@ -27,9 +35,9 @@ const CROCKFORD: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// A primary named [`PRIMARY`] with its own upstream, a blocklist file
 /// (kept in `list`) and a local record `printer.lan A 192.168.1.9`.
-struct Primary {
-    moat: MoatProcess,
-    upstream: TestUpstream,
+pub(super) struct Primary {
+    pub(super) moat: MoatProcess,
+    pub(super) upstream: TestUpstream,
     /// Holds the blocklist file.
     _files: Scratch,
     list: std::path::PathBuf,
@@ -37,7 +45,7 @@ struct Primary {
 
 impl Primary {
     /// Starts one listing `ads.test`, with `extra_instance` lines after its name.
-    async fn start(extra_instance: &str) -> Self {
+    pub(super) async fn start(extra_instance: &str) -> Self {
         let upstream = TestUpstream::start().await;
         let files = Scratch::new("fleet-list");
         let list = files.0.join("list.txt");
@@ -63,7 +71,7 @@ impl Primary {
     }
 
     /// Rewrites its blocklist file (one name a line).
-    fn set_list(&self, names: &[&str]) {
+    pub(super) fn set_list(&self, names: &[&str]) {
         std::fs::write(&self.list, names.join("\n") + "\n").unwrap();
     }
 
@@ -82,9 +90,18 @@ impl Primary {
 
 /// The replica's own upstream and config: a `[policy]` with only that
 /// upstream (never used once it is a replica).
-async fn replica() -> (MoatProcess, TestUpstream) {
+pub(super) async fn replica() -> (MoatProcess, TestUpstream) {
+    replica_named(REPLICA, "").await
+}
+
+/// A replica-to-be named `name`, with `tuning` tables after its `[policy]`.
+async fn replica_named(name: &str, tuning: &str) -> (MoatProcess, TestUpstream) {
     let upstream = TestUpstream::start().await;
-    let moat = MoatProcess::start(&replica_instance(), &policy_for(&upstream, "")).await;
+    let moat = MoatProcess::start(
+        &format!("name = \"{name}\""),
+        &policy_for(&upstream, tuning),
+    )
+    .await;
     (moat, upstream)
 }
 
@@ -93,7 +110,7 @@ fn replica_instance() -> String {
 }
 
 /// Both logs (or more), labelled, for a failure message.
-fn logs(moats: &[&MoatProcess]) -> String {
+pub(super) fn logs(moats: &[&MoatProcess]) -> String {
     moats
         .iter()
         .map(|moat| {
@@ -108,7 +125,7 @@ fn logs(moats: &[&MoatProcess]) -> String {
 
 /// Polls `check` every 100 ms until it gives `Ok`, for at most `limit`;
 /// panics naming `what`, the last thing seen, and the logs of `moats`.
-async fn eventually<T>(
+pub(super) async fn eventually<T>(
     what: &str,
     limit: Duration,
     moats: &[&MoatProcess],
@@ -134,7 +151,7 @@ async fn eventually<T>(
 }
 
 /// The status JSON of a running instance.
-async fn status(moat: &MoatProcess) -> Result<Value, String> {
+pub(super) async fn status(moat: &MoatProcess) -> Result<Value, String> {
     moat.control()
         .await?
         .get("status")
@@ -169,7 +186,7 @@ fn replica_entry(primary: &MoatProcess, name: &str) -> Result<Value, String> {
 }
 
 /// The bundle version in a status, which every appliance has once running.
-fn bundle_version(status: &Value) -> Result<u64, String> {
+pub(super) fn bundle_version(status: &Value) -> Result<u64, String> {
     status["bundle_version"]
         .as_u64()
         .ok_or_else(|| format!("no bundle_version in status {status}"))
@@ -177,7 +194,14 @@ fn bundle_version(status: &Value) -> Result<u64, String> {
 
 /// Issues a pairing code on the primary.
 fn issue_code(primary: &MoatProcess) -> String {
-    let output = primary.cli(&["code"]);
+    issue_code_with(primary, &[])
+}
+
+/// Issues a pairing code on the primary, with more arguments to `moat code`.
+fn issue_code_with(primary: &MoatProcess, args: &[&str]) -> String {
+    let mut command = vec!["code"];
+    command.extend_from_slice(args);
+    let output = primary.cli(&command);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -225,7 +249,7 @@ fn join(addr: SocketAddr, code: &str, config: &Path) -> Output {
 }
 
 /// Pairs `replica` (running or not) with `primary` by a fresh code.
-async fn pair(primary: &MoatProcess, replica: &MoatProcess) {
+pub(super) async fn pair(primary: &MoatProcess, replica: &MoatProcess) {
     let code = issue_code(primary);
     let output = join(primary.sync_addr().await, &code, &replica.config_path);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -239,7 +263,12 @@ async fn pair(primary: &MoatProcess, replica: &MoatProcess) {
 }
 
 /// Waits until `moat` answers `name` with `expected`.
-async fn answers(moat: &MoatProcess, others: &[&MoatProcess], name: &str, expected: &str) {
+pub(super) async fn answers(
+    moat: &MoatProcess,
+    others: &[&MoatProcess],
+    name: &str,
+    expected: &str,
+) {
     let mut all = vec![moat];
     all.extend_from_slice(others);
     eventually(
@@ -259,7 +288,7 @@ async fn answers(moat: &MoatProcess, others: &[&MoatProcess], name: &str, expect
 }
 
 /// Waits until the replica is a replica running bundle `version`.
-async fn runs_version(replica: &MoatProcess, primary: &MoatProcess, version: u64) {
+pub(super) async fn runs_version(replica: &MoatProcess, primary: &MoatProcess, version: u64) {
     eventually(
         &format!("replica runs bundle version {version}"),
         SYNC_LIMIT,
@@ -649,4 +678,420 @@ async fn heartbeats_carry_replica_stats() {
         },
     )
     .await;
+}
+
+/// The status of a replica whose pairing failed: still its own primary,
+/// nothing pinned.
+async fn assert_nothing_pinned(moat: &MoatProcess, others: &[&MoatProcess]) {
+    let mut all = vec![moat];
+    all.extend_from_slice(others);
+    let status = status(moat).await.unwrap();
+    assert!(
+        status["role"] == "primary" && status["primary"].is_null(),
+        "nothing pinned after a failed pairing: {status}{}",
+        logs(&all)
+    );
+    assert!(
+        !moat.dir.0.join("data/primary.json").exists(),
+        "no primary.json after a failed pairing{}",
+        logs(&all)
+    );
+}
+
+/// Asserts `output` is a failed `moat join` whose stderr says one of `messages`.
+fn assert_join_failed(output: &Output, messages: &[&str], what: &str, moats: &[&MoatProcess]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && messages.iter().any(|message| stderr.contains(message)),
+        "{what}: exit {}, stdout {:?}, stderr {stderr:?} (expected one of {messages:?}){}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        logs(moats)
+    );
+}
+
+/// Asserts `output` is a successful `moat join`.
+fn assert_joined(output: &Output, what: &str, moats: &[&MoatProcess]) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("paired with"),
+        "{what}: exit {}, stdout {stdout:?}, stderr {:?}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        logs(moats)
+    );
+}
+
+/// The TTL of the first answer `moat` gives for `name`.
+async fn first_ttl(moat: &MoatProcess, name: &str) -> u32 {
+    let answer = moat.dns.a(name).await;
+    answer
+        .answers
+        .first()
+        .map(|record| record.ttl)
+        .unwrap_or_else(|| panic!("no answer for {name}: {answer:?}{}", logs(&[moat])))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_follow_a_blocked_name_and_a_local_record() {
+    let primary = Primary::start("").await;
+    let p = &primary.moat;
+    let names = ["branch-1", "branch-2", "branch-3"];
+    let mut started = Vec::new();
+    for name in names {
+        started.push(replica_named(name, "").await);
+    }
+    let rs: Vec<&MoatProcess> = started.iter().map(|(moat, _)| moat).collect();
+    let mut everyone = vec![p];
+    everyone.extend_from_slice(&rs);
+
+    let mut codes = Vec::new();
+    for r in &rs {
+        let code = issue_code(p);
+        assert!(
+            !codes.contains(&code),
+            "a fresh code per replica: {codes:?} {code}"
+        );
+        assert_joined(
+            &join(p.sync_addr().await, &code, &r.config_path),
+            "moat join with its own code",
+            &everyone,
+        );
+        codes.push(code);
+    }
+    let version = bundle_version(&status(p).await.unwrap()).unwrap();
+    for r in &rs {
+        runs_version(r, p, version).await;
+        answers(r, &[p], "x.ads.test", "0.0.0.0").await;
+        assert_eq!(
+            ips(&r.dns.a("nas.lan").await),
+            ["192.0.2.1"],
+            "nas.lan is not a local record yet: forwarded (and cached)"
+        );
+    }
+
+    // One reload on the primary: a newly blocked name and a new local record.
+    primary.set_list(&["ads.test", "new.test"]);
+    let policy = format!(
+        "{}\n[[policy.local_records]]\nname = \"nas.lan\"\ntype = \"A\"\nvalue = \"192.168.1.20\"\nttl = 120\n",
+        Primary::policy(&primary.upstream, &primary.list)
+    );
+    p.rewrite_config(&format!("name = \"{PRIMARY}\""), &policy);
+    let output = p.cli(&["reload"]);
+    assert!(
+        output.status.success(),
+        "primary reload: {}{}",
+        String::from_utf8_lossy(&output.stderr),
+        logs(&everyone)
+    );
+    let newer = bundle_version(&status(p).await.unwrap()).unwrap();
+    assert!(newer > version, "{version} -> {newer}");
+    answers(p, &[], "a.new.test", "0.0.0.0").await;
+    answers(p, &[], "nas.lan", "192.168.1.20").await;
+    for r in &rs {
+        answers(r, &everyone, "a.new.test", "0.0.0.0").await;
+        answers(r, &everyone, "nas.lan", "192.168.1.20").await;
+        answers(r, &everyone, "printer.lan", "192.168.1.9").await;
+        runs_version(r, p, newer).await;
+    }
+
+    eventually(
+        "moat replicas lists all three active on the new version",
+        SYNC_LIMIT,
+        &everyone,
+        async || {
+            let list = replicas(p)?;
+            let mut listed: Vec<&str> = list
+                .iter()
+                .filter(|entry| entry["status"] == "active" && entry["bundle_version"] == newer)
+                .filter_map(|entry| entry["name"].as_str())
+                .collect();
+            listed.sort_unstable();
+            if list.len() == 3 && listed == names {
+                Ok(())
+            } else {
+                Err(serde_json::to_string(&list).unwrap_or_default())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_tuning_survives_syncs() {
+    let primary = Primary::start("").await;
+    let p = &primary.moat;
+    let (r, _r_upstream) = replica_named(REPLICA, "\n[tuning.cache]\nmin_ttl = \"1h\"\n").await;
+    pair(p, &r).await;
+    let version = bundle_version(&status(p).await.unwrap()).unwrap();
+    runs_version(&r, p, version).await;
+
+    // Each round asks a name neither has cached: the primary passes on the
+    // upstream's TTL, the replica raises it to its own minimum.
+    let check = async |round: usize| {
+        let name = format!("tuned-{round}.test");
+        let primary_ttl = first_ttl(p, &name).await;
+        let replica_ttl = first_ttl(&r, &name).await;
+        assert!(
+            primary_ttl <= DEFAULT_TTL,
+            "round {round}: the primary answers {name} with the upstream's TTL {DEFAULT_TTL}, got {primary_ttl}{}",
+            logs(&[p, &r])
+        );
+        assert!(
+            replica_ttl >= 3600,
+            "round {round}: the replica answers {name} with its own min_ttl (1h), got {replica_ttl}{}",
+            logs(&[p, &r])
+        );
+    };
+    check(0).await;
+
+    let mut list = vec!["ads.test"];
+    let mut running = version;
+    for (round, added) in [(1, "one.test"), (2, "two.test")] {
+        list.push(added);
+        primary.change_list(&list, &r);
+        let newer = bundle_version(&status(p).await.unwrap()).unwrap();
+        assert!(newer > running, "{running} -> {newer}");
+        runs_version(&r, p, newer).await;
+        answers(&r, &[p], &format!("a.{added}"), "0.0.0.0").await;
+        check(round).await;
+        running = newer;
+    }
+    let replica_status = status(&r).await.unwrap();
+    assert_eq!(replica_status["role"], "replica", "{replica_status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_reused_codes_are_refused() {
+    let primary = Primary::start("").await;
+    let p = &primary.moat;
+    let (first, _first_upstream) = replica_named("branch-1", "").await;
+    let (second, _second_upstream) = replica_named("branch-2", "").await;
+    let everyone = [p, &first, &second];
+    let addr = p.sync_addr().await;
+
+    let code = issue_code_with(p, &["--valid", "1s"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_join_failed(
+        &join(addr, &code, &first.config_path),
+        &["expired or was already used"],
+        "a code past its 1 s",
+        &everyone,
+    );
+    assert_nothing_pinned(&first, &[p]).await;
+
+    let code = issue_code(p);
+    assert_joined(
+        &join(addr, &code, &first.config_path),
+        "the first replica with a fresh code",
+        &everyone,
+    );
+    assert_join_failed(
+        &join(addr, &code, &second.config_path),
+        &["expired or was already used"],
+        "a second replica with the code the first one used",
+        &everyone,
+    );
+    assert_nothing_pinned(&second, &[p]).await;
+    assert_eq!(
+        ips(&second.dns.a("x.ads.test").await),
+        ["192.0.2.1"],
+        "the refused replica keeps its own policy"
+    );
+
+    let version = bundle_version(&status(p).await.unwrap()).unwrap();
+    runs_version(&first, p, version).await;
+    let listed: Vec<Value> = replicas(p).unwrap();
+    assert!(
+        listed.len() == 1 && listed[0]["name"] == "branch-1",
+        "only the replica that used the code is pinned: {listed:?}{}",
+        logs(&everyone)
+    );
+}
+
+/// Bytes a [`PairingRelay`] passed on, each way.
+#[derive(Debug, Default)]
+struct Relayed {
+    to_primary: AtomicU64,
+    to_replica: AtomicU64,
+}
+
+/// A man in the middle of pairing: a QUIC endpoint with its own
+/// certificate that takes one pairing connection, opens its own pairing
+/// connection to the primary and passes the pairing stream's bytes both ways.
+struct PairingRelay {
+    addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    relayed: Arc<Relayed>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl PairingRelay {
+    fn start(primary: SocketAddr) -> Self {
+        let identity = Identity::generate("relay").expect("relay identity");
+        let config = tls::server_config(&identity).expect("relay server config");
+        let endpoint = quinn::Endpoint::server(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind the relay");
+        let addr = endpoint.local_addr().unwrap();
+        let relayed = Arc::new(Relayed::default());
+        let task = tokio::spawn(relay(
+            endpoint.clone(),
+            identity,
+            primary,
+            Arc::clone(&relayed),
+        ));
+        Self {
+            addr,
+            endpoint,
+            relayed,
+            task,
+        }
+    }
+
+    /// Waits for the relay to end (at most 30 s); bytes passed to the
+    /// primary and to the replica.
+    async fn finish(self) -> Result<(u64, u64), String> {
+        let ended = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+        self.endpoint.close(0u32.into(), b"relay done");
+        let counts = (
+            self.relayed.to_primary.load(Ordering::SeqCst),
+            self.relayed.to_replica.load(Ordering::SeqCst),
+        );
+        match ended {
+            Ok(Ok(Ok(()))) => Ok(counts),
+            Ok(Ok(Err(err))) => Err(format!("relay failed: {err} (relayed {counts:?})")),
+            Ok(Err(err)) => Err(format!("relay task: {err}")),
+            Err(_) => Err(format!(
+                "relay still running after 30 s (relayed {counts:?})"
+            )),
+        }
+    }
+}
+
+async fn relay(
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+    primary: SocketAddr,
+    relayed: Arc<Relayed>,
+) -> Result<(), String> {
+    let text = |err: &dyn std::fmt::Display| err.to_string();
+    let incoming = endpoint.accept().await.ok_or("relay endpoint closed")?;
+    let replica = incoming.await.map_err(|err| text(&err))?;
+    if tls::channel(&replica) != Some(tls::Channel::Pairing) {
+        return Err("the replica did not ask for pairing".into());
+    }
+    let client = tls::client_endpoint(primary).map_err(|err| text(&err))?;
+    let config = tls::pairing_client_config(&identity).map_err(|err| text(&err))?;
+    let upstream = client
+        .connect_with(config, primary, tls::SERVER_NAME)
+        .map_err(|err| text(&err))?
+        .await
+        .map_err(|err| text(&err))?;
+    let (to_replica, from_replica) = replica.accept_bi().await.map_err(|err| text(&err))?;
+    let (to_primary, from_primary) = upstream.open_bi().await.map_err(|err| text(&err))?;
+    tokio::join!(
+        pump(from_replica, to_primary, &relayed.to_primary),
+        pump(from_primary, to_replica, &relayed.to_replica),
+    );
+    // Let the last bytes and stream ends arrive before closing.
+    let _ = tokio::time::timeout(Duration::from_secs(5), replica.closed()).await;
+    upstream.close(0u32.into(), b"relay done");
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.wait_idle()).await;
+    Ok(())
+}
+
+/// Copies one stream into another until it ends or fails, then ends the other.
+async fn pump(mut from: quinn::RecvStream, mut to: quinn::SendStream, count: &AtomicU64) {
+    let mut buffer = vec![0; 4096];
+    while let Ok(Some(len)) = from.read(&mut buffer).await {
+        if to.write_all(&buffer[..len]).await.is_err() {
+            return;
+        }
+        count.fetch_add(len as u64, Ordering::SeqCst);
+    }
+    let _ = to.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_in_the_middle_is_detected() {
+    let primary = Primary::start("").await;
+    let p = &primary.moat;
+    let (r, _r_upstream) = replica().await;
+    let code = issue_code(p);
+    let relay = PairingRelay::start(p.sync_addr().await);
+    let relay_addr = relay.addr;
+
+    let output = join(relay_addr, &code, &r.config_path);
+    let (to_primary, to_replica) = relay.finish().await.unwrap();
+    assert_join_failed(
+        &output,
+        &["wrong pairing code", "someone in the middle"],
+        "pairing through a relay with its own certificate, with the right code",
+        &[p, &r],
+    );
+    assert!(
+        to_primary > 0 && to_replica > 0,
+        "the pairing exchange went through the relay both ways ({to_primary} bytes to the primary, {to_replica} to the replica){}",
+        logs(&[p, &r])
+    );
+    assert_nothing_pinned(&r, &[p]).await;
+    assert_eq!(
+        replicas(p).unwrap(),
+        Vec::<Value>::new(),
+        "nothing pinned on the primary{}",
+        logs(&[p, &r])
+    );
+
+    // The code itself was right: straight to the primary, it pairs.
+    assert_joined(
+        &join(p.sync_addr().await, &code, &r.config_path),
+        "the same code without the relay",
+        &[p, &r],
+    );
+    let data = DataDir::open(&p.dir.0.join("data")).unwrap();
+    let real = Identity::load_or_create(&data, PRIMARY).unwrap();
+    let replica_status = status(&r).await.unwrap();
+    assert_eq!(
+        replica_status["primary"]["fingerprint"],
+        real.fingerprint().to_string(),
+        "the replica pinned the real primary, not the relay: {replica_status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_replica_serves_its_persisted_bundle_before_reconnecting() {
+    let mut primary = Primary::start("").await;
+    let (r, _r_upstream) = replica().await;
+    pair(&primary.moat, &r).await;
+    let version = bundle_version(&status(&primary.moat).await.unwrap()).unwrap();
+    runs_version(&r, &primary.moat, version).await;
+    answers(&r, &[&primary.moat], "x.ads.test", "0.0.0.0").await;
+
+    primary.moat.terminate();
+    let r = r.restart().await;
+    let replica_status = status(&r).await.unwrap();
+    assert!(
+        replica_status["role"] == "replica"
+            && replica_status["bundle_version"] == version
+            && replica_status["primary"]["connected"] == false,
+        "the restarted replica runs its stored bundle, unconnected: {replica_status}{}",
+        logs(&[&r])
+    );
+    for (name, expected) in [
+        ("y.ads.test", "0.0.0.0"),
+        ("printer.lan", "192.168.1.9"),
+        ("other.test", "192.0.2.1"),
+    ] {
+        assert_eq!(
+            ips(&r.dns.a(name).await),
+            [expected],
+            "{name} from the stored bundle with the primary gone{}",
+            logs(&[&r])
+        );
+    }
+    let replica_status = status(&r).await.unwrap();
+    assert_eq!(
+        replica_status["primary"]["connected"], false,
+        "still no primary to connect to: {replica_status}"
+    );
 }

@@ -5,6 +5,7 @@ mod blocking;
 mod cache;
 mod config;
 mod fleet;
+mod hostile;
 mod policy;
 mod robustness;
 mod serving;
