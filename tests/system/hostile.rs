@@ -447,7 +447,7 @@ async fn replica_refuses_hostile_bundles_and_frames_and_keeps_its_last_good_bund
     session.send_raw(&frame[..frame.len() / 2]).await;
     let _ = session.send.finish();
     session.expect_dropped(&r, "a truncated frame").await;
-    link_error(&r, "a truncated frame", "closed").await;
+    link_error(&r, "a truncated frame", "stream ended inside a message").await;
     still_serves_last_good(&r, good, "a truncated frame", 8).await;
 
     // A frame announcing 200 MiB, over the 128 MiB limit: refused at once.

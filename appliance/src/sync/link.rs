@@ -169,7 +169,10 @@ impl Link {
                 .unwrap_or_else(|| clock::now() + HEARTBEAT_INTERVAL);
             tokio::select! {
                 read = recv.read(&mut buffer) => {
-                    let len = read?.ok_or(LinkError::Closed)?;
+                    let Some(len) = read? else {
+                        decoder.finish()?;
+                        return Err(LinkError::Closed);
+                    };
                     let mut next = decoder.push(&buffer[..len])?;
                     while let Some(message) = next {
                         for event in session.handle(message, clock::now()) {
