@@ -34,3 +34,4 @@ fi
 
 # The benchmark, small: proves the harness and every peer still run.
 MOAT_BENCH_SMOKE=1 benches/dnsperf.sh
+MOAT_BENCH_SMOKE=1 cargo bench --workspace --locked --bench fleet

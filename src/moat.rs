@@ -14,36 +14,51 @@ use moat::daemon::Status;
 
 use crate::client::DnsClient;
 
+/// The binary every [`MoatProcess`] and [`MoatProcess::cli`] runs.
+static BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// Builds the binary as [`binary`] does, copies it to `dir/moat`, and makes
+/// [`binary`] return that copy from then on (unless something used
+/// [`binary`] before): a benchmark running for minutes keeps one build
+/// even if another build replaces the one in a shared target directory.
+pub fn pin_binary_copy(dir: &Path) -> &'static Path {
+    let copy = dir.join("moat");
+    std::fs::copy(build_binary(), &copy).expect("copy the moat binary");
+    let _ = BINARY.set(copy);
+    binary()
+}
+
 /// Path of the `moat` binary, built once per test run in the same profile
 /// as the tests.
 pub fn binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps");
-        let release = profile_dir
-            .file_name()
-            .is_some_and(|name| name == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        // The whole workspace, as scripts/test.sh builds it: one feature set, one build.
-        build.args(["build", "--quiet", "--workspace", "--bins"]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build for the moat binary");
-        assert!(status.success(), "building the moat binary failed");
-        let binary = profile_dir.join("moat");
-        assert!(
-            binary.exists(),
-            "moat binary missing at {}",
-            binary.display()
-        );
-        binary
-    })
+    BINARY.get_or_init(build_binary)
+}
+
+fn build_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let release = profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    // The whole workspace, as scripts/test.sh builds it: one feature set, one build.
+    build.args(["build", "--quiet", "--workspace", "--bins"]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build for the moat binary");
+    assert!(status.success(), "building the moat binary failed");
+    let binary = profile_dir.join("moat");
+    assert!(
+        binary.exists(),
+        "moat binary missing at {}",
+        binary.display()
+    );
+    binary
 }
 
 /// A fresh scratch directory, removed on drop.
