@@ -104,7 +104,7 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
-    let build = Instant::now();
+    let build = moat::clock::now();
     // Built if needed, then copied: every process of the run is this build.
     let bin_dir = Scratch::new("fleet-bin");
     let bin = pin_binary_copy(&bin_dir.0);
@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         build.elapsed().as_secs_f64(),
         bin.display()
     );
-    let started = Instant::now();
+    let started = moat::clock::now();
     let settings = Settings::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -272,7 +272,7 @@ async fn small_policy_part(settings: &Settings) -> Res<SmallResult> {
     let mut sizes = Vec::new();
     let mut initial_sync = Traffic::default();
     for &size in &settings.sizes {
-        let t = Instant::now();
+        let t = moat::clock::now();
         let synced = fleet.grow(size).await?;
         if fleet.replicas.len() == size && initial_sync.down_bytes == 0 {
             initial_sync = synced;
@@ -320,7 +320,7 @@ async fn million_part(settings: &Settings) -> Res<LargeResult> {
     let max = *settings.sizes.iter().max().unwrap();
     let files = Scratch::new("fleet-1m");
     let list = files.0.join("list.hosts");
-    let t = Instant::now();
+    let t = moat::clock::now();
     write_million(&list)?;
     let list_bytes = std::fs::metadata(&list).map_err(|e| e.to_string())?.len();
     println!(
@@ -355,7 +355,7 @@ async fn million_part(settings: &Settings) -> Res<LargeResult> {
         );
         changes.push(change);
     }
-    let t = Instant::now();
+    let t = moat::clock::now();
     fleet.grow(max).await?;
     println!(
         "{max} replicas paired and synced on the 1M policy in {:.1} s",
@@ -500,7 +500,7 @@ impl Fleet {
     /// Waits until every replica is listed by the primary as connected,
     /// active, and running the primary's bundle version.
     async fn wait_synced(&self) -> Res<()> {
-        let deadline = Instant::now() + SYNC_LIMIT;
+        let deadline = moat::clock::now() + SYNC_LIMIT;
         loop {
             let version = self.status(&self.primary).await?["bundle_version"].clone();
             let listed = self.get(&self.primary, "replicas").await?;
@@ -520,7 +520,7 @@ impl Fleet {
             if behind.is_empty() {
                 return Ok(());
             }
-            if Instant::now() > deadline {
+            if moat::clock::now() > deadline {
                 let first = behind[0].clone();
                 let index = (0..self.replicas.len())
                     .find(|&i| replica_name(i) == first)
@@ -622,7 +622,7 @@ impl Fleet {
         self.append(&name)?;
 
         let traffic_before = self.relay.traffic();
-        let t0 = Instant::now();
+        let t0 = moat::clock::now();
         let deadline = t0 + PROPAGATION_LIMIT;
         let mut polls = JoinSet::new();
         for (index, socket) in sockets.into_iter().enumerate() {
@@ -719,9 +719,9 @@ impl Fleet {
     /// apart.
     async fn primary_rss(&self) -> Res<u64> {
         let pid = self.primary.pid();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = moat::clock::now() + Duration::from_secs(5);
         let mut ticks = cpu_ticks(pid)?;
-        while Instant::now() < deadline {
+        while moat::clock::now() < deadline {
             tokio::time::sleep(Duration::from_millis(300)).await;
             let now = cpu_ticks(pid)?;
             if now == ticks {
@@ -791,9 +791,8 @@ async fn ask(socket: &UdpSocket, name: &str, wait: Duration) -> Option<Message> 
     let until = tokio::time::Instant::now() + wait;
     let mut buffer = [0u8; 4096];
     loop {
-        let len = match tokio::time::timeout_at(until, socket.recv(&mut buffer)).await {
-            Ok(Ok(len)) => len,
-            _ => return None,
+        let Ok(Ok(len)) = tokio::time::timeout_at(until, socket.recv(&mut buffer)).await else {
+            return None;
         };
         if let Ok(answer) = Message::from_vec(&buffer[..len])
             && answer.metadata.id == query.metadata.id
@@ -814,7 +813,7 @@ async fn poll_until_blocked(
     let mut last = String::from("none");
     let mut next = tokio::time::Instant::now();
     loop {
-        if Instant::now() >= deadline {
+        if moat::clock::now() >= deadline {
             return Err(last);
         }
         match ask(&socket, &name, POLL_WAIT).await {
@@ -878,10 +877,9 @@ impl Relay {
             std::thread::spawn(move || {
                 let mut buffer = vec![0u8; 65_536];
                 loop {
-                    let len = match back.recv(&mut buffer) {
-                        Ok(len) => len,
-                        // ECONNREFUSED from an earlier send: keep going.
-                        Err(_) => continue,
+                    // An error is ECONNREFUSED from an earlier send: keep going.
+                    let Ok(len) = back.recv(&mut buffer) else {
+                        continue;
                     };
                     counters[0].fetch_add(len as u64, Ordering::Relaxed);
                     counters[1].fetch_add(1, Ordering::Relaxed);
