@@ -23,6 +23,8 @@ use super::{Decision, LocalAnswer, Policy, Question};
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Ticks a call may run: 20–30 ms.
 const CALL_TICKS: u64 = 2;
+/// Ticks instantiating and checking a module may take: about 2 s.
+const LOAD_TICKS: u64 = 200;
 /// Linear memory a plugin may grow to beyond its data.
 const MEMORY_HEADROOM: usize = 16 << 20;
 
@@ -135,7 +137,8 @@ impl WasmPolicy {
             .build();
         let mut store = Store::new(engine(), limits);
         store.limiter(|limits| limits);
-        store.set_epoch_deadline(CALL_TICKS);
+        // Loading may meet a busy CPU; each decision gets `CALL_TICKS` anew.
+        store.set_epoch_deadline(LOAD_TICKS);
         let instance = self.pre.instantiate(&mut store)?;
         let version: TypedFunc<(), i32> =
             instance.get_typed_func(&mut store, "moat_abi_version")?;
