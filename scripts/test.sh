@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_packages=()
-for tool in dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-linux dig:dnsutils; do
+for tool in dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-linux dig:dnsutils promtool:prometheus; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need_packages+=("${tool##*:}")
 done
 if [ "${#need_packages[@]}" -gt 0 ]; then

@@ -2,12 +2,14 @@
 //! binary as a child process, a real upstream DNS server on loopback, a
 //! test CA, and a small DNS client.
 
+pub mod api;
 pub mod client;
 pub mod http;
 pub mod moat;
 pub mod tls;
 pub mod upstream;
 
+pub use api::{ApiClient, ApiResponse, Credentials};
 pub use client::{DnsClient, query_message};
 pub use moat::MoatProcess;
 pub use tls::TestCa;

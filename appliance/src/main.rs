@@ -52,6 +52,26 @@ enum Command {
     Resume(Target),
     /// Show counters: queries, cache, blocked, top names and clients.
     Stats(Target),
+    /// Show the newest queries, newest first.
+    Log {
+        /// Only names containing this.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only this client's queries.
+        #[arg(long)]
+        client: Option<String>,
+        /// Only this query type (A, AAAA, …).
+        #[arg(long)]
+        qtype: Option<String>,
+        /// Only queries answered so: cached, forwarded, stale, blocked, rejected, failed, local.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Compile or try out a policy offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -144,7 +164,57 @@ async fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Status(target) => show(&target, client(&target)?.get("status").await?),
-        Command::Stats(target) => show(&target, client(&target)?.get("stats").await?),
+        Command::Stats(target) => {
+            let mut stats = client(&target)?.get("stats").await?;
+            if !target.json
+                && let Some(map) = stats.as_object_mut()
+            {
+                // A day of minutes is for charts, not for a terminal.
+                map.remove("series");
+            }
+            show(&target, stats)
+        }
+        Command::Log {
+            name,
+            client: from,
+            qtype,
+            verdict,
+            limit,
+            target,
+        } => {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &limit.to_string());
+            for (key, value) in [
+                ("name", name),
+                ("client", from),
+                ("qtype", qtype),
+                ("verdict", verdict),
+            ] {
+                if let Some(value) = value {
+                    query.append_pair(key, &value);
+                }
+            }
+            let page = client(&target)?
+                .get(&format!("querylog?{}", query.finish()))
+                .await?;
+            if target.json {
+                return show(&target, page);
+            }
+            for entry in page["entries"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<39} {:<6} {:<9} {}",
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH
+                            + Duration::from_millis(entry["unix_ms"].as_u64().unwrap_or_default())
+                    ),
+                    scalar(&entry["client"]),
+                    qtype_name(entry["qtype"].as_u64().unwrap_or_default()),
+                    scalar(&entry["outcome"]),
+                    scalar(&entry["name"]),
+                );
+            }
+            Ok(())
+        }
         Command::Reload(target) => {
             show(&target, client(&target)?.post("reload", &json!({})).await?)
         }
@@ -183,11 +253,7 @@ async fn dispatch(command: Command) -> Result<()> {
             code,
             target,
         } => join(&address, &code, &target).await,
-        Command::Replicas(target) => {
-            let replicas = client(&target)?.get("replicas").await?;
-            println!("{}", serde_json::to_string_pretty(&replicas)?);
-            Ok(())
-        }
+        Command::Replicas(target) => show(&target, client(&target)?.get("replicas").await?),
         Command::Revoke { name, target } => show(
             &target,
             client(&target)?
@@ -340,6 +406,13 @@ fn print_human(value: &Value, indent: usize) {
         }
         _ => println!("{pad}{}", scalar(value)),
     }
+}
+
+fn qtype_name(qtype: u64) -> String {
+    u16::try_from(qtype).map_or_else(
+        |_| qtype.to_string(),
+        |qtype| hickory_proto::rr::RecordType::from(qtype).to_string(),
+    )
 }
 
 fn scalar(value: &Value) -> String {

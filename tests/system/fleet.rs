@@ -161,7 +161,7 @@ pub(super) async fn status(moat: &MoatProcess) -> Result<Value, String> {
 
 /// `moat replicas` on a primary, parsed.
 fn replicas(primary: &MoatProcess) -> Result<Vec<Value>, String> {
-    let output = primary.cli(&["replicas"]);
+    let output = primary.cli(&["replicas", "--json"]);
     if !output.status.success() {
         return Err(format!(
             "moat replicas failed: {}",

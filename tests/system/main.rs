@@ -4,6 +4,7 @@
 mod blocking;
 mod cache;
 mod config;
+mod control;
 mod fleet;
 mod hostile;
 mod policy;

@@ -13,7 +13,10 @@ pub use link::{LinkError, with_data_segment};
 pub use parse::{ParsedList, Rule, parse_list};
 pub use records::RecordError;
 pub(crate) use records::check as check_record;
-pub use sources::{SourceError, SourceReport, store_download};
+pub use sources::{
+    SourceError, SourceReport, SourceStatus, record_compiled, record_download, source_status,
+    store_download,
+};
 
 use crate::config::{NameRule, Policy};
 use crate::store::DataDir;

@@ -124,3 +124,83 @@ fn copy_name(source: &str) -> String {
         .collect();
     format!("{}{safe}", crate::store::files::SOURCE_COPY_PREFIX)
 }
+
+/// What a blocklist source gave most recently, for people: counts from
+/// the last compile, the last download and the last error.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct SourceStatus {
+    /// The source as configured.
+    pub source: String,
+    /// Names it blocked at the last compile.
+    pub domains: Option<usize>,
+    /// When it was last compiled, Unix seconds.
+    pub compiled_unix: Option<u64>,
+    /// When a download last succeeded, Unix seconds (URL sources).
+    pub downloaded_unix: Option<u64>,
+    /// Why the last read or download failed, if it did.
+    pub error: Option<String>,
+}
+
+type StatusBook = std::collections::BTreeMap<String, SourceStatus>;
+
+fn update_status(data: &DataDir, change: impl FnOnce(&mut StatusBook)) {
+    let mut book: StatusBook = data
+        .read_json(crate::store::files::SOURCE_STATUS)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    change(&mut book);
+    if let Err(err) = data.write_json(crate::store::files::SOURCE_STATUS, &book, Access::Public) {
+        tracing::warn!(error = %err, "cannot keep the blocklist source status");
+    }
+}
+
+/// Notes what each source gave at a compile.
+pub fn record_compiled(data: &DataDir, reports: &[SourceReport], now_unix: u64) {
+    update_status(data, |book| {
+        for report in reports {
+            let status = book.entry(report.source.clone()).or_default();
+            status.source.clone_from(&report.source);
+            status.domains = Some(report.blocked);
+            status.compiled_unix = Some(now_unix);
+            status.error.clone_from(&report.stale);
+        }
+    });
+}
+
+/// Notes how a download of `source` went.
+pub fn record_download(data: &DataDir, source: &str, outcome: Result<(), String>, now_unix: u64) {
+    update_status(data, |book| {
+        let status = book.entry(source.to_owned()).or_default();
+        status.source = source.to_owned();
+        match outcome {
+            Ok(()) => {
+                status.downloaded_unix = Some(now_unix);
+                status.error = None;
+            }
+            Err(reason) => status.error = Some(reason),
+        }
+    });
+}
+
+/// The status of each of `sources`, in their order; a source never
+/// compiled nor downloaded has only its name.
+pub fn source_status(data: &DataDir, sources: &[BlocklistSource]) -> Vec<SourceStatus> {
+    let book: StatusBook = data
+        .read_json(crate::store::files::SOURCE_STATUS)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    sources
+        .iter()
+        .map(|source| {
+            let name = source.source.to_string();
+            book.get(&name).cloned().unwrap_or(SourceStatus {
+                source: name,
+                ..SourceStatus::default()
+            })
+        })
+        .collect()
+}

@@ -70,7 +70,7 @@ impl Default for Instance {
 }
 
 /// Local tuning, grouped by subsystem.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tuning {
     /// The answer cache.
@@ -84,40 +84,65 @@ pub struct Tuning {
 }
 
 /// Cache sizing, TTL clamping, serve-stale and refresh of hot names.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheTuning {
     /// Bound in entries; exclusive with `max_bytes`. Default 100000.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_entries: Option<usize>,
     /// Bound in bytes of cached answers (`"32MiB"`); exclusive with `max_entries`.
-    #[serde(deserialize_with = "values::byte_size_opt")]
+    #[serde(
+        deserialize_with = "values::byte_size_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_bytes: Option<u64>,
     /// Lowest TTL an answer is cached for.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub min_ttl: Duration,
     /// Highest TTL an answer is cached for.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub max_ttl: Duration,
     /// Highest TTL of a negative answer (RFC 2308), and its TTL without SOA.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub negative_ttl: Duration,
     /// Answer from an expired entry when upstreams fail (RFC 8767).
     pub serve_stale: bool,
     /// How long past expiry an entry may still be served stale.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub stale_ttl: Duration,
     /// TTL written into a stale answer.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub stale_answer_ttl: Duration,
     /// How long a client waits for upstreams before a stale answer is sent.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub stale_answer_timeout: Duration,
     /// Refresh hot names before they expire.
     pub refresh: bool,
     /// Refresh once this share of the TTL remains.
     pub refresh_before: Percent,
     /// Window in which hits are counted to call a name hot.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub refresh_hit_window: Duration,
     /// Hits within the window that make a name hot.
     pub refresh_hot_hits: u32,
@@ -163,14 +188,20 @@ impl Default for CacheTuning {
 }
 
 /// Timeouts and health of upstream resolvers.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamTuning {
     /// How long one upstream gets to answer one query.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub timeout: Duration,
     /// First pause after an upstream fails; doubles per failure up to 16×.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub failure_backoff: Duration,
 }
 
@@ -184,13 +215,16 @@ impl Default for UpstreamTuning {
 }
 
 /// Listener limits.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerTuning {
     /// Largest UDP answer sent, whatever the client advertises.
     pub udp_max_payload: u16,
     /// A TCP connection with no query for this long is closed.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub tcp_idle_timeout: Duration,
     /// Open TCP connections at most; more wait to be accepted.
     pub tcp_max_connections: usize,
@@ -207,7 +241,7 @@ impl Default for ServerTuning {
 }
 
 /// The in-memory query log and its copy in the data directory.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueryLogTuning {
     /// Record queries at all.
@@ -215,10 +249,16 @@ pub struct QueryLogTuning {
     /// Entries kept in memory.
     pub memory_entries: usize,
     /// How often new entries are appended to the data directory.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub flush_interval: Duration,
     /// How long flushed log files are kept.
-    #[serde(deserialize_with = "values::duration")]
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
     pub retention: Duration,
 }
 
@@ -393,6 +433,48 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+impl Config {
+    /// Replaces `[policy]` and `[tuning]` by the sections saved through the
+    /// control API in the data directory, where there are such files.
+    pub fn with_saved_sections(mut self) -> Result<Self, ConfigError> {
+        let dir = &self.instance.data_dir;
+        if let Some(saved) = read_saved(&dir.join(crate::store::files::POLICY_SETTINGS))? {
+            self.policy = saved.policy;
+        }
+        if let Some(saved) = read_saved(&dir.join(crate::store::files::TUNING_SETTINGS))? {
+            self.tuning = saved.tuning;
+        }
+        self.check().map_err(|reason| ConfigError::Inconsistent {
+            origin: format!("{} with saved sections", dir.display()),
+            reason,
+        })?;
+        Ok(self)
+    }
+}
+
+fn read_saved(path: &Path) -> Result<Option<Config>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Config::parse(&text, &path.display().to_string()).map(Some),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+impl Tuning {
+    /// The tuning as a `[tuning]` TOML table, read back by `Config::parse`.
+    pub fn to_toml(&self) -> String {
+        #[derive(Serialize)]
+        struct Wrapper<'a> {
+            tuning: &'a Tuning,
+        }
+        toml::to_string(&Wrapper { tuning: self })
+            .unwrap_or_else(|err| unreachable!("every tuning value has a TOML form: {err}"))
+    }
+}
+
 impl Policy {
     /// The policy as a `[policy]` TOML table: the form it travels in inside
     /// a bundle, read back by `Policy::from_toml`.
@@ -450,6 +532,51 @@ ttl = 60
             Policy::from_toml(&default.to_toml(), "bundle").unwrap(),
             default
         );
+    }
+
+    #[test]
+    fn tuning_survives_its_toml_and_json_forms() {
+        let text = r#"[tuning.cache]
+max_bytes = "32MiB"
+min_ttl = "30s"
+refresh_before = "20%"
+stale_answer_timeout = "1s 500ms"
+[tuning.query_log]
+retention = "3days"
+"#;
+        let tuning = Config::parse(text, "x.toml").unwrap().tuning;
+        let written = tuning.to_toml();
+        assert_eq!(
+            Config::parse(&written, "saved").unwrap().tuning,
+            tuning,
+            "{written}"
+        );
+        let json = serde_json::to_string(&tuning).unwrap();
+        assert_eq!(serde_json::from_str::<Tuning>(&json).unwrap(), tuning);
+        assert_eq!(tuning.cache.max_bytes, Some(32 << 20));
+    }
+
+    #[test]
+    fn saved_sections_replace_the_files() {
+        let dir = std::env::temp_dir().join(format!("moat-saved-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = Config::parse(
+            &format!("[instance]\ndata_dir = {:?}\n", dir.display().to_string()),
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(base.clone().with_saved_sections().unwrap(), base);
+        let saved = "[tuning.cache]\nmin_ttl = \"5m\"\nmax_ttl = \"1m\"\n";
+        std::fs::write(dir.join(crate::store::files::TUNING_SETTINGS), saved).unwrap();
+        let err = base.clone().with_saved_sections().unwrap_err().to_string();
+        assert!(err.contains(crate::store::files::TUNING_SETTINGS), "{err}");
+        assert!(err.contains("min_ttl"), "{err}");
+        let saved = "[policy]\ndeny = [\"ads.example\"]\n";
+        std::fs::remove_file(dir.join(crate::store::files::TUNING_SETTINGS)).unwrap();
+        std::fs::write(dir.join(crate::store::files::POLICY_SETTINGS), saved).unwrap();
+        let config = base.with_saved_sections().unwrap();
+        assert_eq!(config.policy.deny.len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

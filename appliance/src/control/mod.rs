@@ -1,35 +1,70 @@
-//! The control endpoint: a small token-protected HTTP API on
-//! `[instance] control`, and the client the `moat` CLI uses to reach it.
+//! The control plane on `[instance] control`: the JSON API (described by
+//! the OpenAPI document it serves, built from the same route table), the
+//! embedded web UI, `/metrics`, and the client the `moat` CLI uses.
 
+mod api;
+mod auth;
 mod client;
+mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use client::{ClientError, ControlClient};
 
+use crate::clock;
 use crate::daemon::{Daemon, DaemonError, FleetError};
 use crate::store::{Access, files};
+use auth::Auth;
 
+/// What every handler shares.
 #[derive(Clone)]
 struct AppState {
     daemon: Arc<Daemon>,
-    token: Arc<str>,
+    auth: Arc<Auth>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Moat control API", description = "Status, stats, query log, policy, tuning, pause, fleet."),
+    components(schemas(ApiErrorBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(auth::SESSION_COOKIE))),
+        );
+    }
 }
 
 /// Binds the control endpoint, records its address in the data directory
 /// and serves it until the process ends.
 pub async fn serve(daemon: Arc<Daemon>) -> Result<SocketAddr, DaemonError> {
     let config = daemon.config();
-    let token: Arc<str> = daemon.data().control_token()?.into();
+    let auth = Arc::new(Auth::load(daemon.data().clone())?);
     let listener = tokio::net::TcpListener::bind(config.instance.control).await?;
     let addr = listener.local_addr()?;
     daemon.data().write(
@@ -37,22 +72,16 @@ pub async fn serve(daemon: Arc<Daemon>) -> Result<SocketAddr, DaemonError> {
         addr.to_string().as_bytes(),
         Access::Public,
     )?;
-    let state = AppState { daemon, token };
-    let api = Router::new()
-        .route("/api/v1/status", get(status))
-        .route("/api/v1/stats", get(stats))
-        .route("/api/v1/querylog", get(query_log))
-        .route("/api/v1/reload", post(reload))
-        .route("/api/v1/pause", post(pause))
-        .route("/api/v1/resume", post(resume))
-        .route("/api/v1/pairing-code", post(pairing_code))
-        .route("/api/v1/join", post(join))
-        .route("/api/v1/replicas", get(replicas))
-        .route("/api/v1/replicas/{name}/revoke", post(revoke))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state);
+    if !auth.password_set() {
+        tracing::info!(
+            "no admin password yet: set it in the web UI at http://{addr}/ from this machine, or with the token in {}",
+            daemon.data().path(files::CONTROL_TOKEN).display()
+        );
+    }
+    let app = router(AppState { daemon, auth });
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, api).await {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(err) = axum::serve(listener, service).await {
             tracing::error!(error = %err, "control endpoint stopped");
         }
     });
@@ -60,26 +89,55 @@ pub async fn serve(daemon: Arc<Daemon>) -> Result<SocketAddr, DaemonError> {
     Ok(addr)
 }
 
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
-            next.run(request).await
-        }
-        _ => ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token".into(),
+/// Every route: the protected API and `/metrics` behind the auth check,
+/// login, the OpenAPI document and the UI in front of it.
+fn router(state: AppState) -> Router {
+    let (protected, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(api::routes())
+        .split_for_parts();
+    let (open, open_doc) = OpenApiRouter::new()
+        .merge(api::auth_routes())
+        .split_for_parts();
+    openapi.merge(open_doc);
+    let openapi = Arc::new(openapi);
+    let protected = protected
+        .route("/metrics", get(api::metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    Router::new()
+        .merge(protected)
+        .merge(open)
+        .route(
+            "/api/openapi.json",
+            get(move || {
+                let openapi = Arc::clone(&openapi);
+                async move { Json(openapi.as_ref().clone()) }
+            }),
         )
-        .into_response(),
+        .with_state(state)
+}
+
+async fn require_auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.auth.admits(request.headers(), clock::unix_now_ms()) {
+        next.run(request).await
+    } else {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "log in, or send the bearer token from the data directory".into(),
+        )
+        .into_response()
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+/// Whether a request comes from this machine.
+fn from_loopback(peer: &ConnectInfo<SocketAddr>) -> bool {
+    peer.0.ip().is_loopback()
+}
+
+/// The body of every error answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ApiErrorBody {
+    /// What went wrong, for people.
+    error: String,
 }
 
 /// An error answered as JSON `{"error": ...}` with a status code.
@@ -87,16 +145,22 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let mut response = (self.0, Json(ApiErrorBody { error: self.1 })).into_response();
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        response
     }
 }
 
 impl From<DaemonError> for ApiError {
     fn from(err: DaemonError) -> Self {
         let status = match err {
-            DaemonError::Config(_) | DaemonError::Upstream(_) | DaemonError::UpstreamCa { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            DaemonError::Config(_)
+            | DaemonError::Upstream(_)
+            | DaemonError::UpstreamCa { .. }
+            | DaemonError::Compile(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DaemonError::SyncedPolicy { .. } | DaemonError::Fleet(FleetError::Role(_)) => {
                 StatusCode::CONFLICT
             }
@@ -109,117 +173,17 @@ impl From<DaemonError> for ApiError {
     }
 }
 
-async fn status(State(state): State<AppState>) -> impl IntoResponse {
-    Json(state.daemon.status())
-}
-
-#[derive(Deserialize)]
-struct TopParam {
-    top: Option<usize>,
-}
-
-async fn stats(State(state): State<AppState>, Query(param): Query<TopParam>) -> impl IntoResponse {
-    Json(
-        state
-            .daemon
-            .handler()
-            .stats()
-            .snapshot(param.top.unwrap_or(10).min(1000)),
-    )
-}
-
-#[derive(Deserialize)]
-struct LimitParam {
-    limit: Option<usize>,
-}
-
-async fn query_log(
-    State(state): State<AppState>,
-    Query(param): Query<LimitParam>,
-) -> impl IntoResponse {
-    Json(
-        state
-            .daemon
-            .handler()
-            .query_log()
-            .recent(param.limit.unwrap_or(100).min(10_000)),
-    )
-}
-
-async fn reload(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let generation = state.daemon.reload()?;
-    Ok(Json(serde_json::json!({ "config_generation": generation })))
-}
-
-#[derive(Deserialize, Default)]
-struct PauseBody {
-    /// `"5m"`, `"1h"`; absent pauses until resumed.
-    duration: Option<String>,
-}
-
-async fn pause(
-    State(state): State<AppState>,
-    body: Option<Json<PauseBody>>,
-) -> Result<impl IntoResponse, ApiError> {
-    let body = body.map(|Json(body)| body).unwrap_or_default();
-    let duration = body.duration.as_deref().map(parse_duration).transpose()?;
-    Ok(Json(state.daemon.pause(duration)?))
-}
-
-async fn resume(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.daemon.resume()?))
-}
-
-#[derive(Deserialize, Default)]
-struct CodeBody {
-    valid: Option<String>,
-}
-
-async fn pairing_code(
-    State(state): State<AppState>,
-    body: Option<Json<CodeBody>>,
-) -> Result<impl IntoResponse, ApiError> {
-    let body = body.map(|Json(body)| body).unwrap_or_default();
-    let valid = body.valid.as_deref().map(parse_duration).transpose()?;
-    let (code, valid) = state.daemon.issue_pairing_code(valid)?;
-    Ok(Json(
-        serde_json::json!({ "code": code, "valid_secs": valid.as_secs() }),
-    ))
-}
-
-fn parse_duration(text: &str) -> Result<std::time::Duration, ApiError> {
-    humantime::parse_duration(text)
-        .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("duration `{text}`: {err}")))
-}
-
-#[derive(Deserialize)]
-struct JoinBody {
-    address: String,
-    code: String,
-}
-
-async fn join(
-    State(state): State<AppState>,
-    Json(body): Json<JoinBody>,
-) -> Result<impl IntoResponse, ApiError> {
-    let pin = state.daemon.join(&body.address, &body.code).await?;
-    Ok(Json(pin))
-}
-
-async fn replicas(State(state): State<AppState>) -> impl IntoResponse {
-    Json(state.daemon.status().replicas)
-}
-
-async fn revoke(
-    State(state): State<AppState>,
-    axum::extract::Path(name): axum::extract::Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    if state.daemon.revoke(&name)? {
-        Ok(Json(serde_json::json!({ "revoked": name })))
-    } else {
-        Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no replica named `{name}`"),
-        ))
+impl From<auth::AuthError> for ApiError {
+    fn from(err: auth::AuthError) -> Self {
+        use auth::AuthError;
+        let status = match err {
+            AuthError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            AuthError::WrongPassword | AuthError::NoPassword => StatusCode::UNAUTHORIZED,
+            AuthError::AlreadySet => StatusCode::CONFLICT,
+            AuthError::SetupNotAllowed => StatusCode::FORBIDDEN,
+            AuthError::TooShort => StatusCode::UNPROCESSABLE_ENTITY,
+            AuthError::Store(_) | AuthError::Hash(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self(status, err.to_string())
     }
 }

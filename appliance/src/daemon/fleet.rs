@@ -51,7 +51,7 @@ pub enum FleetError {
 }
 
 /// A replica's view of its primary, for status.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PrimaryStatus {
     /// The primary's name.
     pub name: String,

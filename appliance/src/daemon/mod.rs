@@ -3,8 +3,10 @@
 
 mod fleet;
 mod policy;
+mod settings;
 
 pub use fleet::{FleetError, PrimaryStatus, join_offline};
+pub use settings::{PolicyView, SyncedFrom};
 
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
@@ -18,7 +20,7 @@ use serde::Serialize;
 
 use crate::bundle::{Bundle, BundleError, BundleStore, PublicKey, SigningKey, VerifiedBundle};
 use crate::clock;
-use crate::compile::{CompileError, store_download};
+use crate::compile::{CompileError, record_download, store_download};
 use crate::config::{BlocklistSource, Config, ConfigError, SourceLocation};
 use crate::dns::cache::Cache;
 use crate::dns::handler::{Live, QueryHandler};
@@ -40,12 +42,14 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
-    /// Reads and parses the configuration.
+    /// Reads and parses the configuration, with the sections saved through
+    /// the control API.
     pub fn load(&self) -> Result<Config, ConfigError> {
         match self {
             Self::Embedded => Ok(Config::embedded()),
             Self::File(path) => Config::load(path),
-        }
+        }?
+        .with_saved_sections()
     }
 }
 
@@ -100,7 +104,7 @@ pub enum DaemonError {
 }
 
 /// What `status` reports.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Status {
     /// Appliance name.
     pub name: String,
@@ -111,8 +115,10 @@ pub struct Status {
     /// Blocking pause state.
     pub pause: PauseState,
     /// Bound UDP addresses.
+    #[schema(value_type = Vec<String>)]
     pub udp: Vec<SocketAddr>,
     /// Bound TCP addresses.
+    #[schema(value_type = Vec<String>)]
     pub tcp: Vec<SocketAddr>,
     /// Answers in the cache.
     pub cache_entries: usize,
@@ -220,6 +226,8 @@ pub struct Daemon {
     tcp: Vec<SocketAddr>,
     shutdown: Arc<AtomicBool>,
     query_log_loss_reported: AtomicBool,
+    /// Held while a settings change is saved and applied.
+    settings_writer: Mutex<()>,
 }
 
 impl Daemon {
@@ -266,6 +274,7 @@ impl Daemon {
             tcp,
             shutdown,
             query_log_loss_reported: AtomicBool::new(false),
+            settings_writer: Mutex::new(()),
         });
         tokio::spawn(Arc::clone(&daemon).flush_query_log_periodically());
         tokio::spawn(Arc::clone(&daemon).download_lists_periodically());
@@ -424,7 +433,7 @@ impl Daemon {
                 Role::Replica(pin) => Some(self.fleet.primary_status(pin)),
                 Role::Primary(_) => None,
             },
-            replicas: self.fleet.replicas(),
+            replicas: self.replicas(),
             name: config.instance.name,
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: clock::now()
@@ -439,6 +448,11 @@ impl Daemon {
             query_log_lost: self.handler.query_log().lost(),
             policy_faults: self.handler.live().policy.faults(),
         }
+    }
+
+    /// On the primary: its replicas, their status and their pushed stats.
+    pub fn replicas(&self) -> Vec<crate::fleet::ReplicaView> {
+        self.fleet.replicas()
     }
 
     /// Stops the listeners and writes the query log out.
@@ -563,23 +577,25 @@ impl Daemon {
             let body = response.bytes().await?;
             Ok::<_, reqwest::Error>((body.len() <= MAX_LIST_BYTES).then_some(body))
         };
-        match fetched.await {
+        let (changed, outcome) = match fetched.await {
             Ok(Some(body)) => match store_download(source, &self.data, &body) {
-                Ok(changed) => changed,
+                Ok(changed) => (changed, Ok(())),
                 Err(err) => {
                     tracing::warn!(%url, error = %err, "cannot keep the downloaded list");
-                    false
+                    (false, Err(format!("cannot keep the download: {err}")))
                 }
             },
             Ok(None) => {
                 tracing::warn!(%url, limit = MAX_LIST_BYTES, "list too large; keeping the last good copy");
-                false
+                (false, Err(format!("larger than {MAX_LIST_BYTES} bytes")))
             }
             Err(err) => {
                 tracing::warn!(%url, error = %err, "list download failed; keeping the last good copy");
-                false
+                (false, Err(format!("download failed: {err}")))
             }
-        }
+        };
+        record_download(&self.data, url, outcome, clock::unix_now());
+        changed
     }
 }
 

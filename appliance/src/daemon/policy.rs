@@ -10,7 +10,7 @@ use crate::bundle::{
     BLOCKLIST_PART, Bundle, BundleError, BundleStore, LOCAL_RECORDS_PART, PublicKey, SETTINGS_PART,
     SigningKey, VerifiedBundle,
 };
-use crate::compile::{compile_policy, inputs_digest};
+use crate::compile::{compile_policy, inputs_digest, record_compiled};
 use crate::config::{self, Config};
 use crate::policy::{Chain, Policy, WasmPolicy};
 use crate::store::{Access, DataDir, files};
@@ -104,6 +104,7 @@ pub(super) fn seal_for_primary(
         None => match compile_policy(&config.policy, data) {
             Ok(compiled) => {
                 tracing::info!(summary = ?compiled.summary, sources = ?compiled.sources, "policy compiled");
+                record_compiled(data, &compiled.sources, now_unix);
                 [compiled.local_records, compiled.blocklist]
             }
             Err(err) if starting => {

@@ -41,7 +41,7 @@ pub enum FleetError {
 }
 
 /// How a replica is doing, as listed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplicaStatus {
     /// Heard from recently and runs the published bundle (or newer).
@@ -54,7 +54,7 @@ pub enum ReplicaStatus {
 }
 
 /// One replica, as listed by the control plane.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicaView {
     /// Name given at pairing.
     pub name: String,

@@ -11,7 +11,7 @@ const NOT_PAUSED: u64 = 0;
 const FOREVER: u64 = u64::MAX;
 
 /// The pause setting as stored and reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum PauseState {
     /// Blocking is on.

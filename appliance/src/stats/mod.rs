@@ -2,6 +2,7 @@
 //! Everything here is bounded in memory and cheap to update per query.
 
 mod querylog;
+mod series;
 mod top;
 
 use std::net::IpAddr;
@@ -10,11 +11,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use querylog::{FlushReport, LogEntry, QueryLog};
+pub use querylog::{FlushReport, LogEntry, LogFilter, LogPage, QueryLog};
+pub use series::{MinuteCounts, MinuteSeries};
 pub use top::TopCounter;
 
 /// How a query was answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// From the cache.
@@ -89,6 +91,7 @@ pub struct Stats {
     top_names: TopCounter<Vec<u8>>,
     top_blocked: TopCounter<Vec<u8>>,
     top_clients: TopCounter<IpAddr>,
+    series: MinuteSeries,
 }
 
 impl Default for Stats {
@@ -105,6 +108,7 @@ impl Default for Stats {
             top_names: TopCounter::new(TOP_CAPACITY),
             top_blocked: TopCounter::new(TOP_CAPACITY),
             top_clients: TopCounter::new(TOP_CAPACITY),
+            series: MinuteSeries::default(),
         }
     }
 }
@@ -126,9 +130,20 @@ impl Stats {
         bump(&self.by_outcome[query.outcome as usize]);
         self.top_names.add(query.name);
         self.top_clients.add(&query.client);
-        if query.outcome == Outcome::Blocked {
+        let blocked = query.outcome == Outcome::Blocked;
+        if blocked {
             self.top_blocked.add(query.name);
         }
+        self.series.record(
+            crate::clock::unix_now(),
+            blocked,
+            query.outcome == Outcome::Cached,
+        );
+    }
+
+    /// Queries per minute over the last day, oldest first.
+    pub fn series(&self) -> Vec<MinuteCounts> {
+        self.series.last_day(crate::clock::unix_now())
     }
 
     /// Records a question the cache could not answer.
@@ -222,7 +237,7 @@ fn rcode_name(rcode: u16) -> String {
 }
 
 /// Upstream answer times.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct LatencyHistogram {
     /// Upper bound of each bucket but the last, microseconds.
     pub bounds_us: Vec<u64>,
@@ -233,7 +248,7 @@ pub struct LatencyHistogram {
 }
 
 /// Counters as reported by the API.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StatsSnapshot {
     /// Queries answered.
     pub queries: u64,

@@ -13,14 +13,16 @@ use serde::Serialize;
 use super::Outcome;
 
 /// One logged query.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LogEntry {
     /// When it was answered, Unix milliseconds.
     pub unix_ms: u64,
     /// Who asked.
+    #[schema(value_type = String)]
     pub client: IpAddr,
     /// The name asked, dotted.
     #[serde(serialize_with = "serialize_name")]
+    #[schema(value_type = String)]
     pub name: heapless::Vec<u8, 255>,
     /// Query type number.
     pub qtype: u16,
@@ -37,6 +39,48 @@ fn serialize_name<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&String::from_utf8_lossy(name))
+}
+
+/// Which entries a search returns; every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    /// Part of the name, lower case.
+    pub name: Option<String>,
+    /// The client's address.
+    pub client: Option<IpAddr>,
+    /// The query type number.
+    pub qtype: Option<u16>,
+    /// How the query was answered.
+    pub outcome: Option<Outcome>,
+    /// Answered at or after this time, Unix milliseconds.
+    pub since_ms: Option<u64>,
+    /// Answered before this time, Unix milliseconds.
+    pub until_ms: Option<u64>,
+}
+
+impl LogFilter {
+    fn matches(&self, entry: &LogEntry) -> bool {
+        self.client.is_none_or(|client| client == entry.client)
+            && self.qtype.is_none_or(|qtype| qtype == entry.qtype)
+            && self.outcome.is_none_or(|outcome| outcome == entry.outcome)
+            && self.since_ms.is_none_or(|since| entry.unix_ms >= since)
+            && self.until_ms.is_none_or(|until| entry.unix_ms < until)
+            && self.name.as_deref().is_none_or(|part| {
+                entry
+                    .name
+                    .windows(part.len().max(1))
+                    .any(|window| window.eq_ignore_ascii_case(part.as_bytes()))
+            })
+    }
+}
+
+/// One page of a query log search.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LogPage {
+    /// The entries, newest first.
+    pub entries: Vec<LogEntry>,
+    /// Whether more entries match past this page.
+    pub more: bool,
 }
 
 #[derive(Debug, Default)]
@@ -84,15 +128,20 @@ impl QueryLog {
         self.lost.load(Ordering::Relaxed)
     }
 
-    /// The newest `limit` entries, newest first.
-    pub fn recent(&self, limit: usize) -> Vec<LogEntry> {
+    /// The entries `filter` matches, newest first, skipping `offset` of
+    /// them and returning at most `limit`.
+    pub fn search(&self, filter: &LogFilter, offset: usize, limit: usize) -> LogPage {
         let ring = self.ring.lock();
         let available = ring.written.min(self.capacity as u64);
-        (0..available.min(limit as u64))
-            .map(|back| {
-                ring.entries[((ring.written - 1 - back) % self.capacity as u64) as usize].clone()
-            })
-            .collect()
+        let mut matching = (0..available)
+            .map(|back| &ring.entries[((ring.written - 1 - back) % self.capacity as u64) as usize])
+            .filter(|entry| filter.matches(entry))
+            .skip(offset);
+        let entries: Vec<LogEntry> = matching.by_ref().take(limit).cloned().collect();
+        LogPage {
+            more: matching.next().is_some(),
+            entries,
+        }
     }
 
     /// Copies out the entries not yet on disk, a chunk per lock hold so
@@ -218,6 +267,49 @@ mod tests {
     }
 
     #[test]
+    fn search_filters_then_pages() {
+        let log = QueryLog::new(100);
+        for index in 0..30u64 {
+            let mut entry = entry(&format!("host{index}.Example.org"));
+            entry.unix_ms = index * 1000;
+            entry.outcome = if index % 3 == 0 {
+                Outcome::Blocked
+            } else {
+                Outcome::Forwarded
+            };
+            log.push(entry);
+        }
+        let blocked = LogFilter {
+            outcome: Some(Outcome::Blocked),
+            ..LogFilter::default()
+        };
+        let first = log.search(&blocked, 0, 4);
+        let times: Vec<u64> = first.entries.iter().map(|entry| entry.unix_ms).collect();
+        assert_eq!(times, [27_000, 24_000, 21_000, 18_000]);
+        assert!(first.more);
+        let last = log.search(&blocked, 8, 4);
+        assert_eq!(last.entries.len(), 2);
+        assert!(!last.more);
+        let by_name = LogFilter {
+            name: Some("host2".into()),
+            until_ms: Some(25_000),
+            ..LogFilter::default()
+        };
+        let names: Vec<u64> = log
+            .search(&by_name, 0, 100)
+            .entries
+            .iter()
+            .map(|entry| entry.unix_ms / 1000)
+            .collect();
+        assert_eq!(names, [24, 23, 22, 21, 20, 2]);
+        let by_case = LogFilter {
+            name: Some("example.ORG".into()),
+            ..LogFilter::default()
+        };
+        assert_eq!(log.search(&by_case, 0, 100).entries.len(), 30);
+    }
+
+    #[test]
     fn civil_dates() {
         assert_eq!(civil_date(0), (1970, 1, 1));
         assert_eq!(civil_date(20_415), (2025, 11, 23));
@@ -233,7 +325,8 @@ mod tests {
             log.push(entry(&format!("n{index}")));
         }
         let names: Vec<String> = log
-            .recent(10)
+            .search(&LogFilter::default(), 0, 10)
+            .entries
             .iter()
             .map(|entry| String::from_utf8_lossy(&entry.name).into_owned())
             .collect();

@@ -69,6 +69,16 @@ pub mod files {
     pub const BUNDLE: &str = "bundle";
     /// The primary's paired replicas: pins, revocations, last known state.
     pub const REPLICAS: &str = "replicas.json";
+    /// `[policy]` as last saved through the control API; replaces the
+    /// configuration file's.
+    pub const POLICY_SETTINGS: &str = "policy-settings.toml";
+    /// `[tuning]` as last saved through the control API; replaces the
+    /// configuration file's.
+    pub const TUNING_SETTINGS: &str = "tuning-settings.toml";
+    /// What each blocklist source gave at the last compile and download.
+    pub const SOURCE_STATUS: &str = "sources.json";
+    /// The admin password's argon2 hash (PHC string, secret).
+    pub const ADMIN_PASSWORD: &str = "admin.password";
 }
 
 /// The data directory.
@@ -132,6 +142,17 @@ impl DataDir {
             Ok(bytes) => Ok(Some(bytes)),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Deletes `name`; deleting a file that does not exist succeeds.
+    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+        let path = self.path(name);
+        match fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::Io { path, source: err })
+            }
+            _ => Ok(()),
         }
     }
 

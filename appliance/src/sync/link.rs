@@ -30,7 +30,7 @@ pub trait Replica: Send + Sync + 'static {
 }
 
 /// How the link is doing, for status.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LinkHealth {
     /// Connected to the primary now.
     pub connected: bool,

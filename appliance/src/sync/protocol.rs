@@ -151,7 +151,7 @@ impl Message for PrimaryMessage {
 }
 
 /// A replica's counters, as sent in heartbeats.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicaStats {
     /// Queries answered.
     pub queries: u64,

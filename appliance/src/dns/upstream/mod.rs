@@ -75,7 +75,7 @@ pub struct Upstreams {
 }
 
 /// A health snapshot of one upstream, for status output.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct UpstreamStatus {
     /// The URL.
     pub url: String,

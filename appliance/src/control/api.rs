@@ -1,0 +1,504 @@
+//! The JSON API's handlers. Each carries its OpenAPI description, and the
+//! route table is built from those descriptions, so the document and the
+//! routes cannot drift apart.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, FromRequest, OptionalFromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{ApiError, AppState, auth, from_loopback, metrics};
+use crate::clock;
+use crate::config::{Policy, Tuning};
+use crate::daemon::{Daemon, PolicyView, Status};
+use crate::fleet::ReplicaView;
+use crate::policy::PauseState;
+use crate::stats::{LogFilter, LogPage, MinuteCounts, Outcome, StatsSnapshot};
+
+/// The routes that need a session or the token.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(stats))
+        .routes(routes!(query_log))
+        .routes(routes!(get_policy, put_policy))
+        .routes(routes!(get_tuning, put_tuning))
+        .routes(routes!(reload))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(pairing_code))
+        .routes(routes!(join))
+        .routes(routes!(replicas))
+        .routes(routes!(revoke))
+}
+
+/// The routes that let a person in.
+pub(super) fn auth_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(auth_state))
+        .routes(routes!(setup))
+        .routes(routes!(login))
+        .routes(routes!(logout))
+}
+
+/// A JSON body whose rejection is answered like every other error:
+/// `{"error": ...}` naming the key that is wrong.
+struct JsonBody<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(request, state)
+            .await
+            .map(|Json(value)| Self(value))
+            .map_err(|rejection| ApiError(rejection.status(), rejection.body_text()))
+    }
+}
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        <Json<T> as OptionalFromRequest<S>>::from_request(request, state)
+            .await
+            .map(|body| body.map(|Json(value)| Self(value)))
+            .map_err(|rejection| ApiError(rejection.status(), rejection.body_text()))
+    }
+}
+
+/// Runs blocking daemon work (compiling, hashing) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+}
+
+/// Whether the caller is logged in, and whether a password exists yet.
+#[derive(Serialize, ToSchema)]
+struct AuthState {
+    password_set: bool,
+    authenticated: bool,
+}
+
+#[utoipa::path(get, path = "/api/v1/auth", tag = "auth",
+    responses((status = 200, body = AuthState)))]
+async fn auth_state(State(state): State<AppState>, headers: HeaderMap) -> Json<AuthState> {
+    Json(AuthState {
+        password_set: state.auth.password_set(),
+        authenticated: state.auth.admits(&headers, clock::unix_now_ms()),
+    })
+}
+
+/// A password, to set or to log in with.
+#[derive(Deserialize, ToSchema)]
+struct PasswordBody {
+    password: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/setup", tag = "auth",
+    description = "Sets the first admin password; only from this machine or with the bearer token.",
+    request_body = PasswordBody,
+    responses((status = 204, description = "set; the session cookie is in Set-Cookie"),
+        (status = 403, body = super::ApiErrorBody), (status = 409, body = super::ApiErrorBody)))]
+async fn setup(
+    State(state): State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PasswordBody>,
+) -> Result<Response, ApiError> {
+    let trusted = from_loopback(&peer) || state.auth.has_token(&headers);
+    let auth = Arc::clone(&state.auth);
+    let session = blocking(move || {
+        Ok(auth.set_first_password(&body.password, trusted, clock::unix_now_ms())?)
+    })
+    .await?;
+    Ok(with_cookie(&auth::session_cookie(&session)))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
+    request_body = PasswordBody,
+    responses((status = 204, description = "logged in; the session cookie is in Set-Cookie"),
+        (status = 401, body = super::ApiErrorBody),
+        (status = 429, description = "too many failed logins; see Retry-After", body = super::ApiErrorBody)))]
+async fn login(
+    State(state): State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    JsonBody(body): JsonBody<PasswordBody>,
+) -> Result<Response, Response> {
+    let auth = Arc::clone(&state.auth);
+    let client = peer.0.ip();
+    let result = tokio::task::spawn_blocking(move || {
+        auth.login(client, &body.password, clock::unix_now_ms())
+    })
+    .await
+    .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response())?;
+    match result {
+        Ok(session) => Ok(with_cookie(&auth::session_cookie(&session))),
+        Err(err) => {
+            let retry = match &err {
+                auth::AuthError::Throttled(wait) => Some(wait.as_secs().max(1)),
+                _ => None,
+            };
+            let mut response = ApiError::from(err).into_response();
+            if let Some(secs) = retry {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Err(response)
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    responses((status = 204, description = "the session is closed")))]
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    state.auth.logout(&headers);
+    with_cookie(&auth::expired_cookie())
+}
+
+fn with_cookie(cookie: &str) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+#[utoipa::path(get, path = "/api/v1/status", tag = "status",
+    responses((status = 200, body = Status)), security(("bearer" = []), ("session" = [])))]
+async fn status(State(state): State<AppState>) -> Json<Status> {
+    Json(state.daemon.status())
+}
+
+/// How many entries each top list holds.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct TopParam {
+    /// Entries per top list (default 10, at most 1000).
+    top: Option<usize>,
+}
+
+/// Counters, top lists and the last day minute by minute.
+#[derive(Serialize, ToSchema)]
+struct StatsView {
+    #[serde(flatten)]
+    snapshot: StatsSnapshot,
+    /// Queries per minute over the last day, oldest first.
+    series: Vec<MinuteCounts>,
+}
+
+#[utoipa::path(get, path = "/api/v1/stats", tag = "status", params(TopParam),
+    responses((status = 200, body = StatsView)), security(("bearer" = []), ("session" = [])))]
+async fn stats(State(state): State<AppState>, Query(param): Query<TopParam>) -> Json<StatsView> {
+    let stats = state.daemon.handler().stats();
+    Json(StatsView {
+        snapshot: stats.snapshot(param.top.unwrap_or(10).min(1000)),
+        series: stats.series(),
+    })
+}
+
+/// A query log search.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct LogQuery {
+    /// Entries per page (default 100, at most 1000).
+    limit: Option<usize>,
+    /// Matching entries to skip, newest first.
+    offset: Option<usize>,
+    /// Part of the name.
+    name: Option<String>,
+    /// The client's address.
+    client: Option<String>,
+    /// Query type, by name (`AAAA`) or number.
+    qtype: Option<String>,
+    /// How it was answered: cached, forwarded, stale, blocked, rejected, failed, local.
+    verdict: Option<String>,
+    /// Answered at or after, Unix milliseconds.
+    since_ms: Option<u64>,
+    /// Answered before, Unix milliseconds.
+    until_ms: Option<u64>,
+}
+
+impl LogQuery {
+    fn filter(&self) -> Result<LogFilter, ApiError> {
+        let bad = |what: &str, value: &str| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("{what} `{value}` is not valid"),
+            )
+        };
+        let present = |value: &Option<String>| value.clone().filter(|value| !value.is_empty());
+        Ok(LogFilter {
+            name: present(&self.name).map(|name| name.to_ascii_lowercase()),
+            client: present(&self.client)
+                .map(|text| IpAddr::from_str(&text).map_err(|_| bad("client", &text)))
+                .transpose()?,
+            qtype: present(&self.qtype)
+                .map(|text| {
+                    text.parse::<u16>()
+                        .ok()
+                        .or_else(|| {
+                            hickory_proto::rr::RecordType::from_str(&text.to_ascii_uppercase())
+                                .ok()
+                                .map(u16::from)
+                        })
+                        .ok_or_else(|| bad("qtype", &text))
+                })
+                .transpose()?,
+            outcome: present(&self.verdict)
+                .map(|text| {
+                    serde_json::from_value::<Outcome>(serde_json::Value::String(text.clone()))
+                        .map_err(|_| bad("verdict", &text))
+                })
+                .transpose()?,
+            since_ms: self.since_ms,
+            until_ms: self.until_ms,
+        })
+    }
+}
+
+/// One page of the query log.
+#[derive(Serialize, ToSchema)]
+struct LogPageView {
+    #[serde(flatten)]
+    page: LogPage,
+    offset: usize,
+    limit: usize,
+}
+
+#[utoipa::path(get, path = "/api/v1/querylog", tag = "status", params(LogQuery),
+    responses((status = 200, body = LogPageView), (status = 400, body = super::ApiErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+async fn query_log(
+    State(state): State<AppState>,
+    Query(query): Query<LogQuery>,
+) -> Result<Json<LogPageView>, ApiError> {
+    let filter = query.filter()?;
+    let (offset, limit) = (
+        query.offset.unwrap_or(0),
+        query.limit.unwrap_or(100).min(1000),
+    );
+    let page = state
+        .daemon
+        .handler()
+        .query_log()
+        .search(&filter, offset, limit);
+    Ok(Json(LogPageView {
+        page,
+        offset,
+        limit,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/policy", tag = "settings",
+    responses((status = 200, body = PolicyView)), security(("bearer" = []), ("session" = [])))]
+async fn get_policy(State(state): State<AppState>) -> Result<Json<PolicyView>, ApiError> {
+    let daemon = Arc::clone(&state.daemon);
+    Ok(Json(blocking(move || Ok(daemon.policy())).await?))
+}
+
+/// The configuration generation a change produced.
+#[derive(Serialize, ToSchema)]
+struct Applied {
+    config_generation: u64,
+}
+
+#[utoipa::path(put, path = "/api/v1/policy", tag = "settings",
+    description = "Replaces the whole policy (the primary only) and applies it to the fleet.",
+    request_body(content = Object, description = "The `policy` object of GET /api/v1/policy"),
+    responses((status = 200, body = Applied),
+        (status = 409, description = "this appliance is a replica", body = super::ApiErrorBody),
+        (status = 422, description = "invalid; the message names the key", body = super::ApiErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+async fn put_policy(
+    State(state): State<AppState>,
+    JsonBody(policy): JsonBody<Policy>,
+) -> Result<Json<Applied>, ApiError> {
+    apply(state.daemon, move |daemon| daemon.set_policy(&policy)).await
+}
+
+/// This appliance's tuning.
+#[derive(Serialize, ToSchema)]
+struct TuningView {
+    #[schema(value_type = Object)]
+    tuning: Tuning,
+}
+
+#[utoipa::path(get, path = "/api/v1/tuning", tag = "settings",
+    responses((status = 200, body = TuningView)), security(("bearer" = []), ("session" = [])))]
+async fn get_tuning(State(state): State<AppState>) -> Json<TuningView> {
+    Json(TuningView {
+        tuning: state.daemon.tuning(),
+    })
+}
+
+#[utoipa::path(put, path = "/api/v1/tuning", tag = "settings",
+    description = "Replaces this appliance's tuning and applies it; kept across restarts.",
+    request_body(content = Object, description = "The `tuning` object of GET /api/v1/tuning"),
+    responses((status = 200, body = Applied),
+        (status = 422, description = "invalid; the message names the key", body = super::ApiErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+async fn put_tuning(
+    State(state): State<AppState>,
+    JsonBody(tuning): JsonBody<Tuning>,
+) -> Result<Json<Applied>, ApiError> {
+    apply(state.daemon, move |daemon| daemon.set_tuning(&tuning)).await
+}
+
+#[utoipa::path(post, path = "/api/v1/reload", tag = "settings",
+    description = "Reads the configuration file again and applies it.",
+    responses((status = 200, body = Applied), (status = 422, body = super::ApiErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+async fn reload(State(state): State<AppState>) -> Result<Json<Applied>, ApiError> {
+    apply(state.daemon, |daemon| daemon.reload()).await
+}
+
+async fn apply(
+    daemon: Arc<Daemon>,
+    change: impl FnOnce(&Daemon) -> Result<u64, crate::daemon::DaemonError> + Send + 'static,
+) -> Result<Json<Applied>, ApiError> {
+    let config_generation = blocking(move || Ok(change(&daemon)?)).await?;
+    Ok(Json(Applied { config_generation }))
+}
+
+/// How long to pause blocking.
+#[derive(Deserialize, Default, ToSchema)]
+struct PauseBody {
+    /// `"30s"`, `"5m"`, `"1h"`; absent pauses until resumed.
+    duration: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/pause", tag = "blocking",
+    request_body(content = PauseBody, description = "Absent or null duration: until resumed"),
+    responses((status = 200, body = PauseState), (status = 400, body = super::ApiErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+async fn pause(
+    State(state): State<AppState>,
+    body: Option<JsonBody<PauseBody>>,
+) -> Result<Json<PauseState>, ApiError> {
+    let body = body.map(|JsonBody(body)| body).unwrap_or_default();
+    let duration = body.duration.as_deref().map(parse_duration).transpose()?;
+    Ok(Json(state.daemon.pause(duration)?))
+}
+
+#[utoipa::path(post, path = "/api/v1/resume", tag = "blocking",
+    responses((status = 200, body = PauseState)), security(("bearer" = []), ("session" = [])))]
+async fn resume(State(state): State<AppState>) -> Result<Json<PauseState>, ApiError> {
+    Ok(Json(state.daemon.resume()?))
+}
+
+/// How long a pairing code stays valid.
+#[derive(Deserialize, Default, ToSchema)]
+struct CodeBody {
+    /// `"10m"` unless given.
+    valid: Option<String>,
+}
+
+/// A one-time pairing code.
+#[derive(Serialize, ToSchema)]
+struct PairingCode {
+    code: String,
+    valid_secs: u64,
+    expires_unix: u64,
+}
+
+#[utoipa::path(post, path = "/api/v1/pairing-code", tag = "fleet",
+    description = "Issues a one-time code a replica pairs with (the primary only).",
+    request_body(content = CodeBody),
+    responses((status = 200, body = PairingCode), (status = 409, body = super::ApiErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+async fn pairing_code(
+    State(state): State<AppState>,
+    body: Option<JsonBody<CodeBody>>,
+) -> Result<Json<PairingCode>, ApiError> {
+    let body = body.map(|JsonBody(body)| body).unwrap_or_default();
+    let valid = body.valid.as_deref().map(parse_duration).transpose()?;
+    let (code, valid) = state.daemon.issue_pairing_code(valid)?;
+    Ok(Json(PairingCode {
+        code,
+        valid_secs: valid.as_secs(),
+        expires_unix: clock::unix_now() + valid.as_secs(),
+    }))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, ApiError> {
+    humantime::parse_duration(text)
+        .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("duration `{text}`: {err}")))
+}
+
+/// Where the primary is and the code it issued.
+#[derive(Deserialize, ToSchema)]
+struct JoinBody {
+    address: String,
+    code: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/join", tag = "fleet",
+    description = "Pairs this appliance with a primary and makes it a replica.",
+    request_body = JoinBody,
+    responses((status = 200, description = "the pinned primary", body = Object),
+        (status = 403, body = super::ApiErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+async fn join(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<JoinBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let pin = state.daemon.join(&body.address, &body.code).await?;
+    Ok(Json(pin))
+}
+
+#[utoipa::path(get, path = "/api/v1/replicas", tag = "fleet",
+    description = "The primary's replicas, their status and their last pushed stats.",
+    responses((status = 200, body = Vec<ReplicaView>)), security(("bearer" = []), ("session" = [])))]
+async fn replicas(State(state): State<AppState>) -> Json<Vec<ReplicaView>> {
+    Json(state.daemon.replicas())
+}
+
+/// The replica that was revoked.
+#[derive(Serialize, ToSchema)]
+struct Revoked {
+    revoked: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/replicas/{name}/revoke", tag = "fleet",
+    params(("name" = String, Path, description = "The replica's name")),
+    responses((status = 200, body = Revoked), (status = 404, body = super::ApiErrorBody),
+        (status = 409, body = super::ApiErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+async fn revoke(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
+    if state.daemon.revoke(&name)? {
+        Ok(Json(Revoked { revoked: name }))
+    } else {
+        Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no replica named `{name}`"),
+        ))
+    }
+}
+
+/// `/metrics` in the Prometheus text format.
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    let status = state.daemon.status();
+    let stats = state.daemon.handler().stats().snapshot(0);
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&status, &stats),
+    )
+        .into_response()
+}

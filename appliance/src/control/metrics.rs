@@ -1,0 +1,256 @@
+//! `/metrics`: the appliance's counters in the Prometheus text format
+//! (version 0.0.4).
+
+use std::fmt::Write;
+
+use crate::daemon::Status;
+use crate::fleet::ReplicaStatus;
+use crate::stats::StatsSnapshot;
+
+/// The content type of the text format.
+pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders every metric of `status` and `stats`.
+pub(super) fn render(status: &Status, stats: &StatsSnapshot) -> String {
+    let mut out = Exposition::default();
+    out.family("moat_info", "gauge", "Build and role of this appliance.");
+    out.sample(
+        "moat_info",
+        &[
+            ("version", &status.version),
+            ("role", &status.role),
+            ("name", &status.name),
+        ],
+        1,
+    );
+    out.single(
+        "moat_uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        status.uptime_secs,
+    );
+    out.labelled(
+        "moat_queries_total",
+        "counter",
+        "Queries answered, by query type.",
+        "type",
+        &stats.by_type,
+    );
+    out.labelled(
+        "moat_responses_total",
+        "counter",
+        "Queries answered, by response code.",
+        "rcode",
+        &stats.by_rcode,
+    );
+    let verdicts = [
+        ("cached", stats.cache_hits),
+        ("forwarded", stats.forwarded),
+        ("stale", stats.stale_served),
+        ("blocked", stats.blocked),
+        ("rejected", stats.rejected),
+        ("failed", stats.failed),
+        ("local", stats.local),
+    ]
+    .map(|(verdict, count)| (verdict.to_owned(), count));
+    out.labelled(
+        "moat_answers_total",
+        "counter",
+        "Queries answered, by how they were answered.",
+        "verdict",
+        &verdicts,
+    );
+    out.single(
+        "moat_cache_hits_total",
+        "counter",
+        "Answers from the cache.",
+        stats.cache_hits,
+    );
+    out.single(
+        "moat_cache_misses_total",
+        "counter",
+        "Questions the cache could not answer.",
+        stats.cache_misses,
+    );
+    out.single(
+        "moat_cache_stale_total",
+        "counter",
+        "Expired answers served because upstreams failed or were slow.",
+        stats.stale_served,
+    );
+    out.single(
+        "moat_cache_entries",
+        "gauge",
+        "Answers in the cache.",
+        status.cache_entries as u64,
+    );
+    out.single(
+        "moat_upstream_errors_total",
+        "counter",
+        "Failed upstream attempts.",
+        stats.upstream_errors,
+    );
+    upstream_latency(&mut out, stats);
+    out.single(
+        "moat_policy_faults_total",
+        "counter",
+        "Policy plugin faults since the policy in force was loaded.",
+        status.policy_faults,
+    );
+    out.single(
+        "moat_query_log_lost_total",
+        "counter",
+        "Query log entries dropped before they reached disk.",
+        status.query_log_lost,
+    );
+    out.single(
+        "moat_blocking_paused",
+        "gauge",
+        "1 while blocking is paused.",
+        u64::from(!matches!(status.pause, crate::policy::PauseState::Blocking)),
+    );
+    if let Some(version) = status.bundle_version {
+        out.single(
+            "moat_bundle_version",
+            "gauge",
+            "Version of the policy bundle in force.",
+            version,
+        );
+    }
+    replicas(&mut out, status);
+    out.text
+}
+
+fn upstream_latency(out: &mut Exposition, stats: &StatsSnapshot) {
+    const NAME: &str = "moat_upstream_latency_seconds";
+    let histogram = &stats.upstream_latency;
+    out.family(NAME, "histogram", "Upstream answer times.");
+    let mut cumulative = 0;
+    for (bound, count) in histogram.bounds_us.iter().zip(&histogram.counts) {
+        cumulative += count;
+        let le = format!("{}", *bound as f64 / 1e6);
+        out.sample(&format!("{NAME}_bucket"), &[("le", &le)], cumulative);
+    }
+    let total: u64 = histogram.counts.iter().sum();
+    out.sample(&format!("{NAME}_bucket"), &[("le", "+Inf")], total);
+    let _ = writeln!(out.text, "{NAME}_sum {}", histogram.sum_us as f64 / 1e6);
+    out.sample(&format!("{NAME}_count"), &[], total);
+}
+
+fn replicas(out: &mut Exposition, status: &Status) {
+    if status.replicas.is_empty() {
+        return;
+    }
+    out.family(
+        "moat_replica_status",
+        "gauge",
+        "1 for each replica's current status (active, pending_sync, error).",
+    );
+    for replica in &status.replicas {
+        for (state, name) in [
+            (ReplicaStatus::Active, "active"),
+            (ReplicaStatus::PendingSync, "pending_sync"),
+            (ReplicaStatus::Error, "error"),
+        ] {
+            out.sample(
+                "moat_replica_status",
+                &[("replica", &replica.name), ("status", name)],
+                u64::from(replica.status == state),
+            );
+        }
+    }
+    out.family(
+        "moat_replica_last_seen_timestamp_seconds",
+        "gauge",
+        "When each replica was last heard from, Unix seconds.",
+    );
+    for replica in &status.replicas {
+        if let Some(ms) = replica.last_seen_unix_ms {
+            out.sample(
+                "moat_replica_last_seen_timestamp_seconds",
+                &[("replica", &replica.name)],
+                ms / 1000,
+            );
+        }
+    }
+    out.family(
+        "moat_replica_bundle_version",
+        "gauge",
+        "The bundle version each replica last said it runs.",
+    );
+    for replica in &status.replicas {
+        if let Some(version) = replica.bundle_version {
+            out.sample(
+                "moat_replica_bundle_version",
+                &[("replica", &replica.name)],
+                version,
+            );
+        }
+    }
+}
+
+/// A text exposition being written.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (index, (label, value)) in labels.iter().enumerate() {
+                if index > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{label}=\"{}\"", escape(value));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    fn labelled(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        label: &str,
+        values: &[(String, u64)],
+    ) {
+        self.family(name, kind, help);
+        for (key, value) in values {
+            self.sample(name, &[(label, key)], *value);
+        }
+    }
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Exposition::default();
+        out.sample("m", &[("name", "a\"b\\c\nd")], 3);
+        assert_eq!(out.text, "m{name=\"a\\\"b\\\\c\\nd\"} 3\n");
+    }
+}

@@ -1,0 +1,437 @@
+//! The control API over real HTTP against the real binary: who may do
+//! what, settings that persist, the query log's filters, the fleet's
+//! rules, and `/metrics` read by Prometheus' own parser.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use moat_system_tests::{ApiClient, Credentials, MoatProcess};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::fleet::{PRIMARY, Primary, SYNC_LIMIT, answers, eventually, logs, pair, replica};
+use crate::moat_with_upstream;
+
+const PASSWORD: &str = "correct horse battery";
+
+fn open_client(moat: &MoatProcess) -> ApiClient {
+    ApiClient::new(moat, Credentials::None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_needs_a_login_and_wrong_passwords_are_throttled() {
+    let (moat, _upstream) = moat_with_upstream("").await;
+    let anonymous = open_client(&moat);
+    for (method, path) in [
+        ("GET", "/api/v1/status"),
+        ("GET", "/api/v1/querylog"),
+        ("GET", "/metrics"),
+        ("PUT", "/api/v1/tuning"),
+        ("PUT", "/api/v1/policy"),
+        ("POST", "/api/v1/pause"),
+        ("POST", "/api/v1/pairing-code"),
+    ] {
+        let response = anonymous
+            .send(method.parse().unwrap(), path, Some(&json!({})))
+            .await;
+        assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+    let state = anonymous.get("/api/v1/auth").await;
+    assert_eq!(state.body["password_set"], false, "{}", state.text);
+
+    let short = anonymous
+        .post("/api/v1/auth/setup", &json!({ "password": "short" }))
+        .await;
+    assert_eq!(
+        short.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        short.text
+    );
+    let setup = anonymous
+        .post("/api/v1/auth/setup", &json!({ "password": PASSWORD }))
+        .await;
+    assert_eq!(setup.status, StatusCode::NO_CONTENT, "{}", setup.text);
+    let cookie = setup.set_cookie().unwrap_or_default().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let again = anonymous
+        .post(
+            "/api/v1/auth/setup",
+            &json!({ "password": "another password" }),
+        )
+        .await;
+    assert_eq!(
+        again.status,
+        StatusCode::CONFLICT,
+        "the password is set once"
+    );
+
+    let browser = anonymous.with_credentials(Credentials::Session(setup.session().unwrap()));
+    let paused = browser
+        .post("/api/v1/pause", &json!({ "duration": "5m" }))
+        .await;
+    assert_eq!(paused.status, StatusCode::OK, "{}", paused.text);
+    assert_eq!(paused.body["state"], "paused_until");
+    let logout = browser.post("/api/v1/auth/logout", &json!({})).await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        browser.post("/api/v1/resume", &json!({})).await.status,
+        StatusCode::UNAUTHORIZED,
+        "a closed session opens nothing"
+    );
+
+    for attempt in 0..6 {
+        let wrong = anonymous
+            .post(
+                "/api/v1/auth/login",
+                &json!({ "password": format!("guess {attempt}") }),
+            )
+            .await;
+        assert_eq!(
+            wrong.status,
+            StatusCode::UNAUTHORIZED,
+            "attempt {attempt}: {}",
+            wrong.text
+        );
+    }
+    let throttled = anonymous
+        .post("/api/v1/auth/login", &json!({ "password": PASSWORD }))
+        .await;
+    assert_eq!(
+        throttled.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits after six wrong ones: {}",
+        throttled.text
+    );
+    let retry: u64 = throttled.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "retry after {retry} s");
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    let login = anonymous
+        .post("/api/v1/auth/login", &json!({ "password": PASSWORD }))
+        .await;
+    assert_eq!(login.status, StatusCode::NO_CONTENT, "{}", login.text);
+    let session = anonymous.with_credentials(Credentials::Session(login.session().unwrap()));
+    assert_eq!(session.get("/api/v1/status").await.status, StatusCode::OK);
+    assert_eq!(
+        ApiClient::with_token(&moat)
+            .get("/api/v1/status")
+            .await
+            .status,
+        StatusCode::OK,
+        "scripts use the bearer token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_route() {
+    let (moat, _upstream) = moat_with_upstream("").await;
+    let document = open_client(&moat).get("/api/openapi.json").await;
+    assert_eq!(document.status, StatusCode::OK);
+    let paths = document.body["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/api/v1/status", "get"),
+        ("/api/v1/stats", "get"),
+        ("/api/v1/querylog", "get"),
+        ("/api/v1/policy", "put"),
+        ("/api/v1/tuning", "put"),
+        ("/api/v1/pause", "post"),
+        ("/api/v1/pairing-code", "post"),
+        ("/api/v1/replicas/{name}/revoke", "post"),
+        ("/api/v1/auth/login", "post"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|item| item.get(method)).is_some(),
+            "{method} {path} missing from {:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
+    }
+    // Every documented path answers something other than 404.
+    let client = ApiClient::with_token(&moat);
+    for path in paths.keys().filter(|path| !path.contains('{')) {
+        let response = client.get(path).await;
+        assert_ne!(response.status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tuning_and_policy_writes_persist_across_restart_and_bad_ones_change_nothing() {
+    let (moat, upstream) = moat_with_upstream("").await;
+    let api = ApiClient::with_token(&moat);
+    let mut tuning = api.get("/api/v1/tuning").await.body["tuning"].clone();
+    tuning["cache"]["min_ttl"] = json!("42s");
+    tuning["query_log"]["retention"] = json!("3days");
+    let saved = api.put("/api/v1/tuning", &tuning).await;
+    assert_eq!(saved.status, StatusCode::OK, "{}", saved.text);
+
+    let mut broken = tuning.clone();
+    broken["cache"]["min_ttl"] = json!("2days");
+    let refused = api.put("/api/v1/tuning", &broken).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.text
+    );
+    assert!(
+        refused.text.contains("min_ttl"),
+        "names the key: {}",
+        refused.text
+    );
+    let mut mistyped = tuning.clone();
+    mistyped["cache"]["min_tll"] = json!("1s");
+    let refused = api.put("/api/v1/tuning", &mistyped).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.text
+    );
+    assert!(
+        refused.text.contains("min_tll"),
+        "names the key: {}",
+        refused.text
+    );
+
+    let mut policy = api.get("/api/v1/policy").await.body["policy"].clone();
+    policy["deny"] = json!(["denied.test"]);
+    let saved = api.put("/api/v1/policy", &policy).await;
+    assert_eq!(saved.status, StatusCode::OK, "{}", saved.text);
+    let mut no_upstreams = policy.clone();
+    no_upstreams["upstreams"] = json!([]);
+    let refused = api.put("/api/v1/policy", &no_upstreams).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.text
+    );
+    assert!(
+        refused.text.contains("policy.upstreams"),
+        "{}",
+        refused.text
+    );
+
+    let moat = moat.restart().await;
+    let api = ApiClient::with_token(&moat);
+    let tuning = api.get("/api/v1/tuning").await.body["tuning"].clone();
+    assert_eq!(tuning["cache"]["min_ttl"], "42s", "{tuning}");
+    assert_eq!(tuning["query_log"]["retention"], "3days", "{tuning}");
+    let policy = api.get("/api/v1/policy").await.body;
+    assert_eq!(policy["policy"]["deny"], json!(["denied.test"]), "{policy}");
+    assert_eq!(policy["editable"], true);
+    assert_eq!(
+        policy["policy"]["upstreams"],
+        json!([format!("udp://{}", upstream.addr)])
+    );
+    let answer = moat.dns.a("denied.test").await;
+    assert_eq!(
+        crate::ips(&answer),
+        ["0.0.0.0"],
+        "the saved deny rule is in force"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_log_pages_and_filters() {
+    let (moat, _upstream) = moat_with_upstream("deny = [\"*.blocked.test\"]").await;
+    for index in 0..12 {
+        moat.dns.a(&format!("host{index}.allowed.test")).await;
+        moat.dns.a(&format!("ad{index}.blocked.test")).await;
+    }
+    moat.dns6.a("six.allowed.test").await;
+    let api = ApiClient::with_token(&moat);
+
+    let first = api.get("/api/v1/querylog?verdict=blocked&limit=5").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let names = |page: &Value| -> Vec<String> {
+        page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&first.body),
+        [
+            "ad11.blocked.test",
+            "ad10.blocked.test",
+            "ad9.blocked.test",
+            "ad8.blocked.test",
+            "ad7.blocked.test"
+        ]
+    );
+    assert_eq!(first.body["more"], true);
+    let last = api
+        .get("/api/v1/querylog?verdict=blocked&limit=5&offset=10")
+        .await;
+    assert_eq!(names(&last.body), ["ad1.blocked.test", "ad0.blocked.test"]);
+    assert_eq!(last.body["more"], false);
+
+    let by_name = api.get("/api/v1/querylog?name=host1").await;
+    assert_eq!(
+        names(&by_name.body),
+        [
+            "host11.allowed.test",
+            "host10.allowed.test",
+            "host1.allowed.test"
+        ]
+    );
+    let by_client = api.get("/api/v1/querylog?client=::1").await;
+    assert_eq!(names(&by_client.body), ["six.allowed.test"]);
+    let by_type = api.get("/api/v1/querylog?qtype=AAAA").await;
+    assert_eq!(names(&by_type.body), Vec::<String>::new());
+    let by_type = api.get("/api/v1/querylog?qtype=a&limit=1000").await;
+    assert_eq!(names(&by_type.body).len(), 25);
+
+    let now_ms = moat::clock::unix_now_ms();
+    let future = api
+        .get(&format!("/api/v1/querylog?since_ms={}", now_ms + 60_000))
+        .await;
+    assert_eq!(names(&future.body), Vec::<String>::new());
+    let bad = api.get("/api/v1/querylog?verdict=maybe").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    assert!(bad.text.contains("maybe"), "{}", bad.text);
+
+    let stats = api.get("/api/v1/stats").await.body;
+    let series = stats["series"].as_array().expect("series");
+    let total: u64 = series
+        .iter()
+        .map(|minute| minute["queries"].as_u64().unwrap())
+        .sum();
+    let blocked: u64 = series
+        .iter()
+        .map(|minute| minute["blocked"].as_u64().unwrap())
+        .sum();
+    assert_eq!((total, blocked), (25, 12), "{series:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_policy_writes_and_follows_the_primarys() {
+    let primary = Primary::start("").await;
+    let (replica, _upstream) = replica().await;
+    pair(&primary.moat, &replica).await;
+    let on_replica = ApiClient::with_token(&replica);
+    let on_primary = ApiClient::with_token(&primary.moat);
+    let moats = [&primary.moat, &replica];
+
+    let view = eventually(
+        "the replica shows the synced policy",
+        SYNC_LIMIT,
+        &moats,
+        async || {
+            let view = on_replica.get("/api/v1/policy").await.body;
+            if view["synced_from"]["name"] == PRIMARY {
+                Ok(view)
+            } else {
+                Err(view.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(view["editable"], false);
+    let mut policy = view["policy"].clone();
+    policy["deny"] = json!(["from-api.test"]);
+    let refused = on_replica.put("/api/v1/policy", &policy).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text);
+    assert!(
+        refused.text.contains(PRIMARY),
+        "names the primary: {}",
+        refused.text
+    );
+    let code = on_replica.post("/api/v1/pairing-code", &json!({})).await;
+    assert_eq!(code.status, StatusCode::CONFLICT, "{}", code.text);
+
+    let mut tuning = on_replica.get("/api/v1/tuning").await.body["tuning"].clone();
+    tuning["cache"]["max_ttl"] = json!("1h");
+    let local = on_replica.put("/api/v1/tuning", &tuning).await;
+    assert_eq!(
+        local.status,
+        StatusCode::OK,
+        "tuning stays local: {}",
+        local.text
+    );
+
+    let mut policy = on_primary.get("/api/v1/policy").await.body["policy"].clone();
+    policy["deny"] = json!(["from-api.test"]);
+    let saved = on_primary.put("/api/v1/policy", &policy).await;
+    assert_eq!(saved.status, StatusCode::OK, "{}", saved.text);
+    answers(&replica, &[&primary.moat], "from-api.test", "0.0.0.0").await;
+    let synced = on_replica.get("/api/v1/policy").await.body;
+    assert_eq!(
+        synced["policy"]["deny"],
+        json!(["from-api.test"]),
+        "{synced}"
+    );
+
+    let code = on_primary
+        .post("/api/v1/pairing-code", &json!({ "valid": "2m" }))
+        .await;
+    assert_eq!(code.status, StatusCode::OK, "{}", code.text);
+    assert_eq!(code.body["valid_secs"], 120);
+    let replicas = on_primary.get("/api/v1/replicas").await.body;
+    assert_eq!(replicas[0]["name"], crate::fleet::REPLICA, "{replicas}");
+    let metrics = on_primary.get("/metrics").await.text;
+    assert!(
+        metrics.contains(&format!(
+            "moat_replica_status{{replica=\"{}\",status=\"active\"}}",
+            crate::fleet::REPLICA
+        )),
+        "{metrics}{}",
+        logs(&moats)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_prometheus_own_parser() {
+    let (moat, _upstream) = moat_with_upstream("deny = [\"blocked.test\"]").await;
+    for _ in 0..3 {
+        moat.dns.a("example.test").await;
+        moat.dns.a("blocked.test").await;
+    }
+    let metrics = ApiClient::with_token(&moat).get("/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        metrics.headers
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it) must run");
+    std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), metrics.text.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool refused the exposition: {}{}\n{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr),
+        metrics.text
+    );
+    let value = |line_start: &str| -> f64 {
+        metrics
+            .text
+            .lines()
+            .find_map(|line| line.strip_prefix(line_start)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{line_start}` in\n{}", metrics.text))
+    };
+    assert_eq!(value("moat_queries_total{type=\"A\"}"), 6.0);
+    assert_eq!(value("moat_answers_total{verdict=\"blocked\"}"), 3.0);
+    assert_eq!(value("moat_answers_total{verdict=\"cached\"}"), 2.0);
+    assert_eq!(value("moat_upstream_latency_seconds_count"), 1.0);
+    assert!(value("moat_bundle_version") >= 1.0);
+}
