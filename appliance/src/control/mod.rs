@@ -2,6 +2,7 @@
 //! `[instance] control`, and the client the `moat` CLI uses to reach it.
 
 mod client;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ pub async fn serve(daemon: Arc<Daemon>) -> Result<SocketAddr, DaemonError> {
         .route("/api/v1/replicas", get(replicas))
         .route("/api/v1/replicas/{name}/revoke", post(revoke))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .merge(ui::routes())
         .with_state(state);
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, api).await {
