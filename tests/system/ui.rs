@@ -201,6 +201,12 @@ impl Browser {
         );
     }
 
+    /// Waits until the text of `css` contains `needle`; returns that text.
+    async fn shows(&self, css: &str, needle: &str) -> String {
+        self.text_until(css, &format!("{needle:?}"), |text| text.contains(needle))
+            .await
+    }
+
     /// Waits for the element, then clicks it.
     async fn click(&self, css: &str) {
         self.find(css).await.click().await.expect("click");
@@ -330,6 +336,16 @@ async fn set_password(browser: &mut Browser, moat: &MoatProcess) {
     browser.find("[data-test=stat-queries-value]").await;
 }
 
+/// Logs in to `moat` with the password set before (from its login page,
+/// or from wherever the browser is if that is the login page already).
+async fn log_in(browser: &mut Browser, moat: &MoatProcess) {
+    browser.goto(&control_url(moat)).await;
+    browser.find("[data-test=login-form]").await;
+    browser.type_into("#login-password", PASSWORD).await;
+    browser.click("#login-submit").await;
+    browser.find("[data-test=stat-queries-value]").await;
+}
+
 /// The number shown in a dashboard tile (digits only).
 fn number(text: &str) -> u64 {
     text.chars()
@@ -397,32 +413,18 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
         .await
         .unwrap();
     assert_eq!(number(&blocked), 2, "blocked tile: {blocked}");
+    browser.shows("[data-test=top-blocked]", "x.ads.test").await;
     browser
-        .text_until("[data-test=top-blocked]", "x.ads.test", |text| {
-            text.contains("x.ads.test")
-        })
+        .shows("[data-test=top-names]", "www.example.com")
         .await;
-    browser
-        .text_until("[data-test=top-names]", "www.example.com", |text| {
-            text.contains("www.example.com")
-        })
-        .await;
-    browser
-        .text_until("[data-test=top-clients]", "127.0.0.1", |text| {
-            text.contains("127.0.0.1")
-        })
-        .await;
+    browser.shows("[data-test=top-clients]", "127.0.0.1").await;
     let hit_rate = browser
         .text_until("[data-test=stat-cache-hit-value]", "a hit rate", |text| {
             text.ends_with('%')
         })
         .await;
     assert_ne!(number(&hit_rate), 0, "cache hit rate {hit_rate}");
-    browser
-        .text_until("[data-test=stat-latency-value]", "a latency", |text| {
-            text.contains("s /")
-        })
-        .await;
+    browser.shows("[data-test=stat-latency-value]", "s /").await;
     assert!(
         browser.exists("svg[data-test=chart] rect").await,
         "the chart draws the queries per minute"
@@ -431,18 +433,11 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
 
     // Log out, then log in with the password.
     browser.click("#logout-button").await;
-    browser.find("[data-test=login-form]").await;
-    browser.type_into("#login-password", PASSWORD).await;
-    browser.click("#login-submit").await;
-    browser.find("[data-test=stat-queries-value]").await;
+    log_in(&mut browser, p).await;
 
     // The query log, filtered to blocked answers.
     browser.hash("#/querylog?verdict=blocked").await;
-    browser
-        .text_until("[data-test=ql-table]", "the blocked name", |text| {
-            text.contains("x.ads.test")
-        })
-        .await;
+    browser.shows("[data-test=ql-table]", "x.ads.test").await;
     let rows = browser
         .client
         .find_all(Locator::Css("[data-test=ql-table] tbody tr"))
@@ -454,9 +449,7 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
     // One click on "Allow" puts the blocked name on the primary's allow list.
     browser.click("[data-test=allow-this]").await;
     browser
-        .text_until("[data-test=notice]", "the change", |text| {
-            text.contains("Allowing x.ads.test")
-        })
+        .shows("[data-test=notice]", "Allowing x.ads.test")
         .await;
     let policy = p.control().await.unwrap().get("policy").await.unwrap();
     assert!(
@@ -489,11 +482,7 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
     let deny = browser.find("#policy-deny").await;
     deny.send_keys("\ntracker.ui.test").await.unwrap();
     browser.click("[data-test=save]").await;
-    browser
-        .text_until("[data-test=notice]", "the save", |text| {
-            text.contains("Policy saved")
-        })
-        .await;
+    browser.shows("[data-test=notice]", "Policy saved").await;
     browser.find("[data-test=blocklist-table]").await;
     browser.screenshot("policy-primary-desktop").await;
     answers(p, &[&r], "tracker.ui.test", "0.0.0.0").await;
@@ -502,11 +491,7 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
     // The replica's own UI: read-only policy with the name, synced from hq.
     set_password(&mut browser, &r).await;
     browser.hash("#/policy").await;
-    let badge = browser
-        .text_until("[data-test=synced-badge]", "the primary's name", |text| {
-            text.contains(PRIMARY)
-        })
-        .await;
+    let badge = browser.shows("[data-test=synced-badge]", PRIMARY).await;
     assert!(badge.starts_with("synced from"), "{badge}");
     let deny = browser
         .find("#policy-deny")
@@ -538,8 +523,11 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
     browser.screenshot("policy-replica-phone").await;
 
     // Back on the primary: the replica is listed, active, with its stats.
+    // Both listen on 127.0.0.1 and cookies do not tell ports apart: the
+    // replica's session replaced the primary's, so log in there again.
     browser.resize(DESKTOP).await;
-    browser.goto(&format!("{}#/fleet", control_url(p))).await;
+    log_in(&mut browser, p).await;
+    browser.hash("#/fleet").await;
     browser
         .text_until("[data-test=replicas]", "the replica active", |text| {
             text.contains(REPLICA) && text.contains("active")
@@ -606,11 +594,7 @@ async fn pause_and_tuning_from_the_header_and_tuning_page() {
         .type_into("#tuning-query_log-retention", "3days")
         .await;
     browser.click("[data-test=tuning-save]").await;
-    browser
-        .text_until("[data-test=notice]", "the save", |text| {
-            text.contains("Tuning saved")
-        })
-        .await;
+    browser.shows("[data-test=notice]", "Tuning saved").await;
     let tuning: Value = p
         .control()
         .await

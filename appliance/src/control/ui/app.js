@@ -669,6 +669,11 @@
     });
     const blockedTtl = h("input#policy-blocked-ttl", { readonly: ro, test: "policy-blocked-ttl", value: p.blocked_ttl === undefined ? "" : p.blocked_ttl });
 
+    // When a source was last fetched (URLs) or read and compiled.
+    const updated = (info) => {
+      const at = info.downloaded_unix || info.updated_unix || info.compiled_unix;
+      return at ? ago(at * 1000) : "–";
+    };
     // Blocklist sources, one row each.
     const listBody = h("tbody");
     const addList = (entry) => {
@@ -677,7 +682,7 @@
         h("td", {}, h("input.source", { value: entry.source || "", readonly: ro, "aria-label": "Source", placeholder: "path or URL" })),
         h("td", {}, h("input.refresh.short", { value: entry.refresh || "", readonly: ro, "aria-label": "Refresh", placeholder: "1day" })),
         h("td.num", { text: info.domains === null || info.domains === undefined ? "–" : num(info.domains) }),
-        h("td.nowrap", { text: info.updated_unix ? ago(info.updated_unix * 1000) : "–" }),
+        h("td.nowrap", { text: updated(info) }),
         h("td", { class: info.error ? "bad" : "", text: info.error || "ok" }),
         editable ? h("td", {}, h("button.small.quiet", { type: "button", text: "Remove", onclick: () => row.remove() })) : null);
       row._extra = entry;
