@@ -319,10 +319,12 @@
     const confirm = first ? h("input#login-confirm", {
       type: "password", name: "confirm", required: true, autocomplete: "new-password", test: "confirm", minlength: 8,
     }) : null;
-    const submit = h("button#login-submit", { type: "submit", test: "login-submit", text: first ? "Set password" : "Log in" });
+    const submit = h("button#login-submit.primary", { type: "submit", test: "login-submit", text: first ? "Set password" : "Log in" });
     const form = h("form#login-form.card.narrow", { test: first ? "setup-form" : "login-form", onsubmit: onSubmit },
       h("h1", { text: first ? "Set the admin password" : "Log in to Moat" }),
       first ? h("p.muted", { text: "This appliance has no admin password yet. Choose one (at least 8 characters)." }) : null,
+      // For password managers: the one account there is.
+      h("input", { type: "text", name: "username", autocomplete: "username", value: "admin", hidden: true, "aria-hidden": "true" }),
       h("label", {}, "Password", password),
       confirm ? h("label", {}, "Repeat password", confirm) : null,
       submit);
