@@ -460,8 +460,11 @@
     }
     const max = Math.max(1, ...series.map((p) => p.queries));
     const top = niceCeil(max);
-    const first = series[0].unix_secs, last = series[series.length - 1].unix_secs;
-    const span = Math.max(60, last - first + 60);
+    // At least half an hour wide, so a young appliance's few minutes are
+    // narrow bars on the right rather than one wide block.
+    const last = series[series.length - 1].unix_secs;
+    const span = Math.max(30 * 60, last - series[0].unix_secs + 60);
+    const first = last + 60 - span;
     const x = (t) => L + (t - first) / span * (W - L - R);
     const barW = Math.max(1, (W - L - R) * 60 / span - 1);
     const y = (v) => T + (H - T - B) * (1 - v / top);
