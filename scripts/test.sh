@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need first when it is missing:
-# Debian packages (the benchmark peers and load generator) and the
+# Debian packages (the benchmark peers and load generator, and the headless
+# Chromium and chromedriver the web UI's browser tests drive) and the
 # wasm32-unknown-unknown target the policy plugins are built for.
 #
 # MOAT_FUZZ_SECONDS=N also runs the cargo-fuzz target of the request path
@@ -10,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_packages=()
-for tool in dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-linux dig:dnsutils promtool:prometheus; do
+for tool in dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-linux dig:dnsutils \
+    promtool:prometheus chromium:chromium chromedriver:chromium-driver; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need_packages+=("${tool##*:}")
 done
 if [ "${#need_packages[@]}" -gt 0 ]; then

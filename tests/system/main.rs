@@ -10,6 +10,7 @@ mod hostile;
 mod policy;
 mod robustness;
 mod serving;
+mod ui;
 mod upstreams;
 
 use moat_system_tests::{MoatProcess, TestUpstream};

@@ -58,7 +58,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        Json::<T>::from_request(request, state)
+        <Json<T> as FromRequest<S>>::from_request(request, state)
             .await
             .map(|Json(value)| Self(value))
             .map_err(|rejection| ApiError(rejection.status(), rejection.body_text()))

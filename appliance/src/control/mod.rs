@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod client;
 mod metrics;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,6 +107,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .merge(protected)
         .merge(open)
+        .merge(ui::routes())
         .route(
             "/api/openapi.json",
             get(move || {
