@@ -138,12 +138,14 @@ pub(super) fn run_dhcp(
                                 4,
                             )]);
                         }
+                        let gateway = lease
+                            .gateway
+                            .map_or("no gateway".into(), |gw| format!("via {gw}"));
                         eprintln!(
-                            "moat init: {} is {}/{} via {:?} (DHCP from {}, {} s)",
+                            "moat init: {} is {}/{} {gateway} (DHCP from {}, {} s)",
                             iface.name,
                             lease.address,
                             lease.prefix_len,
-                            lease.gateway,
                             lease.server,
                             lease.duration.as_secs()
                         );
