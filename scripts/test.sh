@@ -12,8 +12,14 @@ cd "$(dirname "$0")/.."
 
 need_packages=()
 for tool in dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-linux dig:dnsutils \
-    promtool:prometheus chromium:chromium chromedriver:chromium-driver; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need_packages+=("${tool##*:}")
+    promtool:prometheus chromium:chromium chromedriver:chromium-driver \
+    qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm mksquashfs:squashfs-tools \
+    mcopy:mtools mkfs.fat:dosfstools sfdisk:fdisk mkfs.ext4:e2fsprogs xz:xz-utils ip:iproute2 \
+    cpio:cpio depmod:kmod file:file musl-gcc:musl-tools aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
+    /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf /usr/share/qemu-efi-aarch64/QEMU_EFI.fd:qemu-efi-aarch64 \
+    /usr/aarch64-linux-gnu/include/stdio.h:libc6-dev-arm64-cross; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || [ -e "${tool%%:*}" ] ||
+        need_packages+=("${tool##*:}")
 done
 if [ "${#need_packages[@]}" -gt 0 ]; then
     echo "installing: ${need_packages[*]}"
@@ -21,7 +27,16 @@ if [ "${#need_packages[@]}" -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_packages[@]}"
 fi
-rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+for target in wasm32-unknown-unknown x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+done
+
+# The images the boot tests (tests/boot) start in QEMU. The image-test profile
+# builds much faster than the shipped one (appliance: fat LTO), see Cargo.toml.
+export MOAT_IMAGE_DIR="${CARGO_TARGET_DIR:-$PWD/target}/images"
+for image in x86_64 rpi-arm64; do
+    MOAT_PROFILE=image-test MOAT_IMAGE_XZ=0 MOAT_IMAGE_OUT="$MOAT_IMAGE_DIR" image/build "$image"
+done
 
 # One feature set for the binary, the tests and the benchmark: build once.
 cargo build --workspace --release --locked

@@ -7,7 +7,8 @@
 //! the query log), `store` (the data directory), `control` (the HTTP
 //! control endpoint and its client), `bundle` (signed policy bundles),
 //! `sync` (identity, pairing, the sync protocol), `fleet` (the primary's
-//! view of its replicas) and `daemon` (wiring them together).
+//! view of its replicas), `daemon` (wiring them together) and `init`
+//! (process 1 on the appliance image).
 
 pub mod bundle;
 pub mod clock;
@@ -17,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod fleet;
+pub mod init;
 pub mod policy;
 pub mod stats;
 pub mod store;

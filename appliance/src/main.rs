@@ -137,6 +137,10 @@ struct Target {
 }
 
 fn main() -> Result<()> {
+    // On the appliance image, Moat is the init process.
+    if std::process::id() == 1 {
+        moat::init::main();
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,0 +1,460 @@
+//! Moat as process 1 on the appliance image: the duties of an init system,
+//! and nothing more (gokrazy's way: the kernel plus one static binary).
+//!
+//! Boot runs in two stages, both this binary:
+//!
+//! 1. From the initramfs (`rdinit=/init`): mount devtmpfs, proc and sysfs,
+//!    load the kernel modules the image lists (dependencies first), mount
+//!    the read-only root slot (`moat.slot=a` → partition 2, `b` → 3) on
+//!    `/slot` and exec `/slot/moat`, which stays process 1.
+//! 2. From the root slot: mount the boot partition (1) read-only on `/boot`
+//!    and the data partition (4) on `/data`; read the first-boot settings
+//!    (`firstboot`); raise loopback and the network (DHCP or static); keep
+//!    the clock from 1970 (the image's build time as a floor, then SNTP);
+//!    start `moat run` and supervise it: restart it if it dies, reap every
+//!    child, power off or reboot on the usual signals.
+//!
+//! Protocol logic (`dhcp`, `sntp`, `netlink`, `modules`, `firstboot`) is
+//! pure and unit-tested; the syscalls live in the private shell modules.
+
+pub mod dhcp;
+pub mod firstboot;
+pub mod modules;
+pub mod netlink;
+pub mod sntp;
+
+mod net;
+mod system;
+
+use std::ffi::CString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::mount::MsFlags;
+use nix::sys::reboot::{RebootMode, reboot, set_cad_enabled};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use thiserror::Error;
+
+use firstboot::{Network, Provisioning, Settings};
+
+/// The environment variable that tells the second stage it is one.
+const STAGE_VAR: &str = "MOAT_INIT_STAGE";
+/// Where stage 1 mounts the root slot.
+const SLOT_DIR: &str = "/slot";
+/// The stored first-boot settings.
+const STORED_SETTINGS: &str = "/data/settings.toml";
+/// The daemon's configuration, made from the settings at every boot.
+const DAEMON_CONFIG: &str = "/data/moat.toml";
+/// Written once a replica has paired.
+const JOINED_MARK: &str = "/data/joined";
+
+/// Why init could not bring the appliance up.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// A mount failed.
+    #[error("mount {fstype} on {target}: {source}")]
+    Mount {
+        /// Mount point.
+        target: PathBuf,
+        /// File system type.
+        fstype: String,
+        /// The kernel's answer.
+        source: nix::Error,
+    },
+    /// A file could not be read or written.
+    #[error("{what}: {source}")]
+    Io {
+        /// The file or thing.
+        what: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The module list names a module the image lacks.
+    #[error(transparent)]
+    Module(#[from] modules::UnknownModule),
+    /// No disk has the partition.
+    #[error("no disk with partition {0} appeared")]
+    NoPartition(u32),
+    /// No network interface appeared.
+    #[error("no network interface appeared")]
+    NoInterface,
+    /// Configuring the network failed.
+    #[error(transparent)]
+    Netlink(#[from] netlink::NetlinkError),
+    /// A syscall failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was tried.
+        what: &'static str,
+        /// The kernel's answer.
+        source: nix::Error,
+    },
+}
+
+/// Runs init; called by `main` first thing when the process id is 1. Never
+/// returns: a failure is printed on the console and the machine restarts
+/// after a pause (an appliance has no one to type at a shell).
+pub fn main() -> ! {
+    let result = if std::env::var_os(STAGE_VAR).is_some() {
+        stage_root()
+    } else {
+        stage_initramfs()
+    };
+    if let Err(err) = result {
+        eprintln!("moat init: {err}; restarting in 30 s");
+    }
+    std::thread::sleep(Duration::from_secs(30));
+    nix::unistd::sync();
+    let _ = reboot(RebootMode::RB_AUTOBOOT);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Stage 1, from the initramfs.
+fn stage_initramfs() -> Result<(), InitError> {
+    system::mount_kernel_filesystems()?;
+    system::attach_console();
+    eprintln!("moat init: stage 1 (initramfs)");
+    let loaded = system::load_modules(Path::new("/lib/modules"))?;
+    eprintln!("moat init: {loaded} kernel modules loaded");
+    let slot = system::cmdline_param("moat.slot").unwrap_or_else(|| "a".into());
+    let number = if slot == "b" { 3 } else { 2 };
+    let device = system::partition(number, Duration::from_secs(30))?;
+    system::mount_fs(
+        &device.to_string_lossy(),
+        SLOT_DIR,
+        "squashfs",
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+        None,
+    )?;
+    eprintln!(
+        "moat init: root slot {slot} ({}) on {SLOT_DIR}",
+        device.display()
+    );
+    // The initramfs copies are no longer needed: give their memory back.
+    let _ = fs::remove_dir_all("/lib/modules");
+    let _ = fs::remove_file("/init");
+    let path = CString::new(format!("{SLOT_DIR}/moat")).unwrap_or_default();
+    let stage = CString::new(format!("{STAGE_VAR}=root")).unwrap_or_default();
+    let error = nix::unistd::execve(&path, &[c"moat"], &[stage.as_c_str()]);
+    Err(InitError::Sys {
+        what: "exec the root slot's moat",
+        source: error.unwrap_err(),
+    })
+}
+
+/// Stage 2, from the root slot.
+fn stage_root() -> Result<(), InitError> {
+    eprintln!("moat init: stage 2 (root slot)");
+    // Ctrl-Alt-Del becomes SIGINT, handled below.
+    let _ = set_cad_enabled(false);
+    // Signals are taken by `sigwait` in the supervisor; every thread started
+    // from here inherits the mask, and `Command` clears it for children.
+    let signals = supervised_signals();
+    signals.thread_block().map_err(|source| InitError::Sys {
+        what: "block signals",
+        source,
+    })?;
+
+    let boot = system::partition(1, Duration::from_secs(10))?;
+    if let Err(err) = system::mount_fs(
+        &boot.to_string_lossy(),
+        "/boot",
+        "vfat",
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("codepage=437,iocharset=ascii"),
+    ) {
+        eprintln!("moat init: boot partition: {err}; no first-boot settings");
+    }
+    mount_data()?;
+    clock_floor();
+
+    let settings = settings();
+    let _ = nix::unistd::sethostname(&settings.name);
+    fs::create_dir_all(firstboot::DAEMON_DATA_DIR).map_err(|source| InitError::Io {
+        what: firstboot::DAEMON_DATA_DIR.into(),
+        source,
+    })?;
+    system::write_atomic(Path::new(DAEMON_CONFIG), settings.daemon_config.as_bytes())?;
+
+    net::loopback_up()?;
+    start_network(&settings);
+
+    let mut daemon = spawn_daemon();
+    if let Some(join) = settings.join.clone()
+        && !Path::new(JOINED_MARK).exists()
+    {
+        std::thread::spawn(move || pair(&join));
+    }
+    if let Some(child) = &daemon {
+        let pid = child.id();
+        std::thread::spawn(move || report_rss(pid));
+    }
+    supervise(&signals, &mut daemon)
+}
+
+fn supervised_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGPWR,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+/// Mounts the data partition; if it holds no file system (or a broken
+/// one), the appliance still runs, on a RAM disk that forgets at power off.
+fn mount_data() -> Result<(), InitError> {
+    let data = system::partition(4, Duration::from_secs(10))?;
+    let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME;
+    match system::mount_fs(&data.to_string_lossy(), "/data", "ext4", flags, None) {
+        Ok(()) => eprintln!("moat init: data partition {} on /data", data.display()),
+        Err(err) => {
+            eprintln!("moat init: data partition: {err}; /data is in RAM and will not persist");
+            system::mount_fs("tmpfs", "/data", "tmpfs", flags, Some("mode=0755,size=64m"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A clock that starts at 1970 (no RTC, as on a Pi) would make every
+/// certificate and bundle look not yet valid: never run before the image
+/// was built.
+fn clock_floor() {
+    let Some(built) = fs::read_to_string(format!("{SLOT_DIR}/build-epoch"))
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+    else {
+        return;
+    };
+    if crate::clock::unix_now() < built {
+        eprintln!("moat init: clock before the image's build time; set to {built}");
+        let _ = system::set_clock(built * 1000);
+    }
+}
+
+/// The settings ruling this boot, consuming the boot partition's file on
+/// the first one. A file that does not parse is reported and not consumed;
+/// the appliance comes up on the defaults so it can be reached.
+fn settings() -> Settings {
+    let stored = fs::read_to_string(STORED_SETTINGS).ok();
+    let boot_file = fs::read_to_string("/boot/moat.toml").ok();
+    let defaults = || Settings::parse("").expect("the empty settings parse");
+    match firstboot::decide(stored.as_deref(), boot_file.as_deref()) {
+        Provisioning::Consume(text) => match Settings::parse(text) {
+            Ok(settings) => {
+                match system::write_atomic(Path::new(STORED_SETTINGS), text.as_bytes()) {
+                    Ok(()) => eprintln!("moat init: first boot: /boot/moat.toml kept in /data"),
+                    Err(err) => eprintln!("moat init: keeping the settings: {err}"),
+                }
+                settings
+            }
+            Err(err) => {
+                eprintln!("moat init: {err}; running on the defaults");
+                defaults()
+            }
+        },
+        Provisioning::Stored(text) => Settings::parse(text).unwrap_or_else(|err| {
+            eprintln!("moat init: stored settings: {err}; running on the defaults");
+            defaults()
+        }),
+        Provisioning::Defaults => defaults(),
+    }
+}
+
+/// Brings the network up in the background (DHCP waits on servers; the
+/// daemon can bind meanwhile), then keeps the clock set.
+fn start_network(settings: &Settings) {
+    let network = settings.network.clone();
+    let hostname = settings.name.clone();
+    let ntp = settings.ntp.clone();
+    let (bound_tx, bound_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let iface = match net::ethernet(Duration::from_secs(30)) {
+            Ok(iface) => iface,
+            Err(err) => {
+                eprintln!("moat init: {err}");
+                return;
+            }
+        };
+        match network {
+            Network::Dhcp => {
+                if let Err(err) = net::run_dhcp(&iface, &hostname, &bound_tx) {
+                    eprintln!("moat init: DHCP stopped: {err}");
+                }
+            }
+            Network::Static {
+                address,
+                prefix_len,
+                gateway,
+            } => match net::configure(&iface, address, prefix_len, gateway) {
+                Ok(()) => {
+                    eprintln!(
+                        "moat init: {} is {address}/{prefix_len} (static)",
+                        iface.name
+                    );
+                    let _ = bound_tx.send(dhcp::Lease {
+                        address,
+                        prefix_len,
+                        gateway,
+                        dns: Vec::new(),
+                        server: address,
+                        duration: Duration::MAX,
+                        renew_after: Duration::MAX,
+                    });
+                }
+                Err(err) => eprintln!("moat init: static address: {err}"),
+            },
+        }
+    });
+    std::thread::spawn(move || {
+        // Wait for an address, then keep the clock: retry every minute
+        // until it is set, then every six hours.
+        if bound_rx.recv().is_err() || ntp.is_empty() {
+            return;
+        }
+        loop {
+            let pause = if net::sync_clock(&ntp) { 6 * 3600 } else { 60 };
+            std::thread::sleep(Duration::from_secs(pause));
+        }
+    });
+}
+
+fn spawn_daemon() -> Option<Child> {
+    match Command::new(format!("{SLOT_DIR}/moat"))
+        .args(["run", "--config", DAEMON_CONFIG])
+        .env_remove(STAGE_VAR)
+        .current_dir("/data")
+        .spawn()
+    {
+        Ok(child) => {
+            eprintln!("moat init: daemon started (pid {})", child.id());
+            Some(child)
+        }
+        Err(err) => {
+            eprintln!("moat init: starting the daemon: {err}");
+            None
+        }
+    }
+}
+
+/// A replica pairs with its primary once, retrying until it works.
+fn pair(join: &firstboot::Join) {
+    for attempt in 1..=60 {
+        std::thread::sleep(Duration::from_secs(5));
+        let status = Command::new(format!("{SLOT_DIR}/moat"))
+            .args(["join", &join.primary, &join.code, "--config", DAEMON_CONFIG])
+            .env_remove(STAGE_VAR)
+            .status();
+        match status {
+            Ok(status) if status.success() => {
+                let _ = system::write_atomic(Path::new(JOINED_MARK), b"");
+                eprintln!("moat init: paired with {}", join.primary);
+                return;
+            }
+            other => eprintln!("moat init: pairing attempt {attempt}: {other:?}"),
+        }
+    }
+}
+
+/// Reports the daemon's resident memory on the console now and then.
+fn report_rss(pid: u32) {
+    for pause in [10, 60, 600].into_iter().chain(std::iter::repeat(3600)) {
+        std::thread::sleep(Duration::from_secs(pause));
+        let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return;
+        };
+        if let Some(rss) = status.lines().find(|line| line.starts_with("VmRSS:")) {
+            let kb = rss.trim_start_matches("VmRSS:").trim();
+            eprintln!("moat init: daemon rss {kb}");
+        }
+    }
+}
+
+/// Waits for signals: reaps children, restarts the daemon, forwards a
+/// reload, shuts down.
+fn supervise(signals: &SigSet, daemon: &mut Option<Child>) -> ! {
+    loop {
+        let signal = match signals.wait() {
+            Ok(signal) => signal,
+            Err(err) => {
+                eprintln!("moat init: sigwait: {err}");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        match signal {
+            Signal::SIGCHLD => {
+                if reap(daemon) {
+                    std::thread::sleep(Duration::from_secs(1));
+                    *daemon = spawn_daemon();
+                }
+            }
+            Signal::SIGHUP => {
+                if let Some(child) = daemon {
+                    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP);
+                }
+            }
+            // busybox's convention: USR1 halt, USR2 and PWR power off, TERM
+            // and INT (Ctrl-Alt-Del) reboot.
+            Signal::SIGUSR1 | Signal::SIGUSR2 | Signal::SIGPWR => {
+                shut_down(daemon, RebootMode::RB_POWER_OFF)
+            }
+            _ => shut_down(daemon, RebootMode::RB_AUTOBOOT),
+        }
+    }
+}
+
+/// Reaps every exited child; true if the daemon was one of them.
+fn reap(daemon: &Option<Child>) -> bool {
+    let daemon_pid = daemon.as_ref().map(|child| child.id() as i32);
+    let mut daemon_exited = false;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return daemon_exited,
+            Ok(status) => {
+                if status.pid().map(Pid::as_raw) == daemon_pid {
+                    eprintln!("moat init: daemon ended ({status:?}); restarting it");
+                    daemon_exited = true;
+                }
+            }
+        }
+    }
+}
+
+fn shut_down(daemon: &mut Option<Child>, mode: RebootMode) -> ! {
+    eprintln!("moat init: shutting down");
+    if let Some(child) = daemon.take() {
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = crate::clock::now() + Duration::from_secs(10);
+        while crate::clock::now() < deadline {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(100)),
+                _ => break,
+            }
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    nix::unistd::sync();
+    let _ = nix::mount::umount2("/data", nix::mount::MntFlags::MNT_DETACH);
+    nix::unistd::sync();
+    let _ = reboot(mode);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
