@@ -226,5 +226,8 @@ async fn query_log_is_flushed_to_data_dir() {
         .get("querylog?limit=5")
         .await
         .unwrap();
-    assert_eq!(recent[0]["name"], "logged.example.test", "{recent}");
+    assert_eq!(
+        recent["entries"][0]["name"], "logged.example.test",
+        "{recent}"
+    );
 }
