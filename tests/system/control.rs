@@ -14,6 +14,23 @@ use crate::moat_with_upstream;
 
 const PASSWORD: &str = "correct horse battery";
 
+/// PUTs `body` to `path` and checks it is refused as invalid with a
+/// message naming `key`.
+async fn assert_refused_naming(api: &ApiClient, path: &str, body: &Value, key: &str) {
+    let refused = api.put(path, body).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "PUT {path}: {}",
+        refused.text
+    );
+    assert!(
+        refused.text.contains(key),
+        "PUT {path} names the key `{key}`: {}",
+        refused.text
+    );
+}
+
 fn open_client(moat: &MoatProcess) -> ApiClient {
     ApiClient::new(moat, Credentials::None)
 }
@@ -172,32 +189,10 @@ async fn tuning_and_policy_writes_persist_across_restart_and_bad_ones_change_not
 
     let mut broken = tuning.clone();
     broken["cache"]["min_ttl"] = json!("2days");
-    let refused = api.put("/api/v1/tuning", &broken).await;
-    assert_eq!(
-        refused.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        refused.text
-    );
-    assert!(
-        refused.text.contains("min_ttl"),
-        "names the key: {}",
-        refused.text
-    );
+    assert_refused_naming(&api, "/api/v1/tuning", &broken, "min_ttl").await;
     let mut mistyped = tuning.clone();
     mistyped["cache"]["min_tll"] = json!("1s");
-    let refused = api.put("/api/v1/tuning", &mistyped).await;
-    assert_eq!(
-        refused.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        refused.text
-    );
-    assert!(
-        refused.text.contains("min_tll"),
-        "names the key: {}",
-        refused.text
-    );
+    assert_refused_naming(&api, "/api/v1/tuning", &mistyped, "min_tll").await;
 
     let mut policy = api.get("/api/v1/policy").await.body["policy"].clone();
     policy["deny"] = json!(["denied.test"]);
@@ -205,18 +200,7 @@ async fn tuning_and_policy_writes_persist_across_restart_and_bad_ones_change_not
     assert_eq!(saved.status, StatusCode::OK, "{}", saved.text);
     let mut no_upstreams = policy.clone();
     no_upstreams["upstreams"] = json!([]);
-    let refused = api.put("/api/v1/policy", &no_upstreams).await;
-    assert_eq!(
-        refused.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        refused.text
-    );
-    assert!(
-        refused.text.contains("policy.upstreams"),
-        "{}",
-        refused.text
-    );
+    assert_refused_naming(&api, "/api/v1/policy", &no_upstreams, "policy.upstreams").await;
 
     let moat = moat.restart().await;
     let api = ApiClient::with_token(&moat);
