@@ -4,10 +4,10 @@
 # calls bench_init (tools, moat binary, work directory, cleanup trap). Server
 # processes go in the associative array PID (name -> pid); `stop NAME` ends
 # one, and the EXIT trap ends them all and removes $WORK, printing the tail of
-# every $WORK/*.log when the script fails.
+# every $WORK/*.log when the script fails. MOAT names the binary to measure.
 
 BENCH_SCRIPT=$(basename "$0")
-MOAT=target/release/moat
+MOAT=${MOAT:-target/release/moat}
 
 die() { echo "$BENCH_SCRIPT: error: $*" >&2; exit 1; }
 

@@ -50,6 +50,15 @@ fn build_binary() -> PathBuf {
     if release {
         build.arg("--release");
     }
+    // target/<triple>/<profile> when the tests were built with --target: the
+    // target root is the directory cargo tags with CACHEDIR.TAG.
+    if let Some(triple) = profile_dir
+        .parent()
+        .filter(|dir| !dir.join("CACHEDIR.TAG").exists())
+        .and_then(Path::file_name)
+    {
+        build.arg("--target").arg(triple);
+    }
     let status = build.status().expect("run cargo build for the moat binary");
     assert!(status.success(), "building the moat binary failed");
     let binary = profile_dir.join("moat");
