@@ -8,11 +8,15 @@
 //! by hand: `MOAT_IMAGE_XZ=0 image/build x86_64`, likewise `rpi-arm64`).
 //! A missing image, QEMU, firmware or `ip` fails the test: none is skipped.
 //! Needs root (network namespaces).
+//!
+//! The replica test runs a primary on the host side too, inside the same
+//! namespace, and pairs the booted image with it by the code in its
+//! first-boot `moat.toml`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The first-boot settings the tests put on the boot partition, as a user
 /// would after flashing.
@@ -37,11 +41,56 @@ value = "192.168.1.10"
 /// minute under TCG on two busy cores.
 const BOOT_DEADLINE: Duration = Duration::from_secs(420);
 
+/// How to start one image in QEMU.
 struct Machine {
     name: &'static str,
     image: &'static str,
     qemu: &'static str,
     args: Vec<String>,
+    /// UEFI variable store to copy for this boot, if the firmware needs one.
+    firmware_vars: Option<&'static str>,
+}
+
+/// The x86_64 image on a q35 PC with OVMF.
+fn x86_64() -> Machine {
+    Machine {
+        name: "x86_64",
+        image: "moat-x86_64.img",
+        qemu: "qemu-system-x86_64",
+        args: vec![
+            "-machine".into(),
+            "q35".into(),
+            "-smp".into(),
+            "1".into(),
+            "-drive".into(),
+            format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                need("/usr/share/OVMF/OVMF_CODE_4M.fd")
+            ),
+        ],
+        firmware_vars: Some("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    }
+}
+
+/// The Raspberry Pi image on QEMU's arm64 `virt` board with UEFI (Debian's
+/// QEMU has no Pi 4 board; the image carries systemd-boot for this).
+fn rpi_arm64() -> Machine {
+    Machine {
+        name: "rpi-arm64",
+        image: "moat-rpi-arm64.img",
+        qemu: "qemu-system-aarch64",
+        args: vec![
+            "-machine".into(),
+            "virt".into(),
+            "-cpu".into(),
+            "cortex-a72".into(),
+            "-smp".into(),
+            "1".into(),
+            "-bios".into(),
+            need("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd").into(),
+        ],
+        firmware_vars: None,
+    }
 }
 
 fn image_dir() -> PathBuf {
@@ -88,16 +137,6 @@ impl Drop for Netns {
     }
 }
 
-/// QEMU, killed by its PID on drop.
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn run(command: &mut Command) {
     let status = command
         .status()
@@ -106,12 +145,11 @@ fn run(command: &mut Command) {
 }
 
 /// `dig` inside the namespace; its short answer, or `None` on no answer.
-fn dig(ns: &Netns, name: &str, tcp: bool) -> Option<String> {
+fn dig(ns: &Netns, server: &str, port: u16, name: &str, tcp: bool) -> Option<String> {
     let mut command = ns.exec("dig");
-    command.args([
-        "@127.0.0.1",
+    command.arg(format!("@{server}")).args([
         "-p",
-        "53",
+        &port.to_string(),
         "+short",
         "+time=2",
         "+tries=1",
@@ -129,172 +167,355 @@ fn dig(ns: &Netns, name: &str, tcp: bool) -> Option<String> {
     (output.status.success() && !text.is_empty() && !text.starts_with(";;")).then_some(text)
 }
 
-fn boot(machine: Machine) {
-    let dir = tempdir(machine.name);
-    let source = image_dir().join(machine.image);
-    assert!(
-        source.exists(),
-        "{} is missing: build it first (MOAT_IMAGE_XZ=0 image/build {})",
-        source.display(),
-        machine.name
-    );
-    let image = dir.join(machine.image);
-    run(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&source)
-        .arg(&image));
-    // The user's step after flashing: moat.toml on the boot partition (at 1 MiB).
-    let settings = dir.join("moat.toml");
-    fs::write(&settings, FIRST_BOOT).unwrap();
-    run(Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(format!("{}@@1M", image.display()))
-        .arg(&settings)
-        .arg("::moat.toml"));
+/// A booted image: QEMU in its own network namespace, its serial console
+/// in a file, killed by its PID on drop.
+struct Vm {
+    name: &'static str,
+    qemu: Child,
+    ns: Netns,
+    serial: PathBuf,
+    started: Instant,
+    dir: PathBuf,
+}
 
-    let ns = Netns::new(machine.name);
-    let serial = dir.join("serial.log");
-    let mut command = ns.exec(machine.qemu);
-    command
-        .args(&machine.args)
-        .args([
-            "-accel", "tcg", "-m", "1024", "-display", "none", "-monitor", "none",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=none,id=disk",
-            image.display()
-        ))
-        .args(["-device", "virtio-blk-pci,drive=disk"])
-        .args([
-            "-netdev",
-            "user,id=net,hostfwd=udp:127.0.0.1:53-:53,hostfwd=tcp:127.0.0.1:53-:53",
-            "-device",
-            "virtio-net-pci,netdev=net",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let started = moat::clock::now();
-    let mut qemu = Qemu(
+impl Vm {
+    /// Copies the image, puts `first_boot` on its boot partition as
+    /// `moat.toml` (the user's step after flashing) and boots it in `ns`.
+    fn boot(machine: Machine, ns: Netns, first_boot: &str) -> Self {
+        let dir = std::env::temp_dir().join(&ns.0);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let source = image_dir().join(machine.image);
+        assert!(
+            source.exists(),
+            "{} is missing: build it first (MOAT_IMAGE_XZ=0 image/build {})",
+            source.display(),
+            machine.name
+        );
+        let image = dir.join(machine.image);
+        run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&source)
+            .arg(&image));
+        // The boot partition starts at 1 MiB.
+        let settings = dir.join("moat.toml");
+        fs::write(&settings, first_boot).unwrap();
+        run(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(format!("{}@@1M", image.display()))
+            .arg(&settings)
+            .arg("::moat.toml"));
+        let mut args = machine.args;
+        if let Some(template) = machine.firmware_vars {
+            let vars = dir.join("firmware-vars.fd");
+            fs::copy(need(template), &vars).unwrap();
+            args.extend([
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]);
+        }
+
+        let serial = dir.join("serial.log");
+        let mut command = ns.exec(machine.qemu);
         command
+            .args(&args)
+            .args([
+                "-accel", "tcg", "-m", "1024", "-display", "none", "-monitor", "none",
+            ])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=disk",
+                image.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=disk"])
+            .args([
+                "-netdev",
+                "user,id=net,hostfwd=udp:127.0.0.1:53-:53,hostfwd=tcp:127.0.0.1:53-:53",
+                "-device",
+                "virtio-net-pci,netdev=net",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let started = moat::clock::now();
+        let qemu = command
             .spawn()
-            .unwrap_or_else(|err| panic!("start {}: {err}", machine.qemu)),
-    );
-    let console = || fs::read_to_string(&serial).unwrap_or_default();
+            .unwrap_or_else(|err| panic!("start {}: {err}", machine.qemu));
+        Self {
+            name: machine.name,
+            qemu,
+            ns,
+            serial,
+            started,
+            dir,
+        }
+    }
 
-    let answer = loop {
-        if let Ok(Some(status)) = qemu.0.try_wait() {
-            panic!(
-                "{} exited ({status}) before answering:\n{}",
-                machine.qemu,
-                console()
+    fn console(&self) -> String {
+        fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// Polls `check` until it gives a value; fails with the console when
+    /// QEMU ends or [`BOOT_DEADLINE`] passes first.
+    fn wait_for<T>(&mut self, what: &str, mut check: impl FnMut(&Self) -> Option<T>) -> T {
+        loop {
+            if let Ok(Some(status)) = self.qemu.try_wait() {
+                panic!(
+                    "{}: QEMU exited ({status}) before {what}; console:\n{}",
+                    self.name,
+                    self.console()
+                );
+            }
+            if let Some(value) = check(self) {
+                return value;
+            }
+            assert!(
+                self.started.elapsed() < BOOT_DEADLINE,
+                "{}: no {what} within {BOOT_DEADLINE:?}; console:\n{}",
+                self.name,
+                self.console()
             );
+            std::thread::sleep(Duration::from_millis(500));
         }
-        if let Some(answer) = dig(&ns, "nas.lan", false) {
-            break answer;
+    }
+
+    /// `dig` at the guest through QEMU's forwarded port 53.
+    fn dig(&self, name: &str, tcp: bool) -> Option<String> {
+        dig(&self.ns, "127.0.0.1", 53, name, tcp)
+    }
+
+    /// The daemon's memory, as init reports it ten seconds after the start.
+    fn reported_rss(&self) -> String {
+        let deadline = moat::clock::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = self
+                .console()
+                .lines()
+                .find(|line| line.contains("daemon rss"))
+            {
+                return line.trim().to_owned();
+            }
+            if moat::clock::now() > deadline {
+                return "daemon rss not reported".into();
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        if started.elapsed() > BOOT_DEADLINE {
-            panic!(
-                "{} gave no DNS answer within {BOOT_DEADLINE:?}; console:\n{}",
-                machine.name,
-                console()
-            );
+    }
+
+    fn assert_console(&self, line: &str, what: &str) {
+        let log = self.console();
+        assert!(log.contains(line), "{}: {what}; console:\n{log}", self.name);
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
         }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    let first_answer = started.elapsed();
+    }
+}
+
+/// Boots `machine` with [`FIRST_BOOT`] and checks it serves that policy.
+fn boots_and_answers(machine: Machine) {
+    let ns = Netns::new(machine.name);
+    let mut vm = Vm::boot(machine, ns, FIRST_BOOT);
+    let answer = vm.wait_for("DNS answer", |vm| vm.dig("nas.lan", false));
+    let first_answer = vm.started.elapsed();
     assert_eq!(answer, "192.168.1.10", "the local record from moat.toml");
     assert_eq!(
-        dig(&ns, "ads.example", false).as_deref(),
+        vm.dig("ads.example", false).as_deref(),
         Some("0.0.0.0"),
         "the denied name is blocked (null answer)"
     );
     assert_eq!(
-        dig(&ns, "nas.lan", true).as_deref(),
+        vm.dig("nas.lan", true).as_deref(),
         Some("192.168.1.10"),
         "over TCP too"
     );
-    let log = console();
-    assert!(
-        log.contains("first boot: /boot/moat.toml kept in /data"),
-        "init consumed the first-boot settings:\n{log}"
+    vm.assert_console(
+        "first boot: /boot/moat.toml kept in /data",
+        "init consumed the first-boot settings",
     );
-    assert!(
-        log.contains("(DHCP from"),
-        "the address came from DHCP:\n{log}"
-    );
-    // The daemon's memory, as init reports it ten seconds after the start.
-    let deadline = moat::clock::now() + Duration::from_secs(60);
-    let rss = loop {
-        if let Some(line) = console().lines().find(|line| line.contains("daemon rss")) {
-            break line.trim().to_owned();
-        }
-        if moat::clock::now() > deadline {
-            break "daemon rss not reported".into();
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    vm.assert_console("(DHCP from", "the address came from DHCP");
     println!(
-        "boot {}: first answer after {:.1} s; {rss}",
-        machine.name,
-        first_answer.as_secs_f64()
+        "boot {}: first answer after {:.1} s; {}",
+        vm.name,
+        first_answer.as_secs_f64(),
+        vm.reported_rss()
     );
-    drop(qemu);
-    let _ = fs::remove_dir_all(&dir);
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("moat-boot-{tag}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
 fn x86_64_image_boots_with_uefi_and_answers_dns() {
-    let dir = tempdir("x86_64-vars");
-    let vars = dir.join("OVMF_VARS.fd");
-    fs::copy(need("/usr/share/OVMF/OVMF_VARS_4M.fd"), &vars).unwrap();
-    boot(Machine {
-        name: "x86_64",
-        image: "moat-x86_64.img",
-        qemu: "qemu-system-x86_64",
-        args: vec![
-            "-machine".into(),
-            "q35".into(),
-            "-smp".into(),
-            "1".into(),
-            "-drive".into(),
-            format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                need("/usr/share/OVMF/OVMF_CODE_4M.fd")
-            ),
-            "-drive".into(),
-            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-        ],
-    });
-    let _ = fs::remove_dir_all(&dir);
+    boots_and_answers(x86_64());
 }
 
 #[test]
 fn rpi_arm64_image_boots_with_uefi_on_the_virt_board_and_answers_dns() {
-    boot(Machine {
-        name: "rpi-arm64",
-        image: "moat-rpi-arm64.img",
-        qemu: "qemu-system-aarch64",
-        args: vec![
-            "-machine".into(),
-            "virt".into(),
-            "-cpu".into(),
-            "cortex-a72".into(),
-            "-smp".into(),
-            "1".into(),
-            "-bios".into(),
-            need("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd").into(),
-        ],
+    boots_and_answers(rpi_arm64());
+}
+
+/// The primary's sync port inside the namespace. QEMU's user network shows
+/// the namespace's loopback to the guest as 10.0.2.2.
+const PRIMARY_SYNC_PORT: u16 = 8853;
+
+/// A primary on the host side: `moat run` inside the VM's namespace, so
+/// its ports are private to the test. Killed by its PID on drop.
+struct HostPrimary {
+    child: Child,
+    config: PathBuf,
+    dir: PathBuf,
+}
+
+impl HostPrimary {
+    fn start(ns: &Netns) -> Self {
+        let dir = std::env::temp_dir().join(format!("{}-primary", ns.0));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("moat.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"[instance]
+name = "hq"
+listen = ["127.0.0.1:5353"]
+control = "127.0.0.1:8080"
+sync = "127.0.0.1:{PRIMARY_SYNC_PORT}"
+data_dir = "{}"
+
+[policy]
+upstreams = ["udp://127.0.0.1:5300"]
+deny = ["tracker.example"]
+
+[[policy.local_records]]
+name = "printer.lan"
+type = "A"
+value = "192.168.1.9"
+"#,
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(dir.join("moat.log")).unwrap();
+        let child = ns
+            .exec(moat_binary())
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the primary");
+        Self { child, config, dir }
+    }
+
+    /// `moat ARGS --config CONFIG` in the namespace, where the control port is.
+    fn cli(&self, ns: &Netns, args: &[&str]) -> std::process::Output {
+        ns.exec(moat_binary())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run the moat CLI")
+    }
+
+    /// A pairing code, once the primary is up (it may still be starting).
+    fn pairing_code(&self, ns: &Netns) -> String {
+        for _ in 0..100 {
+            let output = self.cli(ns, &["code", "--valid", "30m"]);
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            if output.status.success()
+                && let Some(code) = stdout.split_whitespace().next()
+            {
+                return code.to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "the primary issued no pairing code in 20 s; log:\n{}",
+            self.log()
+        );
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("moat.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for HostPrimary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn moat_binary() -> &'static str {
+    moat_system_tests::moat::binary()
+        .to_str()
+        .expect("a UTF-8 path to the moat binary")
+}
+
+/// A replica image pairs, on its first boot, with a primary on the host
+/// through the code in its `moat.toml`, then serves the primary's policy.
+#[test]
+fn x86_64_replica_image_pairs_with_a_primary_on_the_host() {
+    let ns = Netns::new("replica");
+    let primary = HostPrimary::start(&ns);
+    let code = primary.pairing_code(&ns);
+    let first_boot = format!(
+        r#"
+[network]
+mode = "dhcp"
+
+[join]
+primary = "10.0.2.2:{PRIMARY_SYNC_PORT}"
+code = "{code}"
+
+[instance]
+name = "boot-replica"
+
+[policy]
+upstreams = ["udp://10.0.2.2:5300"]
+"#
+    );
+    let mut vm = Vm::boot(x86_64(), ns, &first_boot);
+    let answer = vm.wait_for("answer from the primary's policy", |vm| {
+        vm.dig("printer.lan", false)
     });
+    let synced = vm.started.elapsed();
+    assert_eq!(answer, "192.168.1.9", "the primary's local record");
+    assert_eq!(
+        vm.dig("tracker.example", false).as_deref(),
+        Some("0.0.0.0"),
+        "the primary's denied name is blocked"
+    );
+    vm.assert_console(
+        &format!("paired with 10.0.2.2:{PRIMARY_SYNC_PORT}"),
+        "init paired the replica",
+    );
+    let entry = vm.wait_for("the replica listed active on the primary", |vm| {
+        let output = primary.cli(&vm.ns, &["replicas", "--json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).ok()?;
+        list.into_iter()
+            .find(|entry| entry["name"] == "boot-replica" && entry["status"] == "active")
+    });
+    assert!(
+        entry["bundle_version"]
+            .as_u64()
+            .is_some_and(|version| version >= 1),
+        "the replica runs a bundle from the primary: {entry}"
+    );
+    println!(
+        "boot {} replica: serving the primary's policy after {:.1} s",
+        vm.name,
+        synced.as_secs_f64()
+    );
 }

@@ -23,11 +23,13 @@ pub mod modules;
 pub mod netlink;
 pub mod sntp;
 
+mod mkfs;
 mod net;
 mod system;
 
+use std::error::Error;
 use std::ffi::CString;
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::mpsc;
@@ -173,8 +175,9 @@ fn stage_root() -> Result<(), InitError> {
     ) {
         eprintln!("moat init: boot partition: {err}; no first-boot settings");
     }
-    mount_data()?;
+    // Before the data partition, which a first boot formats with the time.
     clock_floor();
+    mount_data()?;
 
     let settings = settings();
     let _ = nix::unistd::sethostname(&settings.name);
@@ -216,10 +219,21 @@ fn supervised_signals() -> SigSet {
     set
 }
 
-/// Mounts the data partition; if it holds no file system (or a broken
-/// one), the appliance still runs, on a RAM disk that forgets at power off.
+/// Mounts the data partition, first making its file system if it is blank
+/// (images ship it so, to be formatted at its real size). If it does
+/// not mount, the appliance still runs, on a RAM disk that forgets at power
+/// off: a partition holding anything else is never formatted.
 fn mount_data() -> Result<(), InitError> {
     let data = system::partition(4, Duration::from_secs(10))?;
+    match format_if_blank(&data) {
+        Ok(Some(layout)) => eprintln!(
+            "moat init: data partition {} was blank: formatted ext4, {} MiB",
+            data.display(),
+            layout.bytes() >> 20
+        ),
+        Ok(None) => {}
+        Err(err) => eprintln!("moat init: data partition {}: {err}", data.display()),
+    }
     let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME;
     match system::mount_fs(&data.to_string_lossy(), "/data", "ext4", flags, None) {
         Ok(()) => eprintln!("moat init: data partition {} on /data", data.display()),
@@ -229,6 +243,24 @@ fn mount_data() -> Result<(), InitError> {
         }
     }
     Ok(())
+}
+
+/// Makes an ext4 file system on `device` if it is blank, with a random
+/// (version 4) UUID and hash seed.
+fn format_if_blank(device: &Path) -> Result<Option<mkfs::Layout>, Box<dyn Error>> {
+    let file = File::options().read(true).write(true).open(device)?;
+    if !mkfs::is_blank(&file)? {
+        return Ok(None);
+    }
+    let mut uuid: [u8; 16] = rand::random();
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    let params = mkfs::Format {
+        uuid,
+        hash_seed: rand::random(),
+        now: crate::clock::unix_now(),
+    };
+    Ok(Some(mkfs::format(&file, &params)?))
 }
 
 /// A clock that starts at 1970 (no RTC, as on a Pi) would make every
