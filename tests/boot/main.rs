@@ -172,8 +172,12 @@ fn dig(ns: &Netns, server: &str, port: u16, name: &str, tcp: bool) -> Option<Str
 struct Vm {
     name: &'static str,
     qemu: Child,
+    /// QEMU's program and arguments but the serial console's.
+    command: Vec<String>,
     ns: Netns,
+    /// This boot's serial console.
     serial: PathBuf,
+    boots: u32,
     started: Instant,
     dir: PathBuf,
 }
@@ -206,52 +210,56 @@ impl Vm {
             .arg(format!("{}@@1M", image.display()))
             .arg(&settings)
             .arg("::moat.toml"));
-        let mut args = machine.args;
+
+        let mut command = vec![machine.qemu.to_owned()];
+        command.extend(machine.args);
         if let Some(template) = machine.firmware_vars {
             let vars = dir.join("firmware-vars.fd");
             fs::copy(need(template), &vars).unwrap();
-            args.extend([
+            command.extend([
                 "-drive".into(),
                 format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             ]);
         }
-
-        let serial = dir.join("serial.log");
-        let mut command = ns.exec(machine.qemu);
-        command
-            .args(&args)
-            .args([
+        command.extend(
+            [
                 "-accel", "tcg", "-m", "1024", "-display", "none", "-monitor", "none",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .arg("-drive")
-            .arg(format!(
-                "file={},format=raw,if=none,id=disk",
-                image.display()
-            ))
-            .args(["-device", "virtio-blk-pci,drive=disk"])
-            .args([
-                "-netdev",
-                "user,id=net,hostfwd=udp:127.0.0.1:53-:53,hostfwd=tcp:127.0.0.1:53-:53",
-                "-device",
-                "virtio-net-pci,netdev=net",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            ]
+            .map(String::from),
+        );
+        command.extend([
+            "-drive".into(),
+            format!("file={},format=raw,if=none,id=disk", image.display()),
+            "-device".into(),
+            "virtio-blk-pci,drive=disk".into(),
+            "-netdev".into(),
+            "user,id=net,hostfwd=udp:127.0.0.1:53-:53,hostfwd=tcp:127.0.0.1:53-:53".into(),
+            "-device".into(),
+            "virtio-net-pci,netdev=net".into(),
+        ]);
+        let serial = dir.join("serial-1.log");
         let started = moat::clock::now();
-        let qemu = command
-            .spawn()
-            .unwrap_or_else(|err| panic!("start {}: {err}", machine.qemu));
+        let qemu = start_qemu(&ns, &command, &serial);
         Self {
             name: machine.name,
             qemu,
+            command,
             ns,
             serial,
+            boots: 1,
             started,
             dir,
         }
+    }
+
+    /// Cuts the power (kills QEMU) and boots the same disk again.
+    fn power_cycle(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+        self.boots += 1;
+        self.serial = self.dir.join(format!("serial-{}.log", self.boots));
+        self.started = moat::clock::now();
+        self.qemu = start_qemu(&self.ns, &self.command, &self.serial);
     }
 
     fn console(&self) -> String {
@@ -311,6 +319,18 @@ impl Vm {
     }
 }
 
+fn start_qemu(ns: &Netns, command: &[String], serial: &Path) -> Child {
+    ns.exec(&command[0])
+        .args(&command[1..])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|err| panic!("start {}: {err}", command[0]))
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.qemu.kill();
@@ -343,6 +363,11 @@ fn boots_and_answers(machine: Machine) {
         "init consumed the first-boot settings",
     );
     vm.assert_console("(DHCP from", "the address came from DHCP");
+    vm.assert_console(
+        "was blank: formatted ext4",
+        "init made the file system of the blank data partition",
+    );
+    vm.assert_console(" on /data", "the data partition is mounted, not RAM");
     println!(
         "boot {}: first answer after {:.1} s; {}",
         vm.name,
@@ -513,9 +538,27 @@ upstreams = ["udp://10.0.2.2:5300"]
             .is_some_and(|version| version >= 1),
         "the replica runs a bundle from the primary: {entry}"
     );
+
+    // Power cut: the replica comes back on what /data kept (its pairing,
+    // its identity, the primary's bundle) and pairs no second time.
+    vm.power_cycle();
+    let answer = vm.wait_for("answer after the power cut", |vm| {
+        vm.dig("printer.lan", false)
+    });
+    let after_power_cut = vm.started.elapsed();
+    assert_eq!(answer, "192.168.1.9", "the primary's policy, kept in /data");
+    let console = vm.console();
+    assert!(
+        console.contains(" on /data")
+            && !console.contains("was blank")
+            && !console.contains("pairing attempt")
+            && !console.contains("paired with"),
+        "second boot: /data mounted as it was, no new file system, no second pairing; console:\n{console}"
+    );
     println!(
-        "boot {} replica: serving the primary's policy after {:.1} s",
+        "boot {} replica: serving the primary's policy {:.1} s after start, {:.1} s after a power cut",
         vm.name,
-        synced.as_secs_f64()
+        synced.as_secs_f64(),
+        after_power_cut.as_secs_f64()
     );
 }

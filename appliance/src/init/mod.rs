@@ -27,12 +27,13 @@ mod mkfs;
 mod net;
 mod system;
 
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 use nix::mount::MsFlags;
@@ -54,6 +55,11 @@ const STORED_SETTINGS: &str = "/data/settings.toml";
 const DAEMON_CONFIG: &str = "/data/moat.toml";
 /// Written once a replica has paired.
 const JOINED_MARK: &str = "/data/joined";
+
+/// Children a thread of init waits for, by PID. The supervisor reaps every
+/// child (orphans included), so `Command::status` would lose the race for
+/// the exit status; [`run_to_end`] gets it handed over from [`reap`].
+static WAITERS: Mutex<BTreeMap<i32, mpsc::Sender<WaitStatus>>> = Mutex::new(BTreeMap::new());
 
 /// Why init could not bring the appliance up.
 #[derive(Debug, Error)]
@@ -388,12 +394,13 @@ fn spawn_daemon() -> Option<Child> {
 fn pair(join: &firstboot::Join) {
     for attempt in 1..=60 {
         std::thread::sleep(Duration::from_secs(5));
-        let status = Command::new(format!("{SLOT_DIR}/moat"))
-            .args(["join", &join.primary, &join.code, "--config", DAEMON_CONFIG])
-            .env_remove(STAGE_VAR)
-            .status();
+        let status = run_to_end(
+            Command::new(format!("{SLOT_DIR}/moat"))
+                .args(["join", &join.primary, &join.code, "--config", DAEMON_CONFIG])
+                .env_remove(STAGE_VAR),
+        );
         match status {
-            Ok(status) if status.success() => {
+            Ok(WaitStatus::Exited(_, 0)) => {
                 let _ = system::write_atomic(Path::new(JOINED_MARK), b"");
                 eprintln!("moat init: paired with {}", join.primary);
                 return;
@@ -401,6 +408,21 @@ fn pair(join: &firstboot::Join) {
             other => eprintln!("moat init: pairing attempt {attempt}: {other:?}"),
         }
     }
+}
+
+/// Starts `command` and waits for its end, like `Command::status`, but
+/// with the status the supervisor reaped.
+fn run_to_end(command: &mut Command) -> std::io::Result<WaitStatus> {
+    let (sender, status) = mpsc::channel();
+    {
+        // Held across the spawn: `reap` cannot look the PID up before it is in.
+        let mut waiters = WAITERS.lock().unwrap_or_else(PoisonError::into_inner);
+        let child = command.spawn()?;
+        waiters.insert(child.id() as i32, sender);
+    }
+    status
+        .recv()
+        .map_err(|_| std::io::Error::other("init stopped reaping"))
 }
 
 /// Reports the daemon's resident memory on the console now and then.
@@ -451,7 +473,8 @@ fn supervise(signals: &SigSet, daemon: &mut Option<Child>) -> ! {
     }
 }
 
-/// Reaps every exited child; true if the daemon was one of them.
+/// Reaps every exited child, handing a waited-for one's status to its
+/// waiter; true if the daemon was one of them.
 fn reap(daemon: &Option<Child>) -> bool {
     let daemon_pid = daemon.as_ref().map(|child| child.id() as i32);
     let mut daemon_exited = false;
@@ -459,9 +482,17 @@ fn reap(daemon: &Option<Child>) -> bool {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(_) => return daemon_exited,
             Ok(status) => {
-                if status.pid().map(Pid::as_raw) == daemon_pid {
+                let pid = status.pid().map(Pid::as_raw);
+                if pid == daemon_pid {
                     eprintln!("moat init: daemon ended ({status:?}); restarting it");
                     daemon_exited = true;
+                } else if let Some(waiter) = pid.and_then(|pid| {
+                    WAITERS
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&pid)
+                }) {
+                    let _ = waiter.send(status);
                 }
             }
         }
