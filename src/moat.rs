@@ -47,6 +47,26 @@ fn build_binary() -> PathBuf {
     let mut build = Command::new(cargo);
     // The whole workspace, as scripts/test.sh builds it: one feature set, one build.
     build.args(["build", "--quiet", "--workspace", "--bins"]);
+    // Cargo gives the running test its package's variables. Build scripts
+    // watch some (ring: CARGO_PKG_NAME, CARGO_MANIFEST_DIR, …), so passing
+    // them on would rebuild ring and all above it here, and again in the
+    // next top-level cargo run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            build.env_remove(name.as_ref());
+        }
+    }
     if release {
         build.arg("--release");
     }
