@@ -31,27 +31,26 @@ for target in wasm32-unknown-unknown x86_64-unknown-linux-musl aarch64-unknown-l
     rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 done
 
-# The images the boot tests (tests/boot) start in QEMU. The arm64 one is
-# cross-built in the background from the start, at the lowest priority, with
-# the image-test profile (see Cargo.toml): it takes whatever CPU the x86_64
-# build and tests leave idle, and is waited for before the boot tests.
+# Everything runs on the static musl build that the x86_64 image ships, so CI
+# compiles the x86_64 side once: the tests, the benchmark and the image all
+# use the same `moat`. Nested cargo runs (tests/system's harness, the
+# benchmark) inherit the target.
+export CARGO_BUILD_TARGET=x86_64-unknown-linux-musl
+bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/$CARGO_BUILD_TARGET/release"
+cargo build --workspace --release --locked
+
+# The images the boot tests (tests/boot) start in QEMU. The x86_64 one holds
+# the binary just built. The arm64 one is cross-built in the background, at
+# the lowest priority, with the image-test profile (see Cargo.toml): it takes
+# the CPU the x86_64 tests leave idle, and is waited for before the boot tests.
 export MOAT_IMAGE_DIR="${CARGO_TARGET_DIR:-$PWD/target}/images"
-mkdir -p "$MOAT_IMAGE_DIR"
+MOAT_BINARY="$bin_dir/moat" MOAT_IMAGE_XZ=0 MOAT_IMAGE_OUT="$MOAT_IMAGE_DIR" image/build x86_64
 arm64_log="$MOAT_IMAGE_DIR/rpi-arm64.build.log"
 MOAT_PROFILE=image-test MOAT_IMAGE_XZ=0 MOAT_IMAGE_OUT="$MOAT_IMAGE_DIR" \
     setsid nice -n 19 image/build rpi-arm64 >"$arm64_log" 2>&1 &
 arm64_build=$!
 # setsid made it a process group of its own: on failure, end it and its cargo.
 trap 'kill -- "-$arm64_build" 2>/dev/null || true' EXIT
-
-# Everything else runs on the static musl build that the x86_64 image ships,
-# so CI compiles the x86_64 side once: the tests, the benchmark and the image
-# all use the same `moat`. Nested cargo runs (tests/system's harness, the
-# benchmark) inherit the target.
-export CARGO_BUILD_TARGET=x86_64-unknown-linux-musl
-bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/$CARGO_BUILD_TARGET/release"
-cargo build --workspace --release --locked
-MOAT_BINARY="$bin_dir/moat" MOAT_IMAGE_XZ=0 MOAT_IMAGE_OUT="$MOAT_IMAGE_DIR" image/build x86_64
 
 cargo test --workspace --release --locked --lib --bins --test system
 
