@@ -144,12 +144,22 @@ fn run(command: &mut Command) {
     assert!(status.success(), "{command:?}: {status}");
 }
 
-/// `dig` inside the namespace; its short answer, or `None` on no answer.
-fn dig(ns: &Netns, server: &str, port: u16, name: &str, tcp: bool) -> Option<String> {
+/// An empty directory `name` under the temp dir, whatever was there before.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `dig` at the guest through QEMU's forwarded port 53 in `ns`; its short
+/// answer, or `None` on no answer.
+fn dig(ns: &Netns, name: &str, tcp: bool) -> Option<String> {
     let mut command = ns.exec("dig");
-    command.arg(format!("@{server}")).args([
+    command.args([
+        "@127.0.0.1",
         "-p",
-        &port.to_string(),
+        "53",
         "+short",
         "+time=2",
         "+tries=1",
@@ -186,9 +196,7 @@ impl Vm {
     /// Copies the image, puts `first_boot` on its boot partition as
     /// `moat.toml` (the user's step after flashing) and boots it in `ns`.
     fn boot(machine: Machine, ns: Netns, first_boot: &str) -> Self {
-        let dir = std::env::temp_dir().join(&ns.0);
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir(&ns.0);
         let source = image_dir().join(machine.image);
         assert!(
             source.exists(),
@@ -290,9 +298,8 @@ impl Vm {
         }
     }
 
-    /// `dig` at the guest through QEMU's forwarded port 53.
     fn dig(&self, name: &str, tcp: bool) -> Option<String> {
-        dig(&self.ns, "127.0.0.1", 53, name, tcp)
+        dig(&self.ns, name, tcp)
     }
 
     /// The daemon's memory, as init reports it ten seconds after the start.
@@ -400,9 +407,7 @@ struct HostPrimary {
 
 impl HostPrimary {
     fn start(ns: &Netns) -> Self {
-        let dir = std::env::temp_dir().join(format!("{}-primary", ns.0));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir(&format!("{}-primary", ns.0));
         let config = dir.join("moat.toml");
         fs::write(
             &config,
