@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod dns;
 pub mod fleet;
 pub mod init;
+pub mod lists;
 pub mod policy;
 pub mod stats;
 pub mod store;

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use moat::compile::{compile_policy, explain};
 use moat::config::Config;
-use moat::control::{self, ClientError, ControlClient};
-use moat::daemon::{ConfigSource, Daemon, join_offline};
+use moat::control::{ClientError, ControlClient};
+use moat::daemon::{App, ConfigSource, join_offline};
 use moat::policy::{Policy, Question, WasmPolicy};
 use moat::store::{Access, DataDir};
 use serde_json::{Value, json};
@@ -340,15 +340,14 @@ fn policy_tool(command: PolicyCommand) -> Result<()> {
 
 async fn run(source: ConfigSource) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let daemon = Daemon::start(source)?;
-    control::serve(std::sync::Arc::clone(&daemon)).await?;
+    let running = App::build(source)?.spawn()?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                if let Err(err) = daemon.reload() {
+                if let Err(err) = running.daemon().reload().await {
                     tracing::error!(error = %err, "reload refused; the running configuration stays");
                 }
             }
@@ -357,10 +356,7 @@ async fn run(source: ConfigSource) -> Result<()> {
         }
     }
     tracing::info!("shutting down");
-    let stopping = std::sync::Arc::clone(&daemon);
-    tokio::task::spawn_blocking(move || stopping.shutdown()).await?;
-    // Lets the sync endpoint send its close to the replicas.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    running.shutdown().await;
     Ok(())
 }
 

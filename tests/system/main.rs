@@ -7,6 +7,7 @@ mod config;
 mod control;
 mod fleet;
 mod hostile;
+mod owner;
 mod policy;
 mod robustness;
 mod serving;

@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 use super::{ApiError, AppState, auth, from_loopback, metrics};
 use crate::clock;
 use crate::config::{Policy, Tuning};
-use crate::daemon::{Daemon, PolicyView, Status};
+use crate::daemon::{PolicyView, Status};
 use crate::fleet::ReplicaView;
 use crate::policy::PauseState;
 use crate::stats::{LogFilter, LogPage, MinuteCounts, Outcome, StatsSnapshot};
@@ -327,7 +327,8 @@ async fn put_policy(
     State(state): State<AppState>,
     JsonBody(policy): JsonBody<Policy>,
 ) -> Result<Json<Applied>, ApiError> {
-    apply(state.daemon, move |daemon| daemon.set_policy(&policy)).await
+    let config_generation = state.daemon.set_policy(policy).await?;
+    Ok(Json(Applied { config_generation }))
 }
 
 /// This appliance's tuning.
@@ -355,7 +356,8 @@ async fn put_tuning(
     State(state): State<AppState>,
     JsonBody(tuning): JsonBody<Tuning>,
 ) -> Result<Json<Applied>, ApiError> {
-    apply(state.daemon, move |daemon| daemon.set_tuning(&tuning)).await
+    let config_generation = state.daemon.set_tuning(tuning).await?;
+    Ok(Json(Applied { config_generation }))
 }
 
 #[utoipa::path(post, path = "/api/v1/reload", tag = "settings",
@@ -363,14 +365,7 @@ async fn put_tuning(
     responses((status = 200, body = Applied), (status = 422, body = super::ApiErrorBody)),
     security(("bearer" = []), ("session" = [])))]
 async fn reload(State(state): State<AppState>) -> Result<Json<Applied>, ApiError> {
-    apply(state.daemon, |daemon| daemon.reload()).await
-}
-
-async fn apply(
-    daemon: Arc<Daemon>,
-    change: impl FnOnce(&Daemon) -> Result<u64, crate::daemon::DaemonError> + Send + 'static,
-) -> Result<Json<Applied>, ApiError> {
-    let config_generation = blocking(move || Ok(change(&daemon)?)).await?;
+    let config_generation = state.daemon.reload().await?;
     Ok(Json(Applied { config_generation }))
 }
 
@@ -391,13 +386,13 @@ async fn pause(
 ) -> Result<Json<PauseState>, ApiError> {
     let body = body.map(|JsonBody(body)| body).unwrap_or_default();
     let duration = body.duration.as_deref().map(parse_duration).transpose()?;
-    Ok(Json(state.daemon.pause(duration)?))
+    Ok(Json(state.daemon.pause(duration).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/resume", tag = "blocking",
     responses((status = 200, body = PauseState)), security(("bearer" = []), ("session" = [])))]
 async fn resume(State(state): State<AppState>) -> Result<Json<PauseState>, ApiError> {
-    Ok(Json(state.daemon.resume()?))
+    Ok(Json(state.daemon.resume().await?))
 }
 
 /// How long a pairing code stays valid.

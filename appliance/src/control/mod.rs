@@ -23,7 +23,7 @@ use utoipa_axum::router::OpenApiRouter;
 pub use client::{ClientError, ControlClient};
 
 use crate::clock;
-use crate::daemon::{Daemon, DaemonError, FleetError};
+use crate::daemon::{Cause, Daemon, DaemonError};
 use crate::store::{Access, files};
 use auth::Auth;
 
@@ -61,12 +61,23 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// Binds the control endpoint, records its address in the data directory
-/// and serves it until the process ends.
-pub async fn serve(daemon: Arc<Daemon>) -> Result<SocketAddr, DaemonError> {
-    let config = daemon.config();
+/// Binds the control endpoint's address.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves the control endpoint on `listener` until `stop` ends, and
+/// records its address in the data directory. The task ends once the
+/// connections open at `stop` have finished.
+pub fn serve(
+    daemon: Arc<Daemon>,
+    listener: std::net::TcpListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
     let auth = Arc::new(Auth::load(daemon.data().clone())?);
-    let listener = tokio::net::TcpListener::bind(config.instance.control).await?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     daemon.data().write(
         files::CONTROL_ADDR,
@@ -80,14 +91,17 @@ pub async fn serve(daemon: Arc<Daemon>) -> Result<SocketAddr, DaemonError> {
         );
     }
     let app = router(AppState { daemon, auth });
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(err) = axum::serve(listener, service).await {
+        if let Err(err) = axum::serve(listener, service)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!(error = %err, "control endpoint stopped");
         }
     });
     tracing::info!(%addr, "control endpoint listening");
-    Ok(addr)
+    Ok(task)
 }
 
 /// Every route: the protected API and `/metrics` behind the auth check,
@@ -158,18 +172,11 @@ impl IntoResponse for ApiError {
 
 impl From<DaemonError> for ApiError {
     fn from(err: DaemonError) -> Self {
-        let status = match err {
-            DaemonError::Config(_)
-            | DaemonError::Upstream(_)
-            | DaemonError::UpstreamCa { .. }
-            | DaemonError::Compile(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            DaemonError::SyncedPolicy { .. } | DaemonError::Fleet(FleetError::Role(_)) => {
-                StatusCode::CONFLICT
-            }
-            DaemonError::Fleet(FleetError::Pairing(_) | FleetError::Code(_)) => {
-                StatusCode::FORBIDDEN
-            }
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        let status = match err.cause() {
+            Cause::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Cause::WrongRole => StatusCode::CONFLICT,
+            Cause::Refused => StatusCode::FORBIDDEN,
+            Cause::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self(status, err.to_string())
     }

@@ -1,36 +1,49 @@
-//! The running appliance: builds every subsystem from the configuration,
-//! binds the sockets, and applies reloads, pauses and shutdown.
+//! The composition root: [`App::build`] loads the configuration, builds
+//! every subsystem and binds every socket; [`App::spawn`] starts them and
+//! returns the [`Running`] handle that drains them at shutdown. One thread,
+//! the policy owner (`owner.rs`), holds the policy state and applies every
+//! change to it; [`Daemon`] is what the control plane and the CLI call.
 
 mod fleet;
+mod live;
+mod owner;
 mod policy;
+mod role;
 mod settings;
+mod tasks;
 
 pub use fleet::{FleetError, PrimaryStatus, join_offline};
+pub use role::RoleError;
 pub use settings::{PolicyView, SyncedFrom};
 
 use std::net::SocketAddr;
-use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
-use crate::bundle::{Bundle, BundleError, BundleStore, PublicKey, SigningKey, VerifiedBundle};
+use crate::bundle::{BundleError, VerifiedBundle};
 use crate::clock;
-use crate::compile::{CompileError, record_download, store_download};
-use crate::config::{BlocklistSource, Config, ConfigError, SourceLocation};
+use crate::compile::CompileError;
+use crate::config::{Config, ConfigError};
+use crate::control;
 use crate::dns::cache::Cache;
-use crate::dns::handler::{Live, QueryHandler};
-use crate::dns::listen::{ListenError, Listeners};
-use crate::dns::upstream::{UpstreamError, UpstreamStatus, Upstreams};
+use crate::dns::handler::QueryHandler;
+use crate::dns::listen::{ListenError, Listeners, Serving};
+use crate::dns::upstream::{UpstreamError, UpstreamStatus};
 use crate::policy::{Chain, Pause, PauseState, PluginError};
 use crate::stats::QueryLog;
-use crate::store::{Access, DataDir, StoreError, files};
-use crate::sync::pairing::PrimaryPin;
+use crate::store::{DataDir, StoreError, files};
+use live::LiveBuilder;
+use owner::{Command, Commands, PolicyOwner, Snapshot};
 use policy::OpenedBundle;
+use role::{FleetParts, Role, RoleSetup};
 
 /// Where the configuration comes from, so a reload can read it again.
 #[derive(Debug, Clone)]
@@ -85,22 +98,46 @@ pub enum DaemonError {
     /// A policy bundle is unusable.
     #[error(transparent)]
     Bundle(#[from] BundleError),
-    /// This appliance is a replica: its policy comes from its primary.
-    #[error(
-        "policy is synced from primary `{primary}` ({address}); change it there (tuning and instance settings stay local)"
-    )]
-    SyncedPolicy {
-        /// The primary's name.
-        primary: String,
-        /// Where it is.
-        address: String,
-    },
+    /// The request does not fit this appliance's role.
+    #[error(transparent)]
+    Role(#[from] RoleError),
     /// Pairing or sync failed.
     #[error(transparent)]
     Fleet(#[from] FleetError),
     /// Another I/O failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The daemon is shutting down.
+    #[error("the daemon is shutting down")]
+    Stopped,
+}
+
+/// What kind of failure an error is, for whoever answers for it (the
+/// control API maps each to an HTTP status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The request or configuration is invalid; the message names the key.
+    Invalid,
+    /// The request does not fit this appliance's role.
+    WrongRole,
+    /// A pairing code was wrong, used or expired.
+    Refused,
+    /// Something on this appliance failed.
+    Internal,
+}
+
+impl DaemonError {
+    /// What kind of failure this is.
+    pub fn cause(&self) -> Cause {
+        match self {
+            Self::Config(_) | Self::Upstream(_) | Self::UpstreamCa { .. } | Self::Compile(_) => {
+                Cause::Invalid
+            }
+            Self::Role(_) => Cause::WrongRole,
+            Self::Fleet(err) => err.cause(),
+            _ => Cause::Internal,
+        }
+    }
 }
 
 /// What `status` reports.
@@ -142,58 +179,302 @@ pub struct Status {
     pub replicas: Vec<crate::fleet::ReplicaView>,
 }
 
-/// The configuration and policy in force.
+/// A running appliance, as the control plane and the CLI see it: reads
+/// come from the latest snapshot without waiting, changes go to the policy
+/// owner.
 #[derive(Debug)]
-struct Current {
-    config: Config,
-    generation: u64,
-    role: Role,
-    bundle: Option<VerifiedBundle>,
-    opened: Arc<OpenedBundle>,
+pub struct Daemon {
+    commands: Commands,
+    snapshot: ArcSwap<Snapshot>,
+    role: Mutex<Role>,
+    fleet: FleetParts,
+    handler: Arc<QueryHandler>,
+    data: DataDir,
+    started: Instant,
+    udp: Vec<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+    query_log_loss_reported: AtomicBool,
 }
 
-/// What this appliance is in its fleet.
+impl Daemon {
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.snapshot.load().config.clone()
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// The query path.
+    pub fn handler(&self) -> &Arc<QueryHandler> {
+        &self.handler
+    }
+
+    /// Re-reads the configuration and applies it without dropping a query;
+    /// an invalid configuration is refused and the running one stays.
+    /// Returns the new configuration generation.
+    pub async fn reload(&self) -> Result<u64, DaemonError> {
+        self.commands.call(Command::Reload).await
+    }
+
+    /// The version of the bundle in force.
+    pub fn bundle_version(&self) -> Option<u64> {
+        self.snapshot.load().bundle.map(|(version, _)| version)
+    }
+
+    /// Pauses blocking, for `duration` or until resumed; kept across restarts.
+    pub async fn pause(&self, duration: Option<Duration>) -> Result<PauseState, DaemonError> {
+        let state = PauseState::for_duration(duration);
+        self.commands
+            .call(|reply| Command::Pause(state, reply))
+            .await
+    }
+
+    /// Resumes blocking.
+    pub async fn resume(&self) -> Result<PauseState, DaemonError> {
+        self.commands
+            .call(|reply| Command::Pause(PauseState::Blocking, reply))
+            .await
+    }
+
+    /// A status report; never waits for a change being applied.
+    pub fn status(&self) -> Status {
+        let snapshot = self.snapshot.load_full();
+        let (role, primary, replicas) = {
+            let role = self.role.lock();
+            (role.name(), role.primary_status(), role.replicas())
+        };
+        let live = self.handler.live();
+        Status {
+            role: role.into(),
+            bundle_version: snapshot.bundle.map(|(version, _)| version),
+            bundle_expires_unix: snapshot.bundle.map(|(_, expires)| expires),
+            primary,
+            replicas,
+            name: snapshot.config.instance.name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: clock::now()
+                .saturating_duration_since(self.started)
+                .as_secs(),
+            pause: self.handler.pause().state(),
+            udp: self.udp.clone(),
+            tcp: self.tcp.clone(),
+            cache_entries: self.handler.cache().len(),
+            upstreams: live.upstreams.status(),
+            config_generation: snapshot.generation,
+            query_log_lost: self.handler.query_log().lost(),
+            policy_faults: live.policy.faults(),
+        }
+    }
+
+    /// On the primary: its replicas, their status and their pushed stats.
+    pub fn replicas(&self) -> Vec<crate::fleet::ReplicaView> {
+        self.role.lock().replicas()
+    }
+}
+
+/// The real addresses an [`App`] bound.
 #[derive(Debug, Clone)]
-pub enum Role {
-    /// Owns the policy and signs its bundles with this key.
-    Primary(Arc<SigningKey>),
-    /// Runs the bundles of the primary pinned at pairing.
-    Replica(PrimaryPin),
+pub struct BoundAddrs {
+    /// DNS over UDP.
+    pub udp: Vec<SocketAddr>,
+    /// DNS over TCP.
+    pub tcp: Vec<SocketAddr>,
+    /// The control plane.
+    pub control: SocketAddr,
 }
 
-impl Role {
-    /// A replica when a primary is pinned in `data`, otherwise a primary.
-    fn load(data: &DataDir) -> Result<Self, DaemonError> {
-        match data.read_json::<PrimaryPin>(files::PRIMARY)? {
-            Some(pin) => Ok(Self::Replica(pin)),
-            None => Ok(Self::Primary(Arc::new(SigningKey::load_or_create(data)?))),
+/// Every subsystem built and every socket bound; nothing served yet.
+#[derive(Debug)]
+pub struct App {
+    daemon: Arc<Daemon>,
+    owner: PolicyOwner,
+    inbox: mpsc::Receiver<Command>,
+    listeners: Listeners,
+    control: std::net::TcpListener,
+    tuning: crate::config::ServerTuning,
+}
+
+impl App {
+    /// Loads the configuration and the data directory, opens the policy in
+    /// force and binds DNS, the control plane and (on a primary) the sync
+    /// endpoint. Must run inside a multi-threaded tokio runtime.
+    pub fn build(source: ConfigSource) -> Result<Self, DaemonError> {
+        let config = source.load()?;
+        let data = DataDir::open(&config.instance.data_dir)?;
+        let fleet = FleetParts::load(&data, &config.instance.name)?;
+        let role = RoleSetup::load(&data, &fleet, config.instance.sync)?;
+        let (bundle, opened) = policy_for(&config, &data, &role)?;
+        let opened = Arc::new(opened);
+        let mut live = LiveBuilder::default();
+        let handler = QueryHandler::new(
+            live.build(&config, &opened)?,
+            Cache::new(config.tuning.cache.clone()),
+            Pause::new(stored_pause(&data)),
+            QueryLog::new(config.tuning.query_log.memory_entries),
+        );
+        let listeners = Listeners::bind(&config.instance.listen)?;
+        let control = control::bind(config.instance.control)?;
+        let (commands, inbox) = Commands::channel();
+        let daemon = Arc::new_cyclic(|daemon| Daemon {
+            commands,
+            snapshot: ArcSwap::from_pointee(Snapshot::of(&config, 1, &opened, bundle.as_ref())),
+            role: Mutex::new(role.start(&fleet, fleet::replica_hooks(daemon.clone()))),
+            fleet,
+            handler,
+            data,
+            started: clock::now(),
+            udp: listeners.udp_addrs(),
+            tcp: listeners.tcp_addrs(),
+            query_log_loss_reported: AtomicBool::new(false),
+        });
+        if let Some(bundle) = &bundle {
+            daemon.role.lock().publish(bundle);
+        }
+        let tuning = config.tuning.server.clone();
+        let owner = PolicyOwner::new(source, config, bundle, opened, live, Arc::clone(&daemon));
+        Ok(Self {
+            daemon,
+            owner,
+            inbox,
+            listeners,
+            control,
+            tuning,
+        })
+    }
+
+    /// The addresses bound.
+    pub fn addrs(&self) -> BoundAddrs {
+        BoundAddrs {
+            udp: self.daemon.udp.clone(),
+            tcp: self.daemon.tcp.clone(),
+            control: self
+                .control
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
         }
     }
 
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Primary(_) => "primary",
-            Self::Replica(_) => "replica",
+    /// Starts serving: DNS, the control plane, the policy owner and the
+    /// background tasks (query-log flushes, re-sealing, list downloads).
+    pub fn spawn(self) -> Result<Running, DaemonError> {
+        let Self {
+            daemon,
+            owner,
+            inbox,
+            listeners,
+            control,
+            tuning,
+        } = self;
+        // The owner starts replica links and closes sync endpoints: tasks
+        // of this runtime.
+        let runtime = tokio::runtime::Handle::current();
+        let owner = std::thread::Builder::new()
+            .name("moat-policy".into())
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                owner.run(inbox);
+            })?;
+        let dns = listeners.serve(&daemon.handler, &tuning)?;
+        tracing::info!(name = %daemon.config().instance.name, udp = ?daemon.udp, tcp = ?daemon.tcp, "serving DNS");
+        let (stop_control, control_stopped) = oneshot::channel::<()>();
+        let control = control::serve(Arc::clone(&daemon), control, async {
+            let _ = control_stopped.await;
+        })?;
+        let mut background = JoinSet::new();
+        background.spawn(tasks::flush_query_log_periodically(Arc::clone(&daemon)));
+        background.spawn(tasks::reseal_periodically(Arc::clone(&daemon)));
+        background.spawn(tasks::download_lists_periodically(Arc::clone(&daemon))?);
+        Ok(Running {
+            daemon,
+            owner,
+            dns,
+            control,
+            stop_control,
+            background,
+        })
+    }
+}
+
+/// A serving appliance; [`Running::shutdown`] drains it.
+#[derive(Debug)]
+pub struct Running {
+    daemon: Arc<Daemon>,
+    owner: std::thread::JoinHandle<()>,
+    dns: Serving,
+    control: tokio::task::JoinHandle<()>,
+    stop_control: oneshot::Sender<()>,
+    background: JoinSet<()>,
+}
+
+/// How long shutdown waits for open control connections to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Running {
+    /// The running daemon.
+    pub fn daemon(&self) -> &Arc<Daemon> {
+        &self.daemon
+    }
+
+    /// Stops taking queries and requests, lets the policy owner finish the
+    /// change it is applying, tells the fleet peers, and writes the query
+    /// log out.
+    pub async fn shutdown(self) {
+        let Self {
+            daemon,
+            owner,
+            dns,
+            control,
+            stop_control,
+            mut background,
+        } = self;
+        dns.stop().await;
+        let _ = stop_control.send(());
+        if tokio::time::timeout(DRAIN_TIMEOUT, control).await.is_err() {
+            tracing::warn!("control connections still open at shutdown; closing them");
+        }
+        background.shutdown().await;
+        let _ = daemon.commands.call(Command::Stop).await;
+        let _ = tokio::task::spawn_blocking(move || owner.join()).await;
+        let closing = daemon.role.lock().close();
+        closing.await;
+        let flushing = Arc::clone(&daemon);
+        let _ = tokio::task::spawn_blocking(move || tasks::flush_query_log(&flushing)).await;
+    }
+}
+
+/// The pause state kept in `data`; blocking when none or unreadable.
+fn stored_pause(data: &DataDir) -> PauseState {
+    match data.read_json::<PauseState>(files::PAUSE) {
+        Ok(state) => state.unwrap_or_default(),
+        Err(err) => {
+            tracing::error!(error = %err, "pause state unreadable; blocking stays on");
+            PauseState::Blocking
         }
     }
 }
 
-/// The bundle `role` runs with `config`, opened. A replica without a
-/// usable bundle from its primary yet serves without blocking, with its
-/// own upstreams, until the first one arrives.
+/// The bundle `role` starts with, opened. A replica without a usable
+/// bundle from its primary yet serves without blocking, with its own
+/// upstreams, until the first one arrives.
 fn policy_for(
     config: &Config,
     data: &DataDir,
-    role: &Role,
-    starting: bool,
+    role: &RoleSetup,
 ) -> Result<(Option<VerifiedBundle>, OpenedBundle), DaemonError> {
     let now = clock::unix_now();
     let bundle = match role {
-        Role::Primary(key) => Some(policy::seal_for_primary(config, data, key, starting, now)?),
-        Role::Replica(pin) => policy::stored(data, &PublicKey(pin.signing_key), now)
-            .inspect_err(|err| tracing::error!(error = %err, "stored bundle unusable"))
-            .ok()
-            .flatten(),
+        RoleSetup::Primary { key, .. } => {
+            Some(policy::seal_for_primary(config, data, key, true, now)?)
+        }
+        RoleSetup::Replica(pin) => {
+            policy::stored(data, &crate::bundle::PublicKey(pin.signing_key), now)
+                .inspect_err(|err| tracing::error!(error = %err, "stored bundle unusable"))
+                .ok()
+                .flatten()
+        }
     };
     match bundle {
         Some(bundle) => {
@@ -211,461 +492,4 @@ fn policy_for(
             Ok((None, opened))
         }
     }
-}
-
-/// A running appliance.
-#[derive(Debug)]
-pub struct Daemon {
-    source: ConfigSource,
-    current: Mutex<Current>,
-    fleet: fleet::FleetLinks,
-    handler: Arc<QueryHandler>,
-    data: DataDir,
-    started: Instant,
-    udp: Vec<SocketAddr>,
-    tcp: Vec<SocketAddr>,
-    shutdown: Arc<AtomicBool>,
-    query_log_loss_reported: AtomicBool,
-    /// Held while a settings change is saved and applied.
-    settings_writer: Mutex<()>,
-}
-
-impl Daemon {
-    /// Loads the configuration, binds every socket and starts serving.
-    /// Must run inside a multi-threaded tokio runtime.
-    pub fn start(source: ConfigSource) -> Result<Arc<Self>, DaemonError> {
-        let config = source.load()?;
-        let data = DataDir::open(&config.instance.data_dir)?;
-        let role = Role::load(&data)?;
-        let (bundle, opened) = policy_for(&config, &data, &role, true)?;
-        let pause = match data.read_json::<PauseState>(files::PAUSE) {
-            Ok(state) => state.unwrap_or_default(),
-            Err(err) => {
-                tracing::error!(error = %err, "pause state unreadable; blocking stays on");
-                PauseState::Blocking
-            }
-        };
-        let handler = QueryHandler::new(
-            build_live(&config, &opened)?,
-            Cache::new(config.tuning.cache.clone()),
-            Pause::new(pause),
-            QueryLog::new(config.tuning.query_log.memory_entries),
-        );
-        let listeners = Listeners::bind(&config.instance.listen)?;
-        let (udp, tcp) = (listeners.udp_addrs(), listeners.tcp_addrs());
-        let shutdown = Arc::new(AtomicBool::new(false));
-        listeners.serve(&handler, &config.tuning.server, &shutdown)?;
-        tracing::info!(name = %config.instance.name, ?udp, ?tcp, "serving DNS");
-        let fleet = fleet::FleetLinks::new(&config, &data)?;
-        let daemon = Arc::new(Self {
-            source,
-            current: Mutex::new(Current {
-                config,
-                generation: 1,
-                role,
-                bundle,
-                opened: Arc::new(opened),
-            }),
-            fleet,
-            handler,
-            data,
-            started: clock::now(),
-            udp,
-            tcp,
-            shutdown,
-            query_log_loss_reported: AtomicBool::new(false),
-            settings_writer: Mutex::new(()),
-        });
-        tokio::spawn(Arc::clone(&daemon).flush_query_log_periodically());
-        tokio::spawn(Arc::clone(&daemon).download_lists_periodically());
-        daemon.start_sync()?;
-        tokio::spawn(Arc::clone(&daemon).reseal_periodically());
-        Ok(daemon)
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> Config {
-        self.current.lock().config.clone()
-    }
-
-    /// The data directory.
-    pub fn data(&self) -> &DataDir {
-        &self.data
-    }
-
-    /// The query path.
-    pub fn handler(&self) -> &Arc<QueryHandler> {
-        &self.handler
-    }
-
-    /// Re-reads the configuration and applies it without dropping a query;
-    /// an invalid configuration is refused and the running one stays.
-    pub fn reload(&self) -> Result<u64, DaemonError> {
-        let new = self.source.load()?;
-        let mut current = self.current.lock();
-        let (bundle, opened) = match &current.role {
-            Role::Primary(_) => {
-                let (bundle, opened) = policy_for(&new, &self.data, &current.role, false)?;
-                (bundle, Arc::new(opened))
-            }
-            Role::Replica(pin) if new.policy != current.config.policy => {
-                return Err(DaemonError::SyncedPolicy {
-                    primary: pin.name.clone(),
-                    address: pin.address.clone(),
-                });
-            }
-            Role::Replica(_) => (current.bundle.clone(), Arc::clone(&current.opened)),
-        };
-        let live = build_live(&new, &opened)?;
-        if new.instance != current.config.instance {
-            tracing::warn!("changes to [instance] take effect at the next start");
-        }
-        if new.tuning.query_log.memory_entries != current.config.tuning.query_log.memory_entries {
-            tracing::warn!("tuning.query_log.memory_entries takes effect at the next start");
-        }
-        self.handler.cache().retune(new.tuning.cache.clone());
-        self.handler.replace_live(live);
-        current.generation += 1;
-        current.config = new;
-        current.opened = opened;
-        if let Some(bundle) = &bundle
-            && matches!(current.role, Role::Primary(_))
-        {
-            self.fleet.publish(bundle);
-        }
-        current.bundle = bundle;
-        tracing::info!(generation = current.generation, "configuration reloaded");
-        Ok(current.generation)
-    }
-
-    /// Applies a bundle sent by the primary: verified with the pinned key,
-    /// newer than the one in force, then stored and swapped in.
-    pub fn apply_bundle(&self, bytes: &[u8]) -> Result<u64, DaemonError> {
-        let mut current = self.current.lock();
-        let Role::Replica(pin) = current.role.clone() else {
-            return Err(DaemonError::Bundle(BundleError::Malformed(
-                "a primary takes no bundles".into(),
-            )));
-        };
-        let running = current.bundle.as_ref().map(VerifiedBundle::version);
-        let bundle = Bundle::parse(bytes)?.verify(
-            &PublicKey(pin.signing_key),
-            running,
-            clock::unix_now(),
-        )?;
-        let opened = Arc::new(policy::open(&bundle)?);
-        let live = build_live(&current.config, &opened)?;
-        BundleStore::new(self.data.clone()).save(&bundle)?;
-        self.handler.replace_live(live);
-        let version = bundle.version();
-        current.bundle = Some(bundle);
-        current.opened = opened;
-        tracing::info!(version, primary = %pin.name, "applied a bundle from the primary");
-        Ok(version)
-    }
-
-    /// On the primary, seals a new version of the bundle before the one in
-    /// force expires, so replicas never freeze on an expired policy.
-    async fn reseal_periodically(self: Arc<Self>) {
-        const CHECK_EVERY: Duration = Duration::from_secs(3600);
-        loop {
-            tokio::time::sleep(CHECK_EVERY).await;
-            let due = {
-                let current = self.current.lock();
-                matches!(current.role, Role::Primary(_))
-                    && current.bundle.as_ref().is_some_and(|bundle| {
-                        bundle.expires_unix() < clock::unix_now() + policy::RESEAL_BEFORE.as_secs()
-                    })
-            };
-            if due {
-                let daemon = Arc::clone(&self);
-                match tokio::task::spawn_blocking(move || daemon.reload()).await {
-                    Ok(Ok(_)) => tracing::info!("bundle re-sealed before expiry"),
-                    Ok(Err(err)) => tracing::error!(error = %err, "cannot re-seal the bundle"),
-                    Err(err) => tracing::error!(error = %err, "re-seal task failed"),
-                }
-            }
-        }
-    }
-
-    /// The version of the bundle in force.
-    pub fn bundle_version(&self) -> Option<u64> {
-        self.current
-            .lock()
-            .bundle
-            .as_ref()
-            .map(VerifiedBundle::version)
-    }
-
-    /// Pauses blocking, for `duration` or until resumed; kept across restarts.
-    pub fn pause(&self, duration: Option<Duration>) -> Result<PauseState, DaemonError> {
-        self.set_pause(PauseState::for_duration(duration))
-    }
-
-    /// Resumes blocking.
-    pub fn resume(&self) -> Result<PauseState, DaemonError> {
-        self.set_pause(PauseState::Blocking)
-    }
-
-    fn set_pause(&self, state: PauseState) -> Result<PauseState, DaemonError> {
-        self.data.write_json(files::PAUSE, &state, Access::Public)?;
-        self.handler.pause().set(state);
-        tracing::info!(?state, "blocking pause changed");
-        Ok(state)
-    }
-
-    /// A status report.
-    pub fn status(&self) -> Status {
-        let current = self.current.lock();
-        let (config, generation) = (current.config.clone(), current.generation);
-        let bundle = current.bundle.as_ref();
-        let (bundle_version, bundle_expires_unix) = (
-            bundle.map(VerifiedBundle::version),
-            bundle.map(VerifiedBundle::expires_unix),
-        );
-        let role = current.role.clone();
-        drop(current);
-        Status {
-            role: role.name().into(),
-            bundle_version,
-            bundle_expires_unix,
-            primary: match &role {
-                Role::Replica(pin) => Some(self.fleet.primary_status(pin)),
-                Role::Primary(_) => None,
-            },
-            replicas: self.replicas(),
-            name: config.instance.name,
-            version: env!("CARGO_PKG_VERSION").into(),
-            uptime_secs: clock::now()
-                .saturating_duration_since(self.started)
-                .as_secs(),
-            pause: self.handler.pause().state(),
-            udp: self.udp.clone(),
-            tcp: self.tcp.clone(),
-            cache_entries: self.handler.cache().len(),
-            upstreams: self.handler.live().upstreams.status(),
-            config_generation: generation,
-            query_log_lost: self.handler.query_log().lost(),
-            policy_faults: self.handler.live().policy.faults(),
-        }
-    }
-
-    /// On the primary: its replicas, their status and their pushed stats.
-    pub fn replicas(&self) -> Vec<crate::fleet::ReplicaView> {
-        self.fleet.replicas()
-    }
-
-    /// Stops the listeners and writes the query log out.
-    pub fn shutdown(&self) {
-        self.shutdown.store(true, Ordering::Relaxed);
-        self.fleet.close();
-        self.flush_query_log();
-    }
-
-    fn flush_query_log(&self) {
-        let retention = self.current.lock().config.tuning.query_log.retention;
-        let dir = self.data.path(files::QUERY_LOG);
-        match self
-            .handler
-            .query_log()
-            .flush(&dir, clock::unix_now_ms(), retention)
-        {
-            Ok(report)
-                if report.lost > 0
-                    && !self.query_log_loss_reported.swap(true, Ordering::Relaxed) =>
-            {
-                tracing::warn!(
-                    lost = report.lost,
-                    "query log cannot keep up; entries it drops are counted in status (reported once)"
-                );
-            }
-            Ok(_) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, dir = %dir.display(), "query log flush failed")
-            }
-        }
-    }
-
-    /// Flushes the query log every `flush_interval`. Under a flood the
-    /// ring overwrites what it cannot hold; those entries are counted, so
-    /// the log costs bounded CPU and memory whatever the query rate.
-    async fn flush_query_log_periodically(self: Arc<Self>) {
-        loop {
-            let interval = self.current.lock().config.tuning.query_log.flush_interval;
-            let interval = interval.max(Duration::from_millis(100));
-            tokio::time::sleep(interval).await;
-            if self.shutdown.load(Ordering::Relaxed) {
-                return;
-            }
-            let daemon = Arc::clone(&self);
-            let _ = tokio::task::spawn_blocking(move || daemon.flush_query_log()).await;
-        }
-    }
-}
-
-/// Largest blocklist downloaded.
-const MAX_LIST_BYTES: usize = 256 << 20;
-/// How long one download may take.
-const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
-
-impl Daemon {
-    /// Downloads every URL blocklist now and then at its refresh interval;
-    /// a changed list is kept and the policy recompiled. A failed download
-    /// keeps the last good copy.
-    async fn download_lists_periodically(self: Arc<Self>) {
-        let mut client = None;
-        loop {
-            let config = self.config();
-            let sources: Vec<_> = config
-                .policy
-                .blocklists
-                .iter()
-                .filter(|source| matches!(source.source, SourceLocation::Url(_)))
-                .collect();
-            let wait = sources
-                .iter()
-                .map(|source| source.refresh)
-                .min()
-                .unwrap_or(Duration::from_secs(60));
-            if client.is_none() && !sources.is_empty() {
-                client = download_client(&config)
-                    .inspect_err(
-                        |err| tracing::warn!(error = %err, "no HTTP client for blocklists"),
-                    )
-                    .ok();
-            }
-            let mut changed = false;
-            for source in sources {
-                let Some(client) = &client else { break };
-                changed |= self.download(client, source).await;
-            }
-            if changed {
-                let daemon = Arc::clone(&self);
-                match tokio::task::spawn_blocking(move || daemon.reload()).await {
-                    Ok(Ok(generation)) => {
-                        tracing::info!(generation, "policy rebuilt from downloaded lists")
-                    }
-                    Ok(Err(err)) => tracing::error!(error = %err, "downloaded lists not applied"),
-                    Err(err) => tracing::error!(error = %err, "reload task failed"),
-                }
-            }
-            if self.shutdown.load(Ordering::Relaxed) {
-                return;
-            }
-            tokio::time::sleep(wait.max(Duration::from_millis(500))).await;
-        }
-    }
-
-    /// Downloads one list; true when its content changed.
-    async fn download(&self, client: &reqwest::Client, source: &BlocklistSource) -> bool {
-        let SourceLocation::Url(url) = &source.source else {
-            return false;
-        };
-        let fetched = async {
-            let response = client
-                .get(url)
-                .timeout(DOWNLOAD_TIMEOUT)
-                .send()
-                .await?
-                .error_for_status()?;
-            if response
-                .content_length()
-                .is_some_and(|len| len > MAX_LIST_BYTES as u64)
-            {
-                return Ok(None);
-            }
-            let body = response.bytes().await?;
-            Ok::<_, reqwest::Error>((body.len() <= MAX_LIST_BYTES).then_some(body))
-        };
-        let (changed, outcome) = match fetched.await {
-            Ok(Some(body)) => match store_download(source, &self.data, &body) {
-                Ok(changed) => (changed, Ok(())),
-                Err(err) => {
-                    tracing::warn!(%url, error = %err, "cannot keep the downloaded list");
-                    (false, Err(format!("cannot keep the download: {err}")))
-                }
-            },
-            Ok(None) => {
-                tracing::warn!(%url, limit = MAX_LIST_BYTES, "list too large; keeping the last good copy");
-                (false, Err(format!("larger than {MAX_LIST_BYTES} bytes")))
-            }
-            Err(err) => {
-                tracing::warn!(%url, error = %err, "list download failed; keeping the last good copy");
-                (false, Err(format!("download failed: {err}")))
-            }
-        };
-        record_download(&self.data, url, outcome, clock::unix_now());
-        changed
-    }
-}
-
-/// The client lists are downloaded with: the same trust as DoH upstreams.
-fn download_client(config: &Config) -> Result<reqwest::Client, DaemonError> {
-    let tls = upstream_tls(config)?;
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .map_err(|err| DaemonError::Io(std::io::Error::other(err)))
-}
-
-/// Builds the reloadable part of the query path: policy from a bundle,
-/// tuning and instance settings from the local configuration.
-fn build_live(config: &Config, bundle: &OpenedBundle) -> Result<Live, DaemonError> {
-    static POLICY_VERSIONS: AtomicU64 = AtomicU64::new(1);
-    let tls = Arc::new(upstream_tls(config)?);
-    let policy = &bundle.policy;
-    let plugins = Arc::clone(&bundle.plugins);
-    let policy_stamp = (!plugins.reads_client())
-        .then(|| NonZeroU64::new(POLICY_VERSIONS.fetch_add(1, Ordering::Relaxed)))
-        .flatten();
-    Ok(Live {
-        policy: plugins,
-        fail_mode: policy.fail_mode,
-        policy_stamp,
-        upstreams: Upstreams::new(
-            &policy.upstreams,
-            policy.strategy,
-            config.tuning.upstream.clone(),
-            &tls,
-        )?,
-        blocked_response: policy.blocked_response.clone(),
-        blocked_ttl: u32::try_from(policy.blocked_ttl.as_secs()).unwrap_or(u32::MAX),
-        udp_max_payload: config.tuning.server.udp_max_payload,
-        query_log: config.tuning.query_log.enabled,
-    })
-}
-
-/// TLS settings for DoT and DoH upstreams: the public web roots plus any
-/// CA in `instance.upstream_ca_file`.
-fn upstream_tls(config: &Config) -> Result<rustls::ClientConfig, DaemonError> {
-    let mut roots =
-        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &config.instance.upstream_ca_file {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let ca_error = |reason: String| DaemonError::UpstreamCa {
-            path: path.clone(),
-            reason,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|err| ca_error(err.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| ca_error(err.to_string()))?;
-        if certs.is_empty() {
-            return Err(ca_error("no PEM certificate in it".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|err| ca_error(err.to_string()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|err| DaemonError::UpstreamCa {
-            path: PathBuf::new(),
-            reason: err.to_string(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
 }

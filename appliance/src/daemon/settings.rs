@@ -1,13 +1,13 @@
-//! Policy and tuning changed through the control API: checked, saved in
-//! the data directory over the configuration file's sections, applied by
-//! a reload, and put back as they were when the reload refuses them.
+//! Policy and tuning as the control API reads and replaces them; the
+//! policy owner checks, saves and applies a change (`owner.rs`).
 
 use serde::Serialize;
 
-use super::{Daemon, DaemonError, Role};
+use super::owner::Command;
+use super::role::Role;
+use super::{Daemon, DaemonError};
 use crate::compile::{SourceStatus, source_status};
-use crate::config::{Config, Policy, Tuning};
-use crate::store::{Access, files};
+use crate::config::{Policy, Tuning};
 
 /// The policy in force, as the control plane shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -36,16 +36,14 @@ impl Daemon {
     /// The policy in force: the primary's own, or on a replica the one in
     /// the bundle its primary sent.
     pub fn policy(&self) -> PolicyView {
-        let current = self.current.lock();
-        let policy = current.opened.policy.clone();
-        let synced_from = match &current.role {
-            Role::Replica(pin) => Some(SyncedFrom {
+        let policy = self.snapshot.load().policy.clone();
+        let synced_from = match &*self.role.lock() {
+            Role::Replica { pin, .. } => Some(SyncedFrom {
                 name: pin.name.clone(),
                 address: pin.address.clone(),
             }),
-            Role::Primary(_) => None,
+            Role::Primary { .. } => None,
         };
-        drop(current);
         PolicyView {
             sources: source_status(&self.data, &policy.blocklists),
             editable: synced_from.is_none(),
@@ -54,42 +52,25 @@ impl Daemon {
         }
     }
 
-    /// Replaces the policy (primary only) and applies it; returns the new
-    /// configuration generation.
-    pub fn set_policy(&self, policy: &Policy) -> Result<u64, DaemonError> {
-        if let Role::Replica(pin) = &self.current.lock().role {
-            return Err(DaemonError::SyncedPolicy {
-                primary: pin.name.clone(),
-                address: pin.address.clone(),
-            });
-        }
-        self.save_section(files::POLICY_SETTINGS, &policy.to_toml())
+    /// Replaces the policy (primary only), keeps it in the data directory
+    /// and applies it; returns the new configuration generation.
+    pub async fn set_policy(&self, policy: Policy) -> Result<u64, DaemonError> {
+        let policy = Box::new(policy);
+        self.commands
+            .call(|reply| Command::SetPolicy(policy, reply))
+            .await
     }
 
     /// The tuning in force.
     pub fn tuning(&self) -> Tuning {
-        self.current.lock().config.tuning.clone()
+        self.snapshot.load().config.tuning.clone()
     }
 
-    /// Replaces this appliance's tuning and applies it.
-    pub fn set_tuning(&self, tuning: &Tuning) -> Result<u64, DaemonError> {
-        self.save_section(files::TUNING_SETTINGS, &tuning.to_toml())
-    }
-
-    /// Checks `text` the way a configuration file is checked, saves it as
-    /// `file` and reloads; a refused reload restores the file it replaced.
-    fn save_section(&self, file: &str, text: &str) -> Result<u64, DaemonError> {
-        let _one_writer = self.settings_writer.lock();
-        Config::parse(text, "the request")?;
-        let before = self.data.read(file)?;
-        self.data.write(file, text.as_bytes(), Access::Public)?;
-        let applied = self.reload();
-        if applied.is_err() {
-            match &before {
-                Some(bytes) => self.data.write(file, bytes, Access::Public)?,
-                None => self.data.remove(file)?,
-            }
-        }
-        applied
+    /// Replaces this appliance's tuning, keeps it and applies it.
+    pub async fn set_tuning(&self, tuning: Tuning) -> Result<u64, DaemonError> {
+        let tuning = Box::new(tuning);
+        self.commands
+            .call(|reply| Command::SetTuning(tuning, reply))
+            .await
     }
 }

@@ -38,7 +38,7 @@ pub struct Live {
     /// client).
     pub policy_stamp: Option<NonZeroU64>,
     /// Where misses go.
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
     /// How blocked names are answered.
     pub blocked_response: BlockedResponse,
     /// TTL of blocked answers, seconds.

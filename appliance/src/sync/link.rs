@@ -98,11 +98,16 @@ impl ReplicaLink {
     pub fn health(&self) -> LinkHealth {
         self.health.lock().clone()
     }
+
+    /// Stops the link (as dropping it does).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
 }
 
 impl Drop for ReplicaLink {
     fn drop(&mut self) {
-        self.stop.send_replace(true);
+        self.stop();
     }
 }
 

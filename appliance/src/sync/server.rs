@@ -131,9 +131,14 @@ impl SyncServer {
         Ok(revoked)
     }
 
-    /// Stops accepting and closes every connection.
-    pub fn close(&self) {
+    /// Stops accepting and closes every connection; the future ends when
+    /// the peers have been told, or after a second.
+    pub fn close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         self.endpoint.close(0u32.into(), b"primary shutting down");
+        let endpoint = self.endpoint.clone();
+        async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
     }
 }
 

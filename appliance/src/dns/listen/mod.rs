@@ -6,7 +6,7 @@ mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
 
@@ -67,22 +67,59 @@ impl Listeners {
             .collect()
     }
 
-    /// Starts serving: one thread per UDP socket, one task per TCP listener.
+    /// Starts serving: one thread per UDP socket, one task per TCP
+    /// listener. Must run inside a tokio runtime.
     pub fn serve(
         self,
         handler: &Arc<QueryHandler>,
         tuning: &ServerTuning,
-        shutdown: &Arc<AtomicBool>,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Serving> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut serving = Serving {
+            stop: Arc::clone(&stop),
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        };
         for socket in self.udp {
-            udp::spawn(socket, Arc::clone(handler), Arc::clone(shutdown))?;
+            let thread = udp::spawn(socket, Arc::clone(handler), Arc::clone(&stop))?;
+            serving.udp.push(thread);
         }
         for listener in self.tcp {
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            tokio::spawn(tcp::serve(listener, Arc::clone(handler), tuning.clone()));
+            let task = tokio::spawn(tcp::serve(listener, Arc::clone(handler), tuning.clone()));
+            serving.tcp.push(task);
         }
-        Ok(())
+        Ok(serving)
+    }
+}
+
+/// The listeners serving; `stop` ends them.
+#[derive(Debug)]
+pub struct Serving {
+    /// Tells the UDP threads to end at their next idle check.
+    stop: Arc<AtomicBool>,
+    udp: Vec<std::thread::JoinHandle<()>>,
+    tcp: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Stops accepting queries and waits until every listener has ended.
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in &self.tcp {
+            task.abort();
+        }
+        for task in self.tcp {
+            let _ = task.await;
+        }
+        let threads = self.udp;
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
     }
 }
 

@@ -27,13 +27,12 @@ pub(super) fn spawn(
     socket: UdpSocket,
     handler: Arc<QueryHandler>,
     shutdown: Arc<AtomicBool>,
-) -> std::io::Result<()> {
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     socket.set_read_timeout(Some(IDLE_CHECK))?;
     let name = format!("udp {}", socket.local_addr()?);
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || Batcher::new(Arc::new(socket), handler).run(&shutdown))?;
-    Ok(())
+        .spawn(move || Batcher::new(Arc::new(socket), handler).run(&shutdown))
 }
 
 struct Batcher {

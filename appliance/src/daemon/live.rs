@@ -1,0 +1,173 @@
+//! Builds the reloadable part of the query path: policy from a bundle,
+//! tuning and instance settings from the local configuration. The
+//! upstreams are kept, with their health and pooled connections, across
+//! any change that leaves them as they were.
+
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::DaemonError;
+use super::policy::OpenedBundle;
+use crate::config::{Config, Strategy, UpstreamTuning, UpstreamUrl};
+use crate::dns::handler::Live;
+use crate::dns::upstream::Upstreams;
+
+/// What the upstreams are made from; equal inputs, equal upstreams.
+#[derive(Debug, PartialEq)]
+struct UpstreamInputs {
+    urls: Vec<UpstreamUrl>,
+    strategy: Strategy,
+    tuning: UpstreamTuning,
+    ca_file: Option<PathBuf>,
+}
+
+/// Makes each new `Live`, reusing the upstreams while their inputs stay.
+#[derive(Debug, Default)]
+pub(super) struct LiveBuilder {
+    upstreams: Option<(UpstreamInputs, Arc<Upstreams>)>,
+}
+
+impl LiveBuilder {
+    /// The query path's settings for `config` running `bundle`.
+    pub(super) fn build(
+        &mut self,
+        config: &Config,
+        bundle: &OpenedBundle,
+    ) -> Result<Live, DaemonError> {
+        static POLICY_VERSIONS: AtomicU64 = AtomicU64::new(1);
+        let policy = &bundle.policy;
+        let plugins = Arc::clone(&bundle.plugins);
+        let policy_stamp = (!plugins.reads_client())
+            .then(|| NonZeroU64::new(POLICY_VERSIONS.fetch_add(1, Ordering::Relaxed)))
+            .flatten();
+        Ok(Live {
+            policy: plugins,
+            fail_mode: policy.fail_mode,
+            policy_stamp,
+            upstreams: self.upstreams(config, bundle)?,
+            blocked_response: policy.blocked_response.clone(),
+            blocked_ttl: u32::try_from(policy.blocked_ttl.as_secs()).unwrap_or(u32::MAX),
+            udp_max_payload: config.tuning.server.udp_max_payload,
+            query_log: config.tuning.query_log.enabled,
+        })
+    }
+
+    fn upstreams(
+        &mut self,
+        config: &Config,
+        bundle: &OpenedBundle,
+    ) -> Result<Arc<Upstreams>, DaemonError> {
+        let inputs = UpstreamInputs {
+            urls: bundle.policy.upstreams.clone(),
+            strategy: bundle.policy.strategy,
+            tuning: config.tuning.upstream.clone(),
+            ca_file: config.instance.upstream_ca_file.clone(),
+        };
+        if let Some((kept, upstreams)) = &self.upstreams
+            && *kept == inputs
+        {
+            return Ok(Arc::clone(upstreams));
+        }
+        let tls = Arc::new(upstream_tls(inputs.ca_file.as_deref())?);
+        let upstreams = Arc::new(Upstreams::new(
+            &inputs.urls,
+            inputs.strategy,
+            inputs.tuning.clone(),
+            &tls,
+        )?);
+        self.upstreams = Some((inputs, Arc::clone(&upstreams)));
+        Ok(upstreams)
+    }
+}
+
+/// TLS settings for DoT and DoH upstreams and list downloads: the public
+/// web roots plus any CA in `instance.upstream_ca_file`.
+pub(super) fn upstream_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, DaemonError> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        for cert in read_ca_file(path)? {
+            roots
+                .add(cert)
+                .map_err(|err| ca_error(path, err.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| ca_error(Path::new(""), err.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+fn read_ca_file(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, DaemonError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|err| ca_error(path, err.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| ca_error(path, err.to_string()))?;
+    if certs.is_empty() {
+        return Err(ca_error(path, "no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+fn ca_error(path: &Path, reason: String) -> DaemonError {
+    DaemonError::UpstreamCa {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Chain;
+
+    fn opened(config: &Config) -> OpenedBundle {
+        OpenedBundle {
+            policy: config.policy.clone(),
+            plugins: Arc::new(Chain(Vec::new())),
+        }
+    }
+
+    #[test]
+    fn upstreams_are_kept_while_their_inputs_stay() {
+        let config = |upstream: &str, ttl: &str| {
+            Config::parse(
+                &format!(
+                    "[policy]\nupstreams = [\"{upstream}\"]\nblocked_ttl = \"{ttl}\"\n\
+                     [tuning.cache]\nmax_ttl = \"1h\"\n"
+                ),
+                "t",
+            )
+            .unwrap()
+        };
+        let mut builder = LiveBuilder::default();
+        let first = config("udp://127.0.0.1:5300", "10s");
+        let kept = config("udp://127.0.0.1:5300", "20s");
+        let moved = config("udp://127.0.0.1:5301", "20s");
+        let a = builder.build(&first, &opened(&first)).unwrap();
+        let b = builder.build(&kept, &opened(&kept)).unwrap();
+        assert!(
+            Arc::ptr_eq(&a.upstreams, &b.upstreams),
+            "a change elsewhere keeps the upstreams, health and connections included"
+        );
+        assert_eq!(b.blocked_ttl, 20, "the rest of the change applies");
+        let c = builder.build(&moved, &opened(&moved)).unwrap();
+        assert!(!Arc::ptr_eq(&b.upstreams, &c.upstreams));
+        let mut retuned = moved.clone();
+        retuned.tuning.upstream.timeout *= 2;
+        let d = builder.build(&retuned, &opened(&retuned)).unwrap();
+        assert!(
+            !Arc::ptr_eq(&c.upstreams, &d.upstreams),
+            "upstream tuning rebuilds them"
+        );
+    }
+}

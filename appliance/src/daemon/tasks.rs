@@ -1,0 +1,97 @@
+//! The daemon's background work: query-log flushes, re-sealing the
+//! primary's bundle before it expires, and keeping the URL lists fresh.
+//! Each task sends the policy owner only the change it is about.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::owner::Command;
+use super::{Daemon, DaemonError, live};
+use crate::clock;
+use crate::lists::ListDownloader;
+use crate::store::files;
+
+/// How often the primary checks whether its bundle is due for re-sealing.
+const RESEAL_CHECK: Duration = Duration::from_secs(3600);
+
+/// Writes the query log's new entries to disk. Under a flood the ring
+/// overwrites what it cannot hold; those entries are counted, so the log
+/// costs bounded CPU and memory whatever the query rate.
+pub(super) fn flush_query_log(daemon: &Daemon) {
+    let retention = daemon.snapshot.load().config.tuning.query_log.retention;
+    let dir = daemon.data.path(files::QUERY_LOG);
+    match daemon
+        .handler
+        .query_log()
+        .flush(&dir, clock::unix_now_ms(), retention)
+    {
+        Ok(report)
+            if report.lost > 0 && !daemon.query_log_loss_reported.swap(true, Ordering::Relaxed) =>
+        {
+            tracing::warn!(
+                lost = report.lost,
+                "query log cannot keep up; entries it drops are counted in status (reported once)"
+            );
+        }
+        Ok(_) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, dir = %dir.display(), "query log flush failed")
+        }
+    }
+}
+
+/// Flushes the query log every `tuning.query_log.flush_interval`.
+pub(super) async fn flush_query_log_periodically(daemon: Arc<Daemon>) {
+    loop {
+        let interval = daemon
+            .snapshot
+            .load()
+            .config
+            .tuning
+            .query_log
+            .flush_interval;
+        tokio::time::sleep(interval.max(Duration::from_millis(100))).await;
+        let flushing = Arc::clone(&daemon);
+        let _ = tokio::task::spawn_blocking(move || flush_query_log(&flushing)).await;
+    }
+}
+
+/// Asks the owner, now and then, to re-seal a bundle that expires soon.
+pub(super) async fn reseal_periodically(daemon: Arc<Daemon>) {
+    loop {
+        tokio::time::sleep(RESEAL_CHECK).await;
+        if let Err(err) = daemon.commands.call(Command::Reseal).await {
+            tracing::error!(error = %err, "cannot re-seal the bundle");
+        }
+    }
+}
+
+/// Downloads the primary's URL lists at their refresh intervals and has a
+/// changed list compiled. A replica downloads nothing: its lists come
+/// compiled in the primary's bundle.
+pub(super) fn download_lists_periodically(
+    daemon: Arc<Daemon>,
+) -> Result<impl Future<Output = ()> + Send + 'static, DaemonError> {
+    let config = daemon.config();
+    let tls = live::upstream_tls(config.instance.upstream_ca_file.as_deref())?;
+    let mut downloader = ListDownloader::new(daemon.data.clone(), tls);
+    Ok(async move {
+        loop {
+            let sources = if daemon.role.lock().is_primary() {
+                daemon.snapshot.load().config.policy.blocklists.clone()
+            } else {
+                Vec::new()
+            };
+            let (changed, wait) = downloader.round(&sources).await;
+            if changed {
+                match daemon.commands.call(Command::SourcesChanged).await {
+                    Ok(version) => tracing::info!(?version, "policy rebuilt from downloaded lists"),
+                    Err(err) => tracing::error!(error = %err, "downloaded lists not applied"),
+                }
+            }
+            tokio::time::sleep(wait).await;
+        }
+    })
+}
