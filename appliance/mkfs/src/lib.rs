@@ -7,7 +7,7 @@
 //! the appliance keeps hundreds of files, not millions, and every inode
 //! table must be written as zeros.
 //!
-//! [`Layout::new`] turns a device size into block numbers and the encoders
+//! `Layout::new` turns a device size into block numbers and the encoders
 //! turn a layout into bytes, both pure; [`format`] only writes those bytes,
 //! metadata only, never the whole device. Only a device that [`is_blank`]
 //! may be formatted.
@@ -19,14 +19,14 @@ use std::os::unix::fs::FileExt;
 use thiserror::Error;
 
 /// The volume label.
-pub const LABEL: &str = "moat-data";
+const LABEL: &str = "moat-data";
 /// How much of a device must read as zeros for it to be blank. Group 0's
 /// metadata, but for its superblock and descriptors, starts past it: a
 /// format cut short by a power loss leaves the device blank, and the next
 /// boot starts over.
 const BLANK_SPAN: u64 = 1 << 20;
 /// The smallest device formatted: room for group 0 and a 4 MiB journal.
-pub const MIN_DEVICE: u64 = 8 << 20;
+const MIN_DEVICE: u64 = 8 << 20;
 
 const BLOCK_SIZE: usize = 4096;
 const BLOCK: u64 = BLOCK_SIZE as u64;
@@ -163,7 +163,7 @@ pub struct Layout {
 impl Layout {
     /// The layout for a device of `size` bytes (capped at 16 TiB, the most
     /// without the 64bit feature).
-    pub fn new(size: u64) -> Result<Self, MkfsError> {
+    fn new(size: u64) -> Result<Self, MkfsError> {
         if size < MIN_DEVICE {
             return Err(MkfsError::TooSmall { size });
         }
@@ -219,7 +219,7 @@ impl Layout {
     }
 
     /// Inodes in the file system.
-    pub fn inodes(&self) -> u32 {
+    fn inodes(&self) -> u32 {
         self.groups * self.inodes_per_group
     }
 
