@@ -503,7 +503,7 @@ impl Fleet {
         let deadline = moat::clock::now() + SYNC_LIMIT;
         loop {
             let version = self.status(&self.primary).await?["bundle_version"].clone();
-            let listed = self.get(&self.primary, "replicas").await?;
+            let listed = self.replicas(&self.primary).await?;
             let behind: Vec<String> = (0..self.replicas.len())
                 .map(replica_name)
                 .filter(|name| {
@@ -655,10 +655,7 @@ impl Fleet {
                 self.replicas.len(),
                 self.label
             );
-            let listed = self
-                .get(&self.primary, "replicas")
-                .await
-                .unwrap_or_default();
+            let listed = self.replicas(&self.primary).await.unwrap_or_default();
             for (index, last) in &failed {
                 let name = replica_name(*index);
                 let status = self.status(&self.replicas[*index]).await;
@@ -748,16 +745,18 @@ impl Fleet {
         Ok(all[(all.len() - 1) / 2])
     }
 
-    async fn get(&self, moat: &MoatProcess, what: &str) -> Res<Value> {
-        moat.control()
-            .await?
-            .get(what)
-            .await
-            .map_err(|e| format!("GET {what}: {e}"))
+    async fn replicas(&self, moat: &MoatProcess) -> Res<Value> {
+        let replicas = moat.control()?.replicas().await;
+        let replicas = replicas.map_err(|e| format!("GET replicas: {e}"))?;
+        serde_json::to_value(replicas).map_err(|e| e.to_string())
     }
 
     async fn status(&self, moat: &MoatProcess) -> Res<Value> {
-        self.get(moat, "status").await
+        let status = moat
+            .status()
+            .await
+            .map_err(|e| format!("GET status: {e}"))?;
+        serde_json::to_value(status).map_err(|e| e.to_string())
     }
 
     /// Ends every process of this fleet (by PID, through the harness).

@@ -9,7 +9,7 @@ pub mod moat;
 pub mod tls;
 pub mod upstream;
 
-pub use api::{ApiClient, ApiResponse, Credentials};
+pub use api::{ControlClient, Credentials, RawApi, RawResponse};
 pub use client::{DnsClient, query_message};
 pub use moat::MoatProcess;
 pub use tls::TestCa;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use moat::config::Config;
-use moat::control::ControlClient;
+use moat::control::{ControlClient, Credentials};
 use moat::daemon::Status;
 
 use crate::client::DnsClient;
@@ -195,19 +195,23 @@ impl MoatProcess {
 
     /// The status from the control endpoint.
     pub async fn status(&self) -> Result<Status, String> {
-        let value = self
-            .control()
-            .await?
-            .get("status")
+        self.control()?
+            .status()
             .await
-            .map_err(|err| err.to_string())?;
-        serde_json::from_value(value).map_err(|err| err.to_string())
+            .map_err(|err| err.to_string())
     }
 
-    /// A control client for this instance.
-    pub async fn control(&self) -> Result<ControlClient, String> {
+    /// A control client for this instance, with its bearer token.
+    pub fn control(&self) -> Result<ControlClient, String> {
         let config = Config::load(&self.config_path).map_err(|err| err.to_string())?;
         ControlClient::for_config(&config).map_err(|err| err.to_string())
+    }
+
+    /// A control client for this running instance with `credentials`.
+    pub fn api(&self, credentials: Credentials) -> ControlClient {
+        self.control()
+            .unwrap_or_else(|err| panic!("control client of a running moat: {err}"))
+            .with_credentials(credentials)
     }
 
     /// The address its QUIC sync endpoint is bound to, read from

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use moat::compile::{compile_policy, explain};
 use moat::config::Config;
-use moat::control::{ClientError, ControlClient};
+use moat::control::{ClientError, ControlClient, LogQuery};
 use moat::daemon::{App, ConfigSource, join_offline};
 use moat::policy::{Policy, Question, WasmPolicy};
 use moat::store::{Access, DataDir};
@@ -167,16 +167,16 @@ async fn dispatch(command: Command) -> Result<()> {
             println!("{}: ok", file.display());
             Ok(())
         }
-        Command::Status(target) => show(&target, client(&target)?.get("status").await?),
+        Command::Status(target) => show(&target, &client(&target)?.status().await?),
         Command::Stats(target) => {
-            let mut stats = client(&target)?.get("stats").await?;
+            let mut stats = serde_json::to_value(client(&target)?.stats().await?)?;
             if !target.json
                 && let Some(map) = stats.as_object_mut()
             {
                 // A day of minutes is for charts, not for a terminal.
                 map.remove("series");
             }
-            show(&target, stats)
+            show(&target, &stats)
         }
         Command::Log {
             name,
@@ -186,69 +186,50 @@ async fn dispatch(command: Command) -> Result<()> {
             limit,
             target,
         } => {
-            let mut query = url::form_urlencoded::Serializer::new(String::new());
-            query.append_pair("limit", &limit.to_string());
-            for (key, value) in [
-                ("name", name),
-                ("client", from),
-                ("qtype", qtype),
-                ("verdict", verdict),
-            ] {
-                if let Some(value) = value {
-                    query.append_pair(key, &value);
-                }
-            }
-            let page = client(&target)?
-                .get(&format!("querylog?{}", query.finish()))
-                .await?;
+            let query = LogQuery {
+                limit: Some(limit),
+                name,
+                client: from,
+                qtype,
+                verdict,
+                ..LogQuery::default()
+            };
+            let page = client(&target)?.query_log(&query).await?;
             if target.json {
-                return show(&target, page);
+                return show(&target, &page);
             }
-            for entry in page["entries"].as_array().into_iter().flatten() {
+            for entry in &page.page.entries {
                 println!(
                     "{}  {:<39} {:<6} {:<9} {}",
                     humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH
-                            + Duration::from_millis(entry["unix_ms"].as_u64().unwrap_or_default())
+                        std::time::UNIX_EPOCH + Duration::from_millis(entry.unix_ms)
                     ),
-                    scalar(&entry["client"]),
-                    qtype_name(entry["qtype"].as_u64().unwrap_or_default()),
-                    scalar(&entry["outcome"]),
-                    scalar(&entry["name"]),
+                    entry.client.to_string(),
+                    qtype_name(entry.qtype),
+                    scalar(&serde_json::to_value(entry.outcome)?),
+                    String::from_utf8_lossy(&entry.name),
                 );
             }
             Ok(())
         }
-        Command::Reload(target) => {
-            show(&target, client(&target)?.post("reload", &json!({})).await?)
-        }
+        Command::Reload(target) => show(&target, &client(&target)?.reload().await?),
         Command::Pause { duration, target } => {
             if let Some(text) = &duration {
                 humantime::parse_duration(text).with_context(|| format!("duration `{text}`"))?;
             }
-            show(
-                &target,
-                client(&target)?
-                    .post("pause", &json!({ "duration": duration }))
-                    .await?,
-            )
+            show(&target, &client(&target)?.pause(duration).await?)
         }
-        Command::Resume(target) => {
-            show(&target, client(&target)?.post("resume", &json!({})).await?)
-        }
+        Command::Resume(target) => show(&target, &client(&target)?.resume().await?),
         Command::Policy(command) => policy_tool(command),
         Command::Code { valid, target } => {
-            let issued = client(&target)?
-                .post("pairing-code", &json!({ "valid": valid }))
-                .await?;
+            let issued = client(&target)?.pairing_code(valid).await?;
             if target.json {
-                return show(&target, issued);
+                return show(&target, &issued);
             }
-            let code = issued["code"].as_str().unwrap_or_default();
-            let valid = issued["valid_secs"].as_u64().unwrap_or_default();
             println!(
-                "{code}  (single use, valid for {})",
-                humantime::format_duration(Duration::from_secs(valid))
+                "{}  (single use, valid for {})",
+                issued.code,
+                humantime::format_duration(Duration::from_secs(issued.valid_secs))
             );
             Ok(())
         }
@@ -257,13 +238,8 @@ async fn dispatch(command: Command) -> Result<()> {
             code,
             target,
         } => join(&address, &code, &target).await,
-        Command::Replicas(target) => show(&target, client(&target)?.get("replicas").await?),
-        Command::Revoke { name, target } => show(
-            &target,
-            client(&target)?
-                .post(&format!("replicas/{name}/revoke"), &json!({}))
-                .await?,
-        ),
+        Command::Replicas(target) => show(&target, &client(&target)?.replicas().await?),
+        Command::Revoke { name, target } => show(&target, &client(&target)?.revoke(&name).await?),
     }
 }
 
@@ -273,26 +249,18 @@ async fn join(address: &str, code: &str, target: &Target) -> Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::embedded(),
     };
-    let running = ControlClient::for_config(&config);
-    let request = json!({ "address": address, "code": code });
-    let pin = match running {
-        Ok(client) => match client.post("join", &request).await {
+    let pin = match ControlClient::for_config(&config) {
+        Ok(client) => match client.join(address, code).await {
             Ok(pin) => pin,
-            Err(ClientError::Unreachable { .. }) => {
-                serde_json::to_value(join_offline(&config, address, code).await?)?
-            }
+            Err(ClientError::Unreachable { .. }) => join_offline(&config, address, code).await?,
             Err(err) => return Err(err.into()),
         },
-        Err(ClientError::NoToken(_)) => {
-            serde_json::to_value(join_offline(&config, address, code).await?)?
-        }
+        Err(ClientError::NoToken(_)) => join_offline(&config, address, code).await?,
         Err(err) => return Err(err.into()),
     };
     println!(
         "paired with primary {} at {} (certificate {})",
-        pin["name"].as_str().unwrap_or("?"),
-        pin["address"].as_str().unwrap_or(address),
-        pin["fingerprint"].as_str().unwrap_or("?")
+        pin.name, pin.address, pin.fingerprint
     );
     Ok(())
 }
@@ -368,7 +336,9 @@ fn client(target: &Target) -> Result<ControlClient> {
     Ok(ControlClient::for_config(&config)?)
 }
 
-fn show(target: &Target, value: Value) -> Result<()> {
+/// Prints an answer: as the daemon's JSON with `--json`, else as an outline.
+fn show(target: &Target, answer: &impl serde::Serialize) -> Result<()> {
+    let value = serde_json::to_value(answer)?;
     if target.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -408,11 +378,8 @@ fn print_human(value: &Value, indent: usize) {
     }
 }
 
-fn qtype_name(qtype: u64) -> String {
-    u16::try_from(qtype).map_or_else(
-        |_| qtype.to_string(),
-        |qtype| hickory_proto::rr::RecordType::from(qtype).to_string(),
-    )
+fn qtype_name(qtype: u16) -> String {
+    hickory_proto::rr::RecordType::from(qtype).to_string()
 }
 
 fn scalar(value: &Value) -> String {

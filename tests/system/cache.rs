@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
+use moat::control::LogQuery;
 use moat_system_tests::Reply;
 
 use super::{ips, moat_with_upstream};
@@ -16,9 +17,9 @@ async fn repeated_names_reach_upstream_once() {
         assert_eq!(ips(&answer), ["192.0.2.1"]);
     }
     assert_eq!(upstream.count("repeat.example.test"), 1);
-    let stats = moat.control().await.unwrap().get("stats").await.unwrap();
-    assert_eq!(stats["cache_hits"], 4, "{stats}");
-    assert_eq!(stats["cache_misses"], 1, "{stats}");
+    let stats = moat.control().unwrap().stats().await.unwrap().snapshot;
+    assert_eq!(stats.cache_hits, 4, "{stats:?}");
+    assert_eq!(stats.cache_misses, 1, "{stats:?}");
 }
 
 #[tokio::test]
@@ -148,8 +149,8 @@ async fn stale_answers_are_served_when_upstream_dies() {
     // A name never seen fails: nothing stale to serve.
     let unknown = moat.dns.a("never.example.test").await;
     assert_eq!(unknown.metadata.response_code, ResponseCode::ServFail);
-    let stats = moat.control().await.unwrap().get("stats").await.unwrap();
-    assert!(stats["stale_served"].as_u64().unwrap() >= 1, "{stats}");
+    let stats = moat.control().unwrap().stats().await.unwrap().snapshot;
+    assert!(stats.stale_served >= 1, "{stats:?}");
 }
 
 #[tokio::test]
@@ -221,13 +222,17 @@ async fn query_log_is_flushed_to_data_dir() {
     assert!(found, "query log file in {} names the query", dir.display());
     let recent = moat
         .control()
+        .unwrap()
+        .query_log(&LogQuery {
+            limit: Some(5),
+            ..LogQuery::default()
+        })
         .await
         .unwrap()
-        .get("querylog?limit=5")
-        .await
-        .unwrap();
+        .page;
     assert_eq!(
-        recent["entries"][0]["name"], "logged.example.test",
-        "{recent}"
+        recent.entries.first().map(|entry| &entry.name[..]),
+        Some(&b"logged.example.test"[..]),
+        "{recent:?}"
     );
 }

@@ -5,7 +5,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use moat_system_tests::{ApiClient, Credentials, MoatProcess};
+use moat::control::{ClientError, LogQuery};
+use moat_system_tests::{ControlClient, Credentials, MoatProcess, RawApi};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -16,7 +17,7 @@ const PASSWORD: &str = "correct horse battery";
 
 /// PUTs `body` to `path` and checks it is refused as invalid with a
 /// message naming `key`.
-async fn assert_refused_naming(api: &ApiClient, path: &str, body: &Value, key: &str) {
+async fn assert_refused_naming(api: &ControlClient, path: &str, body: &Value, key: &str) {
     let refused = api.put(path, body).await;
     assert_eq!(
         refused.status,
@@ -31,8 +32,8 @@ async fn assert_refused_naming(api: &ApiClient, path: &str, body: &Value, key: &
     );
 }
 
-fn open_client(moat: &MoatProcess) -> ApiClient {
-    ApiClient::new(moat, Credentials::None)
+fn open_client(moat: &MoatProcess) -> ControlClient {
+    moat.api(Credentials::Anonymous)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,7 +55,7 @@ async fn every_route_needs_a_login_and_wrong_passwords_are_throttled() {
         assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{method} {path}");
     }
     let state = anonymous.get("/api/v1/auth").await;
-    assert_eq!(state.body["password_set"], false, "{}", state.text);
+    assert_eq!(state.json()["password_set"], false, "{}", state.text);
 
     let short = anonymous
         .post("/api/v1/auth/setup", &json!({ "password": "short" }))
@@ -91,7 +92,7 @@ async fn every_route_needs_a_login_and_wrong_passwords_are_throttled() {
         .post("/api/v1/pause", &json!({ "duration": "5m" }))
         .await;
     assert_eq!(paused.status, StatusCode::OK, "{}", paused.text);
-    assert_eq!(paused.body["state"], "paused_until");
+    assert_eq!(paused.json()["state"], "paused_until");
     let logout = browser.post("/api/v1/auth/logout", &json!({})).await;
     assert_eq!(logout.status, StatusCode::NO_CONTENT);
     assert_eq!(
@@ -137,10 +138,7 @@ async fn every_route_needs_a_login_and_wrong_passwords_are_throttled() {
     let session = anonymous.with_credentials(Credentials::Session(login.session().unwrap()));
     assert_eq!(session.get("/api/v1/status").await.status, StatusCode::OK);
     assert_eq!(
-        ApiClient::with_token(&moat)
-            .get("/api/v1/status")
-            .await
-            .status,
+        moat.control().unwrap().get("/api/v1/status").await.status,
         StatusCode::OK,
         "scripts use the bearer token"
     );
@@ -151,7 +149,8 @@ async fn the_openapi_document_lists_every_route() {
     let (moat, _upstream) = moat_with_upstream("").await;
     let document = open_client(&moat).get("/api/openapi.json").await;
     assert_eq!(document.status, StatusCode::OK);
-    let paths = document.body["paths"].as_object().expect("paths");
+    let document = document.json();
+    let paths = document["paths"].as_object().expect("paths");
     for (path, method) in [
         ("/api/v1/status", "get"),
         ("/api/v1/stats", "get"),
@@ -170,7 +169,7 @@ async fn the_openapi_document_lists_every_route() {
         );
     }
     // Every documented path answers something other than 404.
-    let client = ApiClient::with_token(&moat);
+    let client = moat.control().unwrap();
     for path in paths.keys().filter(|path| !path.contains('{')) {
         let response = client.get(path).await;
         assert_ne!(response.status, StatusCode::NOT_FOUND, "{path}");
@@ -180,8 +179,8 @@ async fn the_openapi_document_lists_every_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tuning_and_policy_writes_persist_across_restart_and_bad_ones_change_nothing() {
     let (moat, upstream) = moat_with_upstream("").await;
-    let api = ApiClient::with_token(&moat);
-    let mut tuning = api.get("/api/v1/tuning").await.body["tuning"].clone();
+    let api = moat.control().unwrap();
+    let mut tuning = api.get("/api/v1/tuning").await.json()["tuning"].clone();
     tuning["cache"]["min_ttl"] = json!("42s");
     tuning["query_log"]["retention"] = json!("3days");
     let saved = api.put("/api/v1/tuning", &tuning).await;
@@ -194,7 +193,7 @@ async fn tuning_and_policy_writes_persist_across_restart_and_bad_ones_change_not
     mistyped["cache"]["min_tll"] = json!("1s");
     assert_refused_naming(&api, "/api/v1/tuning", &mistyped, "min_tll").await;
 
-    let mut policy = api.get("/api/v1/policy").await.body["policy"].clone();
+    let mut policy = api.get("/api/v1/policy").await.json()["policy"].clone();
     policy["deny"] = json!(["denied.test"]);
     let saved = api.put("/api/v1/policy", &policy).await;
     assert_eq!(saved.status, StatusCode::OK, "{}", saved.text);
@@ -203,11 +202,11 @@ async fn tuning_and_policy_writes_persist_across_restart_and_bad_ones_change_not
     assert_refused_naming(&api, "/api/v1/policy", &no_upstreams, "policy.upstreams").await;
 
     let moat = moat.restart().await;
-    let api = ApiClient::with_token(&moat);
-    let tuning = api.get("/api/v1/tuning").await.body["tuning"].clone();
+    let api = moat.control().unwrap();
+    let tuning = api.get("/api/v1/tuning").await.json()["tuning"].clone();
     assert_eq!(tuning["cache"]["min_ttl"], "42s", "{tuning}");
     assert_eq!(tuning["query_log"]["retention"], "3days", "{tuning}");
-    let policy = api.get("/api/v1/policy").await.body;
+    let policy = api.get("/api/v1/policy").await.json();
     assert_eq!(policy["policy"]["deny"], json!(["denied.test"]), "{policy}");
     assert_eq!(policy["editable"], true);
     assert_eq!(
@@ -230,20 +229,23 @@ async fn query_log_pages_and_filters() {
         moat.dns.a(&format!("ad{index}.blocked.test")).await;
     }
     moat.dns6.a("six.allowed.test").await;
-    let api = ApiClient::with_token(&moat);
-
-    let first = api.get("/api/v1/querylog?verdict=blocked&limit=5").await;
-    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
-    let names = |page: &Value| -> Vec<String> {
-        page["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|entry| entry["name"].as_str().unwrap().to_owned())
-            .collect()
+    let api = moat.control().unwrap();
+    let search = async |query: LogQuery| -> (Vec<String>, bool) {
+        let page = api.query_log(&query).await.expect("a query log page").page;
+        let names = page.entries.iter();
+        let names = names.map(|entry| String::from_utf8_lossy(&entry.name).into_owned());
+        (names.collect(), page.more)
     };
+    let blocked = |offset| LogQuery {
+        verdict: Some("blocked".into()),
+        limit: Some(5),
+        offset,
+        ..LogQuery::default()
+    };
+
+    let (first, more) = search(blocked(None)).await;
     assert_eq!(
-        names(&first.body),
+        first,
         [
             "ad11.blocked.test",
             "ad10.blocked.test",
@@ -252,48 +254,57 @@ async fn query_log_pages_and_filters() {
             "ad7.blocked.test"
         ]
     );
-    assert_eq!(first.body["more"], true);
-    let last = api
-        .get("/api/v1/querylog?verdict=blocked&limit=5&offset=10")
-        .await;
-    assert_eq!(names(&last.body), ["ad1.blocked.test", "ad0.blocked.test"]);
-    assert_eq!(last.body["more"], false);
+    assert!(more);
+    let (last, more) = search(blocked(Some(10))).await;
+    assert_eq!(last, ["ad1.blocked.test", "ad0.blocked.test"]);
+    assert!(!more);
 
-    let by_name = api.get("/api/v1/querylog?name=host1").await;
+    let by_name = LogQuery {
+        name: Some("host1".into()),
+        ..LogQuery::default()
+    };
     assert_eq!(
-        names(&by_name.body),
+        search(by_name).await.0,
         [
             "host11.allowed.test",
             "host10.allowed.test",
             "host1.allowed.test"
         ]
     );
-    let by_client = api.get("/api/v1/querylog?client=::1").await;
-    assert_eq!(names(&by_client.body), ["six.allowed.test"]);
-    let by_type = api.get("/api/v1/querylog?qtype=AAAA").await;
-    assert_eq!(names(&by_type.body), Vec::<String>::new());
-    let by_type = api.get("/api/v1/querylog?qtype=a&limit=1000").await;
-    assert_eq!(names(&by_type.body).len(), 25);
+    let by_client = LogQuery {
+        client: Some("::1".into()),
+        ..LogQuery::default()
+    };
+    assert_eq!(search(by_client).await.0, ["six.allowed.test"]);
+    let by_type = |qtype: &str| LogQuery {
+        qtype: Some(qtype.into()),
+        limit: Some(1000),
+        ..LogQuery::default()
+    };
+    assert_eq!(search(by_type("AAAA")).await.0, Vec::<String>::new());
+    assert_eq!(search(by_type("a")).await.0.len(), 25);
 
     let now_ms = moat::clock::unix_now_ms();
-    let future = api
-        .get(&format!("/api/v1/querylog?since_ms={}", now_ms + 60_000))
-        .await;
-    assert_eq!(names(&future.body), Vec::<String>::new());
-    let bad = api.get("/api/v1/querylog?verdict=maybe").await;
-    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
-    assert!(bad.text.contains("maybe"), "{}", bad.text);
+    let future = LogQuery {
+        since_ms: Some(now_ms + 60_000),
+        ..LogQuery::default()
+    };
+    assert_eq!(search(future).await.0, Vec::<String>::new());
+    let maybe = LogQuery {
+        verdict: Some("maybe".into()),
+        ..LogQuery::default()
+    };
+    match api.query_log(&maybe).await {
+        Err(ClientError::Refused { status, message }) => {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+            assert!(message.contains("maybe"), "{message}");
+        }
+        other => panic!("verdict=maybe is refused as a bad request: {other:?}"),
+    }
 
-    let stats = api.get("/api/v1/stats").await.body;
-    let series = stats["series"].as_array().expect("series");
-    let total: u64 = series
-        .iter()
-        .map(|minute| minute["queries"].as_u64().unwrap())
-        .sum();
-    let blocked: u64 = series
-        .iter()
-        .map(|minute| minute["blocked"].as_u64().unwrap())
-        .sum();
+    let series = api.stats().await.expect("stats").series;
+    let total: u64 = series.iter().map(|minute| minute.queries).sum();
+    let blocked: u64 = series.iter().map(|minute| minute.blocked).sum();
     assert_eq!((total, blocked), (25, 12), "{series:?}");
 }
 
@@ -302,8 +313,8 @@ async fn a_replica_refuses_policy_writes_and_follows_the_primarys() {
     let primary = Primary::start("").await;
     let (replica, _upstream) = replica().await;
     pair(&primary.moat, &replica).await;
-    let on_replica = ApiClient::with_token(&replica);
-    let on_primary = ApiClient::with_token(&primary.moat);
+    let on_replica = replica.control().unwrap();
+    let on_primary = primary.moat.control().unwrap();
     let moats = [&primary.moat, &replica];
 
     let view = eventually(
@@ -311,7 +322,7 @@ async fn a_replica_refuses_policy_writes_and_follows_the_primarys() {
         SYNC_LIMIT,
         &moats,
         async || {
-            let view = on_replica.get("/api/v1/policy").await.body;
+            let view = on_replica.get("/api/v1/policy").await.json();
             if view["synced_from"]["name"] == PRIMARY {
                 Ok(view)
             } else {
@@ -333,7 +344,7 @@ async fn a_replica_refuses_policy_writes_and_follows_the_primarys() {
     let code = on_replica.post("/api/v1/pairing-code", &json!({})).await;
     assert_eq!(code.status, StatusCode::CONFLICT, "{}", code.text);
 
-    let mut tuning = on_replica.get("/api/v1/tuning").await.body["tuning"].clone();
+    let mut tuning = on_replica.get("/api/v1/tuning").await.json()["tuning"].clone();
     tuning["cache"]["max_ttl"] = json!("1h");
     let local = on_replica.put("/api/v1/tuning", &tuning).await;
     assert_eq!(
@@ -343,12 +354,12 @@ async fn a_replica_refuses_policy_writes_and_follows_the_primarys() {
         local.text
     );
 
-    let mut policy = on_primary.get("/api/v1/policy").await.body["policy"].clone();
+    let mut policy = on_primary.get("/api/v1/policy").await.json()["policy"].clone();
     policy["deny"] = json!(["from-api.test"]);
     let saved = on_primary.put("/api/v1/policy", &policy).await;
     assert_eq!(saved.status, StatusCode::OK, "{}", saved.text);
     answers(&replica, &[&primary.moat], "from-api.test", "0.0.0.0").await;
-    let synced = on_replica.get("/api/v1/policy").await.body;
+    let synced = on_replica.get("/api/v1/policy").await.json();
     assert_eq!(
         synced["policy"]["deny"],
         json!(["from-api.test"]),
@@ -359,8 +370,8 @@ async fn a_replica_refuses_policy_writes_and_follows_the_primarys() {
         .post("/api/v1/pairing-code", &json!({ "valid": "2m" }))
         .await;
     assert_eq!(code.status, StatusCode::OK, "{}", code.text);
-    assert_eq!(code.body["valid_secs"], 120);
-    let replicas = on_primary.get("/api/v1/replicas").await.body;
+    assert_eq!(code.json()["valid_secs"], 120);
+    let replicas = on_primary.get("/api/v1/replicas").await.json();
     assert_eq!(replicas[0]["name"], crate::fleet::REPLICA, "{replicas}");
     let metrics = on_primary.get("/metrics").await.text;
     assert!(
@@ -380,7 +391,7 @@ async fn metrics_pass_prometheus_own_parser() {
         moat.dns.a("example.test").await;
         moat.dns.a("blocked.test").await;
     }
-    let metrics = ApiClient::with_token(&moat).get("/metrics").await;
+    let metrics = moat.control().unwrap().get("/metrics").await;
     assert_eq!(metrics.status, StatusCode::OK);
     assert!(
         metrics.headers["content-type"]

@@ -150,13 +150,10 @@ pub(super) async fn eventually<T>(
     }
 }
 
-/// The status JSON of a running instance.
+/// The status of a running instance, as JSON.
 pub(super) async fn status(moat: &MoatProcess) -> Result<Value, String> {
-    moat.control()
-        .await?
-        .get("status")
-        .await
-        .map_err(|err| err.to_string())
+    let status = moat.status().await?;
+    serde_json::to_value(status).map_err(|err| err.to_string())
 }
 
 /// `moat replicas` on a primary, parsed.

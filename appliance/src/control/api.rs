@@ -192,12 +192,13 @@ struct TopParam {
 }
 
 /// Counters, top lists and the last day minute by minute.
-#[derive(Serialize, ToSchema)]
-struct StatsView {
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatsView {
+    /// The counters and top lists.
     #[serde(flatten)]
-    snapshot: StatsSnapshot,
+    pub snapshot: StatsSnapshot,
     /// Queries per minute over the last day, oldest first.
-    series: Vec<MinuteCounts>,
+    pub series: Vec<MinuteCounts>,
 }
 
 #[utoipa::path(get, path = "/api/v1/stats", tag = "status", params(TopParam),
@@ -211,25 +212,25 @@ async fn stats(State(state): State<AppState>, Query(param): Query<TopParam>) -> 
 }
 
 /// A query log search.
-#[derive(Deserialize, IntoParams)]
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct LogQuery {
+pub struct LogQuery {
     /// Entries per page (default 100, at most 1000).
-    limit: Option<usize>,
+    pub limit: Option<usize>,
     /// Matching entries to skip, newest first.
-    offset: Option<usize>,
+    pub offset: Option<usize>,
     /// Part of the name.
-    name: Option<String>,
+    pub name: Option<String>,
     /// The client's address.
-    client: Option<String>,
+    pub client: Option<String>,
     /// Query type, by name (`AAAA`) or number.
-    qtype: Option<String>,
+    pub qtype: Option<String>,
     /// How it was answered: cached, forwarded, stale, blocked, rejected, failed, local.
-    verdict: Option<String>,
+    pub verdict: Option<String>,
     /// Answered at or after, Unix milliseconds.
-    since_ms: Option<u64>,
+    pub since_ms: Option<u64>,
     /// Answered before, Unix milliseconds.
-    until_ms: Option<u64>,
+    pub until_ms: Option<u64>,
 }
 
 impl LogQuery {
@@ -271,12 +272,15 @@ impl LogQuery {
 }
 
 /// One page of the query log.
-#[derive(Serialize, ToSchema)]
-struct LogPageView {
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LogPageView {
+    /// The entries and whether more match.
     #[serde(flatten)]
-    page: LogPage,
-    offset: usize,
-    limit: usize,
+    pub page: LogPage,
+    /// Matching entries skipped.
+    pub offset: usize,
+    /// Entries per page.
+    pub limit: usize,
 }
 
 #[utoipa::path(get, path = "/api/v1/querylog", tag = "status", params(LogQuery),
@@ -311,9 +315,10 @@ async fn get_policy(State(state): State<AppState>) -> Result<Json<PolicyView>, A
 }
 
 /// The configuration generation a change produced.
-#[derive(Serialize, ToSchema)]
-struct Applied {
-    config_generation: u64,
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Applied {
+    /// Times the configuration was applied since start, this one included.
+    pub config_generation: u64,
 }
 
 #[utoipa::path(put, path = "/api/v1/policy", tag = "settings",
@@ -332,10 +337,10 @@ async fn put_policy(
 }
 
 /// This appliance's tuning.
-#[derive(Serialize, ToSchema)]
-struct TuningView {
+#[derive(Serialize, Deserialize, ToSchema)]
+pub(super) struct TuningView {
     #[schema(value_type = Object)]
-    tuning: Tuning,
+    pub(super) tuning: Tuning,
 }
 
 #[utoipa::path(get, path = "/api/v1/tuning", tag = "settings",
@@ -370,10 +375,10 @@ async fn reload(State(state): State<AppState>) -> Result<Json<Applied>, ApiError
 }
 
 /// How long to pause blocking.
-#[derive(Deserialize, Default, ToSchema)]
-struct PauseBody {
+#[derive(Serialize, Deserialize, Default, ToSchema)]
+pub(super) struct PauseBody {
     /// `"30s"`, `"5m"`, `"1h"`; absent pauses until resumed.
-    duration: Option<String>,
+    pub(super) duration: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/pause", tag = "blocking",
@@ -396,18 +401,21 @@ async fn resume(State(state): State<AppState>) -> Result<Json<PauseState>, ApiEr
 }
 
 /// How long a pairing code stays valid.
-#[derive(Deserialize, Default, ToSchema)]
-struct CodeBody {
+#[derive(Serialize, Deserialize, Default, ToSchema)]
+pub(super) struct CodeBody {
     /// `"10m"` unless given.
-    valid: Option<String>,
+    pub(super) valid: Option<String>,
 }
 
 /// A one-time pairing code.
-#[derive(Serialize, ToSchema)]
-struct PairingCode {
-    code: String,
-    valid_secs: u64,
-    expires_unix: u64,
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PairingCode {
+    /// The code a replica pairs with, once.
+    pub code: String,
+    /// How long it stays valid, seconds.
+    pub valid_secs: u64,
+    /// When it expires, Unix seconds.
+    pub expires_unix: u64,
 }
 
 #[utoipa::path(post, path = "/api/v1/pairing-code", tag = "fleet",
@@ -435,10 +443,10 @@ fn parse_duration(text: &str) -> Result<Duration, ApiError> {
 }
 
 /// Where the primary is and the code it issued.
-#[derive(Deserialize, ToSchema)]
-struct JoinBody {
-    address: String,
-    code: String,
+#[derive(Serialize, Deserialize, ToSchema)]
+pub(super) struct JoinBody {
+    pub(super) address: String,
+    pub(super) code: String,
 }
 
 #[utoipa::path(post, path = "/api/v1/join", tag = "fleet",
@@ -463,9 +471,10 @@ async fn replicas(State(state): State<AppState>) -> Json<Vec<ReplicaView>> {
 }
 
 /// The replica that was revoked.
-#[derive(Serialize, ToSchema)]
-struct Revoked {
-    revoked: String,
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Revoked {
+    /// Its name.
+    pub revoked: String,
 }
 
 #[utoipa::path(post, path = "/api/v1/replicas/{name}/revoke", tag = "fleet",

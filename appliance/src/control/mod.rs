@@ -1,6 +1,7 @@
 //! The control plane on `[instance] control`: the JSON API (described by
 //! the OpenAPI document it serves, built from the same route table), the
-//! embedded web UI, `/metrics`, and the client the `moat` CLI uses.
+//! embedded web UI, `/metrics`, and the one client of that API (the `moat`
+//! CLI's and the test harness's).
 
 mod api;
 mod auth;
@@ -20,7 +21,8 @@ use axum::{Json, Router};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-pub use client::{ClientError, ControlClient};
+pub use api::{Applied, LogPageView, LogQuery, PairingCode, Revoked, StatsView};
+pub use client::{ClientError, ControlClient, Credentials, RawResponse};
 
 use crate::clock;
 use crate::daemon::{Cause, Daemon, DaemonError};

@@ -10,7 +10,7 @@ use crate::compile::{SourceStatus, source_status};
 use crate::config::{Policy, Tuning};
 
 /// The policy in force, as the control plane shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PolicyView {
     /// The settings: lists, rules, records, upstreams, blocked response.
     #[schema(value_type = Object)]
@@ -24,7 +24,7 @@ pub struct PolicyView {
 }
 
 /// The primary a replica's policy comes from.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SyncedFrom {
     /// Its name.
     pub name: String,

@@ -14,17 +14,16 @@
 //!    start `moat run` and supervise it: restart it if it dies, reap every
 //!    child, power off or reboot on the usual signals.
 //!
-//! Protocol logic (`dhcp`, `sntp`, `netlink`, `modules`, `firstboot`) is
-//! pure and unit-tested; the syscalls live in the private shell modules.
+//! Protocol logic is pure and unit-tested: the DHCP, SNTP and rtnetlink
+//! codecs in the `moat-netproto` crate, the ext4 layout in `moat-mkfs`, and
+//! `modules` and `firstboot` here; the syscalls and sockets live in the
+//! private shell modules (`net`, `netlink`, `system`).
 
-pub mod dhcp;
 pub mod firstboot;
 pub mod modules;
-pub mod netlink;
-pub mod sntp;
 
-mod mkfs;
 mod net;
+mod netlink;
 mod system;
 
 use std::collections::BTreeMap;
@@ -44,6 +43,7 @@ use nix::unistd::Pid;
 use thiserror::Error;
 
 use firstboot::{Network, Provisioning, Settings};
+use moat_netproto::dhcp;
 
 /// The environment variable that tells the second stage it is one.
 const STAGE_VAR: &str = "MOAT_INIT_STAGE";
@@ -253,20 +253,20 @@ fn mount_data() -> Result<(), InitError> {
 
 /// Makes an ext4 file system on `device` if it is blank, with a random
 /// (version 4) UUID and hash seed.
-fn format_if_blank(device: &Path) -> Result<Option<mkfs::Layout>, Box<dyn Error>> {
+fn format_if_blank(device: &Path) -> Result<Option<moat_mkfs::Layout>, Box<dyn Error>> {
     let file = File::options().read(true).write(true).open(device)?;
-    if !mkfs::is_blank(&file)? {
+    if !moat_mkfs::is_blank(&file)? {
         return Ok(None);
     }
     let mut uuid: [u8; 16] = rand::random();
     uuid[6] = (uuid[6] & 0x0f) | 0x40;
     uuid[8] = (uuid[8] & 0x3f) | 0x80;
-    let params = mkfs::Format {
+    let params = moat_mkfs::Format {
         uuid,
         hash_seed: rand::random(),
         now: crate::clock::unix_now(),
     };
-    Ok(Some(mkfs::format(&file, &params)?))
+    Ok(Some(moat_mkfs::format(&file, &params)?))
 }
 
 /// A clock that starts at 1970 (no RTC, as on a Pi) would make every

@@ -6,12 +6,13 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
+use moat_netproto::dhcp::{self, DhcpClient, DhcpEvent, Lease};
+use moat_netproto::netlink as request;
+use moat_netproto::sntp;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::InitError;
-use super::dhcp::{self, DhcpClient, DhcpEvent, Lease};
 use super::netlink;
-use super::sntp;
 use super::system;
 use crate::clock;
 
@@ -46,7 +47,7 @@ fn interface(name: &str) -> Option<Interface> {
 /// Brings the loopback interface up (the kernel gives it 127.0.0.1/8).
 pub(super) fn loopback_up() -> Result<(), InitError> {
     let lo = interface("lo").ok_or(InitError::NoInterface)?;
-    netlink::apply(&[netlink::link_up(lo.index, 1)])?;
+    netlink::apply(&[request::link_up(lo.index, 1)])?;
     Ok(())
 }
 
@@ -64,7 +65,7 @@ pub(super) fn ethernet(wait: Duration) -> Result<Interface, InitError> {
             .collect();
         names.sort();
         if let Some(found) = names.first().and_then(|name| interface(name)) {
-            netlink::apply(&[netlink::link_up(found.index, 1)])?;
+            netlink::apply(&[request::link_up(found.index, 1)])?;
             return Ok(found);
         }
         if clock::now() >= deadline {
@@ -81,9 +82,9 @@ pub(super) fn configure(
     prefix_len: u8,
     gateway: Option<Ipv4Addr>,
 ) -> Result<(), InitError> {
-    let mut requests = vec![netlink::address(iface.index, address, prefix_len, true, 2)];
+    let mut requests = vec![request::address(iface.index, address, prefix_len, true, 2)];
     if let Some(gateway) = gateway {
-        requests.push(netlink::default_route(iface.index, gateway, 3));
+        requests.push(request::default_route(iface.index, gateway, 3));
     }
     netlink::apply(&requests)?;
     Ok(())
@@ -130,7 +131,7 @@ pub(super) fn run_dhcp(
                 DhcpEvent::Bound(lease) => {
                     if current.as_ref().map(|l| l.address) != Some(lease.address) {
                         if let Some(old) = current.take() {
-                            let _ = netlink::apply(&[netlink::address(
+                            let _ = netlink::apply(&[request::address(
                                 iface.index,
                                 old.address,
                                 old.prefix_len,
@@ -161,7 +162,7 @@ pub(super) fn run_dhcp(
                 DhcpEvent::Lost => {
                     if let Some(old) = current.take() {
                         eprintln!("moat init: DHCP lease of {} lost", old.address);
-                        let _ = netlink::apply(&[netlink::address(
+                        let _ = netlink::apply(&[request::address(
                             iface.index,
                             old.address,
                             old.prefix_len,

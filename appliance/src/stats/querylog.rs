@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Outcome;
 
 /// One logged query.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogEntry {
     /// When it was answered, Unix milliseconds.
     pub unix_ms: u64,
@@ -21,7 +21,10 @@ pub struct LogEntry {
     #[schema(value_type = String)]
     pub client: IpAddr,
     /// The name asked, dotted.
-    #[serde(serialize_with = "serialize_name")]
+    #[serde(
+        serialize_with = "serialize_name",
+        deserialize_with = "deserialize_name"
+    )]
     #[schema(value_type = String)]
     pub name: heapless::Vec<u8, 255>,
     /// Query type number.
@@ -39,6 +42,14 @@ fn serialize_name<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&String::from_utf8_lossy(name))
+}
+
+fn deserialize_name<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<heapless::Vec<u8, 255>, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    heapless::Vec::from_slice(name.as_bytes())
+        .map_err(|_| serde::de::Error::custom("a name is at most 255 bytes"))
 }
 
 /// Which entries a search returns; every field that is set must match.
@@ -75,7 +86,7 @@ impl LogFilter {
 }
 
 /// One page of a query log search.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogPage {
     /// The entries, newest first.
     pub entries: Vec<LogEntry>,

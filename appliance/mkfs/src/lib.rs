@@ -7,7 +7,7 @@
 //! the appliance keeps hundreds of files, not millions, and every inode
 //! table must be written as zeros.
 //!
-//! [`Layout::new`] turns a device size into block numbers and the encoders
+//! `Layout::new` turns a device size into block numbers and the encoders
 //! turn a layout into bytes, both pure; [`format`] only writes those bytes,
 //! metadata only, never the whole device. Only a device that [`is_blank`]
 //! may be formatted.
@@ -19,14 +19,14 @@ use std::os::unix::fs::FileExt;
 use thiserror::Error;
 
 /// The volume label.
-pub(crate) const LABEL: &str = "moat-data";
+const LABEL: &str = "moat-data";
 /// How much of a device must read as zeros for it to be blank. Group 0's
 /// metadata, but for its superblock and descriptors, starts past it: a
 /// format cut short by a power loss leaves the device blank, and the next
 /// boot starts over.
 const BLANK_SPAN: u64 = 1 << 20;
 /// The smallest device formatted: room for group 0 and a 4 MiB journal.
-pub(crate) const MIN_DEVICE: u64 = 8 << 20;
+const MIN_DEVICE: u64 = 8 << 20;
 
 const BLOCK_SIZE: usize = 4096;
 const BLOCK: u64 = BLOCK_SIZE as u64;
@@ -54,19 +54,19 @@ const FIRST_INO: u32 = 11;
 
 /// The random and time-dependent inputs of a format.
 #[derive(Debug, Clone)]
-pub(crate) struct Format {
+pub struct Format {
     /// The file system's UUID (also the journal's).
-    pub(crate) uuid: [u8; 16],
+    pub uuid: [u8; 16],
     /// The seed of the directory index hash.
-    pub(crate) hash_seed: [u8; 16],
+    pub hash_seed: [u8; 16],
     /// Creation time, Unix seconds.
-    pub(crate) now: u64,
+    pub now: u64,
 }
 
 /// Why a device could not be formatted.
 #[derive(Debug, Error)]
 #[non_exhaustive]
-pub(crate) enum MkfsError {
+pub enum MkfsError {
     /// The device cannot hold the file system's metadata and journal.
     #[error("{size} bytes is too small for the data file system (at least {MIN_DEVICE})")]
     TooSmall {
@@ -86,7 +86,7 @@ pub(crate) enum MkfsError {
 /// Whether the device reads as zeros over its first MiB (or all of it, if
 /// smaller): never formatted, or wiped. Anything else, a file system this
 /// code does not know or a damaged one, is someone's data.
-pub(crate) fn is_blank(device: &File) -> io::Result<bool> {
+pub fn is_blank(device: &File) -> io::Result<bool> {
     let span = device_size(device)?.min(BLANK_SPAN);
     let mut start = vec![0; span as usize];
     device.read_exact_at(&mut start, 0)?;
@@ -96,7 +96,7 @@ pub(crate) fn is_blank(device: &File) -> io::Result<bool> {
 /// Makes the file system on `device`, a block device or a file, and flushes
 /// it. Writes every group's metadata first and the primary superblock
 /// last, so the device is not a file system until all of it is.
-pub(crate) fn format(device: &File, params: &Format) -> Result<Layout, MkfsError> {
+pub fn format(device: &File, params: &Format) -> Result<Layout, MkfsError> {
     let size = device_size(device).map_err(|source| MkfsError::Io {
         what: "read the device size".into(),
         source,
@@ -146,24 +146,24 @@ fn sync(device: &File, what: &str) -> Result<(), MkfsError> {
 /// Where everything goes, in 4 KiB blocks: a pure function of the device
 /// size.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Layout {
+pub struct Layout {
     /// Blocks in the file system: the device, less a tail too small to be a
     /// group.
-    pub(crate) blocks: u32,
+    blocks: u32,
     /// Block groups, the last one possibly partial.
-    pub(crate) groups: u32,
+    groups: u32,
     /// Inodes in each group.
-    pub(crate) inodes_per_group: u32,
+    inodes_per_group: u32,
     /// Blocks of each copy of the group descriptor table.
-    pub(crate) descriptor_blocks: u32,
+    descriptor_blocks: u32,
     /// Blocks of the journal.
-    pub(crate) journal_blocks: u32,
+    journal_blocks: u32,
 }
 
 impl Layout {
     /// The layout for a device of `size` bytes (capped at 16 TiB, the most
     /// without the 64bit feature).
-    pub(crate) fn new(size: u64) -> Result<Self, MkfsError> {
+    fn new(size: u64) -> Result<Self, MkfsError> {
         if size < MIN_DEVICE {
             return Err(MkfsError::TooSmall { size });
         }
@@ -202,7 +202,7 @@ impl Layout {
 
     /// Whether `group` holds a copy of the superblock and descriptors:
     /// groups 0, 1 and the powers of 3, 5 and 7 (sparse_super).
-    pub(crate) fn has_superblock(group: u32) -> bool {
+    fn has_superblock(group: u32) -> bool {
         let power_of = |base: u32| {
             let mut n = base;
             while n < group {
@@ -214,12 +214,12 @@ impl Layout {
     }
 
     /// The file system's size in bytes.
-    pub(crate) fn bytes(&self) -> u64 {
+    pub fn bytes(&self) -> u64 {
         u64::from(self.blocks) * BLOCK
     }
 
     /// Inodes in the file system.
-    pub(crate) fn inodes(&self) -> u32 {
+    fn inodes(&self) -> u32 {
         self.groups * self.inodes_per_group
     }
 
@@ -249,7 +249,7 @@ impl Layout {
 
     /// The block bitmap of `group`, followed by its inode bitmap and inode
     /// table. In group 0 they start past the blank span (see [`BLANK_SPAN`]).
-    pub(crate) fn block_bitmap(&self, group: u32) -> u32 {
+    fn block_bitmap(&self, group: u32) -> u32 {
         let after_superblock = Self::group_start(group) + self.superblock_blocks(group);
         if group == 0 {
             after_superblock.max((BLANK_SPAN / BLOCK) as u32)
@@ -272,7 +272,7 @@ impl Layout {
     }
 
     /// The root directory's block, in group 0 after its inode table.
-    pub(crate) fn root_block(&self) -> u32 {
+    fn root_block(&self) -> u32 {
         self.inode_table(0) + self.inode_table_blocks()
     }
 
@@ -281,7 +281,7 @@ impl Layout {
     }
 
     /// The journal's first block, right after lost+found's.
-    pub(crate) fn journal_start(&self) -> u32 {
+    fn journal_start(&self) -> u32 {
         self.root_block() + 2
     }
 
@@ -318,7 +318,7 @@ impl Layout {
     }
 
     /// Free blocks in the whole file system.
-    pub(crate) fn total_free_blocks(&self) -> u32 {
+    fn total_free_blocks(&self) -> u32 {
         (0..self.groups).map(|group| self.free_blocks(group)).sum()
     }
 
