@@ -26,7 +26,7 @@ use crate::dns::cache::Cache;
 use crate::dns::handler::{Live, QueryHandler};
 use crate::dns::listen::{ListenError, Listeners};
 use crate::dns::upstream::{UpstreamError, UpstreamStatus, Upstreams};
-use crate::policy::{Chain, Pause, PauseState, PluginError};
+use crate::policy::{Chain, Pause, PauseState, PluginError, PolicyEngine};
 use crate::stats::QueryLog;
 use crate::store::{Access, DataDir, StoreError, files};
 use crate::sync::pairing::PrimaryPin;
@@ -186,6 +186,7 @@ fn policy_for(
     data: &DataDir,
     role: &Role,
     starting: bool,
+    engine: &PolicyEngine,
 ) -> Result<(Option<VerifiedBundle>, OpenedBundle), DaemonError> {
     let now = clock::unix_now();
     let bundle = match role {
@@ -197,7 +198,7 @@ fn policy_for(
     };
     match bundle {
         Some(bundle) => {
-            let opened = policy::open(&bundle)?;
+            let opened = policy::open(&bundle, engine)?;
             Ok((Some(bundle), opened))
         }
         None => {
@@ -228,6 +229,8 @@ pub struct Daemon {
     query_log_loss_reported: AtomicBool,
     /// Held while a settings change is saved and applied.
     settings_writer: Mutex<()>,
+    /// The process's WASM engine, which every policy module runs on.
+    engine: PolicyEngine,
 }
 
 impl Daemon {
@@ -237,7 +240,8 @@ impl Daemon {
         let config = source.load()?;
         let data = DataDir::open(&config.instance.data_dir)?;
         let role = Role::load(&data)?;
-        let (bundle, opened) = policy_for(&config, &data, &role, true)?;
+        let engine = PolicyEngine::start()?;
+        let (bundle, opened) = policy_for(&config, &data, &role, true, &engine)?;
         let pause = match data.read_json::<PauseState>(files::PAUSE) {
             Ok(state) => state.unwrap_or_default(),
             Err(err) => {
@@ -275,6 +279,7 @@ impl Daemon {
             shutdown,
             query_log_loss_reported: AtomicBool::new(false),
             settings_writer: Mutex::new(()),
+            engine,
         });
         tokio::spawn(Arc::clone(&daemon).flush_query_log_periodically());
         tokio::spawn(Arc::clone(&daemon).download_lists_periodically());
@@ -305,7 +310,8 @@ impl Daemon {
         let mut current = self.current.lock();
         let (bundle, opened) = match &current.role {
             Role::Primary(_) => {
-                let (bundle, opened) = policy_for(&new, &self.data, &current.role, false)?;
+                let (bundle, opened) =
+                    policy_for(&new, &self.data, &current.role, false, &self.engine)?;
                 (bundle, Arc::new(opened))
             }
             Role::Replica(pin) if new.policy != current.config.policy => {
@@ -353,7 +359,7 @@ impl Daemon {
             running,
             clock::unix_now(),
         )?;
-        let opened = Arc::new(policy::open(&bundle)?);
+        let opened = Arc::new(policy::open(&bundle, &self.engine)?);
         let live = build_live(&current.config, &opened)?;
         BundleStore::new(self.data.clone()).save(&bundle)?;
         self.handler.replace_live(live);
