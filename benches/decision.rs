@@ -13,7 +13,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use moat::compile::compile_policy;
 use moat::config::Config;
-use moat::policy::{Decision, Policy, Question, WasmPolicy};
+use moat::policy::{Decision, Policy, PolicyEngine, Question, WasmPolicy};
 use moat::store::DataDir;
 
 fn domains() -> usize {
@@ -57,8 +57,9 @@ fn ask(policy: &dyn Policy, name: &str) -> Decision {
 
 fn decisions(c: &mut Criterion) {
     let (local_records, blocklist) = modules();
-    let blocklist = WasmPolicy::new(&blocklist).expect("blocklist module");
-    let local_records = WasmPolicy::new(&local_records).expect("local-records module");
+    let engine = PolicyEngine::start().expect("policy engine");
+    let blocklist = WasmPolicy::new(&engine, &blocklist).expect("blocklist module");
+    let local_records = WasmPolicy::new(&engine, &local_records).expect("local-records module");
     let cases: [(&str, &dyn Policy, &str); 5] = [
         ("blocklist/listed", &*blocklist, "d4242.tracker242.example"),
         (

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use moat::compile::{compile_policy, explain};
+use moat::compile::compile_policy;
 use moat::config::Config;
 use moat::control::{ClientError, ControlClient, LogQuery};
 use moat::daemon::{App, ConfigSource, join_offline};
-use moat::policy::{Policy, Question, WasmPolicy};
+use moat::policy::{Decision, Policy, PolicyEngine, Question, WasmPolicy};
 use moat::store::{Access, DataDir};
 use serde_json::{Value, json};
 
@@ -286,24 +286,43 @@ fn policy_tool(command: PolicyCommand) -> Result<()> {
             };
             let data = DataDir::open(&config.instance.data_dir)?;
             let compiled = compile_policy(&config.policy, &data)?;
-            let policy = WasmPolicy::new(&compiled.blocklist)?;
+            let engine = PolicyEngine::start()?;
             let lower = name.trim_end_matches('.').to_ascii_lowercase();
             let question = Question {
                 name: lower.as_bytes(),
                 qtype: 1,
                 client: [127, 0, 0, 1].into(),
             };
-            let decision = policy.decide(&question);
-            match explain(&config.policy, &data, &name)? {
-                Some(rule) => println!(
-                    "{name}: {decision:?} by {} `{}` from {}",
-                    rule.table, rule.rule, rule.origin
-                ),
-                None => println!("{name}: {decision:?} (no rule matches)"),
+            // The query path's order: local records, then the blocklist.
+            let mut said = None;
+            for module in [&compiled.local_records, &compiled.blocklist] {
+                let plugin = WasmPolicy::new(&engine, module)?;
+                let decision = plugin.decide(&question);
+                if decision != Decision::NoOpinion {
+                    said = Some((decision, plugin.explain(&question)?));
+                    break;
+                }
+            }
+            match said {
+                Some((decision, Some(rule))) => {
+                    println!("{name}: {} by {rule}", decision_label(&decision))
+                }
+                Some((decision, None)) => {
+                    println!("{name}: {} (no rule matches)", decision_label(&decision))
+                }
+                None => println!("{name}: NoOpinion (no rule matches)"),
             }
         }
     }
     Ok(())
+}
+
+/// A decision as `moat policy test` prints it.
+fn decision_label(decision: &Decision) -> String {
+    match decision {
+        Decision::Answer(answer) => format!("Answer ({} records)", answer.records().count()),
+        other => format!("{other:?}"),
+    }
 }
 
 async fn run(source: ConfigSource) -> Result<()> {

@@ -10,10 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use moat::bundle::{
-    BLOCKLIST_PART, Bundle, BundleStore, LOCAL_RECORDS_PART, SETTINGS_PART, SigningKey,
-    VerifiedBundle,
-};
+use moat::bundle::{Bundle, BundleStore, Part, SigningKey, VerifiedBundle};
 use moat::compile::compile_policy;
 use moat::config::Policy;
 use moat::store::DataDir;
@@ -221,7 +218,7 @@ impl Session {
 
 /// The parts of a bundle like `stored` whose blocklist lists only
 /// [`HOSTILE_LISTED`], compiled by the real compiler.
-fn hostile_parts(stored: &VerifiedBundle, files: &Scratch) -> Vec<(String, Vec<u8>)> {
+fn hostile_parts(stored: &VerifiedBundle, files: &Scratch) -> Vec<(Part, Vec<u8>)> {
     let list = files.0.join("hostile-list.txt");
     std::fs::write(&list, format!("{HOSTILE_LISTED}\n")).unwrap();
     let policy = Policy::from_toml(
@@ -234,11 +231,11 @@ fn hostile_parts(stored: &VerifiedBundle, files: &Scratch) -> Vec<(String, Vec<u
     .expect("hostile policy parses");
     let data = DataDir::open(&files.0.join("data")).unwrap();
     let compiled = compile_policy(&policy, &data).expect("hostile policy compiles");
-    let part = |name: &str| stored.part(name).expect("stored part").to_vec();
+    let part = |part: Part| stored.part(part).expect("stored part").to_vec();
     vec![
-        (LOCAL_RECORDS_PART.to_owned(), part(LOCAL_RECORDS_PART)),
-        (BLOCKLIST_PART.to_owned(), compiled.blocklist),
-        (SETTINGS_PART.to_owned(), part(SETTINGS_PART)),
+        (Part::LocalRecords, part(Part::LocalRecords)),
+        (Part::Blocklist, compiled.blocklist),
+        (Part::Settings, part(Part::Settings)),
     ]
 }
 
@@ -420,7 +417,7 @@ async fn replica_refuses_hostile_bundles_and_frames_and_keeps_its_last_good_bund
     still_serves_last_good(&r, good, "an expired bundle", 5).await;
 
     let mut bytes = valid.clone();
-    change_part(&mut bytes, stored.part(SETTINGS_PART).unwrap());
+    change_part(&mut bytes, stored.part(Part::Settings).unwrap());
     session
         .expect_rejected(
             &r,

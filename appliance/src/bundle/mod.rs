@@ -27,12 +27,50 @@ pub use manifest::{FORMAT_VERSION, Manifest, PartDigest};
 pub use sealed::{Bundle, VerifiedBundle};
 pub use store::{BundleStore, LoadedBundle};
 
-/// Part holding the compiled blocklist module.
-pub const BLOCKLIST_PART: &str = "blocklist.wasm";
-/// Part holding the compiled local-records module.
-pub const LOCAL_RECORDS_PART: &str = "local-records.wasm";
-/// Part holding the synced policy settings.
-pub const SETTINGS_PART: &str = "policy.toml";
+/// The parts a bundle carries. On the wire (in the manifest and the
+/// envelope) each goes by its [`Part::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// The compiled blocklist module.
+    Blocklist,
+    /// The compiled local-records module.
+    LocalRecords,
+    /// The synced policy settings (TOML).
+    Settings,
+}
+
+impl Part {
+    /// Every part, in the order they are sealed.
+    pub const ALL: [Self; 3] = [Self::LocalRecords, Self::Blocklist, Self::Settings];
+
+    /// The part's name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Blocklist => "blocklist.wasm",
+            Self::LocalRecords => "local-records.wasm",
+            Self::Settings => "policy.toml",
+        }
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Part {
+    type Err = BundleError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|part| part.name() == name)
+            .ok_or_else(|| BundleError::UnknownPart {
+                name: name.to_owned(),
+            })
+    }
+}
 
 /// Largest encoded bundle accepted; anything bigger is refused unread.
 pub const MAX_BUNDLE_BYTES: usize = 128 << 20;
@@ -71,20 +109,27 @@ pub enum BundleError {
     /// A part's length or SHA-256 differs from the manifest.
     #[error("part {part} does not match its manifest hash")]
     PartMismatch {
-        /// Name of the part.
-        part: String,
+        /// The part.
+        part: Part,
     },
-    /// The manifest lists a part the bundle does not carry.
+    /// The manifest lists a part the bundle does not carry, or a part the
+    /// bundle needs is absent.
     #[error("part {part} is listed in the manifest but missing")]
     MissingPart {
-        /// Name of the part.
-        part: String,
+        /// The part.
+        part: Part,
     },
     /// The bundle carries a part the manifest does not list, or one twice.
     #[error("part {part} is not listed in the manifest or appears twice")]
     UnexpectedPart {
-        /// Name of the part.
+        /// Name of the part as carried.
         part: String,
+    },
+    /// The manifest names a part this build does not know.
+    #[error("unknown bundle part {name:?}")]
+    UnknownPart {
+        /// The name as listed.
+        name: String,
     },
     /// The bundle is not newer than the one running.
     #[error("bundle version {offered} is not above the running version {running}")]

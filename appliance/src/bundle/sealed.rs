@@ -8,7 +8,7 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{
-    BundleError, FORMAT_VERSION, KeyId, MAX_BUNDLE_BYTES, MAX_PARTS, Manifest, PartDigest,
+    BundleError, FORMAT_VERSION, KeyId, MAX_BUNDLE_BYTES, MAX_PARTS, Manifest, Part, PartDigest,
     PublicKey, SigningKey,
 };
 
@@ -37,10 +37,10 @@ struct Envelope {
 
 impl Bundle {
     /// Hashes `parts`, writes and signs a manifest valid for `lifetime` from
-    /// `created_unix`. Names must be distinct and at most [`MAX_PARTS`];
-    /// otherwise the bundle never verifies.
+    /// `created_unix`. Parts must be distinct; otherwise the bundle never
+    /// verifies.
     pub fn seal(
-        parts: Vec<(String, Vec<u8>)>,
+        parts: Vec<(Part, Vec<u8>)>,
         version: u64,
         created_unix: u64,
         lifetime: Duration,
@@ -54,9 +54,13 @@ impl Bundle {
             expires_unix: created_unix.saturating_add(lifetime.as_secs()),
             parts: parts
                 .iter()
-                .map(|(name, bytes)| PartDigest::of(name, bytes))
+                .map(|(part, bytes)| PartDigest::of(part.name(), bytes))
                 .collect(),
         };
+        let parts = parts
+            .into_iter()
+            .map(|(part, bytes)| (part.name().to_owned(), bytes))
+            .collect();
         Self::sign(&manifest, parts, key)
     }
 
@@ -142,7 +146,8 @@ impl Bundle {
         Ok(VerifiedBundle { manifest, envelope })
     }
 
-    /// Signs `manifest` as given; [`Bundle::seal`] is the normal way in.
+    /// Signs `manifest` and parts named as given (tests make bundles no
+    /// primary would); [`Bundle::seal`] is the normal way in.
     pub(super) fn sign(
         manifest: &Manifest,
         parts: Vec<(String, Vec<u8>)>,
@@ -196,13 +201,18 @@ impl VerifiedBundle {
     }
 
     /// The bytes of a part, if the bundle carries it.
-    pub fn part(&self, name: &str) -> Option<&[u8]> {
+    pub fn part(&self, part: Part) -> Option<&[u8]> {
         self.envelope
             .parts
             .0
             .iter()
-            .find(|(part, _)| part == name)
+            .find(|(name, _)| name == part.name())
             .map(|(_, bytes)| bytes.0.as_slice())
+    }
+
+    /// The bytes of a part the bundle must carry.
+    pub fn required_part(&self, part: Part) -> Result<&[u8], BundleError> {
+        self.part(part).ok_or(BundleError::MissingPart { part })
     }
 
     /// The signed bytes as received, to store or forward unchanged.
@@ -235,11 +245,10 @@ fn check_parts(listed: &[PartDigest], carried: &[(String, Blob)]) -> Result<(), 
                 digest.name
             )));
         }
+        let part: Part = digest.name.parse()?;
         let mut named = carried.iter().filter(|(name, _)| *name == digest.name);
         let Some((_, bytes)) = named.next() else {
-            return Err(BundleError::MissingPart {
-                part: digest.name.clone(),
-            });
+            return Err(BundleError::MissingPart { part });
         };
         if named.next().is_some() {
             return Err(BundleError::UnexpectedPart {
@@ -247,9 +256,7 @@ fn check_parts(listed: &[PartDigest], carried: &[(String, Blob)]) -> Result<(), 
             });
         }
         if !digest.matches(&bytes.0) {
-            return Err(BundleError::PartMismatch {
-                part: digest.name.clone(),
-            });
+            return Err(BundleError::PartMismatch { part });
         }
     }
     match carried

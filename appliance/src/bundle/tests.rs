@@ -13,15 +13,20 @@ use crate::store::{Access, DataDir, StoreError, files};
 const NOW: u64 = 1_700_000_000;
 const DAY: Duration = Duration::from_secs(86_400);
 
-fn parts() -> Vec<(String, Vec<u8>)> {
+fn parts() -> Vec<(Part, Vec<u8>)> {
     vec![
-        (BLOCKLIST_PART.to_owned(), b"\0asm blocklist".to_vec()),
-        (LOCAL_RECORDS_PART.to_owned(), b"\0asm records".to_vec()),
-        (
-            SETTINGS_PART.to_owned(),
-            b"fail_mode = \"closed\"\n".to_vec(),
-        ),
+        (Part::Blocklist, b"\0asm blocklist".to_vec()),
+        (Part::LocalRecords, b"\0asm records".to_vec()),
+        (Part::Settings, b"fail_mode = \"closed\"\n".to_vec()),
     ]
+}
+
+/// The parts as named on the wire, for bundles made with `Bundle::sign`.
+fn named() -> Vec<(String, Vec<u8>)> {
+    parts()
+        .into_iter()
+        .map(|(part, bytes)| (part.name().to_owned(), bytes))
+        .collect()
 }
 
 fn key() -> SigningKey {
@@ -45,7 +50,7 @@ fn manifest(key: &SigningKey) -> Manifest {
         expires_unix: NOW + 60,
         parts: parts()
             .iter()
-            .map(|(name, bytes)| PartDigest::of(name, bytes))
+            .map(|(part, bytes)| PartDigest::of(part.name(), bytes))
             .collect(),
     }
 }
@@ -80,10 +85,18 @@ fn seal_parse_verify_round_trip() {
     assert_eq!(bundle.created_unix(), NOW);
     assert_eq!(bundle.expires_unix(), NOW + DAY.as_secs());
     assert_eq!(bundle.key_id(), key.public().key_id());
-    for (name, content) in parts() {
-        assert_eq!(bundle.part(&name), Some(content.as_slice()), "{name}");
+    for (part, content) in parts() {
+        assert_eq!(bundle.part(part), Some(content.as_slice()), "{part}");
     }
-    assert_eq!(bundle.part("other.wasm"), None);
+    let without_settings = Bundle::seal(parts()[..2].to_vec(), 7, NOW, DAY, &key).to_bytes();
+    let without_settings = check(&without_settings, &key).unwrap();
+    assert_eq!(without_settings.part(Part::Settings), None);
+    assert!(matches!(
+        without_settings.required_part(Part::Settings),
+        Err(BundleError::MissingPart {
+            part: Part::Settings
+        })
+    ));
     assert_eq!(bundle.to_bytes(), bytes, "forwarded unchanged");
     let newer = Bundle::parse(&bytes)
         .unwrap()
@@ -127,9 +140,9 @@ fn flipped_signature_is_refused() {
 fn changed_part_is_refused() {
     let key = key();
     let manifest = manifest(&key);
-    let mut same_length = parts();
+    let mut same_length = named();
     same_length[0].1[1] ^= 1;
-    let mut longer = parts();
+    let mut longer = named();
     longer[2].1.push(b'#');
     for changed in [same_length, longer] {
         let bytes = Bundle::sign(&manifest, changed, &key).to_bytes();
@@ -142,16 +155,16 @@ fn changed_part_is_refused() {
 fn missing_extra_or_repeated_parts_are_refused() {
     let key = key();
     let manifest = manifest(&key);
-    let mut missing = parts();
+    let mut missing = named();
     missing.pop();
-    let mut extra = parts();
+    let mut extra = named();
     extra.push(("extra.wasm".to_owned(), vec![1]));
-    let mut repeated = parts();
-    repeated.push(parts()[0].clone());
+    let mut repeated = named();
+    repeated.push(named()[0].clone());
 
     let err = check(&Bundle::sign(&manifest, missing, &key).to_bytes(), &key).unwrap_err();
     assert!(
-        matches!(&err, BundleError::MissingPart { part } if part == SETTINGS_PART),
+        matches!(&err, BundleError::MissingPart { part } if *part == Part::Settings),
         "{err}"
     );
     let err = check(&Bundle::sign(&manifest, extra, &key).to_bytes(), &key).unwrap_err();
@@ -161,9 +174,30 @@ fn missing_extra_or_repeated_parts_are_refused() {
     );
     let err = check(&Bundle::sign(&manifest, repeated, &key).to_bytes(), &key).unwrap_err();
     assert!(
-        matches!(&err, BundleError::UnexpectedPart { part } if part == BLOCKLIST_PART),
+        matches!(&err, BundleError::UnexpectedPart { part } if part == Part::Blocklist.name()),
         "{err}"
     );
+}
+
+#[test]
+fn an_unknown_part_is_a_typed_error() {
+    let key = key();
+    let mut manifest = manifest(&key);
+    let mut carried = named();
+    manifest.parts.push(PartDigest::of("extra.wasm", &[1]));
+    carried.push(("extra.wasm".to_owned(), vec![1]));
+    let err = check(&Bundle::sign(&manifest, carried, &key).to_bytes(), &key).unwrap_err();
+    assert!(
+        matches!(&err, BundleError::UnknownPart { name } if name == "extra.wasm"),
+        "{err}"
+    );
+    assert!(matches!(
+        "blocklist".parse::<Part>(),
+        Err(BundleError::UnknownPart { .. })
+    ));
+    for part in Part::ALL {
+        assert_eq!(part.name().parse::<Part>().unwrap(), part);
+    }
 }
 
 #[test]
@@ -186,7 +220,7 @@ fn forged_key_id_fails_the_signature() {
     let theirs = key();
     let mut manifest = manifest(&theirs);
     manifest.key_id = ours.public().key_id();
-    let bytes = Bundle::sign(&manifest, parts(), &theirs).to_bytes();
+    let bytes = Bundle::sign(&manifest, named(), &theirs).to_bytes();
     let err = check(&bytes, &ours).unwrap_err();
     assert!(matches!(err, BundleError::BadSignature), "{err}");
 }
@@ -233,7 +267,7 @@ fn unknown_format_is_refused() {
     let key = key();
     let mut manifest = manifest(&key);
     manifest.format = FORMAT_VERSION + 1;
-    let bytes = Bundle::sign(&manifest, parts(), &key).to_bytes();
+    let bytes = Bundle::sign(&manifest, named(), &key).to_bytes();
     let err = check(&bytes, &key).unwrap_err();
     assert!(
         matches!(err, BundleError::UnknownFormat(f) if f == FORMAT_VERSION + 1),
@@ -281,7 +315,7 @@ fn too_many_parts_are_refused() {
     let many = (0..=MAX_PARTS)
         .map(|n| (format!("part-{n}"), Vec::new()))
         .collect();
-    let bytes = Bundle::seal(many, 7, NOW, DAY, &key).to_bytes();
+    let bytes = Bundle::sign(&manifest(&key), many, &key).to_bytes();
     assert!(matches!(
         Bundle::parse(&bytes),
         Err(BundleError::Malformed(_))

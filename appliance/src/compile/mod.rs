@@ -7,12 +7,10 @@ mod parse;
 mod records;
 mod sources;
 
-use moat_plugin_abi::{DataHeader, TABLES, Table, name_hash};
+use moat_plugin_abi::{DataHeader, ORIGIN_CAPACITY, TABLES, Table, name_hash, packed_len};
 
 pub use link::{LinkError, with_data_segment};
 pub use parse::{ParsedList, Rule, parse_list};
-pub use records::RecordError;
-pub(crate) use records::check as check_record;
 pub use sources::{
     SourceError, SourceReport, SourceStatus, record_compiled, record_download, source_status,
     store_download,
@@ -30,9 +28,6 @@ pub enum CompileError {
     /// The module could not be built.
     #[error(transparent)]
     Link(#[from] LinkError),
-    /// A local record is invalid.
-    #[error(transparent)]
-    Record(#[from] RecordError),
 }
 
 /// A compiled policy: the blocklist module and what went into it.
@@ -54,17 +49,18 @@ pub fn compile_policy(policy: &Policy, data: &DataDir) -> Result<CompiledPolicy,
     rules.add_config(&policy.allow, &policy.deny);
     let mut reports = Vec::new();
     for source in &policy.blocklists {
+        let origin = rules.origin(&source.source.to_string());
         let report = sources::load(source, data, &mut |rule, name| {
             let table = match rule {
                 Rule::Block => Table::BlockSuffix,
                 Rule::Allow => Table::AllowSuffix,
             };
-            rules.insert(table, name.as_bytes());
+            rules.insert(table, name.as_bytes(), origin);
         })?;
         reports.push(report);
     }
     let (blocklist, summary) = rules.compile()?;
-    let records = records::encode(&policy.local_records, policy.local_ptr)?;
+    let records = records::encode(&policy.local_records, policy.local_ptr);
     let local_records = with_data_segment(LOCAL_RECORDS_TEMPLATE, &records)?;
     Ok(CompiledPolicy {
         blocklist,
@@ -114,11 +110,14 @@ pub const BLOCKLIST_TEMPLATE: &[u8] =
 pub const LOCAL_RECORDS_TEMPLATE: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/moat_local_records.wasm"));
 
-/// Rules gathered from every source, by table: name hashes, sorted and
-/// deduplicated once at the end (8 bytes per rule while compiling).
+/// Rules gathered from every source, by table: name hashes and where each
+/// came from, sorted and deduplicated once at the end (16 bytes per rule
+/// while compiling). A rule in several origins keeps the first.
 #[derive(Debug, Default)]
 struct BlocklistRules {
-    tables: [Vec<u64>; TABLES],
+    tables: [Vec<(u64, u16)>; TABLES],
+    /// `policy.deny`, `policy.allow`, then each source, as people read them.
+    origins: Vec<String>,
 }
 
 /// What the compiler did, for people.
@@ -135,19 +134,30 @@ pub struct CompileSummary {
 impl BlocklistRules {
     /// Adds the configured allow and deny rules.
     fn add_config(&mut self, allow: &[NameRule], deny: &[NameRule]) {
-        for (rules, exact, suffix) in [
-            (deny, Table::DenyExact, Table::DenySuffix),
-            (allow, Table::AllowExact, Table::AllowSuffix),
+        for (rules, exact, suffix, origin) in [
+            (deny, Table::DenyExact, Table::DenySuffix, "policy.deny"),
+            (allow, Table::AllowExact, Table::AllowSuffix, "policy.allow"),
         ] {
+            let origin = self.origin(origin);
             for rule in rules {
                 let table = if rule.subdomains { suffix } else { exact };
-                self.insert(table, rule.name.as_bytes());
+                self.insert(table, rule.name.as_bytes(), origin);
             }
         }
     }
 
-    fn insert(&mut self, table: Table, name: &[u8]) {
-        self.tables[table as usize].push(name_hash(name));
+    /// Registers an origin (cut to what an explanation carries); gives its index.
+    fn origin(&mut self, origin: &str) -> u16 {
+        let mut end = origin.len().min(ORIGIN_CAPACITY);
+        while !origin.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.origins.push(origin[..end].to_owned());
+        u16::try_from(self.origins.len() - 1).unwrap_or(u16::MAX)
+    }
+
+    fn insert(&mut self, table: Table, name: &[u8], origin: u16) {
+        self.tables[table as usize].push((name_hash(name), origin));
     }
 
     /// Sorts and deduplicates every table; returns how many repeats went.
@@ -155,26 +165,62 @@ impl BlocklistRules {
         let mut removed = 0;
         for table in &mut self.tables {
             let before = table.len();
+            // Equal hashes sort by origin: the first origin's entry stays.
             table.sort_unstable();
-            table.dedup();
+            table.dedup_by_key(|(hash, _)| *hash);
             table.shrink_to_fit();
             removed += before - table.len();
         }
         removed
     }
 
-    /// The data segment contents: header, then each table sorted.
+    /// The data segment contents (layout in `moat_plugin_abi::DataHeader`):
+    /// header, each table sorted, then the origins.
     fn encode(&self) -> Vec<u8> {
         let counts = self.tables.each_ref().map(|table| table.len() as u32);
         let total: usize = self.tables.iter().map(Vec::len).sum();
         let mut data = Vec::with_capacity(DataHeader::LEN + total * 8);
         data.extend_from_slice(&DataHeader { counts }.encode());
         for table in &self.tables {
-            for hash in table {
+            for (hash, _) in table {
                 data.extend_from_slice(&hash.to_le_bytes());
             }
         }
+        self.encode_origins(&mut data);
         data
+    }
+
+    /// Per table the origin base and bits, the packed origins, then the
+    /// origin names.
+    fn encode_origins(&self, data: &mut Vec<u8>) {
+        let ranges = self.tables.each_ref().map(|table| {
+            let origins = table.iter().map(|&(_, origin)| origin);
+            let base = origins.clone().min().unwrap_or(0);
+            let spread = origins.max().unwrap_or(0) - base;
+            (base, u16::BITS - spread.leading_zeros())
+        });
+        for (base, bits) in ranges {
+            data.extend_from_slice(&base.to_le_bytes());
+            data.push(bits as u8);
+        }
+        for (table, (base, bits)) in self.tables.iter().zip(ranges) {
+            let start = data.len();
+            data.resize(start + packed_len(table.len() as u32, bits), 0);
+            for (entry, &(_, origin)) in table.iter().enumerate() {
+                let value = origin - base;
+                for bit in 0..bits {
+                    if (value >> bit) & 1 == 1 {
+                        let position = entry * bits as usize + bit as usize;
+                        data[start + position / 8] |= 1 << (position % 8);
+                    }
+                }
+            }
+        }
+        data.extend_from_slice(&(self.origins.len() as u16).to_le_bytes());
+        for origin in &self.origins {
+            data.extend_from_slice(&(origin.len() as u16).to_le_bytes());
+            data.extend_from_slice(origin.as_bytes());
+        }
     }
 
     /// Builds the blocklist module with these rules as its data.
@@ -190,85 +236,11 @@ impl BlocklistRules {
     }
 }
 
-/// Which rule decided a name, for `moat policy test`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Explanation {
-    /// The rule's table (`deny`, `allow`, `block`) and kind (exact, suffix).
-    pub table: String,
-    /// The rule as it matched (`*.ads.example`, `ads.example`).
-    pub rule: String,
-    /// Where it came from: `policy.deny`, `policy.allow`, or a source path.
-    pub origin: String,
-}
-
-/// Finds the rule that decides `name`, by the plugin's precedence (deny,
-/// then allow, then block). Reads the sources again: for people, not the
-/// query path.
-pub fn explain(
-    policy: &Policy,
-    data: &DataDir,
-    name: &str,
-) -> Result<Option<Explanation>, CompileError> {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let mut rules: Vec<(Table, String, String)> = Vec::new();
-    for (list, exact, suffix, origin) in [
-        (
-            &policy.deny,
-            Table::DenyExact,
-            Table::DenySuffix,
-            "policy.deny",
-        ),
-        (
-            &policy.allow,
-            Table::AllowExact,
-            Table::AllowSuffix,
-            "policy.allow",
-        ),
-    ] {
-        for rule in list {
-            let table = if rule.subdomains { suffix } else { exact };
-            rules.push((table, rule.name.clone(), origin.to_owned()));
-        }
-    }
-    let matches = |table: Table, rule: &str| match table {
-        Table::DenyExact | Table::AllowExact | Table::BlockExact => name == rule,
-        _ => name == rule || name.ends_with(&format!(".{rule}")),
-    };
-    for source in &policy.blocklists {
-        let origin = source.source.to_string();
-        sources::load(source, data, &mut |kind, rule| {
-            let table = match kind {
-                Rule::Block => Table::BlockSuffix,
-                Rule::Allow => Table::AllowSuffix,
-            };
-            if matches(table, rule) {
-                rules.push((table, rule.to_owned(), origin.clone()));
-            }
-        })?;
-    }
-    let precedence = |table: Table| table as usize / 2;
-    let best = rules
-        .into_iter()
-        .filter(|(table, rule, _)| matches(*table, rule))
-        .min_by_key(|(table, _, _)| precedence(*table));
-    Ok(best.map(|(table, rule, origin)| {
-        let suffix = matches!(
-            table,
-            Table::DenySuffix | Table::AllowSuffix | Table::BlockSuffix
-        );
-        Explanation {
-            table: format!("{table:?}"),
-            rule: if suffix { format!("*.{rule}") } else { rule },
-            origin,
-        }
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::policy::{Decision, Policy, Question, WasmPolicy};
+    use crate::policy::{Decision, Policy, PolicyEngine, Question, WasmPolicy};
 
     /// A million-domain hosts file compiles, loads, and decides correctly.
     #[test]
@@ -301,7 +273,8 @@ mod tests {
             bytes_per_domain < 9.0,
             "{bytes_per_domain} bytes per domain"
         );
-        let policy = WasmPolicy::new(&compiled.blocklist).unwrap();
+        let engine = PolicyEngine::unticked().unwrap();
+        let policy = WasmPolicy::new(&engine, &compiled.blocklist).unwrap();
         let ask = |name: &str| {
             policy.decide(&Question {
                 name: name.as_bytes(),

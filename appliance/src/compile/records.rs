@@ -1,24 +1,13 @@
-//! Local records → the local-records plugin's data: each name's records
-//! in DNS wire form, indexed by name hash; PTR records made from A and AAAA.
+//! Local records (typed by `config`) → the local-records plugin's data:
+//! each name's records in DNS wire form, indexed by name hash; PTR records
+//! made from A and AAAA.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use moat_plugin_abi::{RECORDS_HEADER_LEN, RECORDS_MAGIC, name_hash};
 
-use crate::config::{LocalRecord, NameRule, RecordKind};
-
-/// Why a local record cannot be compiled.
-#[derive(Debug, thiserror::Error)]
-#[error("local record `{name}` {kind:?}: {reason}")]
-pub struct RecordError {
-    /// The record's name.
-    pub name: String,
-    /// Its type.
-    pub kind: RecordKind,
-    /// What is wrong with its value.
-    pub reason: String,
-}
+use crate::config::{LocalRecord, RecordData, RecordName};
 
 /// Records by owner: exact names and wildcard suffixes apart.
 #[derive(Debug, Default)]
@@ -28,10 +17,9 @@ struct Owners {
 }
 
 /// Encodes the local records (and their PTRs when `auto_ptr`) as plugin data.
-pub(super) fn encode(records: &[LocalRecord], auto_ptr: bool) -> Result<Vec<u8>, RecordError> {
+pub(super) fn encode(records: &[LocalRecord], auto_ptr: bool) -> Vec<u8> {
     let mut owners = Owners::default();
     for record in records {
-        let rdata = rdata(record)?;
         let owner = if record.name.subdomains {
             &mut owners.wildcard
         } else {
@@ -39,25 +27,21 @@ pub(super) fn encode(records: &[LocalRecord], auto_ptr: bool) -> Result<Vec<u8>,
         };
         push_record(
             owner.entry(record.name.name.clone()).or_default(),
-            type_code(record.kind),
+            type_code(&record.data),
             record.ttl,
-            &rdata,
+            &rdata(&record.data),
         );
-        if auto_ptr
-            && !record.name.subdomains
-            && matches!(record.kind, RecordKind::A | RecordKind::Aaaa)
-        {
-            let ip: IpAddr = record.value.parse().expect("checked by rdata");
-            let pointer = owners.exact.entry(reverse_name(ip)).or_default();
-            push_record(
-                pointer,
-                12,
-                record.ttl,
-                &wire_name(&record.name.name).expect("a valid rule name"),
-            );
+        let address = match record.data {
+            RecordData::A(v4) => IpAddr::V4(v4),
+            RecordData::Aaaa(v6) => IpAddr::V6(v6),
+            _ => continue,
+        };
+        if auto_ptr && !record.name.subdomains {
+            let pointer = owners.exact.entry(reverse_name(address)).or_default();
+            push_record(pointer, 12, record.ttl, &wire_name(&record.name.name));
         }
     }
-    Ok(owners.encode())
+    owners.encode()
 }
 
 impl Owners {
@@ -101,65 +85,28 @@ fn push_record(into: &mut Vec<u8>, kind: u16, ttl: u32, rdata: &[u8]) {
     into.extend_from_slice(rdata);
 }
 
-fn type_code(kind: RecordKind) -> u16 {
-    match kind {
-        RecordKind::A => 1,
-        RecordKind::Cname => 5,
-        RecordKind::Ptr => 12,
-        RecordKind::Mx => 15,
-        RecordKind::Txt => 16,
-        RecordKind::Aaaa => 28,
-        RecordKind::Srv => 33,
+fn type_code(data: &RecordData) -> u16 {
+    match data {
+        RecordData::A(_) => 1,
+        RecordData::Cname(_) => 5,
+        RecordData::Ptr(_) => 12,
+        RecordData::Mx { .. } => 15,
+        RecordData::Txt(_) => 16,
+        RecordData::Aaaa(_) => 28,
+        RecordData::Srv { .. } => 33,
     }
 }
 
-/// Checks a record's value, for configuration checks.
-pub(crate) fn check(record: &LocalRecord) -> Result<(), RecordError> {
-    rdata(record).map(drop)
-}
-
-/// The RDATA of a record, from its configured value.
-fn rdata(record: &LocalRecord) -> Result<Vec<u8>, RecordError> {
-    let error = |reason: &str| RecordError {
-        name: record.name.to_string(),
-        kind: record.kind,
-        reason: reason.to_owned(),
-    };
-    let value = record.value.trim();
-    let numbers = |count: usize| -> Result<(Vec<u16>, Vec<u8>), RecordError> {
-        let fields: Vec<&str> = value.split_whitespace().collect();
-        if fields.len() != count + 1 {
-            return Err(error(&format!(
-                "expected {count} numbers and a name, got `{value}`"
-            )));
-        }
-        let numbers = fields[..count]
-            .iter()
-            .map(|field| {
-                field
-                    .parse::<u16>()
-                    .map_err(|_| error(&format!("`{field}` is not a number 0-65535")))
-            })
-            .collect::<Result<Vec<u16>, _>>()?;
-        let target = wire_name(fields[count])
-            .ok_or_else(|| error(&format!("`{}` is not a name", fields[count])))?;
-        Ok((numbers, target))
-    };
-    Ok(match record.kind {
-        RecordKind::A => match value.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => v4.octets().to_vec(),
-            _ => return Err(error(&format!("`{value}` is not an IPv4 address"))),
-        },
-        RecordKind::Aaaa => match value.parse::<IpAddr>() {
-            Ok(IpAddr::V6(v6)) => v6.octets().to_vec(),
-            _ => return Err(error(&format!("`{value}` is not an IPv6 address"))),
-        },
-        RecordKind::Cname | RecordKind::Ptr => {
-            wire_name(value).ok_or_else(|| error(&format!("`{value}` is not a name")))?
-        }
-        RecordKind::Txt => {
+/// The RDATA of a record in DNS wire form.
+fn rdata(data: &RecordData) -> Vec<u8> {
+    let name = |name: &RecordName| wire_name(name.as_str());
+    match data {
+        RecordData::A(v4) => v4.octets().to_vec(),
+        RecordData::Aaaa(v6) => v6.octets().to_vec(),
+        RecordData::Cname(target) | RecordData::Ptr(target) => name(target),
+        RecordData::Txt(text) => {
             let mut rdata = Vec::new();
-            for chunk in value.as_bytes().chunks(255) {
+            for chunk in text.as_bytes().chunks(255) {
                 rdata.push(chunk.len() as u8);
                 rdata.extend_from_slice(chunk);
             }
@@ -168,35 +115,34 @@ fn rdata(record: &LocalRecord) -> Result<Vec<u8>, RecordError> {
             }
             rdata
         }
-        RecordKind::Mx => {
-            let (numbers, target) = numbers(1)?;
-            [&numbers[0].to_be_bytes()[..], &target].concat()
-        }
-        RecordKind::Srv => {
-            let (numbers, target) = numbers(3)?;
-            let mut rdata: Vec<u8> = numbers
-                .iter()
-                .flat_map(|number| number.to_be_bytes())
-                .collect();
-            rdata.extend_from_slice(&target);
-            rdata
-        }
-    })
+        RecordData::Mx {
+            preference,
+            exchange,
+        } => [&preference.to_be_bytes()[..], &name(exchange)].concat(),
+        RecordData::Srv {
+            priority,
+            weight,
+            port,
+            target,
+        } => [
+            &priority.to_be_bytes()[..],
+            &weight.to_be_bytes(),
+            &port.to_be_bytes(),
+            &name(target),
+        ]
+        .concat(),
+    }
 }
 
-/// A dotted name in uncompressed wire form.
-fn wire_name(name: &str) -> Option<Vec<u8>> {
-    let rule: NameRule = name.parse().ok()?;
-    if rule.subdomains {
-        return None;
-    }
-    let mut wire = Vec::with_capacity(rule.name.len() + 2);
-    for label in rule.name.split('.') {
+/// A valid dotted name (a record's owner or target) in uncompressed wire form.
+fn wire_name(name: &str) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(name.len() + 2);
+    for label in name.split('.') {
         wire.push(label.len() as u8);
         wire.extend_from_slice(label.as_bytes());
     }
     wire.push(0);
-    Some(wire)
+    wire
 }
 
 /// The reverse-lookup name of an address (in-addr.arpa / ip6.arpa).

@@ -5,6 +5,7 @@
 //! while the file is read, so an error always names the file, the line, the
 //! key and the reason.
 
+mod records;
 mod values;
 
 use std::net::SocketAddr;
@@ -14,9 +15,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use records::{LocalRecord, RecordData, RecordError, RecordKind, RecordName};
 pub use values::{
-    BlockedResponse, BlocklistSource, FailMode, LocalRecord, NameRule, Percent, RecordKind,
-    SourceLocation, Strategy, Transport, UpstreamUrl,
+    BlockedResponse, BlocklistSource, FailMode, NameRule, Percent, SourceLocation, Strategy,
+    Transport, UpstreamUrl,
 };
 
 /// The configuration Moat runs with when no `--config` is given.
@@ -408,10 +410,6 @@ impl Config {
                 "key `tuning.cache.min_ttl`: {:?} is above max_ttl {:?}",
                 cache.min_ttl, cache.max_ttl
             ));
-        }
-        for (index, record) in self.policy.local_records.iter().enumerate() {
-            crate::compile::check_record(record)
-                .map_err(|err| format!("key `policy.local_records[{index}]`: {err}"))?;
         }
         if cache.max_entries.is_some() && cache.max_bytes.is_some() {
             return Err(

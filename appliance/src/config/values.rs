@@ -183,47 +183,6 @@ impl<'de> Deserialize<'de> for SourceLocation {
     }
 }
 
-/// A local DNS record: `name` (or `*.suffix`) answers `type` with `value`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LocalRecord {
-    /// Owner name, or `*.suffix` for every name below the suffix.
-    pub name: NameRule,
-    /// A, AAAA, CNAME, PTR, TXT, MX or SRV.
-    #[serde(rename = "type")]
-    pub kind: RecordKind,
-    /// The data: an address, a name, text, `PRIORITY NAME` (MX) or
-    /// `PRIORITY WEIGHT PORT NAME` (SRV).
-    pub value: String,
-    /// TTL in seconds.
-    #[serde(default = "default_local_ttl")]
-    pub ttl: u32,
-}
-
-fn default_local_ttl() -> u32 {
-    300
-}
-
-/// Types a local record can have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum RecordKind {
-    /// IPv4 address.
-    A,
-    /// IPv6 address.
-    Aaaa,
-    /// Alias.
-    Cname,
-    /// Reverse pointer.
-    Ptr,
-    /// Text.
-    Txt,
-    /// Mail exchanger.
-    Mx,
-    /// Service location.
-    Srv,
-}
-
 /// How a blocked name is answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlockedResponse {

@@ -37,7 +37,7 @@ use crate::dns::cache::Cache;
 use crate::dns::handler::QueryHandler;
 use crate::dns::listen::{ListenError, Listeners, Serving};
 use crate::dns::upstream::{UpstreamError, UpstreamStatus};
-use crate::policy::{Chain, Pause, PauseState, PluginError};
+use crate::policy::{Chain, Pause, PauseState, PluginError, PolicyEngine};
 use crate::stats::QueryLog;
 use crate::store::{DataDir, StoreError, files};
 use live::LiveBuilder;
@@ -306,7 +306,8 @@ impl App {
         let data = DataDir::open(&config.instance.data_dir)?;
         let fleet = FleetParts::load(&data, &config.instance.name)?;
         let role = RoleSetup::load(&data, &fleet, config.instance.sync)?;
-        let (bundle, opened) = policy_for(&config, &data, &role)?;
+        let engine = PolicyEngine::start()?;
+        let (bundle, opened) = policy_for(&config, &data, &role, &engine)?;
         let opened = Arc::new(opened);
         let mut live = LiveBuilder::default();
         let handler = QueryHandler::new(
@@ -334,7 +335,15 @@ impl App {
             daemon.role.lock().publish(bundle);
         }
         let tuning = config.tuning.server.clone();
-        let owner = PolicyOwner::new(source, config, bundle, opened, live, Arc::clone(&daemon));
+        let owner = PolicyOwner::new(
+            source,
+            config,
+            bundle,
+            opened,
+            live,
+            engine,
+            Arc::clone(&daemon),
+        );
         Ok(Self {
             daemon,
             owner,
@@ -463,6 +472,7 @@ fn policy_for(
     config: &Config,
     data: &DataDir,
     role: &RoleSetup,
+    engine: &PolicyEngine,
 ) -> Result<(Option<VerifiedBundle>, OpenedBundle), DaemonError> {
     let now = clock::unix_now();
     let bundle = match role {
@@ -478,7 +488,7 @@ fn policy_for(
     };
     match bundle {
         Some(bundle) => {
-            let opened = policy::open(&bundle)?;
+            let opened = policy::open(&bundle, engine)?;
             Ok((Some(bundle), opened))
         }
         None => {

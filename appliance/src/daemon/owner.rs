@@ -16,7 +16,7 @@ use crate::bundle::{Bundle, BundleStore, PublicKey, VerifiedBundle};
 use crate::clock;
 use crate::config::{self, Config, Policy, Tuning};
 use crate::dns::handler::Live;
-use crate::policy::PauseState;
+use crate::policy::{PauseState, PolicyEngine};
 use crate::store::{Access, DataDir, files};
 use crate::sync::pairing::PrimaryPin;
 
@@ -91,6 +91,8 @@ pub(super) struct PolicyOwner {
     bundle: Option<VerifiedBundle>,
     opened: Arc<OpenedBundle>,
     live: LiveBuilder,
+    /// The process's WASM engine, which every policy module runs on.
+    engine: PolicyEngine,
     daemon: Arc<Daemon>,
 }
 
@@ -103,6 +105,7 @@ impl PolicyOwner {
         bundle: Option<VerifiedBundle>,
         opened: Arc<OpenedBundle>,
         live: LiveBuilder,
+        engine: PolicyEngine,
         daemon: Arc<Daemon>,
     ) -> Self {
         Self {
@@ -112,6 +115,7 @@ impl PolicyOwner {
             bundle,
             opened,
             live,
+            engine,
             daemon,
         }
     }
@@ -294,7 +298,7 @@ impl PolicyOwner {
         config: &Config,
         bundle: &VerifiedBundle,
     ) -> Result<(Arc<OpenedBundle>, Live), DaemonError> {
-        let opened = Arc::new(policy::open(bundle)?);
+        let opened = Arc::new(policy::open(bundle, &self.engine)?);
         let live = self.live.build(config, &opened)?;
         Ok((opened, live))
     }

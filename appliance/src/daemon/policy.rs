@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use super::DaemonError;
 use crate::bundle::{
-    BLOCKLIST_PART, Bundle, BundleError, BundleStore, LOCAL_RECORDS_PART, PublicKey, SETTINGS_PART,
-    SigningKey, VerifiedBundle,
+    Bundle, BundleError, BundleStore, Part, PublicKey, SigningKey, VerifiedBundle,
 };
 use crate::compile::{compile_policy, inputs_digest, record_compiled};
 use crate::config::{self, Config};
-use crate::policy::{Chain, Policy, WasmPolicy};
+use crate::policy::{Chain, Policy, PolicyEngine, WasmPolicy};
 use crate::store::{Access, DataDir, files};
 
 /// How long a bundle is valid after it is sealed.
@@ -29,19 +28,17 @@ pub(super) struct OpenedBundle {
     pub(super) plugins: Arc<dyn Policy>,
 }
 
-/// Opens a verified bundle: reads its settings and loads its modules.
-pub(super) fn open(bundle: &VerifiedBundle) -> Result<OpenedBundle, DaemonError> {
-    let part = |name: &str| {
-        bundle.part(name).ok_or_else(|| BundleError::MissingPart {
-            part: name.to_owned(),
-        })
-    };
-    let settings = std::str::from_utf8(part(SETTINGS_PART)?)
+/// Opens a verified bundle: reads its settings and loads its modules on `engine`.
+pub(super) fn open(
+    bundle: &VerifiedBundle,
+    engine: &PolicyEngine,
+) -> Result<OpenedBundle, DaemonError> {
+    let settings = std::str::from_utf8(bundle.required_part(Part::Settings)?)
         .map_err(|err| BundleError::Malformed(format!("settings are not UTF-8: {err}")))?;
-    let policy = config::Policy::from_toml(settings, SETTINGS_PART)?;
+    let policy = config::Policy::from_toml(settings, Part::Settings.name())?;
     let plugins = Arc::new(Chain(vec![
-        WasmPolicy::new(part(LOCAL_RECORDS_PART)?)?,
-        WasmPolicy::new(part(BLOCKLIST_PART)?)?,
+        WasmPolicy::new(engine, bundle.required_part(Part::LocalRecords)?)?,
+        WasmPolicy::new(engine, bundle.required_part(Part::Blocklist)?)?,
     ]));
     Ok(OpenedBundle { policy, plugins })
 }
@@ -89,7 +86,7 @@ pub(super) fn seal_for_primary(
     let modules_current = data.read(files::POLICY_INPUTS)?.as_deref() == Some(&digest[..]);
     let reusable = current.as_ref().filter(|_| modules_current);
     if let Some(bundle) = reusable
-        && bundle.part(SETTINGS_PART) == Some(settings.as_bytes())
+        && bundle.part(Part::Settings) == Some(settings.as_bytes())
         && bundle.expires_unix() > now_unix + RESEAL_BEFORE.as_secs()
     {
         tracing::info!(
@@ -99,8 +96,8 @@ pub(super) fn seal_for_primary(
         return Ok(bundle.clone());
     }
     let modules = match reusable {
-        Some(bundle) => [LOCAL_RECORDS_PART, BLOCKLIST_PART]
-            .map(|name| bundle.part(name).unwrap_or_default().to_vec()),
+        Some(bundle) => [Part::LocalRecords, Part::Blocklist]
+            .map(|part| bundle.part(part).unwrap_or_default().to_vec()),
         None => match compile_policy(&config.policy, data) {
             Ok(compiled) => {
                 tracing::info!(summary = ?compiled.summary, sources = ?compiled.sources, "policy compiled");
@@ -120,9 +117,9 @@ pub(super) fn seal_for_primary(
     let running = current.as_ref().map(VerifiedBundle::version);
     let [local_records, blocklist] = modules;
     let parts = vec![
-        (LOCAL_RECORDS_PART.to_owned(), local_records),
-        (BLOCKLIST_PART.to_owned(), blocklist),
-        (SETTINGS_PART.to_owned(), settings.into_bytes()),
+        (Part::LocalRecords, local_records),
+        (Part::Blocklist, blocklist),
+        (Part::Settings, settings.into_bytes()),
     ];
     // Replicas refuse any version they ran before, so versions go on from
     // the last one sealed even when the stored bundle was lost.

@@ -8,8 +8,9 @@ mod wasm;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use moat_plugin_abi::RuleKind;
 pub use pause::{Pause, PauseState};
-pub use wasm::{PluginError, WasmPolicy};
+pub use wasm::{PluginError, PolicyEngine, WasmPolicy};
 
 /// A question as policy sees it.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +38,24 @@ pub enum Decision {
     Fault,
     /// Answer locally with these records (see `LocalAnswer`).
     Answer(LocalAnswer),
+}
+
+/// Which rule decided a question, as the plugin that holds it tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// What kind of rule.
+    pub kind: RuleKind,
+    /// The rule as written (`ads.example`, `*.ads.example`).
+    pub pattern: String,
+    /// Where it came from: `policy.deny`, `policy.allow`,
+    /// `policy.local_records`, or a blocklist source's path or URL.
+    pub origin: String,
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} `{}` from {}", self.kind, self.pattern, self.origin)
+    }
 }
 
 /// Records a policy answers with: a big-endian record count, then per

@@ -1,12 +1,13 @@
-//! The WASM policy host: one engine per process, a pre-instantiated module
-//! per policy version, one instance per worker thread, typed calls bounded
-//! in time (epoch interruption) and memory (a store limiter). A trap, a
-//! timeout or a bad verdict is a fault: counted, logged once per module, and
-//! decided as `Decision::Fault` (the query path applies the fail mode).
+//! The WASM policy host: one engine per process (made by the caller, see
+//! [`PolicyEngine`]), a pre-instantiated module per policy version, one
+//! instance per worker thread, typed calls bounded in time (epoch
+//! interruption) and memory (a store limiter). A trap, a timeout or a bad
+//! verdict is a fault: counted, logged once per module, and decided as
+//! `Decision::Fault` (the query path applies the fail mode).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use moat_plugin_abi::{
@@ -17,7 +18,7 @@ use wasmtime::{
     Engine, InstancePre, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
 };
 
-use super::{Decision, LocalAnswer, Policy, Question};
+use super::{Decision, Explanation, LocalAnswer, Policy, Question};
 
 /// How often the epoch advances.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -28,33 +29,86 @@ const LOAD_TICKS: u64 = 200;
 /// Linear memory a plugin may grow to beyond its data.
 const MEMORY_HEADROOM: usize = 16 << 20;
 
-/// Why a plugin could not be loaded.
+/// Why a plugin could not be loaded, or could not explain.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    /// wasmtime refused the module.
+    /// wasmtime refused the module, or it lacks an export of the ABI.
     #[error("invalid plugin module: {0}")]
     Invalid(String),
+    /// The module was built for another version of the plugin ABI.
+    #[error(
+        "plugin speaks ABI {found}, this build of moat speaks ABI {ABI_VERSION}: \
+         compile the policy with this build"
+    )]
+    AbiVersion {
+        /// The version the module reports.
+        found: i32,
+    },
+    /// The plugin trapped, ran out of time or wrote a malformed result.
+    #[error("plugin fault: {0}")]
+    Fault(String),
+    /// The engine could not be made or its epoch thread started.
+    #[error("cannot start the WASM engine: {0}")]
+    Engine(String),
 }
 
-/// The process's engine, with a thread advancing its epoch.
-fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).expect("wasmtime engine with default settings");
-        let ticking = engine.clone();
+impl PluginError {
+    fn invalid(err: wasmtime::Error) -> Self {
+        Self::Invalid(format!("{err:#}"))
+    }
+
+    fn fault(err: wasmtime::Error) -> Self {
+        Self::Fault(format!("{err:#}"))
+    }
+}
+
+/// The engine policy modules are compiled with and run on: one per
+/// process, made by the caller and passed to every [`WasmPolicy`]. Cheap
+/// to clone (a handle).
+#[derive(Clone)]
+pub struct PolicyEngine {
+    engine: Engine,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyEngine")
+    }
+}
+
+impl PolicyEngine {
+    /// An engine whose epoch a thread advances every 10 ms while the
+    /// engine lives, which bounds every plugin call.
+    pub fn start() -> Result<Self, PluginError> {
+        let engine = Self::unticked()?;
+        let ticking = engine.engine.weak();
         std::thread::Builder::new()
             .name("wasm epoch".into())
             .spawn(move || {
-                loop {
+                while let Some(engine) = ticking.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
                     std::thread::sleep(EPOCH_TICK);
-                    ticking.increment_epoch();
                 }
             })
-            .expect("start the epoch thread");
-        engine
-    })
+            .map_err(|err| PluginError::Engine(format!("epoch thread: {err}")))?;
+        Ok(engine)
+    }
+
+    /// An engine whose epoch only [`PolicyEngine::increment_epoch`]
+    /// advances: calls are bounded by whoever calls that.
+    pub(crate) fn unticked() -> Result<Self, PluginError> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|err| PluginError::Engine(format!("{err:#}")))?;
+        Ok(Self { engine })
+    }
+
+    /// Advances the epoch by one tick.
+    #[cfg(test)]
+    pub(crate) fn increment_epoch(&self) {
+        self.engine.increment_epoch();
+    }
 }
 
 /// A loaded policy module, shared by every worker.
@@ -87,8 +141,9 @@ struct Worker {
     store: Store<StoreLimits>,
     memory: Memory,
     query_buffer: usize,
-    answer_buffer: Option<usize>,
+    answer_buffer: usize,
     decide: TypedFunc<(i32, i32), i32>,
+    explain: TypedFunc<(i32, i32), i32>,
 }
 
 /// Instances a worker thread keeps: every module of the chain in force,
@@ -100,15 +155,14 @@ thread_local! {
 }
 
 impl WasmPolicy {
-    /// Compiles `wasm` and checks it once, by instantiating it.
-    pub fn new(wasm: &[u8]) -> Result<Arc<Self>, PluginError> {
+    /// Compiles `wasm` on `engine` and checks it once, by instantiating it.
+    pub fn new(engine: &PolicyEngine, wasm: &[u8]) -> Result<Arc<Self>, PluginError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let invalid = |err: wasmtime::Error| PluginError::Invalid(format!("{err:#}"));
-        let module = Module::new(engine(), wasm).map_err(invalid)?;
+        let module = Module::new(&engine.engine, wasm).map_err(PluginError::invalid)?;
         let data_end = data_end(&module);
-        let pre = Linker::new(engine())
+        let pre = Linker::new(&engine.engine)
             .instantiate_pre(&module)
-            .map_err(invalid)?;
+            .map_err(PluginError::invalid)?;
         let policy = Self {
             pre,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -119,7 +173,7 @@ impl WasmPolicy {
             instances: AtomicU64::new(0),
             alive: Arc::new(()),
         };
-        policy.instantiate().map_err(invalid)?;
+        policy.instantiate()?;
         Ok(Arc::new(policy))
     }
 
@@ -129,46 +183,77 @@ impl WasmPolicy {
         self.instances.load(Ordering::Relaxed)
     }
 
-    fn instantiate(&self) -> wasmtime::Result<Worker> {
+    /// The rule that decides `question`, as the plugin itself tells it
+    /// (its `moat_explain` export); `None` when no rule does. For people,
+    /// not the query path: it runs on an instance of its own.
+    pub fn explain(&self, question: &Question<'_>) -> Result<Option<Explanation>, PluginError> {
+        let mut worker = self.instantiate()?;
+        let len = write_question(&mut worker, question).map_err(PluginError::fault)?;
+        worker.store.set_epoch_deadline(CALL_TICKS);
+        let written = worker
+            .explain
+            .call(&mut worker.store, (len, i32::from(question.qtype)))
+            .map_err(PluginError::fault)?;
+        let written = usize::try_from(written)
+            .ok()
+            .filter(|&written| written <= ANSWER_CAPACITY)
+            .ok_or_else(|| PluginError::Fault(format!("explanation of {written} bytes")))?;
+        if written == 0 {
+            return Ok(None);
+        }
+        let at = worker.answer_buffer;
+        let bytes = &worker.memory.data(&worker.store)[at..at + written];
+        let (kind, pattern, origin) = moat_plugin_abi::Explanation::decode(bytes)
+            .ok_or_else(|| PluginError::Fault("malformed explanation".to_owned()))?;
+        Ok(Some(Explanation {
+            kind,
+            pattern: String::from_utf8_lossy(pattern).into_owned(),
+            origin: String::from_utf8_lossy(origin).into_owned(),
+        }))
+    }
+
+    fn instantiate(&self) -> Result<Worker, PluginError> {
         self.instances.fetch_add(1, Ordering::Relaxed);
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.memory_limit)
             .instances(1)
             .build();
-        let mut store = Store::new(engine(), limits);
+        let mut store = Store::new(self.pre.module().engine(), limits);
         store.limiter(|limits| limits);
         // Loading may meet a busy CPU; each decision gets `CALL_TICKS` anew.
         store.set_epoch_deadline(LOAD_TICKS);
-        let instance = self.pre.instantiate(&mut store)?;
-        let version: TypedFunc<(), i32> =
-            instance.get_typed_func(&mut store, "moat_abi_version")?;
-        let found = version.call(&mut store, ())?;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(PluginError::invalid)?;
+        let version: TypedFunc<(), i32> = instance
+            .get_typed_func(&mut store, "moat_abi_version")
+            .map_err(PluginError::invalid)?;
+        let found = version.call(&mut store, ()).map_err(PluginError::fault)?;
         if found != ABI_VERSION {
-            return Err(wasmtime::Error::msg(format!(
-                "plugin speaks ABI {found}, host speaks {ABI_VERSION}"
-            )));
+            return Err(PluginError::AbiVersion { found });
         }
         let memory = instance
             .get_memory(&mut store, "memory")
-            .ok_or_else(|| wasmtime::Error::msg("plugin exports no memory"))?;
-        let buffer: TypedFunc<(), i32> =
-            instance.get_typed_func(&mut store, "moat_query_buffer")?;
-        let query_buffer = buffer.call(&mut store, ())? as u32 as usize;
-        if query_buffer + QUERY_CAPACITY > memory.data_size(&store) {
-            return Err(wasmtime::Error::msg("query buffer outside memory"));
-        }
-        let answer_buffer =
-            match instance.get_typed_func::<(), i32>(&mut store, "moat_answer_buffer") {
-                Ok(answer) => {
-                    let at = answer.call(&mut store, ())? as u32 as usize;
-                    if at + ANSWER_CAPACITY > memory.data_size(&store) {
-                        return Err(wasmtime::Error::msg("answer buffer outside memory"));
-                    }
-                    Some(at)
-                }
-                Err(_) => None,
-            };
-        let decide = instance.get_typed_func(&mut store, "moat_decide")?;
+            .ok_or_else(|| PluginError::Invalid("plugin exports no memory".to_owned()))?;
+        let mut buffer = |export: &str, capacity: usize| -> Result<usize, PluginError> {
+            let address: TypedFunc<(), i32> = instance
+                .get_typed_func(&mut store, export)
+                .map_err(PluginError::invalid)?;
+            let at = address.call(&mut store, ()).map_err(PluginError::fault)? as u32 as usize;
+            if at + capacity > memory.data_size(&store) {
+                return Err(PluginError::Invalid(format!("{export} outside memory")));
+            }
+            Ok(at)
+        };
+        let query_buffer = buffer("moat_query_buffer", QUERY_CAPACITY)?;
+        let answer_buffer = buffer("moat_answer_buffer", ANSWER_CAPACITY)?;
+        let decide = instance
+            .get_typed_func(&mut store, "moat_decide")
+            .map_err(PluginError::invalid)?;
+        let explain = instance
+            .get_typed_func(&mut store, "moat_explain")
+            .map_err(PluginError::invalid)?;
         Ok(Worker {
             policy_id: self.id,
             policy_alive: Arc::downgrade(&self.alive),
@@ -177,27 +262,16 @@ impl WasmPolicy {
             query_buffer,
             answer_buffer,
             decide,
+            explain,
         })
     }
 
     fn call(&self, worker: &mut Worker, question: &Question<'_>) -> wasmtime::Result<Decision> {
-        let name = &question.name[..question.name.len().min(NAME_CAPACITY)];
-        let mut input = [0u8; QUERY_CAPACITY];
-        let client = match question.client {
-            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-            std::net::IpAddr::V6(v6) => v6,
-        };
-        input[..CLIENT_LEN].copy_from_slice(&client.octets());
-        input[CLIENT_LEN..CLIENT_LEN + name.len()].copy_from_slice(name);
-        let input = &input[..CLIENT_LEN + name.len()];
-        worker
-            .memory
-            .write(&mut worker.store, worker.query_buffer, input)?;
+        let len = write_question(worker, question)?;
         worker.store.set_epoch_deadline(CALL_TICKS);
-        let code = worker.decide.call(
-            &mut worker.store,
-            (name.len() as i32, i32::from(question.qtype)),
-        )?;
+        let code = worker
+            .decide
+            .call(&mut worker.store, (len, i32::from(question.qtype)))?;
         match Verdict::from_code(code) {
             Some(Verdict::NoOpinion) => Ok(Decision::NoOpinion),
             Some(Verdict::Allow) => Ok(Decision::Allow),
@@ -207,10 +281,10 @@ impl WasmPolicy {
         }
     }
 
-    fn fault(&self, err: &wasmtime::Error) -> Decision {
+    fn fault(&self, err: &dyn std::fmt::Display) -> Decision {
         self.faults.fetch_add(1, Ordering::Relaxed);
         if !self.fault_logged.swap(true, Ordering::Relaxed) {
-            tracing::error!(module = self.id, error = %format!("{err:#}"), "policy plugin fault (logged once per module)");
+            tracing::error!(module = self.id, error = %err, "policy plugin fault (logged once per module)");
         }
         Decision::Fault
     }
@@ -251,18 +325,34 @@ impl Policy for WasmPolicy {
                 Err(err) => {
                     // The instance may be half-way through anything: start afresh next time.
                     workers.remove(index);
-                    self.fault(&err)
+                    self.fault(&format_args!("{err:#}"))
                 }
             }
         })
     }
 }
 
+/// Writes the client and name of `question` into the query buffer; gives
+/// the name's length as the plugin takes it.
+fn write_question(worker: &mut Worker, question: &Question<'_>) -> wasmtime::Result<i32> {
+    let name = &question.name[..question.name.len().min(NAME_CAPACITY)];
+    let mut input = [0u8; QUERY_CAPACITY];
+    let client = match question.client {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    input[..CLIENT_LEN].copy_from_slice(&client.octets());
+    input[CLIENT_LEN..CLIENT_LEN + name.len()].copy_from_slice(name);
+    let input = &input[..CLIENT_LEN + name.len()];
+    worker
+        .memory
+        .write(&mut worker.store, worker.query_buffer, input)?;
+    Ok(name.len() as i32)
+}
+
 /// Copies a plugin's answer out of its answer buffer, checking its form.
 fn read_answer(worker: &Worker) -> wasmtime::Result<LocalAnswer> {
-    let at = worker
-        .answer_buffer
-        .ok_or_else(|| wasmtime::Error::msg("answered without an answer buffer"))?;
+    let at = worker.answer_buffer;
     let buffer = &worker.memory.data(&worker.store)[at..at + ANSWER_CAPACITY];
     let len =
         LocalAnswer::checked_len(buffer).ok_or_else(|| wasmtime::Error::msg("malformed answer"))?;
@@ -284,18 +374,35 @@ fn data_end(module: &Module) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::OnceLock;
+
+    use moat_plugin_abi::RuleKind;
 
     use super::*;
-    use crate::compile::compile_policy;
+    use crate::compile::{CompiledPolicy, compile_policy};
     use crate::config::Config;
     use crate::store::DataDir;
 
-    fn ask(policy: &dyn Policy, name: &str) -> Decision {
-        policy.decide(&Question {
+    /// An engine no test advances: calls on it are never interrupted.
+    fn engine() -> &'static PolicyEngine {
+        static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
+        ENGINE.get_or_init(|| PolicyEngine::unticked().unwrap())
+    }
+
+    fn load(wasm: &[u8]) -> Result<Arc<WasmPolicy>, PluginError> {
+        WasmPolicy::new(engine(), wasm)
+    }
+
+    fn question(name: &str) -> Question<'_> {
+        Question {
             name: name.as_bytes(),
             qtype: 1,
             client: [127, 0, 0, 1].into(),
-        })
+        }
+    }
+
+    fn ask(policy: &dyn Policy, name: &str) -> Decision {
+        policy.decide(&question(name))
     }
 
     /// A module (WAT text, which wasmtime compiles too) speaking the ABI
@@ -311,32 +418,63 @@ mod tests {
                 (memory (export "memory") 1) {extra}
                 (func (export "moat_abi_version") (result i32) i32.const {ABI_VERSION})
                 (func (export "moat_query_buffer") (result i32) i32.const 1024)
+                (func (export "moat_answer_buffer") (result i32) i32.const 2048)
+                (func (export "moat_explain") (param i32 i32) (result i32) i32.const 0)
                 (func (export "moat_decide") (param i32 i32) (result i32) {body}))"#
         ))
         .into_bytes()
     }
 
-    fn compiled(policy_toml: &str) -> Vec<u8> {
+    /// Like `fixture` (deciding nothing), with `body` as `moat_explain`'s.
+    fn fixture_explaining(body: &str) -> Vec<u8> {
+        String::from_utf8(fixture("i32.const 0"))
+            .unwrap()
+            .replacen(
+                "(param i32 i32) (result i32) i32.const 0)",
+                &format!("(param i32 i32) (result i32) {body})"),
+                1,
+            )
+            .into_bytes()
+    }
+
+    /// Compiles `[policy]` from `policy_toml` plus one blocklist source per
+    /// entry of `lists`; gives the modules and the sources' paths.
+    fn compiled_with(policy_toml: &str, lists: &[&str]) -> (CompiledPolicy, Vec<String>) {
         let root = std::env::temp_dir().join(format!(
             "moat-wasm-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         ));
         let data = DataDir::open(&root).unwrap();
-        let list = root.join("list.txt");
-        std::fs::write(
-            &list,
-            "0.0.0.0 ads.example\n||tracker.example^\n@@||ok.tracker.example^\n",
-        )
-        .unwrap();
-        let text = format!(
-            "[policy]\n{policy_toml}\n[[policy.blocklists]]\nsource = \"{}\"\n",
-            list.display()
-        );
+        let mut text = format!("[policy]\n{policy_toml}\n");
+        let mut paths = Vec::new();
+        for (index, list) in lists.iter().enumerate() {
+            let path = root.join(format!("list-{index}.txt"));
+            std::fs::write(&path, list).unwrap();
+            text.push_str(&format!(
+                "[[policy.blocklists]]\nsource = \"{}\"\n",
+                path.display()
+            ));
+            paths.push(path.display().to_string());
+        }
         let config = Config::parse(&text, "test").unwrap();
-        let module = compile_policy(&config.policy, &data).unwrap().blocklist;
+        let compiled = compile_policy(&config.policy, &data).unwrap();
         std::fs::remove_dir_all(root).unwrap();
-        module
+        (compiled, paths)
+    }
+
+    const LIST: &str = "0.0.0.0 ads.example\n||tracker.example^\n@@||ok.tracker.example^\n";
+
+    fn compiled(policy_toml: &str) -> Vec<u8> {
+        compiled_with(policy_toml, &[LIST]).0.blocklist
+    }
+
+    fn rule(kind: RuleKind, pattern: &str, origin: &str) -> Option<Explanation> {
+        Some(Explanation {
+            kind,
+            pattern: pattern.to_owned(),
+            origin: origin.to_owned(),
+        })
     }
 
     #[test]
@@ -344,7 +482,7 @@ mod tests {
         let module = compiled(
             "deny = [\"exact.example\", \"*.denied.ok.tracker.example\"]\nallow = [\"fine.ads.example\", \"*.kept.ads.example\"]",
         );
-        let policy = WasmPolicy::new(&module).unwrap();
+        let policy = load(&module).unwrap();
         assert_eq!(ask(&*policy, "ads.example"), Decision::Block, "listed name");
         assert_eq!(
             ask(&*policy, "a.b.ads.example"),
@@ -398,30 +536,181 @@ mod tests {
     }
 
     #[test]
+    fn the_blocklist_explains_which_rule_decided() {
+        let (compiled, lists) = compiled_with(
+            "deny = [\"exact.example\", \"*.denied.ads.example\"]\nallow = [\"fine.ads.example\"]",
+            &[LIST],
+        );
+        let policy = load(&compiled.blocklist).unwrap();
+        let explain = |name: &str| policy.explain(&question(name)).unwrap();
+        let list = lists[0].as_str();
+        assert_eq!(
+            explain("x.denied.ads.example"),
+            rule(RuleKind::DenySuffix, "*.denied.ads.example", "policy.deny"),
+            "deny beats the list"
+        );
+        assert_eq!(
+            explain("exact.example"),
+            rule(RuleKind::DenyExact, "exact.example", "policy.deny")
+        );
+        assert_eq!(
+            explain("fine.ads.example"),
+            rule(RuleKind::AllowExact, "fine.ads.example", "policy.allow"),
+            "allow beats the list"
+        );
+        assert_eq!(
+            explain("a.b.ads.example"),
+            rule(RuleKind::BlockSuffix, "*.ads.example", list),
+            "a list entry covers the names below it"
+        );
+        assert_eq!(
+            explain("x.ok.tracker.example"),
+            rule(RuleKind::AllowSuffix, "*.ok.tracker.example", list),
+            "a list's exception"
+        );
+        assert_eq!(explain("elsewhere.example"), None, "undecided");
+        assert_eq!(explain("badads.example"), None);
+        assert_eq!(ask(&*policy, "a.b.ads.example"), Decision::Block);
+        assert_eq!(ask(&*policy, "fine.ads.example"), Decision::Allow);
+    }
+
+    #[test]
+    fn the_blocklist_names_the_first_source_that_lists_a_name() {
+        let lists = [
+            "0.0.0.0 one.example\n0.0.0.0 shared.example\n",
+            "0.0.0.0 two.example\n0.0.0.0 shared.example\n",
+            "0.0.0.0 three.example\n",
+        ];
+        let (compiled, paths) = compiled_with("", &lists);
+        let policy = load(&compiled.blocklist).unwrap();
+        let origin = |name: &str| {
+            policy
+                .explain(&question(name))
+                .unwrap()
+                .map(|explanation| explanation.origin)
+        };
+        assert_eq!(origin("one.example").as_ref(), Some(&paths[0]));
+        assert_eq!(origin("x.shared.example").as_ref(), Some(&paths[0]));
+        assert_eq!(origin("two.example").as_ref(), Some(&paths[1]));
+        assert_eq!(origin("three.example").as_ref(), Some(&paths[2]));
+        assert_eq!(origin("four.example"), None);
+    }
+
+    #[test]
+    fn local_records_explain_which_owner_answers() {
+        let records = [
+            ("nas.lan", "A", "192.168.1.20"),
+            ("*.lan", "A", "192.168.1.2"),
+            ("*.dev.lan", "AAAA", "fd00::2"),
+        ];
+        let mut toml = String::new();
+        for (name, kind, value) in records {
+            toml.push_str(&format!(
+                "[[policy.local_records]]\nname = \"{name}\"\ntype = \"{kind}\"\nvalue = \"{value}\"\n"
+            ));
+        }
+        let (compiled, _) = compiled_with(&toml.replacen("[[", "local_ptr = true\n[[", 1), &[]);
+        let policy = load(&compiled.local_records).unwrap();
+        let explain = |name: &str| policy.explain(&question(name)).unwrap();
+        let local = "policy.local_records";
+        assert_eq!(
+            explain("nas.lan"),
+            rule(RuleKind::LocalName, "nas.lan", local)
+        );
+        assert_eq!(
+            explain("printer.lan"),
+            rule(RuleKind::LocalWildcard, "*.lan", local)
+        );
+        assert_eq!(
+            explain("box.dev.lan"),
+            rule(RuleKind::LocalWildcard, "*.dev.lan", local),
+            "the longest wildcard"
+        );
+        assert_eq!(
+            explain("20.1.168.192.in-addr.arpa"),
+            rule(RuleKind::LocalName, "20.1.168.192.in-addr.arpa", local),
+            "a PTR made from an A record"
+        );
+        assert_eq!(explain("lan"), None, "a wildcard covers only names below");
+        assert_eq!(explain("elsewhere.example"), None);
+        assert!(matches!(ask(&*policy, "nas.lan"), Decision::Answer(_)));
+    }
+
+    #[test]
+    fn a_bad_explanation_is_a_fault() {
+        let too_long = load(&fixture_explaining("i32.const 99999")).unwrap();
+        assert!(matches!(
+            too_long.explain(&question("a.example")),
+            Err(PluginError::Fault(_))
+        ));
+        // Three zero bytes: kind 0, then a pattern length cut short.
+        let malformed = load(&fixture_explaining("i32.const 3")).unwrap();
+        let err = malformed.explain(&question("a.example")).unwrap_err();
+        assert!(err.to_string().contains("malformed explanation"), "{err}");
+    }
+
+    #[test]
     fn a_trap_is_a_fault() {
-        let policy = WasmPolicy::new(&fixture("unreachable")).unwrap();
+        let policy = load(&fixture("unreachable")).unwrap();
         assert_eq!(ask(&*policy, "a.example"), Decision::Fault);
         assert_eq!(ask(&*policy, "b.example"), Decision::Fault);
         assert_eq!(policy.faults(), 2);
     }
 
     #[test]
-    fn a_runaway_loop_is_stopped() {
-        let policy = WasmPolicy::new(&fixture("(loop (br 0)) i32.const 0")).unwrap();
-        let started = crate::clock::now();
-        assert_eq!(ask(&*policy, "a.example"), Decision::Fault);
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "stopped after {:?}",
-            started.elapsed()
-        );
+    fn a_runaway_loop_is_stopped_once_the_epoch_moves() {
+        // An engine of its own: its epoch moves only here. The plugin
+        // loops for 9-byte names only.
+        let engine = PolicyEngine::unticked().unwrap();
+        let body = "(if (i32.eq (local.get 0) (i32.const 9)) (then (loop (br 0)))) i32.const 0";
+        let policy = WasmPolicy::new(&engine, &fixture(body)).unwrap();
+        let (ready, warmed) = std::sync::mpsc::channel();
+        let asking = std::thread::spawn({
+            let policy = Arc::clone(&policy);
+            move || {
+                // Instantiates this thread's worker before the epoch moves.
+                assert_eq!(ask(&*policy, "warm"), Decision::NoOpinion);
+                ready.send(()).unwrap();
+                ask(&*policy, "a.example")
+            }
+        });
+        warmed.recv().unwrap();
+        let mut ticks = 0u64;
+        while !asking.is_finished() {
+            engine.increment_epoch();
+            ticks += 1;
+            std::thread::yield_now();
+        }
+        assert_eq!(asking.join().unwrap(), Decision::Fault);
+        assert!(ticks >= CALL_TICKS, "stopped after {ticks} ticks");
+        assert_eq!(policy.faults(), 1);
+        assert_eq!(policy.instances(), 2, "the probe and the worker, no other");
+    }
+
+    #[test]
+    fn a_runaway_explanation_is_stopped_once_the_epoch_moves() {
+        let engine = PolicyEngine::unticked().unwrap();
+        let module = fixture_explaining("(loop (br 0)) i32.const 0");
+        let policy = WasmPolicy::new(&engine, &module).unwrap();
+        let explaining = std::thread::spawn({
+            let policy = Arc::clone(&policy);
+            move || policy.explain(&question("a.example"))
+        });
+        while !explaining.is_finished() {
+            engine.increment_epoch();
+            std::thread::yield_now();
+        }
+        assert!(matches!(
+            explaining.join().unwrap(),
+            Err(PluginError::Fault(_))
+        ));
     }
 
     #[test]
     fn a_memory_grab_is_refused_and_bad_verdicts_are_faults() {
         // Grows memory until refused, then returns the page count: not a verdict.
         let body = "(block (loop (br_if 1 (i32.eq (memory.grow (i32.const 256)) (i32.const -1))) (br 0))) memory.size";
-        let policy = WasmPolicy::new(&fixture(body)).unwrap();
+        let policy = load(&fixture(body)).unwrap();
         assert_eq!(ask(&*policy, "a.example"), Decision::Fault);
         assert!(policy.memory_limit <= 1 << 30);
     }
@@ -430,17 +719,13 @@ mod tests {
     fn the_client_address_reaches_the_plugin() {
         // Blocks when the last byte of the client's address is 7.
         let body = "(select (i32.const 2) (i32.const 0) (i32.eq (i32.load8_u (i32.const 1039)) (i32.const 7)))";
-        let policy = WasmPolicy::new(&fixture_with(
+        let policy = load(&fixture_with(
             body,
             r#"(func (export "moat_decides_by_client") (result i32) i32.const 1)"#,
         ))
         .unwrap();
         assert!(policy.reads_client(), "the export says so");
-        assert!(
-            !WasmPolicy::new(&fixture("i32.const 0"))
-                .unwrap()
-                .reads_client()
-        );
+        assert!(!load(&fixture("i32.const 0")).unwrap().reads_client());
         let from = |client: [u8; 4]| {
             policy.decide(&Question {
                 name: b"a.example",
@@ -454,8 +739,8 @@ mod tests {
 
     #[test]
     fn a_thread_keeps_one_instance_per_module_of_the_chain() {
-        let local = WasmPolicy::new(&fixture("i32.const 0")).unwrap();
-        let blocklist = WasmPolicy::new(&fixture("i32.const 2")).unwrap();
+        let local = load(&fixture("i32.const 0")).unwrap();
+        let blocklist = load(&fixture("i32.const 2")).unwrap();
         let chain = crate::policy::Chain(vec![local.clone(), blocklist.clone()]);
         for _ in 0..100 {
             assert_eq!(ask(&chain, "a.example"), Decision::Block);
@@ -466,10 +751,10 @@ mod tests {
 
     #[test]
     fn instances_of_a_replaced_policy_are_dropped() {
-        let old = WasmPolicy::new(&fixture("i32.const 2")).unwrap();
+        let old = load(&fixture("i32.const 2")).unwrap();
         assert_eq!(ask(&*old, "a.example"), Decision::Block);
         drop(old);
-        let new = WasmPolicy::new(&fixture("i32.const 0")).unwrap();
+        let new = load(&fixture("i32.const 0")).unwrap();
         assert_eq!(ask(&*new, "a.example"), Decision::NoOpinion);
         let ids: Vec<u64> =
             WORKERS.with(|workers| workers.borrow().iter().map(|w| w.policy_id).collect());
@@ -483,8 +768,28 @@ mod tests {
                 (func (export "moat_query_buffer") (result i32) i32.const 0)
                 (func (export "moat_decide") (param i32 i32) (result i32) i32.const 0))"#)
             .as_bytes();
-        let err = WasmPolicy::new(module).unwrap_err().to_string();
+        let err = load(module).unwrap_err().to_string();
         assert!(err.contains("ABI 99"), "{err}");
-        assert!(WasmPolicy::new(b"not wasm").is_err());
+        assert!(load(b"not wasm").is_err());
+    }
+
+    #[test]
+    fn a_module_of_the_first_abi_is_refused_by_its_version() {
+        // ABI 1 had no `moat_explain` and no required answer buffer.
+        let module = (r#"(module (memory (export "memory") 1)
+                (func (export "moat_abi_version") (result i32) i32.const 1)
+                (func (export "moat_query_buffer") (result i32) i32.const 0)
+                (func (export "moat_decide") (param i32 i32) (result i32) i32.const 0))"#)
+            .as_bytes();
+        let err = load(module).unwrap_err();
+        assert!(matches!(err, PluginError::AbiVersion { found: 1 }), "{err}");
+        let said = err.to_string();
+        assert!(said.contains("ABI 1,") && said.contains("ABI 2"), "{said}");
+        let without_explain = String::from_utf8(fixture("i32.const 0")).unwrap().replace(
+            r#"(func (export "moat_explain") (param i32 i32) (result i32) i32.const 0)"#,
+            "",
+        );
+        let err = load(without_explain.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("moat_explain"), "{err}");
     }
 }

@@ -6,8 +6,13 @@
 //!   buffer the host writes the question into: the client's address
 //!   ([`CLIENT_LEN`] bytes, IPv6, IPv4 as `::ffff:a.b.c.d`), then the name
 //!   (lower case, dotted, no trailing dot);
+//! - `moat_answer_buffer() -> i32`: address of an [`ANSWER_CAPACITY`]-byte
+//!   buffer the plugin writes answers and explanations into;
 //! - `moat_decide(len: i32, qtype: i32) -> i32`: decides for the `len`-byte
-//!   name in the buffer; returns a [`Verdict`] code.
+//!   name in the buffer; returns a [`Verdict`] code;
+//! - `moat_explain(len: i32, qtype: i32) -> i32`: for the same question,
+//!   writes which rule decides it into the answer buffer ([`Explanation`])
+//!   and returns the bytes written; 0 when no rule decides.
 //!
 //! The plugin's data (the compiled domain set) is a data segment the policy
 //! compiler adds at [`DATA_BASE`]; it starts with a [`DataHeader`]. Nothing
@@ -19,8 +24,9 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
-/// Version of this ABI; a plugin built for another is refused.
-pub const ABI_VERSION: i32 = 1;
+/// Version of this ABI; a plugin built for another is refused. Version 2
+/// added `moat_explain` and made `moat_answer_buffer` required.
+pub const ABI_VERSION: i32 = 2;
 
 /// The export that marks a plugin whose verdicts depend on the client.
 pub const DECIDES_BY_CLIENT_EXPORT: &str = "moat_decides_by_client";
@@ -65,9 +71,131 @@ impl Verdict {
     }
 }
 
-/// Size of the answer buffer of plugins that answer
-/// (`moat_answer_buffer() -> i32` gives its address).
+/// Size of the answer buffer (`moat_answer_buffer() -> i32` gives its
+/// address).
 pub const ANSWER_CAPACITY: usize = 4096;
+
+/// Longest origin an explanation carries; the compiler cuts longer ones,
+/// so an explanation always fits the answer buffer.
+pub const ORIGIN_CAPACITY: usize = 1024;
+
+/// The origin of every local record (and of the PTRs `policy.local_ptr`
+/// makes from them).
+pub const LOCAL_RECORDS_ORIGIN: &[u8] = b"policy.local_records";
+
+/// Kinds of rule that can decide a question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RuleKind {
+    /// A `policy.deny` name.
+    DenyExact = 0,
+    /// A `policy.deny` suffix.
+    DenySuffix = 1,
+    /// A `policy.allow` name.
+    AllowExact = 2,
+    /// A `policy.allow` suffix or a list's exception.
+    AllowSuffix = 3,
+    /// A blocked name.
+    BlockExact = 4,
+    /// A list entry: the name and everything below it.
+    BlockSuffix = 5,
+    /// A local record's name.
+    LocalName = 6,
+    /// A local record's `*.suffix`.
+    LocalWildcard = 7,
+}
+
+impl RuleKind {
+    /// The kind for a code, if valid.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => Self::DenyExact,
+            1 => Self::DenySuffix,
+            2 => Self::AllowExact,
+            3 => Self::AllowSuffix,
+            4 => Self::BlockExact,
+            5 => Self::BlockSuffix,
+            6 => Self::LocalName,
+            7 => Self::LocalWildcard,
+            _ => return None,
+        })
+    }
+
+    /// The kind of a match in a blocklist table.
+    pub fn of_table(table: Table) -> Self {
+        match table {
+            Table::DenyExact => Self::DenyExact,
+            Table::DenySuffix => Self::DenySuffix,
+            Table::AllowExact => Self::AllowExact,
+            Table::AllowSuffix => Self::AllowSuffix,
+            Table::BlockExact => Self::BlockExact,
+            Table::BlockSuffix => Self::BlockSuffix,
+        }
+    }
+
+    /// Whether the rule covers the names below its pattern (written `*.name`).
+    pub fn is_suffix(self) -> bool {
+        matches!(
+            self,
+            Self::DenySuffix | Self::AllowSuffix | Self::BlockSuffix | Self::LocalWildcard
+        )
+    }
+}
+
+/// Which rule decided, as `moat_explain` writes it: the kind (u8, a
+/// [`RuleKind`] code), the pattern's length (u16 LE) and the pattern as the
+/// rule is written (`ads.example`, `*.ads.example`), the origin's length
+/// (u16 LE) and the origin (`policy.deny`, `policy.allow`,
+/// `policy.local_records`, or a blocklist source's path or URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Explanation<'a> {
+    /// What kind of rule.
+    pub kind: RuleKind,
+    /// The name the rule is for, without any `*.`.
+    pub name: &'a [u8],
+    /// Where the rule came from.
+    pub origin: &'a [u8],
+}
+
+impl<'a> Explanation<'a> {
+    /// Writes the explanation into `out`; returns the bytes written, or 0
+    /// when it does not fit.
+    pub fn encode(&self, out: &mut [u8]) -> usize {
+        let star: &[u8] = if self.kind.is_suffix() { b"*." } else { b"" };
+        let pattern_len = star.len() + self.name.len();
+        let len = 5 + pattern_len + self.origin.len();
+        if len > out.len()
+            || pattern_len > usize::from(u16::MAX)
+            || self.origin.len() > ORIGIN_CAPACITY
+        {
+            return 0;
+        }
+        out[0] = self.kind as u8;
+        out[1..3].copy_from_slice(&(pattern_len as u16).to_le_bytes());
+        out[3..3 + star.len()].copy_from_slice(star);
+        out[3 + star.len()..3 + pattern_len].copy_from_slice(self.name);
+        let at = 3 + pattern_len;
+        out[at..at + 2].copy_from_slice(&(self.origin.len() as u16).to_le_bytes());
+        out[at + 2..len].copy_from_slice(self.origin);
+        len
+    }
+
+    /// Reads an explanation written by [`Explanation::encode`]; gives the
+    /// kind, the pattern as written and the origin.
+    pub fn decode(bytes: &'a [u8]) -> Option<(RuleKind, &'a [u8], &'a [u8])> {
+        let kind = RuleKind::from_code(*bytes.first()?)?;
+        let (pattern, rest) = take_field(bytes.get(1..)?)?;
+        let (origin, rest) = take_field(rest)?;
+        rest.is_empty().then_some((kind, pattern, origin))
+    }
+}
+
+/// A u16 LE length and that many bytes, and what follows.
+fn take_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = usize::from(u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]));
+    let field = bytes.get(2..2 + len)?;
+    Some((field, &bytes[2 + len..]))
+}
 
 /// Magic at the start of local-records data.
 pub const RECORDS_MAGIC: [u8; 8] = *b"MOATLR01";
@@ -91,7 +219,7 @@ pub const RECORDS_INDEX_ENTRY: usize = 16;
 pub const TYPE_CNAME: u16 = 5;
 
 /// Magic at the start of blocklist data.
-pub const BLOCKLIST_MAGIC: [u8; 8] = *b"MOATBL01";
+pub const BLOCKLIST_MAGIC: [u8; 8] = *b"MOATBL02";
 
 /// The rule tables of a blocklist, in order of precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +245,13 @@ pub const TABLES: usize = 6;
 /// Layout of blocklist data at [`DATA_BASE`]: the magic, then per table the
 /// number of entries (u32 LE), then the tables one after the other, each a
 /// sorted array of u64 LE name hashes ([`name_hash`]).
+///
+/// Then, read only to explain ([`Origins`]): per table the origin base
+/// (u16 LE) and bits per entry (u8); per table the entries' origins packed
+/// at that many bits each, least significant bit first, in as many bytes as
+/// they need (none at 0 bits: every entry has the base); then the number of
+/// origins (u16 LE) and each origin as a length (u16 LE) and bytes. An
+/// entry's origin is the base plus its packed value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataHeader {
     /// Entries per table.
@@ -151,6 +286,66 @@ impl DataHeader {
     }
 }
 
+/// Bytes of one table's entry in the origin header: base (u16) and bits (u8).
+pub const ORIGIN_HEADER_ENTRY: usize = 3;
+
+/// The origins section of blocklist data, which follows the hash tables.
+#[derive(Debug, Clone, Copy)]
+pub struct Origins<'a> {
+    counts: [u32; TABLES],
+    bytes: &'a [u8],
+}
+
+impl<'a> Origins<'a> {
+    /// The section in `bytes` (which start right after the hash tables) of
+    /// tables with these entry counts.
+    pub fn new(counts: [u32; TABLES], bytes: &'a [u8]) -> Self {
+        Self { counts, bytes }
+    }
+
+    /// The origin of entry `entry` of `table`, if the data holds one.
+    pub fn of(&self, table: Table, entry: usize) -> Option<&'a [u8]> {
+        let header = self.bytes.get(..TABLES * ORIGIN_HEADER_ENTRY)?;
+        let field = |table: usize| {
+            let at = table * ORIGIN_HEADER_ENTRY;
+            (
+                u16::from_le_bytes([header[at], header[at + 1]]),
+                u32::from(header[at + 2]),
+            )
+        };
+        let mut at = header.len();
+        for earlier in 0..table as usize {
+            at += packed_len(self.counts[earlier], field(earlier).1);
+        }
+        let (base, bits) = field(table as usize);
+        let mut value: u32 = 0;
+        for bit in 0..bits {
+            let position = entry as u64 * u64::from(bits) + u64::from(bit);
+            let byte = *self.bytes.get(at + (position / 8) as usize)?;
+            value |= u32::from((byte >> (position % 8)) & 1) << bit;
+        }
+        for table in table as usize..TABLES {
+            at += packed_len(self.counts[table], field(table).1);
+        }
+        let wanted = u32::from(base) + value;
+        let count = u16::from_le_bytes([*self.bytes.get(at)?, *self.bytes.get(at + 1)?]);
+        let mut rest = self.bytes.get(at + 2..)?;
+        for index in 0..u32::from(count) {
+            let (origin, after) = take_field(rest)?;
+            if index == wanted {
+                return Some(origin);
+            }
+            rest = after;
+        }
+        None
+    }
+}
+
+/// Bytes `count` entries of `bits` bits take.
+pub fn packed_len(count: u32, bits: u32) -> usize {
+    (u64::from(count) * u64::from(bits)).div_ceil(8) as usize
+}
+
 /// The hash names are stored under: 64-bit FNV-1a over the dotted name's
 /// bytes taken from the last to the first. Going backwards lets a guest hash
 /// every suffix of a name in one pass (the hash of `example.com` is a step
@@ -171,10 +366,11 @@ pub fn fnv_step(hash: u64, byte: u8) -> u64 {
     (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
-/// What every plugin defines besides `moat_decide`: the panic handler
-/// (a trap the host counts as a fault), a `Buffer` type for buffers the
-/// host reads and writes, the query buffer `QUERY`, and the exports
-/// `moat_abi_version` and `moat_query_buffer`.
+/// What every plugin defines besides `moat_decide` and `moat_explain`: the
+/// panic handler (a trap the host counts as a fault), a `Buffer` type for
+/// buffers the host reads and writes, the query buffer `QUERY`, the answer
+/// buffer `ANSWER`, and the exports `moat_abi_version`,
+/// `moat_query_buffer` and `moat_answer_buffer`.
 #[macro_export]
 macro_rules! plugin_glue {
     () => {
@@ -201,6 +397,8 @@ macro_rules! plugin_glue {
 
         static QUERY: Buffer<{ $crate::QUERY_CAPACITY }> = Buffer::new();
 
+        static ANSWER: Buffer<{ $crate::ANSWER_CAPACITY }> = Buffer::new();
+
         /// The ABI version this plugin speaks.
         #[unsafe(no_mangle)]
         pub extern "C" fn moat_abi_version() -> i32 {
@@ -211,6 +409,12 @@ macro_rules! plugin_glue {
         #[unsafe(no_mangle)]
         pub extern "C" fn moat_query_buffer() -> i32 {
             QUERY.address()
+        }
+
+        /// Address of the buffer answers and explanations are written into.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn moat_answer_buffer() -> i32 {
+            ANSWER.address()
         }
     };
 }

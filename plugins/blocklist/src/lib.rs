@@ -1,12 +1,14 @@
 //! The blocklist plugin. Its data (added by Moat's policy compiler at
 //! `DATA_BASE`) holds six sorted tables of name hashes; a decision walks the
 //! name's suffixes once, from the right, and binary-searches the tables.
-//! Precedence: deny > allow > block.
+//! Precedence: deny > allow > block. The same walk explains a decision:
+//! the deciding rule is the first deny match, else the first allow match,
+//! else the first block match, shortest suffix first.
 #![no_std]
 
 use moat_plugin_abi::{
-    CLIENT_LEN, DATA_BASE, DataHeader, FNV_OFFSET, NAME_CAPACITY, QUERY_CAPACITY, TABLES, Table,
-    Verdict, fnv_step,
+    ANSWER_CAPACITY, CLIENT_LEN, DATA_BASE, DataHeader, Explanation, FNV_OFFSET, NAME_CAPACITY,
+    Origins, QUERY_CAPACITY, RuleKind, TABLES, Table, Verdict, fnv_step,
 };
 
 moat_plugin_abi::plugin_glue!();
@@ -14,14 +16,50 @@ moat_plugin_abi::plugin_glue!();
 /// Decides for the `len`-byte name in the query buffer.
 #[unsafe(no_mangle)]
 pub extern "C" fn moat_decide(len: i32, _qtype: i32) -> i32 {
+    decide(query_name(len), &Tables::load()).0 as i32
+}
+
+/// Writes which rule decides the `len`-byte name in the query buffer into
+/// the answer buffer; returns its length, 0 when no rule does.
+#[unsafe(no_mangle)]
+pub extern "C" fn moat_explain(len: i32, _qtype: i32) -> i32 {
+    let name = query_name(len);
+    let tables = Tables::load();
+    let Some(found) = decide(name, &tables).1 else {
+        return 0;
+    };
+    let explanation = Explanation {
+        kind: RuleKind::of_table(found.table),
+        name: &name[found.start..],
+        origin: tables.origin(found.table, found.entry).unwrap_or(b""),
+    };
+    // SAFETY: the host reads the answer buffer after this call; nothing
+    // else runs meanwhile.
+    let answer: &mut [u8; ANSWER_CAPACITY] = unsafe { &mut *ANSWER.0.get() };
+    explanation.encode(answer) as i32
+}
+
+/// The `len`-byte name in the query buffer.
+fn query_name(len: i32) -> &'static [u8] {
     // SAFETY: the host wrote the buffer before this call; nothing else runs.
     let query: &[u8; QUERY_CAPACITY] = unsafe { &*QUERY.0.get() };
-    let name = &query[CLIENT_LEN..CLIENT_LEN + (len.max(0) as usize).min(NAME_CAPACITY)];
-    decide(name, &Tables::load()) as i32
+    &query[CLIENT_LEN..CLIENT_LEN + (len.max(0) as usize).min(NAME_CAPACITY)]
 }
 
 struct Tables {
+    counts: [u32; TABLES],
     tables: [&'static [u8]; TABLES],
+    /// Where the origins section starts.
+    end: usize,
+}
+
+/// A rule that matched: its table, where in the name its suffix starts,
+/// and its entry in the table.
+#[derive(Clone, Copy)]
+struct Match {
+    table: Table,
+    start: usize,
+    entry: usize,
 }
 
 impl Tables {
@@ -41,10 +79,15 @@ impl Tables {
             *table = unsafe { core::slice::from_raw_parts(at as *const u8, len) };
             at += len;
         }
-        Self { tables }
+        Self {
+            counts: header.counts,
+            tables,
+            end: at,
+        }
     }
 
-    fn contains(&self, table: Table, hash: u64) -> bool {
+    /// The index of `hash` in `table`, if it is there.
+    fn find(&self, table: Table, hash: u64) -> Option<usize> {
         let entries = self.tables[table as usize];
         let (mut low, mut high) = (0usize, entries.len() / 8);
         while low < high {
@@ -54,7 +97,7 @@ impl Tables {
             value.copy_from_slice(&entries[at..at + 8]);
             let value = u64::from_le_bytes(value);
             if value == hash {
-                return true;
+                return Some(middle);
             }
             if value < hash {
                 low = middle + 1;
@@ -62,37 +105,59 @@ impl Tables {
                 high = middle;
             }
         }
-        false
+        None
+    }
+
+    /// The suffix table's match for `hash`, else (for the whole name) the
+    /// exact table's.
+    fn matching(&self, [suffix, exact]: [Table; 2], hash: u64, start: usize) -> Option<Match> {
+        let found = |table: Table| {
+            self.find(table, hash).map(|entry| Match {
+                table,
+                start,
+                entry,
+            })
+        };
+        found(suffix).or_else(|| if start == 0 { found(exact) } else { None })
+    }
+
+    /// Where entry `entry` of `table` came from.
+    fn origin(&self, table: Table, entry: usize) -> Option<&'static [u8]> {
+        // SAFETY: the compiler placed the origins section after the tables,
+        // within the data; the memory's end bounds what is read of it.
+        let bytes = unsafe {
+            let memory_end = core::arch::wasm32::memory_size(0) * 65_536;
+            core::slice::from_raw_parts(self.end as *const u8, memory_end.saturating_sub(self.end))
+        };
+        Origins::new(self.counts, bytes).of(table, entry)
     }
 }
 
 /// Walks the suffixes of `name` (`com`, `example.com`, `ads.example.com`)
 /// and returns the strongest match: deny, then allow, then block.
-fn decide(name: &[u8], tables: &Tables) -> Verdict {
+fn decide(name: &[u8], tables: &Tables) -> (Verdict, Option<Match>) {
     let mut hash = FNV_OFFSET;
-    let (mut allowed, mut blocked) = (false, false);
+    let (mut allowed, mut blocked) = (None, None);
     for index in (0..name.len()).rev() {
         hash = fnv_step(hash, name[index]);
         let at_label_start = index == 0 || name[index - 1] == b'.';
         if !at_label_start {
             continue;
         }
-        let whole = index == 0;
-        if tables.contains(Table::DenySuffix, hash)
-            || (whole && tables.contains(Table::DenyExact, hash))
-        {
-            return Verdict::Block;
+        let deny = tables.matching([Table::DenySuffix, Table::DenyExact], hash, index);
+        if deny.is_some() {
+            return (Verdict::Block, deny);
         }
-        allowed |= tables.contains(Table::AllowSuffix, hash)
-            || (whole && tables.contains(Table::AllowExact, hash));
-        blocked |= tables.contains(Table::BlockSuffix, hash)
-            || (whole && tables.contains(Table::BlockExact, hash));
+        if allowed.is_none() {
+            allowed = tables.matching([Table::AllowSuffix, Table::AllowExact], hash, index);
+        }
+        if blocked.is_none() && allowed.is_none() {
+            blocked = tables.matching([Table::BlockSuffix, Table::BlockExact], hash, index);
+        }
     }
-    if allowed {
-        Verdict::Allow
-    } else if blocked {
-        Verdict::Block
-    } else {
-        Verdict::NoOpinion
+    match (allowed, blocked) {
+        (Some(allow), _) => (Verdict::Allow, Some(allow)),
+        (None, Some(block)) => (Verdict::Block, Some(block)),
+        (None, None) => (Verdict::NoOpinion, None),
     }
 }

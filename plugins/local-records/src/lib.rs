@@ -2,40 +2,69 @@
 //! `DATA_BASE`) indexes each local name, and each wildcard suffix, by hash;
 //! a question for a known name is answered with its records of the asked
 //! type (or its CNAME), and with no records (NODATA) if it has none.
+//! Explaining names the record's owner: the name, or the longest wildcard
+//! suffix covering it.
 #![no_std]
 
 use moat_plugin_abi::{
-    ANSWER_CAPACITY, CLIENT_LEN, DATA_BASE, FNV_OFFSET, NAME_CAPACITY, RECORDS_HEADER_LEN,
-    RECORDS_INDEX_ENTRY, RECORDS_MAGIC, TYPE_CNAME, Verdict, fnv_step,
+    ANSWER_CAPACITY, CLIENT_LEN, DATA_BASE, Explanation, FNV_OFFSET, LOCAL_RECORDS_ORIGIN,
+    NAME_CAPACITY, QUERY_CAPACITY, RECORDS_HEADER_LEN, RECORDS_INDEX_ENTRY, RECORDS_MAGIC,
+    RuleKind, TYPE_CNAME, Verdict, fnv_step,
 };
 
 moat_plugin_abi::plugin_glue!();
 
-static ANSWER: Buffer<ANSWER_CAPACITY> = Buffer::new();
-
-/// Address of the buffer answers are written into.
-#[unsafe(no_mangle)]
-pub extern "C" fn moat_answer_buffer() -> i32 {
-    ANSWER.address()
-}
-
 /// Answers the `len`-byte name in the query buffer, if it is local.
 #[unsafe(no_mangle)]
 pub extern "C" fn moat_decide(len: i32, qtype: i32) -> i32 {
-    // SAFETY: the host wrote the query buffer before this call and reads
-    // the answer buffer after it; nothing else runs meanwhile.
-    let (query, answer) = unsafe { (&*QUERY.0.get(), &mut *ANSWER.0.get()) };
-    let name = &query[CLIENT_LEN..CLIENT_LEN + (len.max(0) as usize).min(NAME_CAPACITY)];
-    let Some(data) = Data::load() else {
-        return Verdict::NoOpinion as i32;
-    };
-    match data.find(name) {
-        Some(records) => {
-            write_answer(records, qtype as u16, answer);
+    match Data::load().and_then(|data| data.find(query_name(len))) {
+        Some(found) => {
+            write_answer(found.records, qtype as u16, answer_buffer());
             Verdict::Answer as i32
         }
         None => Verdict::NoOpinion as i32,
     }
+}
+
+/// Writes which owner answers the `len`-byte name in the query buffer into
+/// the answer buffer; returns its length, 0 when the name is not local.
+#[unsafe(no_mangle)]
+pub extern "C" fn moat_explain(len: i32, _qtype: i32) -> i32 {
+    let name = query_name(len);
+    let Some(found) = Data::load().and_then(|data| data.find(name)) else {
+        return 0;
+    };
+    let kind = if found.start == 0 {
+        RuleKind::LocalName
+    } else {
+        RuleKind::LocalWildcard
+    };
+    let explanation = Explanation {
+        kind,
+        name: &name[found.start..],
+        origin: LOCAL_RECORDS_ORIGIN,
+    };
+    explanation.encode(answer_buffer()) as i32
+}
+
+/// The `len`-byte name in the query buffer.
+fn query_name(len: i32) -> &'static [u8] {
+    // SAFETY: the host wrote the buffer before this call; nothing else runs.
+    let query: &[u8; QUERY_CAPACITY] = unsafe { &*QUERY.0.get() };
+    &query[CLIENT_LEN..CLIENT_LEN + (len.max(0) as usize).min(NAME_CAPACITY)]
+}
+
+fn answer_buffer() -> &'static mut [u8; ANSWER_CAPACITY] {
+    // SAFETY: the host reads the answer buffer after the call; nothing else
+    // runs meanwhile, and each call takes this reference once.
+    unsafe { &mut *ANSWER.0.get() }
+}
+
+/// An owner's records, and where in the asked name the owner starts
+/// (0 for the name itself, else the wildcard's suffix).
+struct Found {
+    records: &'static [u8],
+    start: usize,
 }
 
 struct Data {
@@ -79,23 +108,30 @@ impl Data {
     }
 
     /// The records of `name`, or of the longest wildcard suffix covering it.
-    fn find(&self, name: &[u8]) -> Option<&'static [u8]> {
+    fn find(&self, name: &[u8]) -> Option<Found> {
         let mut hash = FNV_OFFSET;
         let mut best = None;
         for index in (0..name.len()).rev() {
             hash = fnv_step(hash, name[index]);
             if index == 0 {
                 if let Some(found) = lookup(self.exact, hash) {
-                    return Some(self.slice(found));
+                    return Some(self.found(found, 0));
                 }
             } else if name[index - 1] == b'.'
                 && let Some(found) = lookup(self.wildcard, hash)
             {
                 // Suffixes come shortest first: a longer match replaces it.
-                best = Some(found);
+                best = Some((found, index));
             }
         }
-        best.map(|found| self.slice(found))
+        best.map(|(found, start)| self.found(found, start))
+    }
+
+    fn found(&self, at: (usize, usize), start: usize) -> Found {
+        Found {
+            records: self.slice(at),
+            start,
+        }
     }
 
     fn slice(&self, (offset, len): (usize, usize)) -> &'static [u8] {
