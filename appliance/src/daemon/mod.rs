@@ -9,10 +9,9 @@ pub use fleet::{FleetError, PrimaryStatus, join_offline};
 pub use settings::{PolicyView, SyncedFrom};
 
 use std::net::SocketAddr;
-use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -23,6 +22,7 @@ use crate::clock;
 use crate::compile::{CompileError, record_download, store_download};
 use crate::config::{BlocklistSource, Config, ConfigError, SourceLocation};
 use crate::dns::cache::Cache;
+use crate::dns::clock::SystemClock;
 use crate::dns::handler::{Live, QueryHandler};
 use crate::dns::listen::{ListenError, Listeners};
 use crate::dns::upstream::{UpstreamError, UpstreamStatus, Upstreams};
@@ -250,6 +250,7 @@ impl Daemon {
             Cache::new(config.tuning.cache.clone()),
             Pause::new(pause),
             QueryLog::new(config.tuning.query_log.memory_entries),
+            SystemClock,
         );
         let listeners = Listeners::bind(&config.instance.listen)?;
         let (udp, tcp) = (listeners.udp_addrs(), listeners.tcp_addrs());
@@ -611,17 +612,12 @@ fn download_client(config: &Config) -> Result<reqwest::Client, DaemonError> {
 /// Builds the reloadable part of the query path: policy from a bundle,
 /// tuning and instance settings from the local configuration.
 fn build_live(config: &Config, bundle: &OpenedBundle) -> Result<Live, DaemonError> {
-    static POLICY_VERSIONS: AtomicU64 = AtomicU64::new(1);
     let tls = Arc::new(upstream_tls(config)?);
     let policy = &bundle.policy;
     let plugins = Arc::clone(&bundle.plugins);
-    let policy_stamp = (!plugins.reads_client())
-        .then(|| NonZeroU64::new(POLICY_VERSIONS.fetch_add(1, Ordering::Relaxed)))
-        .flatten();
     Ok(Live {
         policy: plugins,
         fail_mode: policy.fail_mode,
-        policy_stamp,
         upstreams: Upstreams::new(
             &policy.upstreams,
             policy.strategy,

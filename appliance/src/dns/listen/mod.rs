@@ -68,14 +68,21 @@ impl Listeners {
     }
 
     /// Starts serving: one thread per UDP socket, one task per TCP listener.
+    /// Must be called inside the tokio runtime that runs the upstream work.
     pub fn serve(
         self,
         handler: &Arc<QueryHandler>,
         tuning: &ServerTuning,
         shutdown: &Arc<AtomicBool>,
     ) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Handle::current();
         for socket in self.udp {
-            udp::spawn(socket, Arc::clone(handler), Arc::clone(shutdown))?;
+            udp::spawn(
+                socket,
+                Arc::clone(handler),
+                runtime.clone(),
+                Arc::clone(shutdown),
+            )?;
         }
         for listener in self.tcp {
             listener.set_nonblocking(true)?;
