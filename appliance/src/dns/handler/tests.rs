@@ -349,8 +349,8 @@ fn blocked_in_each_mode() {
 #[test]
 fn local_records_are_answered_authoritatively() {
     let harness = Setup::default().build();
-    let answer = harness.answer(&request(7, "NAS.lan.", RecordType::A));
-    assert_answers(&answer, 7, "NAS.lan.");
+    let answer = harness.answer(&request(7, "nas.lan.", RecordType::A));
+    assert_answers(&answer, 7, "nas.lan.");
     assert!(answer.metadata.authoritative);
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
     assert_eq!(
@@ -377,8 +377,8 @@ fn second_query_is_served_from_the_cache_with_its_ttl_counted_down() {
     assert!(first.metadata.recursion_available);
     assert_eq!(addresses(&first), vec![(IpAddr::V4(ip), 300)]);
     harness.clock.advance(Duration::from_secs(100));
-    let second = harness.answer(&request(2, "WWW.example.", RecordType::A));
-    assert_answers(&second, 2, "WWW.example.");
+    let second = harness.answer(&request(2, "www.example.", RecordType::A));
+    assert_answers(&second, 2, "www.example.");
     assert_eq!(addresses(&second), vec![(IpAddr::V4(ip), 200)]);
     assert_eq!(
         harness.upstream.asked(),
