@@ -3,10 +3,8 @@
 //! upstreams are kept, with their health and pooled connections, across
 //! any change that leaves them as they were.
 
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::DaemonError;
 use super::policy::OpenedBundle;
@@ -36,16 +34,10 @@ impl LiveBuilder {
         config: &Config,
         bundle: &OpenedBundle,
     ) -> Result<Live, DaemonError> {
-        static POLICY_VERSIONS: AtomicU64 = AtomicU64::new(1);
         let policy = &bundle.policy;
-        let plugins = Arc::clone(&bundle.plugins);
-        let policy_stamp = (!plugins.reads_client())
-            .then(|| NonZeroU64::new(POLICY_VERSIONS.fetch_add(1, Ordering::Relaxed)))
-            .flatten();
         Ok(Live {
-            policy: plugins,
+            policy: Arc::clone(&bundle.plugins),
             fail_mode: policy.fail_mode,
-            policy_stamp,
             upstreams: self.upstreams(config, bundle)?,
             blocked_response: policy.blocked_response.clone(),
             blocked_ttl: u32::try_from(policy.blocked_ttl.as_secs()).unwrap_or(u32::MAX),

@@ -34,6 +34,7 @@ use crate::compile::CompileError;
 use crate::config::{Config, ConfigError};
 use crate::control;
 use crate::dns::cache::Cache;
+use crate::dns::clock::SystemClock;
 use crate::dns::handler::QueryHandler;
 use crate::dns::listen::{ListenError, Listeners, Serving};
 use crate::dns::upstream::{UpstreamError, UpstreamStatus};
@@ -315,6 +316,7 @@ impl App {
             Cache::new(config.tuning.cache.clone()),
             Pause::new(stored_pause(&data)),
             QueryLog::new(config.tuning.query_log.memory_entries),
+            SystemClock,
         );
         let listeners = Listeners::bind(&config.instance.listen)?;
         let control = control::bind(config.instance.control)?;

@@ -4,7 +4,6 @@
 //! Time is always passed in, so the rules (clamping, negative TTLs,
 //! serve-stale, refresh of hot names) are tested without waiting.
 
-use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,6 +13,7 @@ use hickory_proto::rr::{RData, RecordType};
 use parking_lot::RwLock;
 use quick_cache::Weighter;
 
+use super::verdict::VerdictSlot;
 use super::wire::{self, Query, QuestionKey};
 use crate::config::{CacheBound, CacheTuning};
 
@@ -26,8 +26,7 @@ pub struct Answer {
     ttl: u32,
     hot: HitWindow,
     refreshing: AtomicBool,
-    /// The policy version that last let this question through (0: none).
-    passed_policy: AtomicU64,
+    verdict: VerdictSlot,
 }
 
 /// The outcome of clamping an upstream answer to the cache rules.
@@ -117,18 +116,13 @@ impl Answer {
             ttl,
             hot: HitWindow::default(),
             refreshing: AtomicBool::new(false),
-            passed_policy: AtomicU64::new(0),
+            verdict: VerdictSlot::default(),
         }
     }
 
-    /// Whether policy version `stamp` already let this question through.
-    pub fn passed_policy(&self, stamp: NonZeroU64) -> bool {
-        self.passed_policy.load(Ordering::Relaxed) == stamp.get()
-    }
-
-    /// Notes that policy version `stamp` lets this question through.
-    pub fn mark_passed_policy(&self, stamp: NonZeroU64) {
-        self.passed_policy.store(stamp.get(), Ordering::Relaxed);
+    /// Where the verdict memo keeps which policy let this question through.
+    pub fn verdict(&self) -> &VerdictSlot {
+        &self.verdict
     }
 
     /// Lifetime in the cache, in seconds.
@@ -152,13 +146,7 @@ impl Answer {
     ) {
         out.clear();
         out.extend_from_slice(&self.wire);
-        out[..2].copy_from_slice(&query.bytes[..2]);
-        out[2] = 0x80 | (query.bytes[2] & 0x01);
-        out[3] = (out[3] & 0xaf) | 0x80 | (query.bytes[3] & 0x10);
-        let question = query.question();
-        if let Some(slot) = out.get_mut(wire::HEADER_LEN..wire::HEADER_LEN + question.len()) {
-            slot.copy_from_slice(question);
-        }
+        wire::readdress(query, out);
         let age = self.age(now);
         for &offset in &self.ttl_offsets {
             let at = offset as usize;

@@ -1,10 +1,13 @@
 //! The DNS core: wire format, listeners, the query path, cache and upstreams.
 
 pub mod cache;
+pub mod clock;
+#[cfg(any(fuzzing, test))]
 pub mod fuzz;
 pub mod handler;
 pub mod listen;
 pub mod upstream;
+pub mod verdict;
 pub mod wire;
 
 /// The UDP payload size Moat advertises, to clients and upstreams alike

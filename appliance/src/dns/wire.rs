@@ -4,6 +4,7 @@
 //! Everything else (upstream answers, building queries) goes through
 //! hickory-proto; this module handles only what every query touches.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 /// Length of the DNS header.
@@ -23,6 +24,32 @@ pub mod rtype {
     pub const AAAA: u16 = 28;
     /// EDNS(0) pseudo-record.
     pub const OPT: u16 = 41;
+}
+
+/// Flag bits in the high byte of the header's flags (its third byte).
+mod flags_hi {
+    /// This message is a response.
+    pub(super) const QR: u8 = 0x80;
+    /// The opcode, four bits.
+    pub(super) const OPCODE: u8 = 0x78;
+    /// Authoritative answer.
+    pub(super) const AA: u8 = 0x04;
+    /// Truncated.
+    pub(super) const TC: u8 = 0x02;
+    /// Recursion desired.
+    pub(super) const RD: u8 = 0x01;
+}
+
+/// Flag bits in the low byte of the header's flags (its fourth byte).
+mod flags_lo {
+    /// Recursion available.
+    pub(super) const RA: u8 = 0x80;
+    /// Reserved; zero.
+    pub(super) const Z: u8 = 0x40;
+    /// Checking disabled.
+    pub(super) const CD: u8 = 0x10;
+    /// The low four bits of the response code.
+    pub(super) const RCODE: u8 = 0x0f;
 }
 
 /// Response codes used here.
@@ -88,11 +115,12 @@ pub struct Edns {
     pub dnssec_ok: bool,
 }
 
-/// A well-formed query, borrowed from the receive buffer.
+/// A well-formed query, borrowed from the receive buffer (or owned, once
+/// it waits for an upstream: see `into_owned`).
 #[derive(Debug)]
 pub struct Query<'a> {
     /// The bytes as received.
-    pub bytes: &'a [u8],
+    bytes: Cow<'a, [u8]>,
     /// End of the question section in `bytes`.
     question_end: usize,
     /// Cache key of the question.
@@ -122,7 +150,7 @@ pub enum Rejection {
 impl<'a> Query<'a> {
     /// Parses a query. Never panics, whatever the bytes.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, Rejection> {
-        if bytes.len() < HEADER_LEN || bytes[2] & 0x80 != 0 {
+        if bytes.len() < HEADER_LEN || is_response(bytes) {
             return Err(Rejection::Ignore);
         }
         let formerr = |question_end| Rejection::Reply {
@@ -130,7 +158,7 @@ impl<'a> Query<'a> {
             question_end,
             edns: None,
         };
-        if (bytes[2] >> 3) & 0x0f != 0 {
+        if bytes[2] & flags_hi::OPCODE != 0 {
             return Err(Rejection::Reply {
                 rcode: rcode::NOTIMP,
                 question_end: None,
@@ -180,7 +208,7 @@ impl<'a> Query<'a> {
         }
         let edns = edns.map(|(edns, _)| edns);
         Ok(Self {
-            bytes,
+            bytes: Cow::Borrowed(bytes),
             question_end,
             key: QuestionKey {
                 name,
@@ -199,13 +227,25 @@ impl<'a> Query<'a> {
     }
 
     /// The question section as received (original letter case).
-    pub fn question(&self) -> &'a [u8] {
+    pub fn question(&self) -> &[u8] {
         &self.bytes[HEADER_LEN..self.question_end]
     }
 
     /// The checking-disabled bit.
     pub fn checking_disabled(&self) -> bool {
-        self.bytes[3] & 0x10 != 0
+        self.bytes[3] & flags_lo::CD != 0
+    }
+
+    /// The same query holding its own copy of the bytes, to outlive the
+    /// receive buffer without being parsed again.
+    pub fn into_owned(self) -> Query<'static> {
+        Query {
+            bytes: Cow::Owned(self.bytes.into_owned()),
+            question_end: self.question_end,
+            key: self.key,
+            dotted: self.dotted,
+            edns: self.edns,
+        }
     }
 
     /// Largest answer this client accepts over UDP, given our own limit.
@@ -302,15 +342,15 @@ const ARCOUNT: usize = 5;
 
 /// Starts a response to `query`: header and echoed question, no records.
 pub fn begin_response(query: &Query<'_>, rcode: u16, out: &mut Vec<u8>) {
-    begin_reply(query.bytes, Some(query.question_end), rcode, out);
+    begin_reply(&query.bytes, Some(query.question_end), rcode, out);
 }
 
 fn begin_reply(request: &[u8], question_end: Option<usize>, rcode: u16, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&request[..2]);
     // QR, the query's opcode and RD; RA; the query's CD; the low rcode bits.
-    out.push(0x80 | (request[2] & 0x79));
-    out.push(0x80 | (request[3] & 0x10) | (rcode & 0x0f) as u8);
+    out.push(flags_hi::QR | (request[2] & (flags_hi::OPCODE | flags_hi::RD)));
+    out.push(flags_lo::RA | (request[3] & flags_lo::CD) | (rcode as u8 & flags_lo::RCODE));
     let questions = u16::from(question_end.is_some());
     out.extend_from_slice(&questions.to_be_bytes());
     out.extend_from_slice(&[0; 6]);
@@ -357,12 +397,53 @@ pub fn finish_response(query: &Query<'_>, limit: Option<usize>, out: &mut Vec<u8
         && out.len() + opt_len > limit
     {
         out.truncate(HEADER_LEN + query.question().len());
-        out[2] |= 0x02;
+        out[2] |= flags_hi::TC;
         out[6..12].fill(0);
     }
     if let Some(edns) = query.edns {
-        push_opt(out, edns, u16::from(out[3] & 0x0f));
+        push_opt(out, edns, response_code(out));
     }
+}
+
+/// Turns a cached response, copied into `out`, into the answer to `query`:
+/// its ID, RD and CD bits, RA set, and its question in the letter case the
+/// client wrote it.
+pub fn readdress(query: &Query<'_>, out: &mut [u8]) {
+    out[..2].copy_from_slice(&query.bytes[..2]);
+    out[2] = flags_hi::QR | (query.bytes[2] & flags_hi::RD);
+    out[3] =
+        (out[3] & !(flags_lo::Z | flags_lo::CD)) | flags_lo::RA | (query.bytes[3] & flags_lo::CD);
+    let question = query.question();
+    if let Some(slot) = out.get_mut(HEADER_LEN..HEADER_LEN + question.len()) {
+        slot.copy_from_slice(question);
+    }
+}
+
+/// Marks a response being written as authoritative.
+pub fn set_authoritative(out: &mut [u8]) {
+    out[2] |= flags_hi::AA;
+}
+
+/// The response code in the header (the low four bits; extended codes live
+/// in the OPT record).
+pub fn response_code(message: &[u8]) -> u16 {
+    message
+        .get(3)
+        .map_or(0, |flags| u16::from(flags & flags_lo::RCODE))
+}
+
+/// Whether a message has the QR bit set.
+pub fn is_response(message: &[u8]) -> bool {
+    message
+        .get(2)
+        .is_some_and(|flags| flags & flags_hi::QR != 0)
+}
+
+/// Whether a message has the TC bit set.
+pub fn is_truncated(message: &[u8]) -> bool {
+    message
+        .get(2)
+        .is_some_and(|flags| flags & flags_hi::TC != 0)
 }
 
 /// Appends one record whose owner is the question name.
@@ -414,11 +495,6 @@ pub fn push_addresses(out: &mut Vec<u8>, qtype: u16, ttl: u32, ips: &[IpAddr]) -
         written += 1;
     }
     written
-}
-
-/// Sets the response code of a response being written.
-pub fn set_rcode(out: &mut [u8], rcode: u16) {
-    out[3] = (out[3] & 0xf0) | (rcode & 0x0f) as u8;
 }
 
 #[cfg(test)]

@@ -74,6 +74,7 @@ impl Listeners {
         handler: &Arc<QueryHandler>,
         tuning: &ServerTuning,
     ) -> std::io::Result<Serving> {
+        let runtime = tokio::runtime::Handle::current();
         let stop = Arc::new(AtomicBool::new(false));
         let mut serving = Serving {
             stop: Arc::clone(&stop),
@@ -81,7 +82,12 @@ impl Listeners {
             tcp: Vec::new(),
         };
         for socket in self.udp {
-            let thread = udp::spawn(socket, Arc::clone(handler), Arc::clone(&stop))?;
+            let thread = udp::spawn(
+                socket,
+                Arc::clone(handler),
+                runtime.clone(),
+                Arc::clone(&stop),
+            )?;
             serving.udp.push(thread);
         }
         for listener in self.tcp {

@@ -77,14 +77,22 @@ async fn connection(
                     break;
                 }
             }
+            Handled::ReplyAndRefresh(fetch) => {
+                tokio::spawn(fetch);
+                if answers.send(answer).await.is_err() {
+                    break;
+                }
+            }
             Handled::Ignore => {}
-            Handled::Resolve(pending) => {
+            Handled::Resolve { pending, fetch } => {
+                if let Some(fetch) = fetch {
+                    tokio::spawn(fetch);
+                }
                 let handler = Arc::clone(&handler);
                 let answers = answers.clone();
                 tokio::spawn(async move {
-                    if let Handled::Reply = handler.resolve(pending, &mut answer).await {
-                        let _ = answers.send(answer).await;
-                    }
+                    handler.resolve(pending, &mut answer).await;
+                    let _ = answers.send(answer).await;
                 });
             }
         }

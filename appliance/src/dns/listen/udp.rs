@@ -14,7 +14,9 @@ use nix::sys::socket::{
     ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
 };
 
-use crate::dns::handler::{Handled, Protocol, QueryHandler};
+use tokio::runtime::Handle;
+
+use crate::dns::handler::{Fetch, Handled, Pending, Protocol, QueryHandler};
 
 /// Messages taken per system call.
 const BATCH: usize = 32;
@@ -26,18 +28,20 @@ const IDLE_CHECK: Duration = Duration::from_millis(250);
 pub(super) fn spawn(
     socket: UdpSocket,
     handler: Arc<QueryHandler>,
+    runtime: Handle,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     socket.set_read_timeout(Some(IDLE_CHECK))?;
     let name = format!("udp {}", socket.local_addr()?);
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || Batcher::new(Arc::new(socket), handler).run(&shutdown))
+        .spawn(move || Batcher::new(Arc::new(socket), handler, runtime).run(&shutdown))
 }
 
 struct Batcher {
     socket: Arc<UdpSocket>,
     handler: Arc<QueryHandler>,
+    runtime: Handle,
     received: Box<[[u8; MAX_QUERY]; BATCH]>,
     answers: Vec<Vec<u8>>,
     receive_headers: MultiHeaders<SockaddrStorage>,
@@ -45,10 +49,11 @@ struct Batcher {
 }
 
 impl Batcher {
-    fn new(socket: Arc<UdpSocket>, handler: Arc<QueryHandler>) -> Self {
+    fn new(socket: Arc<UdpSocket>, handler: Arc<QueryHandler>, runtime: Handle) -> Self {
         Self {
             socket,
             handler,
+            runtime,
             received: Box::new([[0; MAX_QUERY]; BATCH]),
             answers: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
             receive_headers: MultiHeaders::preallocate(BATCH, None),
@@ -84,8 +89,14 @@ impl Batcher {
                     Handled::Reply => {
                         let _ = replies.push((index, addr));
                     }
+                    Handled::ReplyAndRefresh(fetch) => {
+                        let _ = replies.push((index, addr));
+                        self.runtime.spawn(fetch);
+                    }
                     Handled::Ignore => {}
-                    Handled::Resolve(pending) => self.resolve_later(pending, client),
+                    Handled::Resolve { pending, fetch } => {
+                        self.resolve_later(pending, fetch, client);
+                    }
                 }
             }
             self.send(&replies);
@@ -143,14 +154,16 @@ impl Batcher {
         }
     }
 
-    fn resolve_later(&self, pending: crate::dns::handler::Pending, client: SocketAddr) {
+    fn resolve_later(&self, pending: Pending, fetch: Option<Fetch>, client: SocketAddr) {
+        if let Some(fetch) = fetch {
+            self.runtime.spawn(fetch);
+        }
         let handler = Arc::clone(&self.handler);
         let socket = Arc::clone(&self.socket);
-        self.handler.runtime().spawn(async move {
+        self.runtime.spawn(async move {
             let mut answer = Vec::new();
-            if let Handled::Reply = handler.resolve(pending, &mut answer).await
-                && let Err(err) = socket.send_to(&answer, client)
-            {
+            handler.resolve(pending, &mut answer).await;
+            if let Err(err) = socket.send_to(&answer, client) {
                 tracing::debug!(%client, error = %err, "udp send failed");
             }
         });

@@ -3,6 +3,7 @@
 
 mod transport;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -46,6 +47,28 @@ pub enum UpstreamError {
 impl From<std::io::Error> for UpstreamError {
     fn from(err: std::io::Error) -> Self {
         Self::Io(err.to_string())
+    }
+}
+
+/// What the query path sends a miss to: `Upstreams` in service, a table
+/// in tests.
+pub trait Resolver: Send + Sync + std::fmt::Debug + 'static {
+    /// Resolves `query`, a message with one question; upstream latency and
+    /// errors are counted in `stats`.
+    fn resolve(
+        &self,
+        query: &Message,
+        stats: &Stats,
+    ) -> impl Future<Output = Result<Message, UpstreamError>> + Send;
+}
+
+impl<R: Resolver> Resolver for Arc<R> {
+    fn resolve(
+        &self,
+        query: &Message,
+        stats: &Stats,
+    ) -> impl Future<Output = Result<Message, UpstreamError>> + Send {
+        (**self).resolve(query, stats)
     }
 }
 
@@ -130,31 +153,6 @@ impl Upstreams {
             .collect()
     }
 
-    /// Resolves `query` (a message with one question): tries upstreams in
-    /// the strategy's order until one gives a good answer.
-    pub async fn resolve(&self, query: &Message, stats: &Stats) -> Result<Message, UpstreamError> {
-        let order = self.order();
-        let width = if self.strategy == Strategy::Parallel {
-            2
-        } else {
-            1
-        };
-        let mut last_error = UpstreamError::Setup("no upstreams".into());
-        for group in order.chunks(width) {
-            let mut attempts: FuturesUnordered<_> = group
-                .iter()
-                .map(|&index| self.ask(&self.upstreams[index], query, stats))
-                .collect();
-            while let Some(result) = attempts.next().await {
-                match result {
-                    Ok(answer) => return Ok(answer),
-                    Err(err) => last_error = err,
-                }
-            }
-        }
-        Err(UpstreamError::AllFailed(Box::new(last_error)))
-    }
-
     /// Upstream indices to try, healthy ones first, in strategy order.
     fn order(&self) -> Vec<usize> {
         let now = clock::now();
@@ -232,6 +230,32 @@ impl Upstreams {
             Message::from_vec(&answer).map_err(|err| UpstreamError::BadAnswer(err.to_string()))?;
         check_answer(&query, &answer)?;
         Ok(answer)
+    }
+}
+
+impl Resolver for Upstreams {
+    /// Tries upstreams in the strategy's order until one gives a good answer.
+    async fn resolve(&self, query: &Message, stats: &Stats) -> Result<Message, UpstreamError> {
+        let order = self.order();
+        let width = if self.strategy == Strategy::Parallel {
+            2
+        } else {
+            1
+        };
+        let mut last_error = UpstreamError::Setup("no upstreams".into());
+        for group in order.chunks(width) {
+            let mut attempts: FuturesUnordered<_> = group
+                .iter()
+                .map(|&index| self.ask(&self.upstreams[index], query, stats))
+                .collect();
+            while let Some(result) = attempts.next().await {
+                match result {
+                    Ok(answer) => return Ok(answer),
+                    Err(err) => last_error = err,
+                }
+            }
+        }
+        Err(UpstreamError::AllFailed(Box::new(last_error)))
     }
 }
 

@@ -96,7 +96,7 @@ impl Connector {
         match self {
             Self::Udp(addr) => {
                 let answer = udp_exchange(*addr, query).await?;
-                if answer.get(2).is_some_and(|flags| flags & 0x02 != 0) {
+                if crate::dns::wire::is_truncated(&answer) {
                     let mut stream = TcpStream::connect(addr).await?;
                     return framed_exchange(&mut stream, query).await;
                 }

@@ -1,16 +1,26 @@
 //! The query path: parse → paused? → policy → cache → upstream → answer →
 //! stats and query log. Listeners call `handle` for every message; only a
 //! cache miss (or a stale entry) leaves the fast synchronous path.
+//!
+//! The handler owns no runtime and no socket. A miss goes to a `Resolver`,
+//! time comes from a `Clock`, and the upstream work a query starts comes
+//! back to the listener as a `Fetch`, which it runs detached.
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::num::NonZeroU64;
+use std::ops::Deref;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use futures_util::future::{Either, select};
 use hickory_proto::op::Query as Question;
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
@@ -18,9 +28,10 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::cache::{Answer, Cache, Lookup};
-use super::upstream::{UpstreamError, Upstreams, upstream_query};
+use super::clock::{Clock, SystemClock};
+use super::upstream::{Resolver, UpstreamError, Upstreams, upstream_query};
+use super::verdict::VerdictMemo;
 use super::wire::{self, Query, QuestionKey, rcode};
-use crate::clock;
 use crate::config::{BlockedResponse, FailMode};
 use crate::policy::{Decision, LocalAnswer, Pause, Policy, Question as PolicyQuestion};
 use crate::stats::{LogEntry, Outcome, QueryLog, QueryRecord, Stats};
@@ -28,17 +39,13 @@ use crate::stats::{LogEntry, Outcome, QueryLog, QueryRecord, Stats};
 /// The parts of the query path that a reload replaces together, so a query
 /// sees either the old set or the new one, never a mix.
 #[derive(Debug)]
-pub struct Live {
+pub struct Live<R = Arc<Upstreams>> {
     /// Decides block / allow.
     pub policy: Arc<dyn Policy>,
     /// What a policy fault means for the query.
     pub fail_mode: FailMode,
-    /// Identifies this policy version for the verdicts kept with cached
-    /// answers; `None` when verdicts cannot be kept (they depend on the
-    /// client).
-    pub policy_stamp: Option<NonZeroU64>,
     /// Where misses go.
-    pub upstreams: Arc<Upstreams>,
+    pub upstreams: R,
     /// How blocked names are answered.
     pub blocked_response: BlockedResponse,
     /// TTL of blocked answers, seconds.
@@ -47,6 +54,28 @@ pub struct Live {
     pub udp_max_payload: u16,
     /// Whether queries are logged.
     pub query_log: bool,
+}
+
+/// The settings in force, with the verdict memo of their policy.
+#[derive(Debug)]
+pub struct Installed<R = Arc<Upstreams>> {
+    live: Live<R>,
+    verdicts: VerdictMemo,
+}
+
+impl<R> Installed<R> {
+    fn new(live: Live<R>) -> Self {
+        let verdicts = VerdictMemo::issue(&*live.policy);
+        Self { live, verdicts }
+    }
+}
+
+impl<R> Deref for Installed<R> {
+    type Target = Live<R>;
+
+    fn deref(&self) -> &Live<R> {
+        &self.live
+    }
 }
 
 /// The protocol a query came over.
@@ -60,62 +89,105 @@ pub enum Protocol {
 
 /// What a listener does after `handle`.
 #[derive(Debug)]
+#[must_use]
 pub enum Handled {
     /// Send what was written to the output buffer.
     Reply,
+    /// Send what was written to the output buffer, and run the fetch
+    /// detached: it refreshes a hot name before it expires.
+    ReplyAndRefresh(Fetch),
     /// Send nothing.
     Ignore,
-    /// Call `resolve` with this, off the fast path.
-    Resolve(Pending),
+    /// Run `fetch` detached, if there is one (the first query for a
+    /// question starts it; later ones wait on it), and send what
+    /// `resolve(pending)` writes, off the fast path.
+    Resolve {
+        /// The query, waiting for the answer.
+        pending: Pending,
+        /// The upstream work for its question.
+        fetch: Option<Fetch>,
+    },
 }
 
-/// A query waiting for an upstream.
+/// A query waiting for an upstream, parsed once.
 #[derive(Debug)]
-pub struct Pending {
-    request: Vec<u8>,
+pub struct Pending(Box<Waiting>);
+
+#[derive(Debug)]
+struct Waiting {
+    query: Query<'static>,
     client: IpAddr,
     protocol: Protocol,
     received: Instant,
     stale: Option<Arc<Answer>>,
+    answer: oneshot::Receiver<Resolved>,
+}
+
+/// The upstream work for one question: it asks the resolver, caches the
+/// answer and hands it to every query waiting on it. It goes on even if
+/// they all stop waiting; dropped unfinished, it fails them.
+#[must_use = "a fetch does nothing unless it is run"]
+pub struct Fetch(Pin<Box<dyn Future<Output = ()> + Send>>);
+
+impl Future for Fetch {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for Fetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fetch")
+    }
 }
 
 type Resolved = Result<Arc<Answer>, UpstreamError>;
+type Waiters = HashMap<QuestionKey, Vec<oneshot::Sender<Resolved>>>;
 
-/// The shared query path.
+/// The shared query path, over a resolver for misses and a clock.
 #[derive(Debug)]
-pub struct QueryHandler {
-    live: ArcSwap<Live>,
+pub struct QueryHandler<R = Arc<Upstreams>, C = SystemClock> {
+    installed: ArcSwap<Installed<R>>,
     cache: Cache,
     pause: Pause,
     stats: Stats,
     query_log: QueryLog,
-    inflight: Mutex<HashMap<QuestionKey, Vec<oneshot::Sender<Resolved>>>>,
-    runtime: tokio::runtime::Handle,
+    inflight: Mutex<Waiters>,
+    clock: C,
 }
 
-impl QueryHandler {
-    /// Builds the query path; must be called inside a tokio runtime, which
-    /// runs the upstream work.
-    pub fn new(live: Live, cache: Cache, pause: Pause, query_log: QueryLog) -> Arc<Self> {
+impl<R: Resolver, C: Clock> QueryHandler<R, C> {
+    /// Builds the query path. It needs no runtime: the work it cannot do
+    /// at once comes back from `handle` to be run by the caller.
+    pub fn new(
+        live: Live<R>,
+        cache: Cache,
+        pause: Pause,
+        query_log: QueryLog,
+        clock: C,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            live: ArcSwap::from_pointee(live),
+            installed: ArcSwap::from_pointee(Installed::new(live)),
             cache,
             pause,
             stats: Stats::default(),
             query_log,
             inflight: Mutex::default(),
-            runtime: tokio::runtime::Handle::current(),
+            clock,
         })
     }
 
-    /// Replaces policy, upstreams and answer settings at once.
-    pub fn replace_live(&self, live: Live) {
-        self.live.store(Arc::new(live));
+    /// Replaces policy, upstreams and answer settings at once; cached
+    /// answers are checked against the new policy again.
+    pub fn replace_live(&self, live: Live<R>) {
+        self.installed.store(Arc::new(Installed::new(live)));
     }
 
     /// The settings in force.
-    pub fn live(&self) -> Arc<Live> {
-        self.live.load_full()
+    pub fn live(&self) -> Arc<Installed<R>> {
+        self.installed.load_full()
     }
 
     /// The cache.
@@ -133,11 +205,6 @@ impl QueryHandler {
         &self.stats
     }
 
-    /// The runtime that upstream work runs on.
-    pub fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.runtime
-    }
-
     /// The query log.
     pub fn query_log(&self) -> &QueryLog {
         &self.query_log
@@ -153,77 +220,78 @@ impl QueryHandler {
         protocol: Protocol,
         out: &mut Vec<u8>,
     ) -> Handled {
-        let received = clock::now();
+        let received = self.clock.now();
         let query = match Query::parse(request) {
             Ok(query) => query,
-            Err(rejection) => {
-                if !wire::write_rejection(request, rejection, out) {
-                    return Handled::Ignore;
-                }
-                let rcode = match rejection {
-                    wire::Rejection::Reply { rcode, .. } => rcode,
-                    wire::Rejection::Ignore => rcode::FORMERR,
-                };
-                self.record(
-                    &self.live.load(),
-                    b"",
-                    0,
-                    client,
-                    rcode,
-                    Outcome::Rejected,
-                    received,
-                );
-                return Handled::Reply;
-            }
+            Err(rejection) => return self.reject(request, rejection, client, received, out),
         };
-        let live = self.live.load();
+        let installed = self.installed.load();
         let lookup = self.cache.lookup(&query.key, received);
-        if let Some(outcome) = self.apply_policy(&live, &query, client, &lookup, out) {
-            return self.reply(&live, &query, protocol, client, outcome, received, out);
+        if let Some(outcome) = self.apply_policy(&installed, &query, client, &lookup, out) {
+            self.reply(&installed, &query, protocol, client, outcome, received, out);
+            return Handled::Reply;
         }
         match lookup {
             Lookup::Fresh { answer, refresh } => {
                 answer.write(&query, received, None, out);
-                if refresh {
-                    self.refresh(&query);
-                }
                 self.reply(
-                    &live,
+                    &installed,
                     &query,
                     protocol,
                     client,
                     Outcome::Cached,
                     received,
                     out,
-                )
+                );
+                match refresh.then(|| self.start_fetch(&query, None)).flatten() {
+                    Some(fetch) => Handled::ReplyAndRefresh(fetch),
+                    None => Handled::Reply,
+                }
             }
-            Lookup::Stale(answer) => Handled::Resolve(Pending {
-                request: request.to_vec(),
-                client,
-                protocol,
-                received,
-                stale: Some(answer),
-            }),
+            Lookup::Stale(answer) => self.wait(query, client, protocol, received, Some(answer)),
             Lookup::Miss => {
                 self.stats.record_cache_miss();
-                Handled::Resolve(Pending {
-                    request: request.to_vec(),
-                    client,
-                    protocol,
-                    received,
-                    stale: None,
-                })
+                self.wait(query, client, protocol, received, None)
             }
         }
     }
 
+    /// Answers what `Query::parse` rejected, if it is answered at all.
+    fn reject(
+        &self,
+        request: &[u8],
+        rejection: wire::Rejection,
+        client: IpAddr,
+        received: Instant,
+        out: &mut Vec<u8>,
+    ) -> Handled {
+        if !wire::write_rejection(request, rejection, out) {
+            return Handled::Ignore;
+        }
+        let rcode = match rejection {
+            wire::Rejection::Reply { rcode, .. } => rcode,
+            wire::Rejection::Ignore => rcode::FORMERR,
+        };
+        let installed = self.installed.load();
+        self.record(
+            &installed,
+            b"",
+            0,
+            client,
+            rcode,
+            Outcome::Rejected,
+            received,
+        );
+        Handled::Reply
+    }
+
     /// Asks the policy about `query`, unless blocking is paused or the
-    /// cached answer already passed this policy version. Writes the answer
-    /// when the policy gives one (blocked, local, or SERVFAIL on a fault
-    /// with fail mode closed).
+    /// cached answer already passed this policy. Writes the answer when the
+    /// policy gives one (blocked, local, or SERVFAIL on a fault with fail
+    /// mode closed).
     fn apply_policy(
         &self,
-        live: &Live,
+        installed: &Installed<R>,
         query: &Query<'_>,
         client: IpAddr,
         lookup: &Lookup,
@@ -233,9 +301,7 @@ impl QueryHandler {
             return None;
         }
         let cached = lookup.answer();
-        if let (Some(answer), Some(stamp)) = (cached, live.policy_stamp)
-            && answer.passed_policy(stamp)
-        {
+        if cached.is_some_and(|answer| installed.verdicts.passed(answer.verdict())) {
             return None;
         }
         let question = PolicyQuestion {
@@ -243,12 +309,17 @@ impl QueryHandler {
             qtype: query.key.qtype,
             client,
         };
-        match live.policy.decide(&question) {
+        match installed.policy.decide(&question) {
             Decision::Block => {
-                write_blocked(query, &live.blocked_response, live.blocked_ttl, out);
+                write_blocked(
+                    query,
+                    &installed.blocked_response,
+                    installed.blocked_ttl,
+                    out,
+                );
                 Some(Outcome::Blocked)
             }
-            Decision::Fault if live.fail_mode == FailMode::Closed => {
+            Decision::Fault if installed.fail_mode == FailMode::Closed => {
                 wire::begin_response(query, rcode::SERVFAIL, out);
                 Some(Outcome::Failed)
             }
@@ -258,31 +329,63 @@ impl QueryHandler {
             }
             Decision::Fault => None,
             Decision::Allow | Decision::NoOpinion => {
-                if let (Some(answer), Some(stamp)) = (cached, live.policy_stamp) {
-                    answer.mark_passed_policy(stamp);
+                if let Some(answer) = cached {
+                    installed.verdicts.mark_passed(answer.verdict());
                 }
                 None
             }
         }
     }
 
+    /// Puts `query` in line for its question's answer, starting the fetch
+    /// if none is under way.
+    fn wait(
+        self: &Arc<Self>,
+        query: Query<'_>,
+        client: IpAddr,
+        protocol: Protocol,
+        received: Instant,
+        stale: Option<Arc<Answer>>,
+    ) -> Handled {
+        let (sender, answer) = oneshot::channel();
+        let fetch = self.start_fetch(&query, Some(sender));
+        let pending = Pending(Box::new(Waiting {
+            query: query.into_owned(),
+            client,
+            protocol,
+            received,
+            stale,
+            answer,
+        }));
+        Handled::Resolve { pending, fetch }
+    }
+
     /// Answers a pending query from upstream; with a stale entry at hand,
     /// serves it if upstreams fail or are slower than the stale timeout
     /// (RFC 8767). Writes the answer into `out`.
-    pub async fn resolve(self: &Arc<Self>, pending: Pending, out: &mut Vec<u8>) -> Handled {
-        let Ok(query) = Query::parse(&pending.request) else {
-            return Handled::Ignore;
+    pub async fn resolve(&self, pending: Pending, out: &mut Vec<u8>) {
+        let Waiting {
+            query,
+            client,
+            protocol,
+            received,
+            stale,
+            answer,
+        } = *pending.0;
+        let fetched = async {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(UpstreamError::Io("resolution was dropped".into())))
         };
-        let fetch = self.fetch(&query);
-        let resolution = match &pending.stale {
+        let resolution = match stale {
             Some(stale) => {
                 let timeout = self.cache.tuning().stale_answer_timeout;
-                match tokio::time::timeout(timeout, fetch).await {
-                    Ok(Ok(answer)) => Resolution::Fresh(answer),
-                    _ => Resolution::Stale(Arc::clone(stale)),
+                match select(pin!(fetched), pin!(self.clock.sleep(timeout))).await {
+                    Either::Left((Ok(answer), _)) => Resolution::Fresh(answer),
+                    _ => Resolution::Stale(stale),
                 }
             }
-            None => match fetch.await {
+            None => match fetched.await {
                 Ok(answer) => Resolution::Fresh(answer),
                 Err(err) => {
                     tracing::debug!(error = %err, "resolution failed");
@@ -290,7 +393,7 @@ impl QueryHandler {
                 }
             },
         };
-        let now = clock::now();
+        let now = self.clock.now();
         let outcome = match resolution {
             Resolution::Fresh(answer) => {
                 answer.write(&query, now, None, out);
@@ -307,16 +410,8 @@ impl QueryHandler {
                 Outcome::Failed
             }
         };
-        let live = self.live.load();
-        self.reply(
-            &live,
-            &query,
-            pending.protocol,
-            pending.client,
-            outcome,
-            pending.received,
-            out,
-        )
+        let installed = self.installed.load();
+        self.reply(&installed, &query, protocol, client, outcome, received, out);
     }
 
     /// Finishes the answer in `out` (OPT, truncation) and records it.
@@ -326,33 +421,31 @@ impl QueryHandler {
     )]
     fn reply(
         &self,
-        live: &Live,
+        live: &Live<R>,
         query: &Query<'_>,
         protocol: Protocol,
         client: IpAddr,
         outcome: Outcome,
         received: Instant,
         out: &mut Vec<u8>,
-    ) -> Handled {
+    ) {
         let limit = (protocol == Protocol::Udp).then(|| query.udp_limit(live.udp_max_payload));
         wire::finish_response(query, limit, out);
-        let rcode = u16::from(out[3] & 0x0f);
         self.record(
             live,
             &query.dotted,
             query.key.qtype,
             client,
-            rcode,
+            wire::response_code(out),
             outcome,
             received,
         );
-        Handled::Reply
     }
 
     #[allow(clippy::too_many_arguments, reason = "the fields of one log record")]
     fn record(
         &self,
-        live: &Live,
+        live: &Live<R>,
         name: &[u8],
         qtype: u16,
         client: IpAddr,
@@ -360,7 +453,7 @@ impl QueryHandler {
         outcome: Outcome,
         received: Instant,
     ) {
-        let elapsed = clock::now().saturating_duration_since(received);
+        let elapsed = self.clock.now().saturating_duration_since(received);
         self.stats.record(&QueryRecord {
             name,
             qtype,
@@ -371,7 +464,7 @@ impl QueryHandler {
         });
         if live.query_log {
             self.query_log.push(LogEntry {
-                unix_ms: clock::unix_now_ms(),
+                unix_ms: self.clock.unix_now_ms(),
                 client,
                 name: heapless::Vec::from_slice(name).unwrap_or_default(),
                 qtype,
@@ -382,62 +475,82 @@ impl QueryHandler {
         }
     }
 
-    fn refresh(self: &Arc<Self>, query: &Query<'_>) {
-        let fetch = self.fetch(query);
-        self.runtime.spawn(async move {
-            if let Err(err) = fetch.await {
-                tracing::debug!(error = %err, "refresh of a hot name failed");
-            }
-        });
-    }
-
-    /// Fetches the answer for `query` from upstream and caches it. Many
-    /// concurrent callers for one question share one upstream query; the
-    /// work goes on even if every caller stops waiting.
-    fn fetch(self: &Arc<Self>, query: &Query<'_>) -> impl Future<Output = Resolved> + use<> {
-        let (sender, receiver) = oneshot::channel();
-        let key = query.key.clone();
-        let leader = match self.inflight.lock().entry(key.clone()) {
+    /// Joins `waiter` (if any) to the fetch for `query`'s question; returns
+    /// the fetch to run when there was none under way. Many concurrent
+    /// queries for one question share one upstream query.
+    fn start_fetch(
+        self: &Arc<Self>,
+        query: &Query<'_>,
+        waiter: Option<oneshot::Sender<Resolved>>,
+    ) -> Option<Fetch> {
+        match self.inflight.lock().entry(query.key.clone()) {
             Entry::Occupied(mut waiting) => {
-                waiting.get_mut().push(sender);
-                false
+                waiting.get_mut().extend(waiter);
+                return None;
             }
             Entry::Vacant(slot) => {
-                slot.insert(vec![sender]);
-                true
+                slot.insert(waiter.into_iter().collect());
             }
+        }
+        let mut flight = Flight {
+            handler: Arc::clone(self),
+            key: query.key.clone(),
+            landed: false,
         };
-        if leader {
-            let this = Arc::clone(self);
-            let checking_disabled = query.checking_disabled();
-            self.runtime.spawn(async move {
-                let resolved = this.fetch_upstream(&key, checking_disabled).await;
-                let waiting = this.inflight.lock().remove(&key).unwrap_or_default();
-                for sender in waiting {
-                    let _ = sender.send(resolved.clone());
-                }
-            });
-        }
-        async move {
-            receiver
-                .await
-                .unwrap_or_else(|_| Err(UpstreamError::Io("resolution was dropped".into())))
-        }
+        let checking_disabled = query.checking_disabled();
+        Some(Fetch(Box::pin(async move {
+            let resolved = flight
+                .handler
+                .fetch_upstream(&flight.key, checking_disabled)
+                .await;
+            if let Err(err) = &resolved {
+                tracing::debug!(error = %err, "upstream fetch failed");
+            }
+            flight.land(&resolved);
+        })))
     }
 
+    /// Fetches the answer for `key` from upstream and caches it.
     async fn fetch_upstream(&self, key: &QuestionKey, checking_disabled: bool) -> Resolved {
         let name = Name::read(&mut BinDecoder::new(&key.name))
             .map_err(|err| UpstreamError::BadAnswer(err.to_string()))?;
         let mut question = Question::query(name, RecordType::from(key.qtype));
         question.set_query_class(DNSClass::from(key.qclass));
         let message = upstream_query(question, key.dnssec_ok, checking_disabled);
-        let live = self.live.load_full();
-        let answer = live.upstreams.resolve(&message, &self.stats).await?;
-        let answer = Answer::from_upstream(answer, self.cache.ttl_rules(), clock::now())
+        let installed = self.installed.load_full();
+        let answer = installed.upstreams.resolve(&message, &self.stats).await?;
+        let answer = Answer::from_upstream(answer, self.cache.ttl_rules(), self.clock.now())
             .map_err(|err| UpstreamError::BadAnswer(err.to_string()))?;
         let answer = Arc::new(answer);
         self.cache.insert(key, Arc::clone(&answer));
         Ok(answer)
+    }
+}
+
+/// A fetch under way for one question; if it ends without landing, its
+/// waiters are let go (they see the resolution dropped).
+struct Flight<R: Resolver, C: Clock> {
+    handler: Arc<QueryHandler<R, C>>,
+    key: QuestionKey,
+    landed: bool,
+}
+
+impl<R: Resolver, C: Clock> Flight<R, C> {
+    /// Hands the result to every query waiting for it.
+    fn land(&mut self, resolved: &Resolved) {
+        self.landed = true;
+        let waiting = self.handler.inflight.lock().remove(&self.key);
+        for sender in waiting.unwrap_or_default() {
+            let _ = sender.send(resolved.clone());
+        }
+    }
+}
+
+impl<R: Resolver, C: Clock> Drop for Flight<R, C> {
+    fn drop(&mut self) {
+        if !self.landed {
+            self.handler.inflight.lock().remove(&self.key);
+        }
     }
 }
 
@@ -455,7 +568,7 @@ const LOCAL_NODATA_TTL: u32 = 60;
 /// name, or NODATA with an SOA when the name has none of the asked type.
 fn write_local(query: &Query<'_>, answer: &LocalAnswer, out: &mut Vec<u8>) {
     wire::begin_response(query, rcode::NOERROR, out);
-    out[2] |= 0x04;
+    wire::set_authoritative(out);
     let mut written = 0;
     for (kind, ttl, rdata) in answer.records() {
         wire::push_answer_record(out, wire::Section::Answer, kind, ttl, rdata);

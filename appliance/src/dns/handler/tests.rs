@@ -1,0 +1,646 @@
+//! The query path from bytes: each test feeds `handle` a request as a
+//! client sends it and reads the response bytes back with hickory. No
+//! runtime, no socket: misses go to a table, time is a manual clock, and
+//! the futures are polled by hand.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::pin::{Pin, pin};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as HQuery, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use parking_lot::Mutex;
+
+use super::*;
+use crate::compile::compile_policy;
+use crate::config::{CacheTuning, Config};
+use crate::dns::clock::ManualClock;
+use crate::policy::{Chain, PauseState, WasmPolicy};
+use crate::store::DataDir;
+
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 7));
+const BLOCKED_TTL: u32 = 120;
+
+/// The real plugins, compiled once: `ads.example` and below denied,
+/// `nas.lan` a local A record.
+static POLICY: LazyLock<Arc<dyn Policy>> = LazyLock::new(|| {
+    let root = std::env::temp_dir().join(format!(
+        "moat-handler-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let data = DataDir::open(&root).unwrap();
+    let config = Config::parse(
+        "[policy]\ndeny = [\"ads.example\", \"*.ads.example\"]\n[[policy.local_records]]\nname = \"nas.lan\"\ntype = \"A\"\nvalue = \"192.168.1.20\"\nttl = 600\n",
+        "test",
+    )
+    .unwrap();
+    let compiled = compile_policy(&config.policy, &data).unwrap();
+    std::fs::remove_dir_all(root).unwrap();
+    Arc::new(Chain(vec![
+        WasmPolicy::new(&compiled.local_records).unwrap(),
+        WasmPolicy::new(&compiled.blocklist).unwrap(),
+    ]))
+});
+
+/// What the test upstream does for a name.
+#[derive(Debug, Clone, Copy)]
+enum Upstream {
+    /// Answers with one A record.
+    Answer(Ipv4Addr, u32),
+    /// Fails at once (as a SERVFAIL from upstream would).
+    Fail,
+    /// Never answers.
+    Silent,
+}
+
+/// A resolver answering from a table; names not in it fail.
+#[derive(Debug, Default)]
+struct Table {
+    names: Mutex<HashMap<String, Upstream>>,
+    asked: AtomicUsize,
+}
+
+impl Table {
+    fn set(&self, name: &str, upstream: Upstream) {
+        self.names.lock().insert(name.to_owned(), upstream);
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.load(Ordering::Relaxed)
+    }
+}
+
+impl Resolver for Table {
+    fn resolve(
+        &self,
+        query: &Message,
+        _stats: &Stats,
+    ) -> impl Future<Output = Result<Message, UpstreamError>> + Send {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        let question = query.queries[0].clone();
+        let upstream = self
+            .names
+            .lock()
+            .get(&question.name.to_string())
+            .copied()
+            .unwrap_or(Upstream::Fail);
+        let id = query.metadata.id;
+        async move {
+            match upstream {
+                Upstream::Answer(ip, ttl) => {
+                    let mut answer = Message::new(id, MessageType::Response, OpCode::Query);
+                    answer.add_answer(Record::from_rdata(
+                        question.name.clone(),
+                        ttl,
+                        RData::A(A(ip)),
+                    ));
+                    answer.add_query(question);
+                    Ok(answer)
+                }
+                Upstream::Fail => Err(UpstreamError::Failed(ResponseCode::ServFail)),
+                Upstream::Silent => std::future::pending().await,
+            }
+        }
+    }
+}
+
+/// A policy that always faults, or always blocks.
+#[derive(Debug)]
+struct Fixed(Decision);
+
+impl Policy for Fixed {
+    fn decide(&self, _: &PolicyQuestion<'_>) -> Decision {
+        self.0.clone()
+    }
+
+    fn reads_client(&self) -> bool {
+        false
+    }
+}
+
+type TestHandler = QueryHandler<Arc<Table>, Arc<ManualClock>>;
+
+struct Setup {
+    policy: Arc<dyn Policy>,
+    fail_mode: FailMode,
+    blocked: BlockedResponse,
+    pause: PauseState,
+    tuning: CacheTuning,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            policy: Arc::clone(&POLICY),
+            fail_mode: FailMode::Open,
+            blocked: BlockedResponse::Nxdomain,
+            pause: PauseState::Blocking,
+            tuning: CacheTuning::default(),
+        }
+    }
+}
+
+struct Harness {
+    handler: Arc<TestHandler>,
+    upstream: Arc<Table>,
+    clock: Arc<ManualClock>,
+}
+
+impl Setup {
+    fn build(self) -> Harness {
+        let upstream = Arc::new(Table::default());
+        let clock = ManualClock::new();
+        let handler = QueryHandler::new(
+            live(self.policy, self.fail_mode, self.blocked, &upstream),
+            Cache::new(self.tuning),
+            Pause::new(self.pause),
+            QueryLog::new(100),
+            Arc::clone(&clock),
+        );
+        Harness {
+            handler,
+            upstream,
+            clock,
+        }
+    }
+}
+
+fn live(
+    policy: Arc<dyn Policy>,
+    fail_mode: FailMode,
+    blocked_response: BlockedResponse,
+    upstream: &Arc<Table>,
+) -> Live<Arc<Table>> {
+    Live {
+        policy,
+        fail_mode,
+        upstreams: Arc::clone(upstream),
+        blocked_response,
+        blocked_ttl: BLOCKED_TTL,
+        udp_max_payload: 1232,
+        query_log: true,
+    }
+}
+
+fn poll<F: Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut Context::from_waker(Waker::noop()))
+}
+
+impl Harness {
+    /// What a listener does with `request`: the response bytes, or `None`
+    /// when nothing is sent. Upstream work is polled once: the table
+    /// answers at once.
+    fn ask(&self, request: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        match self
+            .handler
+            .handle(request, CLIENT, Protocol::Udp, &mut out)
+        {
+            Handled::Reply => Some(out),
+            Handled::ReplyAndRefresh(mut fetch) => {
+                assert!(poll(Pin::new(&mut fetch)).is_ready());
+                Some(out)
+            }
+            Handled::Ignore => None,
+            Handled::Resolve { pending, fetch } => {
+                let mut fetch = fetch.expect("no other query waits for this question");
+                assert!(poll(Pin::new(&mut fetch)).is_ready(), "the table answers");
+                let resolved = poll(pin!(self.handler.resolve(pending, &mut out)));
+                assert!(resolved.is_ready(), "the answer is in");
+                Some(out)
+            }
+        }
+    }
+
+    /// `ask`, parsed.
+    fn answer(&self, request: &[u8]) -> Message {
+        Message::from_vec(&self.ask(request).expect("an answer")).unwrap()
+    }
+}
+
+fn request(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
+    query_message(id, name, qtype).to_vec().unwrap()
+}
+
+fn query_message(id: u16, name: &str, qtype: RecordType) -> Message {
+    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(HQuery::query(Name::from_str(name).unwrap(), qtype));
+    message
+}
+
+fn addresses(message: &Message) -> Vec<(IpAddr, u32)> {
+    message
+        .answers
+        .iter()
+        .map(|record| match &record.data {
+            RData::A(a) => (IpAddr::V4(a.0), record.ttl),
+            RData::AAAA(aaaa) => (IpAddr::V6(aaaa.0), record.ttl),
+            other => panic!("not an address: {other:?}"),
+        })
+        .collect()
+}
+
+/// Checks what every answer carries: our ID, QR, RD echoed, the question.
+fn assert_answers(message: &Message, id: u16, name: &str) {
+    assert_eq!(message.metadata.id, id);
+    assert_eq!(message.metadata.message_type, MessageType::Response);
+    assert!(message.metadata.recursion_desired);
+    assert_eq!(message.queries.len(), 1);
+    assert_eq!(message.queries[0].name.to_string(), name);
+}
+
+fn soa_ttls(message: &Message) -> Vec<u32> {
+    message
+        .authorities
+        .iter()
+        .filter(|record| matches!(record.data, RData::SOA(_)))
+        .map(|record| record.ttl)
+        .collect()
+}
+
+#[test]
+fn blocked_in_each_mode() {
+    let custom = BlockedResponse::Custom(vec![
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        IpAddr::V6(Ipv6Addr::from_str("fd00::1").unwrap()),
+    ]);
+    let cases = [
+        (
+            BlockedResponse::Nxdomain,
+            RecordType::A,
+            ResponseCode::NXDomain,
+            vec![],
+            true,
+        ),
+        (
+            BlockedResponse::Null,
+            RecordType::A,
+            ResponseCode::NoError,
+            vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+            false,
+        ),
+        (
+            BlockedResponse::Null,
+            RecordType::AAAA,
+            ResponseCode::NoError,
+            vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
+            false,
+        ),
+        (
+            BlockedResponse::Refused,
+            RecordType::A,
+            ResponseCode::Refused,
+            vec![],
+            false,
+        ),
+        (
+            BlockedResponse::Nodata,
+            RecordType::A,
+            ResponseCode::NoError,
+            vec![],
+            true,
+        ),
+        (
+            custom.clone(),
+            RecordType::A,
+            ResponseCode::NoError,
+            vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))],
+            false,
+        ),
+        (
+            custom,
+            RecordType::AAAA,
+            ResponseCode::NoError,
+            vec!["fd00::1".parse().unwrap()],
+            false,
+        ),
+    ];
+    for (mode, qtype, rcode, ips, soa) in cases {
+        let label = format!("{mode:?} {qtype}");
+        let harness = Setup {
+            blocked: mode,
+            ..Setup::default()
+        }
+        .build();
+        let answer = harness.answer(&request(0x0101, "x.ads.example.", qtype));
+        assert_answers(&answer, 0x0101, "x.ads.example.");
+        assert_eq!(answer.metadata.response_code, rcode, "{label}");
+        let expected: Vec<_> = ips.into_iter().map(|ip| (ip, BLOCKED_TTL)).collect();
+        assert_eq!(addresses(&answer), expected, "{label}");
+        let soa_expected = if soa { vec![BLOCKED_TTL] } else { vec![] };
+        assert_eq!(soa_ttls(&answer), soa_expected, "{label}");
+        assert_eq!(
+            harness.upstream.asked(),
+            0,
+            "{label}: blocked names stay home"
+        );
+    }
+}
+
+#[test]
+fn local_records_are_answered_authoritatively() {
+    let harness = Setup::default().build();
+    let answer = harness.answer(&request(7, "nas.lan.", RecordType::A));
+    assert_answers(&answer, 7, "nas.lan.");
+    assert!(answer.metadata.authoritative);
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        addresses(&answer),
+        vec![(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20)), 600)]
+    );
+    let nodata = harness.answer(&request(8, "nas.lan.", RecordType::AAAA));
+    assert!(nodata.metadata.authoritative);
+    assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+    assert!(nodata.answers.is_empty(), "the name has no AAAA");
+    assert_eq!(soa_ttls(&nodata), vec![LOCAL_NODATA_TTL]);
+    assert_eq!(harness.upstream.asked(), 0);
+}
+
+#[test]
+fn second_query_is_served_from_the_cache_with_its_ttl_counted_down() {
+    let harness = Setup::default().build();
+    let ip = Ipv4Addr::new(192, 0, 2, 7);
+    harness
+        .upstream
+        .set("www.example.", Upstream::Answer(ip, 300));
+    let first = harness.answer(&request(1, "www.example.", RecordType::A));
+    assert_answers(&first, 1, "www.example.");
+    assert!(first.metadata.recursion_available);
+    assert_eq!(addresses(&first), vec![(IpAddr::V4(ip), 300)]);
+    harness.clock.advance(Duration::from_secs(100));
+    let second = harness.answer(&request(2, "www.example.", RecordType::A));
+    assert_answers(&second, 2, "www.example.");
+    assert_eq!(addresses(&second), vec![(IpAddr::V4(ip), 200)]);
+    assert_eq!(
+        harness.upstream.asked(),
+        1,
+        "the second came from the cache"
+    );
+    let stats = harness.handler.stats().snapshot(0);
+    assert_eq!((stats.forwarded, stats.cache_hits), (1, 1));
+}
+
+#[test]
+fn a_cached_name_is_checked_again_under_a_new_policy() {
+    let harness = Setup::default().build();
+    harness.upstream.set(
+        "www.example.",
+        Upstream::Answer(Ipv4Addr::new(192, 0, 2, 7), 300),
+    );
+    harness.ask(&request(1, "www.example.", RecordType::A));
+    assert_eq!(
+        harness
+            .answer(&request(2, "www.example.", RecordType::A))
+            .metadata
+            .response_code,
+        ResponseCode::NoError,
+        "passed once, cached"
+    );
+    harness.handler.replace_live(live(
+        Arc::new(Fixed(Decision::Block)),
+        FailMode::Open,
+        BlockedResponse::Nxdomain,
+        &harness.upstream,
+    ));
+    let blocked = harness.answer(&request(3, "www.example.", RecordType::A));
+    assert_eq!(blocked.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(harness.upstream.asked(), 1);
+}
+
+#[test]
+fn an_expired_answer_is_served_stale_when_upstream_fails() {
+    let harness = Setup::default().build();
+    let ip = Ipv4Addr::new(192, 0, 2, 8);
+    harness
+        .upstream
+        .set("stale.example.", Upstream::Answer(ip, 60));
+    harness.ask(&request(1, "stale.example.", RecordType::A));
+    harness.upstream.set("stale.example.", Upstream::Fail);
+    harness.clock.advance(Duration::from_secs(61));
+    let stale = harness.answer(&request(2, "stale.example.", RecordType::A));
+    assert_answers(&stale, 2, "stale.example.");
+    assert_eq!(stale.metadata.response_code, ResponseCode::NoError);
+    let stale_ttl = CacheTuning::default().stale_answer_ttl.as_secs() as u32;
+    assert_eq!(addresses(&stale), vec![(IpAddr::V4(ip), stale_ttl)]);
+    assert_eq!(harness.upstream.asked(), 2, "upstream was asked again");
+    assert_eq!(harness.handler.stats().snapshot(0).stale_served, 1);
+}
+
+#[test]
+fn a_silent_upstream_gets_the_stale_answer_after_the_stale_timeout() {
+    let harness = Setup::default().build();
+    let ip = Ipv4Addr::new(192, 0, 2, 9);
+    harness
+        .upstream
+        .set("slow.example.", Upstream::Answer(ip, 60));
+    harness.ask(&request(1, "slow.example.", RecordType::A));
+    harness.upstream.set("slow.example.", Upstream::Silent);
+    harness.clock.advance(Duration::from_secs(61));
+    let mut out = Vec::new();
+    let Handled::Resolve { pending, fetch } = harness.handler.handle(
+        &request(2, "slow.example.", RecordType::A),
+        CLIENT,
+        Protocol::Udp,
+        &mut out,
+    ) else {
+        panic!("an expired answer waits for upstream");
+    };
+    let mut fetch = fetch.expect("a fetch");
+    assert!(
+        poll(Pin::new(&mut fetch)).is_pending(),
+        "upstream is silent"
+    );
+    {
+        let mut resolving = pin!(harness.handler.resolve(pending, &mut out));
+        assert!(
+            poll(resolving.as_mut()).is_pending(),
+            "waits for upstream first"
+        );
+        let timeout = CacheTuning::default().stale_answer_timeout;
+        harness.clock.advance(timeout - Duration::from_millis(1));
+        assert!(poll(resolving.as_mut()).is_pending(), "not yet");
+        harness.clock.advance(Duration::from_millis(1));
+        assert!(
+            poll(resolving.as_mut()).is_ready(),
+            "the stale timeout passed"
+        );
+    }
+    let stale = Message::from_vec(&out).unwrap();
+    assert_answers(&stale, 2, "slow.example.");
+    assert_eq!(addresses(&stale)[0].0, IpAddr::V4(ip));
+}
+
+#[test]
+fn upstream_failure_is_servfail() {
+    let harness = Setup::default().build();
+    let answer = harness.answer(&request(9, "gone.example.", RecordType::A));
+    assert_answers(&answer, 9, "gone.example.");
+    assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+    assert!(answer.answers.is_empty());
+    assert_eq!(harness.upstream.asked(), 1);
+}
+
+#[test]
+fn policy_fault_follows_the_fail_mode() {
+    let ip = Ipv4Addr::new(192, 0, 2, 10);
+    for (fail_mode, rcode, asked) in [
+        (FailMode::Closed, ResponseCode::ServFail, 0),
+        (FailMode::Open, ResponseCode::NoError, 1),
+    ] {
+        let harness = Setup {
+            policy: Arc::new(Fixed(Decision::Fault)),
+            fail_mode,
+            ..Setup::default()
+        }
+        .build();
+        harness
+            .upstream
+            .set("www.example.", Upstream::Answer(ip, 300));
+        let answer = harness.answer(&request(3, "www.example.", RecordType::A));
+        assert_answers(&answer, 3, "www.example.");
+        assert_eq!(answer.metadata.response_code, rcode, "{fail_mode:?}");
+        assert_eq!(harness.upstream.asked(), asked, "{fail_mode:?}");
+        if fail_mode == FailMode::Open {
+            assert_eq!(addresses(&answer), vec![(IpAddr::V4(ip), 300)]);
+        } else {
+            assert!(answer.answers.is_empty());
+        }
+    }
+}
+
+#[test]
+fn paused_blocking_forwards_a_denied_name() {
+    let harness = Setup {
+        pause: PauseState::Paused,
+        ..Setup::default()
+    }
+    .build();
+    let ip = Ipv4Addr::new(192, 0, 2, 11);
+    harness
+        .upstream
+        .set("ads.example.", Upstream::Answer(ip, 300));
+    let answer = harness.answer(&request(4, "ads.example.", RecordType::A));
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&answer), vec![(IpAddr::V4(ip), 300)]);
+    harness.handler.pause().set(PauseState::Blocking);
+    let blocked = harness.answer(&request(5, "ads.example.", RecordType::A));
+    assert_eq!(
+        blocked.metadata.response_code,
+        ResponseCode::NXDomain,
+        "resumed: blocked again, cached or not"
+    );
+}
+
+#[test]
+fn malformed_input_is_formerr_or_ignored() {
+    let harness = Setup::default().build();
+    assert_eq!(
+        harness.ask(&[0x12, 0x34, 0x01]),
+        None,
+        "shorter than a header"
+    );
+    let mut response = query_message(5, "www.example.", RecordType::A);
+    response.metadata.message_type = MessageType::Response;
+    assert_eq!(
+        harness.ask(&response.to_vec().unwrap()),
+        None,
+        "a response is not answered"
+    );
+
+    let mut truncated = request(0x5151, "www.example.", RecordType::A);
+    truncated.truncate(20);
+    let formerr = harness.answer(&truncated);
+    assert_eq!(formerr.metadata.id, 0x5151);
+    assert_eq!(formerr.metadata.message_type, MessageType::Response);
+    assert_eq!(formerr.metadata.response_code, ResponseCode::FormErr);
+    assert!(formerr.queries.is_empty(), "no question to echo");
+
+    let mut status = query_message(0x5252, "www.example.", RecordType::A);
+    status.metadata.op_code = OpCode::Status;
+    let notimp = harness.answer(&status.to_vec().unwrap());
+    assert_eq!(notimp.metadata.response_code, ResponseCode::NotImp);
+    assert_eq!(notimp.metadata.op_code, OpCode::Status);
+
+    let mut message = query_message(0x5353, "www.example.", RecordType::A);
+    let mut edns = Edns::new();
+    edns.set_version(1);
+    message.set_edns(edns);
+    let badvers = harness.answer(&message.to_vec().unwrap());
+    assert_eq!(
+        u16::from(badvers.metadata.response_code),
+        rcode::BADVERS,
+        "extended rcode 16 (hickory reads it as BADSIG, the same number)"
+    );
+    assert_eq!(badvers.queries.len(), 1, "the question is echoed");
+
+    assert_eq!(harness.upstream.asked(), 0);
+    assert_eq!(harness.handler.stats().snapshot(0).rejected, 3);
+}
+
+#[test]
+fn concurrent_misses_share_one_upstream_query() {
+    let harness = Setup::default().build();
+    let ip = Ipv4Addr::new(192, 0, 2, 12);
+    harness
+        .upstream
+        .set("shared.example.", Upstream::Answer(ip, 300));
+    let mut outs = [Vec::new(), Vec::new()];
+    let [(first, fetch), (second, none)] = [0, 1].map(|index| {
+        let mut out = Vec::new();
+        let handled = harness.handler.handle(
+            &request(20 + index, "shared.example.", RecordType::A),
+            CLIENT,
+            Protocol::Udp,
+            &mut out,
+        );
+        let Handled::Resolve { pending, fetch } = handled else {
+            panic!("a miss");
+        };
+        (pending, fetch)
+    });
+    assert!(none.is_none(), "the second waits on the first's fetch");
+    let mut fetch = fetch.expect("the first starts the fetch");
+    assert!(poll(Pin::new(&mut fetch)).is_ready());
+    for (pending, out) in [first, second].into_iter().zip(&mut outs) {
+        assert!(poll(pin!(harness.handler.resolve(pending, out))).is_ready());
+    }
+    for (index, out) in outs.iter().enumerate() {
+        let answer = Message::from_vec(out).unwrap();
+        assert_answers(&answer, 20 + index as u16, "shared.example.");
+        assert_eq!(addresses(&answer), vec![(IpAddr::V4(ip), 300)]);
+    }
+    assert_eq!(harness.upstream.asked(), 1);
+}
+
+#[test]
+fn a_fetch_dropped_unrun_fails_its_waiters_and_is_started_again() {
+    let harness = Setup::default().build();
+    let ip = Ipv4Addr::new(192, 0, 2, 13);
+    harness
+        .upstream
+        .set("dropped.example.", Upstream::Answer(ip, 300));
+    let mut out = Vec::new();
+    let Handled::Resolve { pending, fetch } = harness.handler.handle(
+        &request(30, "dropped.example.", RecordType::A),
+        CLIENT,
+        Protocol::Udp,
+        &mut out,
+    ) else {
+        panic!("a miss");
+    };
+    drop(fetch);
+    assert!(poll(pin!(harness.handler.resolve(pending, &mut out))).is_ready());
+    let failed = Message::from_vec(&out).unwrap();
+    assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
+    let answer = harness.answer(&request(31, "dropped.example.", RecordType::A));
+    assert_eq!(addresses(&answer), vec![(IpAddr::V4(ip), 300)]);
+}
