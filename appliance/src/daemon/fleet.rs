@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use moat_proto::{ApplianceName, Fingerprint};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +19,7 @@ use crate::store::{Access, DataDir, StoreError, files};
 use crate::sync::identity::{Identity, IdentityError};
 use crate::sync::link::{LinkHealth, Replica, ReplicaLink};
 use crate::sync::pairing::{
-    self, CodeParseError, DEFAULT_CODE_TTL, PairingCode, PairingError, PrimaryPin,
+    self, CodeParseError, DEFAULT_CODE_TTL, PairError, PairingCode, PrimaryPin,
 };
 use crate::sync::protocol::ReplicaStats;
 use crate::sync::server::{ServerError, SyncServer};
@@ -35,7 +36,7 @@ pub enum FleetError {
     Server(#[from] ServerError),
     /// Pairing failed.
     #[error(transparent)]
-    Pairing(#[from] PairingError),
+    Pairing(#[from] PairError),
     /// The code is not a pairing code.
     #[error(transparent)]
     Code(#[from] CodeParseError),
@@ -54,11 +55,13 @@ pub enum FleetError {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PrimaryStatus {
     /// The primary's name.
-    pub name: String,
+    #[schema(value_type = String)]
+    pub name: ApplianceName,
     /// Where it is reached.
     pub address: String,
     /// Its certificate fingerprint.
-    pub fingerprint: String,
+    #[schema(value_type = String)]
+    pub fingerprint: Fingerprint,
     /// The sync link's health.
     #[serde(flatten)]
     pub health: LinkHealth,
@@ -68,7 +71,7 @@ pub struct PrimaryStatus {
 #[derive(Debug)]
 pub(super) struct FleetLinks {
     identity: Identity,
-    name: String,
+    name: ApplianceName,
     sync_addr: SocketAddr,
     fleet: Arc<Mutex<Fleet>>,
     server: Mutex<Option<SyncServer>>,
@@ -79,7 +82,7 @@ impl FleetLinks {
     /// Loads the identity (made on first start) and the replica list.
     pub(super) fn new(config: &Config, data: &DataDir) -> Result<Self, FleetError> {
         Ok(Self {
-            identity: Identity::load_or_create(data, &config.instance.name)?,
+            identity: Identity::load_or_create(data, config.instance.name.as_str())?,
             name: config.instance.name.clone(),
             sync_addr: config.instance.sync,
             fleet: Arc::new(Mutex::new(Fleet::load(data)?)),
@@ -108,7 +111,7 @@ impl FleetLinks {
         PrimaryStatus {
             name: pin.name.clone(),
             address: pin.address.clone(),
-            fingerprint: pin.fingerprint.to_string(),
+            fingerprint: pin.fingerprint,
             health: self
                 .link
                 .lock()
@@ -250,7 +253,7 @@ pub async fn join_offline(
 ) -> Result<PrimaryPin, DaemonError> {
     let data = DataDir::open(&config.instance.data_dir)?;
     let identity =
-        Identity::load_or_create(&data, &config.instance.name).map_err(FleetError::from)?;
+        Identity::load_or_create(&data, config.instance.name.as_str()).map_err(FleetError::from)?;
     let pin = pair(&identity, &config.instance.name, address, code).await?;
     become_replica(&data, &pin)?;
     Ok(pin)
@@ -258,7 +261,7 @@ pub async fn join_offline(
 
 async fn pair(
     identity: &Identity,
-    name: &str,
+    name: &ApplianceName,
     address: &str,
     code: &str,
 ) -> Result<PrimaryPin, FleetError> {

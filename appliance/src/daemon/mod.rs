@@ -310,7 +310,7 @@ impl Daemon {
             }
             Role::Replica(pin) if new.policy != current.config.policy => {
                 return Err(DaemonError::SyncedPolicy {
-                    primary: pin.name.clone(),
+                    primary: pin.name.to_string(),
                     address: pin.address.clone(),
                 });
             }
@@ -434,7 +434,7 @@ impl Daemon {
                 Role::Primary(_) => None,
             },
             replicas: self.replicas(),
-            name: config.instance.name,
+            name: config.instance.name.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: clock::now()
                 .saturating_duration_since(self.started)

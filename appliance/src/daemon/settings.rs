@@ -40,7 +40,7 @@ impl Daemon {
         let policy = current.opened.policy.clone();
         let synced_from = match &current.role {
             Role::Replica(pin) => Some(SyncedFrom {
-                name: pin.name.clone(),
+                name: pin.name.to_string(),
                 address: pin.address.clone(),
             }),
             Role::Primary(_) => None,
@@ -59,7 +59,7 @@ impl Daemon {
     pub fn set_policy(&self, policy: &Policy) -> Result<u64, DaemonError> {
         if let Role::Replica(pin) = &self.current.lock().role {
             return Err(DaemonError::SyncedPolicy {
-                primary: pin.name.clone(),
+                primary: pin.name.to_string(),
                 address: pin.address.clone(),
             });
         }
