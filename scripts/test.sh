@@ -31,6 +31,10 @@ for target in wasm32-unknown-unknown x86_64-unknown-linux-musl aarch64-unknown-l
     rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 done
 
+# The sync and pairing protocols (appliance/proto) build for a target without
+# sockets, clocks or OS randomness: proof that the crate does no I/O.
+cargo build -p moat-proto --target wasm32-unknown-unknown --locked
+
 # Everything runs on the static musl build that the x86_64 image ships, so CI
 # compiles the x86_64 side once: the tests, the benchmark and the image all
 # use the same `moat`. Nested cargo runs (tests/system's harness, the

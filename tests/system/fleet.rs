@@ -1092,3 +1092,111 @@ async fn restarted_replica_serves_its_persisted_bundle_before_reconnecting() {
         "still no primary to connect to: {replica_status}"
     );
 }
+
+/// Runs `moat run --config config`, which must exit within a few seconds;
+/// its output.
+fn run_expecting_exit(config: &Path) -> Output {
+    let mut child = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start moat");
+    for _ in 0..100 {
+        if child.try_wait().expect("wait for moat").is_some() {
+            return child.wait_with_output().expect("moat's output");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("moat's output");
+    panic!(
+        "moat run kept running on {}: {}",
+        config.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_with_a_space_is_refused_at_start_and_never_half_pairs() {
+    let primary = Primary::start("").await;
+    let p = &primary.moat;
+    let dir = Scratch::new("living-room");
+    let config = dir.0.join("moat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[instance]\nname = \"living room\"\nlisten = [\"127.0.0.1:0\"]\n\
+             control = \"127.0.0.1:0\"\nsync = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
+            dir.0.join("data").display()
+        ),
+    )
+    .unwrap();
+
+    let output = run_expecting_exit(&config);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "moat run started: {stderr}");
+    assert!(
+        stderr.contains("instance.name") && stderr.contains("living room"),
+        "the error names the key and the value: {stderr}"
+    );
+
+    let code = issue_code(p);
+    let output = join(p.sync_addr().await, &code, &config);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "moat join paired: {stderr}");
+    assert!(stderr.contains("instance.name"), "{stderr}");
+    assert_eq!(replicas(p).unwrap(), Vec::<Value>::new(), "nothing pinned");
+    assert!(
+        !dir.0.join("data").join("primary.json").exists(),
+        "the replica pinned nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_that_fails_on_the_primary_leaves_the_replica_as_it_was() {
+    let primary = Primary::start("").await;
+    let p = &primary.moat;
+    let upstream = TestUpstream::start().await;
+    let own_policy = "[[policy.local_records]]\nname = \"mine.lan\"\ntype = \"A\"\nvalue = \"10.0.0.7\"\nttl = 120\n";
+    let r = MoatProcess::start(&replica_instance(), &policy_for(&upstream, own_policy)).await;
+    answers(&r, &[p], "mine.lan", "10.0.0.7").await;
+    let before = status(&r).await.unwrap();
+
+    // The primary cannot write its replica list: the pin fails.
+    let replicas_file = p.dir.0.join("data").join("replicas.json");
+    let _ = std::fs::remove_file(&replicas_file);
+    std::fs::create_dir(&replicas_file).unwrap();
+    let code = issue_code(p);
+    let output = join(p.sync_addr().await, &code, &r.config_path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "moat join succeeded: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        logs(&[p, &r])
+    );
+    assert!(
+        stderr.contains("could not pin this replica") && stderr.contains("replicas.json"),
+        "the join error says why: {stderr}"
+    );
+
+    let after = status(&r).await.unwrap();
+    assert_eq!(after["role"], "primary", "still its own: {after}");
+    assert!(after["primary"].is_null(), "no primary pinned: {after}");
+    assert_eq!(after["bundle_version"], before["bundle_version"], "{after}");
+    assert_eq!(ips(&r.dns.a("mine.lan").await), ["10.0.0.7"], "its policy");
+    assert_ne!(
+        ips(&r.dns.a("x.ads.test").await),
+        ["0.0.0.0"],
+        "not the primary's"
+    );
+    assert_eq!(replicas(p).unwrap(), Vec::<Value>::new(), "nothing pinned");
+
+    // Once the primary can store pins again, a fresh code pairs it.
+    std::fs::remove_dir(&replicas_file).unwrap();
+    pair(p, &r).await;
+    answers(&r, &[p], "x.ads.test", "0.0.0.0").await;
+    replica_entry(p, REPLICA).unwrap();
+}

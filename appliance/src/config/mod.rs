@@ -13,6 +13,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use moat_proto::ApplianceName;
 use serde::{Deserialize, Serialize};
 
 pub use records::{LocalRecord, RecordData, RecordError, RecordKind, RecordName};
@@ -40,8 +41,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Instance {
-    /// Human name of this appliance.
-    pub name: String,
+    /// This appliance's name: one DNS label (see [`ApplianceName`]).
+    pub name: ApplianceName,
     /// Addresses served on both UDP and TCP.
     pub listen: Vec<SocketAddr>,
     /// Address of the control endpoint (HTTP).
@@ -58,7 +59,7 @@ pub struct Instance {
 impl Default for Instance {
     fn default() -> Self {
         Self {
-            name: "moat".into(),
+            name: ApplianceName::default(),
             listen: vec![
                 SocketAddr::from(([127, 0, 0, 1], 5353)),
                 SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5353)),
@@ -588,6 +589,16 @@ retention = "3days"
         let err = Config::parse(text, "x.toml").unwrap_err().to_string();
         assert!(err.starts_with("x.toml:6: key `tuning.cache"), "{err}");
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn a_name_that_is_no_dns_label_is_refused_naming_the_key() {
+        let text = "[instance]\nname = \"living room\"\n";
+        let err = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:2: key `instance.name`"), "{err}");
+        assert!(err.contains("living room"), "{err}");
+        let config = Config::parse("[instance]\nname = \"living-room\"\n", "x.toml").unwrap();
+        assert_eq!(config.instance.name, "living-room");
     }
 
     #[test]

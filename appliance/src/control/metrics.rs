@@ -154,7 +154,7 @@ fn replicas(out: &mut Exposition, status: &Status) {
         ] {
             out.sample(
                 "moat_replica_status",
-                &[("replica", &replica.name), ("status", name)],
+                &[("replica", replica.name.as_str()), ("status", name)],
                 u64::from(replica.status == state),
             );
         }
@@ -168,7 +168,7 @@ fn replicas(out: &mut Exposition, status: &Status) {
         if let Some(ms) = replica.last_seen_unix_ms {
             out.sample(
                 "moat_replica_last_seen_timestamp_seconds",
-                &[("replica", &replica.name)],
+                &[("replica", replica.name.as_str())],
                 ms / 1000,
             );
         }
@@ -182,7 +182,7 @@ fn replicas(out: &mut Exposition, status: &Status) {
         if let Some(version) = replica.bundle_version {
             out.sample(
                 "moat_replica_bundle_version",
-                &[("replica", &replica.name)],
+                &[("replica", replica.name.as_str())],
                 version,
             );
         }

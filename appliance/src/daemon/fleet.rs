@@ -4,6 +4,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use moat_proto::{ApplianceName, Fingerprint};
 use serde::{Deserialize, Serialize};
 
 use super::owner::Command;
@@ -14,7 +15,7 @@ use crate::store::{Access, DataDir, StoreError, files};
 use crate::sync::identity::{Identity, IdentityError};
 use crate::sync::link::{LinkHealth, Replica};
 use crate::sync::pairing::{
-    self, CodeParseError, DEFAULT_CODE_TTL, PairingCode, PairingError, PrimaryPin,
+    self, CodeParseError, DEFAULT_CODE_TTL, PairingCode, PairError, PrimaryPin,
 };
 use crate::sync::protocol::ReplicaStats;
 use crate::sync::server::ServerError;
@@ -31,7 +32,7 @@ pub enum FleetError {
     Server(#[from] ServerError),
     /// Pairing failed.
     #[error(transparent)]
-    Pairing(#[from] PairingError),
+    Pairing(#[from] PairError),
     /// The code is not a pairing code.
     #[error(transparent)]
     Code(#[from] CodeParseError),
@@ -57,11 +58,13 @@ impl FleetError {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PrimaryStatus {
     /// The primary's name.
-    pub name: String,
+    #[schema(value_type = String)]
+    pub name: ApplianceName,
     /// Where it is reached.
     pub address: String,
     /// Its certificate fingerprint.
-    pub fingerprint: String,
+    #[schema(value_type = String)]
+    pub fingerprint: Fingerprint,
     /// The sync link's health.
     #[serde(flatten)]
     pub health: LinkHealth,
@@ -146,7 +149,7 @@ pub async fn join_offline(
 ) -> Result<PrimaryPin, DaemonError> {
     let data = DataDir::open(&config.instance.data_dir)?;
     let identity =
-        Identity::load_or_create(&data, &config.instance.name).map_err(FleetError::from)?;
+        Identity::load_or_create(&data, config.instance.name.as_str()).map_err(FleetError::from)?;
     let pin = pair(&identity, &config.instance.name, address, code).await?;
     become_replica(&data, &pin)?;
     Ok(pin)
@@ -154,7 +157,7 @@ pub async fn join_offline(
 
 async fn pair(
     identity: &Identity,
-    name: &str,
+    name: &ApplianceName,
     address: &str,
     code: &str,
 ) -> Result<PrimaryPin, FleetError> {

@@ -254,7 +254,7 @@ impl Daemon {
             bundle_expires_unix: snapshot.bundle.map(|(_, expires)| expires),
             primary,
             replicas,
-            name: snapshot.config.instance.name.clone(),
+            name: snapshot.config.instance.name.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: clock::now()
                 .saturating_duration_since(self.started)

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use moat_proto::ApplianceName;
 use parking_lot::Mutex;
 
 use super::DaemonError;
@@ -46,17 +47,17 @@ pub(super) struct FleetParts {
     /// This appliance's key and certificate.
     pub(super) identity: Identity,
     /// This appliance's name.
-    pub(super) name: String,
+    pub(super) name: ApplianceName,
     /// The primary's replica list.
     pub(super) registry: Arc<Mutex<Fleet>>,
 }
 
 impl FleetParts {
     /// Loads the identity (made on first start) and the replica list.
-    pub(super) fn load(data: &DataDir, name: &str) -> Result<Self, FleetError> {
+    pub(super) fn load(data: &DataDir, name: &ApplianceName) -> Result<Self, FleetError> {
         Ok(Self {
-            identity: Identity::load_or_create(data, name)?,
-            name: name.to_owned(),
+            identity: Identity::load_or_create(data, name.as_str())?,
+            name: name.clone(),
             registry: Arc::new(Mutex::new(Fleet::load(data)?)),
         })
     }
@@ -165,7 +166,7 @@ impl Role {
         match self {
             Self::Primary { .. } => Ok(()),
             Self::Replica { pin, .. } => Err(RoleError::SyncedPolicy {
-                primary: pin.name.clone(),
+                primary: pin.name.to_string(),
                 address: pin.address.clone(),
             }),
         }
@@ -217,7 +218,7 @@ impl Role {
             Self::Replica { pin, link } => Some(PrimaryStatus {
                 name: pin.name.clone(),
                 address: pin.address.clone(),
-                fingerprint: pin.fingerprint.to_string(),
+                fingerprint: pin.fingerprint,
                 health: link.health(),
             }),
             Self::Primary { .. } => None,

@@ -39,7 +39,7 @@ impl Daemon {
         let policy = self.snapshot.load().policy.clone();
         let synced_from = match &*self.role.lock() {
             Role::Replica { pin, .. } => Some(SyncedFrom {
-                name: pin.name.clone(),
+                name: pin.name.to_string(),
                 address: pin.address.clone(),
             }),
             Role::Primary { .. } => None,

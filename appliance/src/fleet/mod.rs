@@ -9,36 +9,14 @@
 
 use std::collections::BTreeMap;
 
+use moat_proto::sync::{HEARTBEAT_INTERVAL, ReplicaStats};
+use moat_proto::{ApplianceName, Fingerprint};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Access, DataDir, StoreError, files};
-use crate::sync::protocol::{HEARTBEAT_INTERVAL, ReplicaStats};
 
 /// How long a replica may stay unheard before it counts as failing.
 pub const SILENCE_LIMIT_MS: u64 = 3 * HEARTBEAT_INTERVAL.as_millis() as u64;
-
-/// Hex digits in a certificate fingerprint (SHA-256).
-const FINGERPRINT_DIGITS: usize = 64;
-
-/// Longest replica name accepted.
-const MAX_NAME_BYTES: usize = 64;
-
-/// Why a fleet operation failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FleetError {
-    /// A fingerprint is not 64 hexadecimal digits.
-    #[error("fingerprint {0:?} is not {FINGERPRINT_DIGITS} hexadecimal digits")]
-    InvalidFingerprint(String),
-    /// A replica name is empty, too long, or holds spaces or control characters.
-    #[error(
-        "replica name {0:?} must be 1 to {MAX_NAME_BYTES} bytes without spaces or control characters"
-    )]
-    InvalidName(String),
-    /// The replicas file could not be written.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// How a replica is doing, as listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -57,9 +35,11 @@ pub enum ReplicaStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicaView {
     /// Name given at pairing.
-    pub name: String,
+    #[schema(value_type = String)]
+    pub name: ApplianceName,
     /// Pinned certificate fingerprint, lowercase hex.
-    pub fingerprint: String,
+    #[schema(value_type = String)]
+    pub fingerprint: Fingerprint,
     /// Address it last connected from.
     pub address: Option<String>,
     /// Derived status.
@@ -84,7 +64,7 @@ pub struct ReplicaView {
 #[derive(Debug)]
 pub struct Fleet {
     dir: DataDir,
-    replicas: BTreeMap<String, Replica>,
+    replicas: BTreeMap<ApplianceName, Replica>,
     published: Option<u64>,
 }
 
@@ -94,10 +74,6 @@ impl Fleet {
         let file: ReplicasFile = dir.read_json(files::REPLICAS)?.unwrap_or_default();
         let mut replicas = BTreeMap::new();
         for stored in file.replicas {
-            check_stored(&stored).map_err(|reason| StoreError::Corrupt {
-                path: dir.path(files::REPLICAS),
-                reason,
-            })?;
             let name = stored.name.clone();
             let replica = Replica {
                 stored,
@@ -119,29 +95,27 @@ impl Fleet {
 
     /// Pins `fingerprint` for replica `name` after pairing. Re-pairing a
     /// name replaces its fingerprint and lifts a revocation; a certificate
-    /// pinned under another name moves to this one.
-    pub fn pin(&mut self, name: &str, fingerprint: &str) -> Result<(), FleetError> {
-        let name = valid_name(name)?;
-        let fingerprint = valid_fingerprint(fingerprint)?;
+    /// pinned under another name moves to this one. Nothing changes if the
+    /// replicas file cannot be written.
+    pub fn pin(&mut self, name: ApplianceName, fingerprint: Fingerprint) -> Result<(), StoreError> {
+        let before = self.replicas.clone();
         self.replicas
             .retain(|other, replica| other == &name || replica.stored.fingerprint != fingerprint);
         let replica = self
             .replicas
             .entry(name.clone())
-            .or_insert_with(|| Replica::new(name));
+            .or_insert_with(|| Replica::new(name, fingerprint));
         replica.stored.fingerprint = fingerprint;
         replica.stored.revoked = false;
         replica.stored.failing = false;
-        self.save()?;
-        Ok(())
+        self.save().inspect_err(|_| self.replicas = before)
     }
 
     /// The name pinned for a certificate `fingerprint`, unless revoked.
-    pub fn admit(&self, fingerprint: &str) -> Option<String> {
-        let fingerprint = fingerprint.to_ascii_lowercase();
+    pub fn admit(&self, fingerprint: &Fingerprint) -> Option<ApplianceName> {
         self.replicas
             .values()
-            .find(|replica| replica.stored.fingerprint == fingerprint && !replica.stored.revoked)
+            .find(|replica| replica.stored.fingerprint == *fingerprint && !replica.stored.revoked)
             .map(|replica| replica.stored.name.clone())
     }
 
@@ -262,7 +236,7 @@ impl Fleet {
         let stored = &replica.stored;
         ReplicaView {
             name: stored.name.clone(),
-            fingerprint: stored.fingerprint.clone(),
+            fingerprint: stored.fingerprint,
             address: stored.address.clone(),
             status: self.status(stored, now_ms),
             bundle_version: stored.bundle_version,
@@ -311,8 +285,8 @@ struct ReplicasFile {
 /// What is kept of a replica across restarts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredReplica {
-    name: String,
-    fingerprint: String,
+    name: ApplianceName,
+    fingerprint: Fingerprint,
     #[serde(default)]
     address: Option<String>,
     #[serde(default)]
@@ -329,25 +303,25 @@ struct StoredReplica {
 }
 
 /// What is known of a replica only while this primary runs.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Live {
     connections: u32,
     stats: Option<ReplicaStats>,
     stats_updated_unix_ms: Option<u64>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Replica {
     stored: StoredReplica,
     live: Live,
 }
 
 impl Replica {
-    fn new(name: String) -> Self {
+    fn new(name: ApplianceName, fingerprint: Fingerprint) -> Self {
         Self {
             stored: StoredReplica {
                 name,
-                fingerprint: String::new(),
+                fingerprint,
                 address: None,
                 revoked: false,
                 bundle_version: None,
@@ -357,37 +331,6 @@ impl Replica {
             },
             live: Live::default(),
         }
-    }
-}
-
-fn valid_name(name: &str) -> Result<String, FleetError> {
-    let fits = !name.is_empty() && name.len() <= MAX_NAME_BYTES;
-    let clean = !name.chars().any(|c| c.is_whitespace() || c.is_control());
-    if fits && clean {
-        Ok(name.to_owned())
-    } else {
-        Err(FleetError::InvalidName(name.to_owned()))
-    }
-}
-
-fn valid_fingerprint(fingerprint: &str) -> Result<String, FleetError> {
-    let hex = fingerprint.len() == FINGERPRINT_DIGITS
-        && fingerprint.bytes().all(|byte| byte.is_ascii_hexdigit());
-    if hex {
-        Ok(fingerprint.to_ascii_lowercase())
-    } else {
-        Err(FleetError::InvalidFingerprint(fingerprint.to_owned()))
-    }
-}
-
-fn check_stored(stored: &StoredReplica) -> Result<(), String> {
-    valid_name(&stored.name).map_err(|err| err.to_string())?;
-    match valid_fingerprint(&stored.fingerprint) {
-        Ok(lower) if lower == stored.fingerprint => Ok(()),
-        _ => Err(format!(
-            "replica {:?}: fingerprint is not {FINGERPRINT_DIGITS} lowercase hexadecimal digits",
-            stored.name
-        )),
     }
 }
 
@@ -423,9 +366,22 @@ mod tests {
         }
     }
 
+    fn name(text: &str) -> ApplianceName {
+        ApplianceName::parse(text).unwrap()
+    }
+
+    fn fp(hex: &str) -> Fingerprint {
+        Fingerprint::from_hex(hex).unwrap()
+    }
+
+    /// The name admitted for the fingerprint `hex`.
+    fn admitted(fleet: &Fleet, hex: &str) -> Option<String> {
+        fleet.admit(&fp(hex)).map(|name| name.to_string())
+    }
+
     fn fleet_with_kitchen(dir: &TempDir) -> Fleet {
         let mut fleet = Fleet::load(&dir.data_dir()).unwrap();
-        fleet.pin("kitchen", KITCHEN).unwrap();
+        fleet.pin(name("kitchen"), fp(KITCHEN)).unwrap();
         fleet
     }
 
@@ -437,21 +393,29 @@ mod tests {
     fn pin_admit_and_revoke() {
         let dir = TempDir::new("pin");
         let mut fleet = fleet_with_kitchen(&dir);
-        assert_eq!(fleet.admit(KITCHEN).as_deref(), Some("kitchen"));
+        assert_eq!(admitted(&fleet, KITCHEN).as_deref(), Some("kitchen"));
         assert_eq!(
-            fleet.admit(&KITCHEN.to_ascii_uppercase()).as_deref(),
+            admitted(&fleet, &KITCHEN.to_ascii_uppercase()).as_deref(),
             Some("kitchen")
         );
-        assert_eq!(fleet.admit(ATTIC), None, "not pinned");
+        assert_eq!(admitted(&fleet, ATTIC), None, "not pinned");
 
         assert!(fleet.revoke("kitchen").unwrap());
         assert!(!fleet.revoke("garage").unwrap());
-        assert_eq!(fleet.admit(KITCHEN), None, "revoked");
+        assert_eq!(admitted(&fleet, KITCHEN), None, "revoked");
         assert!(fleet.view("kitchen", T0).unwrap().revoked);
 
-        fleet.pin("kitchen", ATTIC).unwrap();
-        assert_eq!(fleet.admit(ATTIC).as_deref(), Some("kitchen"), "re-paired");
-        assert_eq!(fleet.admit(KITCHEN), None, "the old certificate is gone");
+        fleet.pin(name("kitchen"), fp(ATTIC)).unwrap();
+        assert_eq!(
+            admitted(&fleet, ATTIC).as_deref(),
+            Some("kitchen"),
+            "re-paired"
+        );
+        assert_eq!(
+            admitted(&fleet, KITCHEN),
+            None,
+            "the old certificate is gone"
+        );
         assert!(!fleet.view("kitchen", T0).unwrap().revoked);
     }
 
@@ -459,25 +423,40 @@ mod tests {
     fn a_certificate_belongs_to_one_name() {
         let dir = TempDir::new("rename");
         let mut fleet = fleet_with_kitchen(&dir);
-        fleet.pin("pantry", KITCHEN).unwrap();
-        assert_eq!(fleet.admit(KITCHEN).as_deref(), Some("pantry"));
-        let names: Vec<String> = fleet.list(T0).into_iter().map(|view| view.name).collect();
+        fleet.pin(name("pantry"), fp(KITCHEN)).unwrap();
+        assert_eq!(admitted(&fleet, KITCHEN).as_deref(), Some("pantry"));
+        let names: Vec<String> = fleet
+            .list(T0)
+            .into_iter()
+            .map(|view| view.name.to_string())
+            .collect();
         assert_eq!(names, ["pantry"]);
     }
 
     #[test]
-    fn bad_names_and_fingerprints_are_refused() {
-        let dir = TempDir::new("invalid");
-        let mut fleet = Fleet::load(&dir.data_dir()).unwrap();
+    fn bad_names_and_fingerprints_cannot_be_pinned() {
         for fingerprint in ["", "abc", &KITCHEN[1..], &format!("{}g", &KITCHEN[1..])] {
-            let err = fleet.pin("kitchen", fingerprint).unwrap_err();
-            assert!(matches!(err, FleetError::InvalidFingerprint(_)), "{err}");
+            assert!(Fingerprint::from_hex(fingerprint).is_err(), "{fingerprint}");
         }
         for name in ["", "two words", "tab\there", &"x".repeat(65)] {
-            let err = fleet.pin(name, KITCHEN).unwrap_err();
-            assert!(matches!(err, FleetError::InvalidName(_)), "{err}");
+            assert!(ApplianceName::parse(name).is_err(), "{name}");
         }
-        assert!(fleet.list(T0).is_empty());
+    }
+
+    #[test]
+    fn a_pin_that_cannot_be_stored_changes_nothing() {
+        let dir = TempDir::new("unstored");
+        let mut fleet = fleet_with_kitchen(&dir);
+        let data = dir.data_dir();
+        std::fs::remove_file(data.path(files::REPLICAS)).unwrap();
+        std::fs::create_dir(data.path(files::REPLICAS)).unwrap();
+        let err = fleet.pin(name("attic"), fp(ATTIC)).unwrap_err();
+        assert!(err.to_string().contains(files::REPLICAS), "{err}");
+        assert_eq!(admitted(&fleet, ATTIC), None, "not pinned");
+        let err = fleet.pin(name("pantry"), fp(KITCHEN)).unwrap_err();
+        assert!(err.to_string().contains(files::REPLICAS), "{err}");
+        assert_eq!(admitted(&fleet, KITCHEN).as_deref(), Some("kitchen"));
+        assert_eq!(fleet.list(T0).len(), 1);
     }
 
     #[test]
@@ -609,7 +588,7 @@ mod tests {
     fn state_survives_a_restart_but_connections_and_stats_do_not() {
         let dir = TempDir::new("persist");
         let mut fleet = fleet_with_kitchen(&dir);
-        fleet.pin("attic", ATTIC).unwrap();
+        fleet.pin(name("attic"), fp(ATTIC)).unwrap();
         fleet.revoke("attic").unwrap();
         fleet.connected("kitchen", "192.0.2.7:4433", T0);
         fleet.heartbeat("kitchen", ReplicaStats::default(), Some(1), T0);
@@ -621,8 +600,8 @@ mod tests {
         let reloaded = Fleet::load(&dir.data_dir()).unwrap();
         let after = reloaded.list(T0 + 1_000);
         assert_eq!(after.len(), 2);
-        assert_eq!(reloaded.admit(KITCHEN).as_deref(), Some("kitchen"));
-        assert_eq!(reloaded.admit(ATTIC), None, "still revoked");
+        assert_eq!(admitted(&reloaded, KITCHEN).as_deref(), Some("kitchen"));
+        assert_eq!(admitted(&reloaded, ATTIC), None, "still revoked");
         let kitchen = &after[1];
         assert_eq!(kitchen.name, "kitchen");
         assert_eq!(kitchen.bundle_version, Some(3));

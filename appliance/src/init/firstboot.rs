@@ -191,7 +191,7 @@ impl Settings {
             }
         }
         Ok(Self {
-            name: config.instance.name.clone(),
+            name: config.instance.name.to_string(),
             network,
             ntp,
             join,

@@ -7,10 +7,9 @@
 //! public key that signs the TLS handshake.
 
 use std::fmt;
-use std::str::FromStr;
 
+pub use moat_proto::fingerprint::{Fingerprint, FingerprintError};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::store::{Access, DataDir, StoreError, files};
 
@@ -38,79 +37,6 @@ pub enum IdentityError {
     /// The key and certificate given do not form an identity.
     #[error("invalid identity: {0}")]
     Invalid(rustls::Error),
-}
-
-/// SHA-256 of a certificate's DER: what peers pin.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Fingerprint(pub [u8; 32]);
-
-/// Why a fingerprint could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a fingerprint is 64 hexadecimal digits")]
-pub struct FingerprintError;
-
-impl Fingerprint {
-    /// The fingerprint of a certificate.
-    pub fn of(cert_der: &[u8]) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, cert_der);
-        let mut bytes = [0; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Self(bytes)
-    }
-
-    /// Parses 64 hexadecimal digits (either case).
-    pub fn from_hex(text: &str) -> Result<Self, FingerprintError> {
-        let digits = text.as_bytes();
-        if digits.len() != 64 {
-            return Err(FingerprintError);
-        }
-        let mut bytes = [0; 32];
-        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
-            let [high, low] = pair else {
-                return Err(FingerprintError);
-            };
-            *byte = (hex_digit(*high)? << 4) | hex_digit(*low)?;
-        }
-        Ok(Self(bytes))
-    }
-
-    /// The raw digest.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fingerprint({self})")
-    }
-}
-
-impl FromStr for Fingerprint {
-    type Err = FingerprintError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Self::from_hex(text)
-    }
-}
-
-impl Serialize for Fingerprint {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Fingerprint {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::from_hex(&text).map_err(serde::de::Error::custom)
-    }
 }
 
 /// This appliance's key pair (PKCS#8) and self-signed certificate.
@@ -247,13 +173,6 @@ impl IdentityMismatch {
     }
 }
 
-fn hex_digit(digit: u8) -> Result<u8, FingerprintError> {
-    char::from(digit)
-        .to_digit(16)
-        .map(|value| value as u8)
-        .ok_or(FingerprintError)
-}
-
 fn incomplete(dir: &DataDir, missing: &str, present: &str) -> IdentityError {
     IdentityError::Incomplete {
         missing: dir.path(missing).display().to_string(),
@@ -319,23 +238,5 @@ mod tests {
         assert!(matches!(err, IdentityError::Incomplete { .. }), "{err}");
         assert!(dir.read(files::IDENTITY_KEY).unwrap().is_some(), "kept");
         std::fs::remove_dir_all(root).unwrap();
-    }
-
-    #[test]
-    fn fingerprints_are_lowercase_hex_both_ways() {
-        let fingerprint = Fingerprint([0xab; 32]);
-        let text = fingerprint.to_string();
-        assert_eq!(text, "ab".repeat(32));
-        assert_eq!(Fingerprint::from_hex(&text.to_uppercase()), Ok(fingerprint));
-        let json = serde_json::to_string(&fingerprint).unwrap();
-        assert_eq!(json, format!("\"{text}\""));
-        assert_eq!(
-            serde_json::from_str::<Fingerprint>(&json).unwrap(),
-            fingerprint
-        );
-        assert!(Fingerprint::from_hex("abc").is_err());
-        assert!(Fingerprint::from_hex(&"zz".repeat(32)).is_err());
-        assert!(Fingerprint::from_hex(&"é".repeat(32)).is_err());
-        assert!(Fingerprint::from_hex(&"+f".repeat(32)).is_err());
     }
 }

@@ -1,23 +1,27 @@
 //! A replica's link to its primary: dials it (so it works behind NAT),
 //! keeps one QUIC connection open, applies every bundle it is sent, and
 //! sends heartbeats with its stats; reconnects with backoff and jitter
-//! when the primary is away. A thin async shell over
-//! `protocol::ReplicaSession`.
+//! when the primary is away. A thin async shell: the sync protocol's
+//! `ReplicaSession`, run by the one driver.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use moat_proto::ApplianceName;
+use moat_proto::backoff::Backoff;
+use moat_proto::sync::{
+    PrimaryMessage, ReplicaEvent, ReplicaMessage, ReplicaSession, ReplicaStats,
+};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::driver::{self, Session, StreamError};
 use super::identity::Identity;
 use super::pairing::PrimaryPin;
-use super::protocol::{
-    Backoff, FrameDecoder, HEARTBEAT_INTERVAL, PrimaryMessage, ProtocolError, ReplicaEvent,
-    ReplicaSession, ReplicaStats, encode_frame,
-};
 use super::tls::{self, Pins, TlsError};
 use crate::clock;
+use crate::stats::StatsSnapshot;
 
 /// What the link needs from the appliance it serves.
 pub trait Replica: Send + Sync + 'static {
@@ -42,7 +46,7 @@ pub struct LinkHealth {
 
 /// Why a connection to the primary ended.
 #[derive(Debug, thiserror::Error)]
-enum LinkError {
+pub(crate) enum LinkError {
     #[error("cannot resolve {0}")]
     Resolve(String),
     #[error("{0}")]
@@ -53,12 +57,8 @@ enum LinkError {
     Connect(#[from] quinn::ConnectError),
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
-    #[error("read: {0}")]
-    Read(#[from] quinn::ReadError),
-    #[error("write: {0}")]
-    Write(#[from] quinn::WriteError),
     #[error(transparent)]
-    Protocol(#[from] ProtocolError),
+    Stream(#[from] StreamError),
     #[error("the primary closed the sync stream")]
     Closed,
     #[error("the primary refused this replica: {0}")]
@@ -78,7 +78,7 @@ impl ReplicaLink {
     pub fn start(
         pin: PrimaryPin,
         identity: Identity,
-        name: String,
+        name: ApplianceName,
         replica: Arc<dyn Replica>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
@@ -114,7 +114,7 @@ impl Drop for ReplicaLink {
 struct Link {
     pin: PrimaryPin,
     identity: Identity,
-    name: String,
+    name: ApplianceName,
     replica: Arc<dyn Replica>,
     health: Arc<Mutex<LinkHealth>>,
 }
@@ -160,62 +160,140 @@ impl Link {
         }
         tracing::info!(primary = %self.pin.name, %address, "sync link up");
         let (mut send, mut recv) = connection.open_bi().await?;
-        let mut session = ReplicaSession::new(&self.name, self.replica.running_version());
-        send.write_all(&encode_frame(&session.connected(clock::now()))?)
-            .await?;
-        let mut decoder = FrameDecoder::<PrimaryMessage>::new();
-        let mut buffer = vec![0; 64 << 10];
-        loop {
-            while let Some(message) = session.poll_transmit() {
-                send.write_all(&encode_frame(&message)?).await?;
+        let session = ReplicaSession::new(self.name.clone(), self.replica.running_version());
+        let mut side = ReplicaSide::new(session, Arc::clone(&self.replica), &self.health);
+        driver::drive(&mut side, &mut send, &mut recv).await
+    }
+}
+
+/// The replica's end of the sync stream, as the driver runs it: applies
+/// every bundle offered (off the async threads), and sends heartbeats with
+/// the appliance's stats.
+pub(crate) struct ReplicaSide<'a> {
+    session: ReplicaSession,
+    hello: Option<ReplicaMessage>,
+    replica: Arc<dyn Replica>,
+    health: &'a Mutex<LinkHealth>,
+    refused: Option<String>,
+}
+
+impl<'a> ReplicaSide<'a> {
+    /// Starts `session` (its hello goes first) for `replica`, reporting in
+    /// `health`.
+    pub(crate) fn new(
+        mut session: ReplicaSession,
+        replica: Arc<dyn Replica>,
+        health: &'a Mutex<LinkHealth>,
+    ) -> Self {
+        let hello = session.connected(tokio::time::Instant::now().into_std());
+        Self {
+            session,
+            hello: Some(hello),
+            replica,
+            health,
+            refused: None,
+        }
+    }
+
+    async fn apply(&mut self, version: u64, bytes: bytes::Bytes) {
+        let replica = Arc::clone(&self.replica);
+        let applied = tokio::task::spawn_blocking(move || replica.apply(&bytes)).await;
+        match applied {
+            Ok(Ok(applied)) => {
+                self.session.applied(applied);
+                self.health.lock().last_sync_unix_ms = Some(clock::unix_now_ms());
             }
-            let deadline = session
-                .poll_timeout()
-                .unwrap_or_else(|| clock::now() + HEARTBEAT_INTERVAL);
-            tokio::select! {
-                read = recv.read(&mut buffer) => {
-                    let Some(len) = read? else {
-                        decoder.finish()?;
-                        return Err(LinkError::Closed);
-                    };
-                    let mut next = decoder.push(&buffer[..len])?;
-                    while let Some(message) = next {
-                        for event in session.handle(message, clock::now()) {
-                            self.on_event(&mut session, event).await?;
-                        }
-                        next = decoder.next_message()?;
-                    }
-                }
-                () = tokio::time::sleep_until(deadline.into()) => {
-                    session.handle_timeout(clock::now(), self.replica.stats());
-                }
+            Ok(Err(reason)) => {
+                tracing::error!(version, %reason, "bundle from the primary refused");
+                self.session.rejected(version, reason);
+            }
+            Err(err) => self.session.rejected(version, err.to_string()),
+        }
+    }
+}
+
+impl Session for ReplicaSide<'_> {
+    type Incoming = PrimaryMessage;
+    type Outgoing = ReplicaMessage;
+    type Output = ();
+    type Error = LinkError;
+
+    fn poll_transmit(&mut self) -> Option<ReplicaMessage> {
+        self.hello.take().or_else(|| self.session.poll_transmit())
+    }
+
+    fn poll_done(&mut self) -> Option<Result<(), LinkError>> {
+        self.refused
+            .take()
+            .map(|reason| Err(LinkError::Refused(reason)))
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.session.poll_timeout()
+    }
+
+    async fn handle(&mut self, message: PrimaryMessage) {
+        for event in self.session.handle(message, clock::now()) {
+            match event {
+                ReplicaEvent::Apply { version, bytes } => self.apply(version, bytes).await,
+                ReplicaEvent::Refused { reason } => self.refused = Some(reason),
             }
         }
     }
 
-    async fn on_event(
-        &self,
-        session: &mut ReplicaSession,
-        event: ReplicaEvent,
-    ) -> Result<(), LinkError> {
-        match event {
-            ReplicaEvent::Apply { version, bytes } => {
-                let replica = Arc::clone(&self.replica);
-                let applied = tokio::task::spawn_blocking(move || replica.apply(&bytes)).await;
-                match applied {
-                    Ok(Ok(applied)) => {
-                        session.applied(applied);
-                        self.health.lock().last_sync_unix_ms = Some(clock::unix_now_ms());
-                    }
-                    Ok(Err(reason)) => {
-                        tracing::error!(version, %reason, "bundle from the primary refused");
-                        session.rejected(version, reason);
-                    }
-                    Err(err) => session.rejected(version, err.to_string()),
-                }
-                Ok(())
-            }
-            ReplicaEvent::Refused { reason } => Err(LinkError::Refused(reason)),
+    fn handle_timeout(&mut self, now: Instant) {
+        self.session.handle_timeout(now, self.replica.stats());
+    }
+
+    fn handle_end(&mut self) -> Result<(), LinkError> {
+        Err(LinkError::Closed)
+    }
+}
+
+/// The counters of a stats snapshot; the shell adds the cache size and
+/// uptime.
+impl From<&StatsSnapshot> for ReplicaStats {
+    fn from(snapshot: &StatsSnapshot) -> Self {
+        Self {
+            queries: snapshot.queries,
+            blocked: snapshot.blocked,
+            local: snapshot.local,
+            forwarded: snapshot.forwarded,
+            failed: snapshot.failed,
+            rejected: snapshot.rejected,
+            cache_hits: snapshot.cache_hits,
+            cache_misses: snapshot.cache_misses,
+            stale_served: snapshot.stale_served,
+            upstream_errors: snapshot.upstream_errors,
+            cache_entries: 0,
+            uptime_secs: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_come_from_a_snapshot() {
+        let snapshot: StatsSnapshot = serde_json::from_value(serde_json::json!({
+            "queries": 10, "by_type": [], "by_rcode": [], "cache_hits": 4,
+            "cache_misses": 6, "stale_served": 1, "forwarded": 3, "blocked": 2,
+            "rejected": 0, "failed": 1, "local": 1, "upstream_errors": 5,
+            "upstream_latency": {"bounds_us": [], "counts": [], "sum_us": 0},
+            "top_names": [], "top_blocked": [], "top_clients": []
+        }))
+        .unwrap();
+        let stats = ReplicaStats::from(&snapshot);
+        assert_eq!(
+            (
+                stats.queries,
+                stats.blocked,
+                stats.cache_hits,
+                stats.upstream_errors
+            ),
+            (10, 2, 4, 5)
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The primary's sync endpoint: pairs replicas that bring the one-time
 //! code, and keeps every paired replica on the newest bundle. A thin async
-//! shell over `pairing` and `protocol::PrimarySession`.
+//! shell: `pairing` and the sync protocol's `PrimarySession`, each run by
+//! the one driver.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,14 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use moat_proto::ApplianceName;
+use moat_proto::sync::{PrimaryMessage, PrimarySession, ReplicaMessage, ReplicaUpdate};
 use parking_lot::Mutex;
+use rand::TryRngCore;
+use rand::rngs::OsRng;
 use tokio::sync::watch;
 
+use super::driver::{self, Session, StreamError};
 use super::identity::Identity;
-use super::pairing::{self, CodeBook, PairingCode};
-use super::protocol::{
-    FrameDecoder, PrimarySession, ProtocolError, ReplicaMessage, ReplicaUpdate, encode_frame,
-};
+use super::pairing::{self, CodeBook, PairingCode, ReplicaPin};
 use super::tls::{self, Admission, CLOSE_REFUSED, ClientPins, TlsError};
 use crate::clock;
 use crate::fleet::{Fleet, ReplicaView};
@@ -39,15 +42,11 @@ pub enum ServerError {
 
 /// Why one replica's sync connection ended.
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(crate) enum SessionError {
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
-    #[error("read: {0}")]
-    Read(#[from] quinn::ReadError),
-    #[error("write: {0}")]
-    Write(#[from] quinn::WriteError),
     #[error(transparent)]
-    Protocol(#[from] ProtocolError),
+    Stream(#[from] StreamError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("refused: {0}")]
@@ -64,12 +63,12 @@ pub struct SyncServer {
 #[derive(Debug)]
 struct Shared {
     identity: Identity,
-    name: String,
+    name: ApplianceName,
     signing_key: [u8; 32],
     codes: Mutex<CodeBook>,
     fleet: Arc<Mutex<Fleet>>,
     published: watch::Sender<Option<(u64, Bytes)>>,
-    connections: Mutex<HashMap<String, quinn::Connection>>,
+    connections: Mutex<HashMap<ApplianceName, quinn::Connection>>,
 }
 
 impl SyncServer {
@@ -78,7 +77,7 @@ impl SyncServer {
     pub fn start(
         addr: SocketAddr,
         identity: Identity,
-        name: &str,
+        name: &ApplianceName,
         signing_key: [u8; 32],
         fleet: Arc<Mutex<Fleet>>,
     ) -> Result<Self, ServerError> {
@@ -87,7 +86,7 @@ impl SyncServer {
             .map_err(|source| ServerError::Bind { addr, source })?;
         let shared = Arc::new(Shared {
             identity,
-            name: name.to_owned(),
+            name: name.clone(),
             signing_key,
             codes: Mutex::new(CodeBook::new()),
             fleet,
@@ -106,7 +105,12 @@ impl SyncServer {
     /// Issues a one-time pairing code valid for `valid` (replacing any
     /// earlier one).
     pub fn issue_code(&self, valid: Duration) -> PairingCode {
-        self.shared.codes.lock().issue(clock::now(), valid).0
+        let mut rng = OsRng.unwrap_err();
+        self.shared
+            .codes
+            .lock()
+            .issue(clock::now(), valid, &mut rng)
+            .0
     }
 
     /// Makes `bundle` the one every replica should run, and pushes it to
@@ -154,13 +158,12 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                 }
             };
             let fleet = Arc::clone(&shared.fleet);
-            let pins = ClientPins::new(move |fingerprint| {
-                fleet.lock().admit(&fingerprint.to_string()).is_some()
-            });
+            let pins =
+                ClientPins::new(move |fingerprint| fleet.lock().admit(fingerprint).is_some());
             match tls::admit(&connection, &pins) {
                 Ok(Admission::Pairing) => shared.pair(&connection).await,
                 Ok(Admission::Sync { replica }) => {
-                    let name = shared.fleet.lock().admit(&replica.to_string());
+                    let name = shared.fleet.lock().admit(&replica);
                     if let Some(name) = name {
                         shared.serve(connection, name).await;
                     }
@@ -182,28 +185,32 @@ impl Shared {
             &self.identity,
             &self.name,
             self.signing_key,
+            |pin| self.pin(pin),
         )
         .await;
         match paired {
-            Ok(pin) => match self
-                .fleet
-                .lock()
-                .pin(&pin.name, &pin.fingerprint.to_string())
-            {
-                Ok(()) => tracing::info!(replica = %pin.name, %peer, "paired a replica"),
-                Err(err) => {
-                    tracing::error!(replica = %pin.name, error = %err, "cannot pin the replica")
-                }
-            },
+            Ok(pin) => tracing::info!(replica = %pin.name, %peer, "paired a replica"),
             Err(err) => tracing::warn!(%peer, error = %err, "pairing failed"),
         }
     }
 
-    async fn serve(&self, connection: quinn::Connection, name: String) {
+    /// Pins a replica that proved the code; on failure, the reason the
+    /// replica is told.
+    fn pin(&self, pin: &ReplicaPin) -> Result<(), String> {
+        self.fleet
+            .lock()
+            .pin(pin.name.clone(), pin.fingerprint)
+            .map_err(|err| {
+                tracing::error!(replica = %pin.name, error = %err, "cannot pin the replica");
+                format!("cannot store the pin: {err}")
+            })
+    }
+
+    async fn serve(&self, connection: quinn::Connection, name: ApplianceName) {
         let address = connection.remote_address().to_string();
         self.fleet
             .lock()
-            .connected(&name, address, clock::unix_now_ms());
+            .connected(name.as_str(), address, clock::unix_now_ms());
         let replaced = self
             .connections
             .lock()
@@ -226,70 +233,119 @@ impl Shared {
         if let Err(err) = self
             .fleet
             .lock()
-            .disconnected(&name, error, clock::unix_now_ms())
+            .disconnected(name.as_str(), error, clock::unix_now_ms())
         {
             tracing::error!(error = %err, "cannot record the replica's state");
         }
     }
 
-    async fn sync(&self, connection: &quinn::Connection, name: &str) -> Result<(), SessionError> {
+    async fn sync(
+        &self,
+        connection: &quinn::Connection,
+        name: &ApplianceName,
+    ) -> Result<(), SessionError> {
         let (mut send, mut recv) = connection.accept_bi().await?;
-        let mut published = self.published.subscribe();
-        let mut session = PrimarySession::new(name, published.borrow_and_update().clone());
-        let mut decoder = FrameDecoder::<ReplicaMessage>::new();
-        let mut buffer = vec![0; 16 << 10];
-        loop {
-            while let Some(message) = session.poll_transmit() {
-                send.write_all(&encode_frame(&message)?).await?;
-            }
-            if session.is_refused() {
-                let _ = send.finish();
-                return Err(SessionError::Refused(
-                    "the session refused the replica".into(),
-                ));
-            }
-            tokio::select! {
-                read = recv.read(&mut buffer) => {
-                    let Some(len) = read? else {
-                        return Ok(());
-                    };
-                    let mut next = decoder.push(&buffer[..len])?;
-                    while let Some(message) = next {
-                        if let Some(update) = session.handle(message, clock::now()) {
-                            self.record(name, update)?;
-                        }
-                        next = decoder.next_message()?;
-                    }
-                }
-                changed = published.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                    if let Some((version, bundle)) = published.borrow_and_update().clone() {
-                        session.publish(version, bundle);
-                    }
-                }
-            }
+        let mut side = PrimarySide::new(name.clone(), self.published.subscribe(), &self.fleet);
+        driver::drive(&mut side, &mut send, &mut recv).await
+    }
+}
+
+/// The primary's end of one replica's sync stream, as the driver runs it:
+/// records what the replica reports in the fleet, and hands every newly
+/// published bundle to the session.
+pub(crate) struct PrimarySide<'a> {
+    session: PrimarySession,
+    published: watch::Receiver<Option<(u64, Bytes)>>,
+    fleet: &'a Mutex<Fleet>,
+    failed: Option<SessionError>,
+    unpublished: bool,
+}
+
+impl<'a> PrimarySide<'a> {
+    /// The session of replica `name`, which starts from the bundle
+    /// published now and follows `published`.
+    pub(crate) fn new(
+        name: ApplianceName,
+        mut published: watch::Receiver<Option<(u64, Bytes)>>,
+        fleet: &'a Mutex<Fleet>,
+    ) -> Self {
+        let session = PrimarySession::new(name, published.borrow_and_update().clone());
+        Self {
+            session,
+            published,
+            fleet,
+            failed: None,
+            unpublished: false,
+        }
+    }
+}
+
+impl Session for PrimarySide<'_> {
+    type Incoming = ReplicaMessage;
+    type Outgoing = PrimaryMessage;
+    type Output = ();
+    type Error = SessionError;
+
+    fn poll_transmit(&mut self) -> Option<PrimaryMessage> {
+        self.session.poll_transmit()
+    }
+
+    fn poll_done(&mut self) -> Option<Result<(), SessionError>> {
+        if let Some(failed) = self.failed.take() {
+            return Some(Err(failed));
+        }
+        if self.session.is_refused() {
+            return Some(Err(SessionError::Refused(
+                "the session refused the replica".into(),
+            )));
+        }
+        self.unpublished.then_some(Ok(()))
+    }
+
+    async fn handle(&mut self, message: ReplicaMessage) {
+        if let Some(update) = self.session.handle(message, clock::now())
+            && let Err(err) = record(&mut self.fleet.lock(), self.session.name(), update)
+        {
+            self.failed = Some(err.into());
         }
     }
 
-    fn record(&self, name: &str, update: ReplicaUpdate) -> Result<(), SessionError> {
-        let mut fleet = self.fleet.lock();
-        match update {
-            ReplicaUpdate::Hello { bundle_version } => fleet.hello(name, bundle_version),
-            ReplicaUpdate::Applied { version } => fleet.applied(name, version)?,
-            ReplicaUpdate::Rejected { version, reason } => {
-                tracing::warn!(replica = %name, version, %reason, "replica rejected a bundle");
-                fleet.rejected(name, version, &reason)?;
-            }
-            ReplicaUpdate::Heartbeat {
-                stats,
-                bundle_version,
-            } => fleet.heartbeat(name, stats, bundle_version, clock::unix_now_ms()),
-            ReplicaUpdate::Refused { reason } => {
-                tracing::warn!(replica = %name, %reason, "replica refused");
-            }
-        }
+    fn handle_end(&mut self) -> Result<(), SessionError> {
         Ok(())
     }
+
+    async fn outside(&mut self) {
+        if self.published.changed().await.is_err() {
+            self.unpublished = true;
+            return;
+        }
+        if let Some((version, bundle)) = self.published.borrow_and_update().clone() {
+            self.session.publish(version, bundle);
+        }
+    }
+}
+
+/// Records what replica `name` reported in the fleet.
+fn record(
+    fleet: &mut Fleet,
+    name: &ApplianceName,
+    update: ReplicaUpdate,
+) -> Result<(), StoreError> {
+    let name = name.as_str();
+    match update {
+        ReplicaUpdate::Hello { bundle_version } => fleet.hello(name, bundle_version),
+        ReplicaUpdate::Applied { version } => fleet.applied(name, version)?,
+        ReplicaUpdate::Rejected { version, reason } => {
+            tracing::warn!(replica = %name, version, %reason, "replica rejected a bundle");
+            fleet.rejected(name, version, &reason)?;
+        }
+        ReplicaUpdate::Heartbeat {
+            stats,
+            bundle_version,
+        } => fleet.heartbeat(name, stats, bundle_version, clock::unix_now_ms()),
+        ReplicaUpdate::Refused { reason } => {
+            tracing::warn!(replica = %name, %reason, "replica refused");
+        }
+    }
+    Ok(())
 }

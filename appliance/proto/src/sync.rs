@@ -1,13 +1,13 @@
 //! The sync protocol between a replica and its primary, as two sans-IO state
 //! machines: messages and time in; messages to send, events and the next
-//! timer deadline out. The quinn shell owns the one bidirectional stream.
+//! timer deadline out. The shell owns the one bidirectional stream and moves
+//! frames ([`crate::frame`]) over it.
 //!
-//! On that stream each message is a frame: a `u32` big-endian length, then
-//! the message in postcard. The replica speaks first with [`ReplicaMessage::Hello`]
-//! (its protocol version is the first field of the first variant, so any
-//! later version can still read it); the primary answers with the newest
-//! bundle if the replica runs an older one, pushes every later bundle, and
-//! never answers heartbeats.
+//! The replica speaks first with [`ReplicaMessage::Hello`] (its protocol
+//! version is the first field of the first variant, so any later version can
+//! still read it); the primary answers with the newest bundle if the replica
+//! runs an older one, pushes every later bundle, and never answers
+//! heartbeats.
 //!
 //! Replica call order: [`ReplicaSession::connected`] once the stream is open
 //! (send what it returns), then for each decoded message
@@ -22,15 +22,13 @@
 //! [`PrimarySession::poll_transmit`] after every call.
 
 use std::collections::VecDeque;
-use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rand::Rng;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::stats::StatsSnapshot;
+use crate::frame::Message;
+use crate::name::ApplianceName;
 
 /// Version of this protocol; a primary refuses a replica with another one.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -45,51 +43,6 @@ pub const MAX_REPLICA_MESSAGE_BYTES: usize = 64 << 10;
 /// How often a replica sends a heartbeat with its stats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// First reconnect delay ceiling.
-pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
-
-/// Largest reconnect delay ceiling.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
-
-/// How long a connection must stay up for the backoff to start over.
-pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
-
-/// Bytes in a frame's length prefix.
-const LENGTH_PREFIX_BYTES: usize = 4;
-
-/// Buffer capacity a decoder keeps between messages (after a bundle, the
-/// rest is given back).
-const RETAINED_BUFFER_BYTES: usize = 64 << 10;
-
-/// Why a frame could not be encoded or decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ProtocolError {
-    /// A frame is longer than the receiver accepts.
-    #[error("message of {length} bytes is over the {limit}-byte limit")]
-    TooLarge {
-        /// Length announced or needed.
-        length: u64,
-        /// The limit for this kind of message.
-        limit: usize,
-    },
-    /// A frame's body is not a valid message.
-    #[error("malformed message: {0}")]
-    Malformed(String),
-    /// The stream ended inside a frame.
-    #[error("stream ended inside a message ({buffered} bytes buffered)")]
-    Truncated {
-        /// Bytes received of the unfinished frame.
-        buffered: usize,
-    },
-}
-
-/// A message kind carried in frames, with the largest body accepted.
-pub trait Message: Serialize + DeserializeOwned {
-    /// Largest frame body accepted for this kind of message.
-    const MAX_BYTES: usize;
-}
-
 /// What a replica sends to its primary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplicaMessage {
@@ -99,7 +52,7 @@ pub enum ReplicaMessage {
         protocol: u16,
         /// The replica's own name (informational: the primary knows it
         /// from the pinned certificate).
-        name: String,
+        name: ApplianceName,
         /// Bundle version the replica runs, if any.
         bundle_version: Option<u64>,
     },
@@ -151,7 +104,8 @@ impl Message for PrimaryMessage {
 }
 
 /// A replica's counters, as sent in heartbeats.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ReplicaStats {
     /// Queries answered.
     pub queries: u64,
@@ -173,144 +127,10 @@ pub struct ReplicaStats {
     pub stale_served: u64,
     /// Failed upstream attempts.
     pub upstream_errors: u64,
-    /// Entries in the cache (not in [`StatsSnapshot`]: the shell sets it).
+    /// Entries in the cache (set by the shell).
     pub cache_entries: u64,
-    /// Seconds the daemon has run (not in [`StatsSnapshot`]: the shell sets it).
+    /// Seconds the daemon has run (set by the shell).
     pub uptime_secs: u64,
-}
-
-impl From<&StatsSnapshot> for ReplicaStats {
-    fn from(snapshot: &StatsSnapshot) -> Self {
-        Self {
-            queries: snapshot.queries,
-            blocked: snapshot.blocked,
-            local: snapshot.local,
-            forwarded: snapshot.forwarded,
-            failed: snapshot.failed,
-            rejected: snapshot.rejected,
-            cache_hits: snapshot.cache_hits,
-            cache_misses: snapshot.cache_misses,
-            stale_served: snapshot.stale_served,
-            upstream_errors: snapshot.upstream_errors,
-            cache_entries: 0,
-            uptime_secs: 0,
-        }
-    }
-}
-
-/// Encodes `message` as one frame: length prefix, then postcard.
-pub fn encode_frame<M: Message>(message: &M) -> Result<Vec<u8>, ProtocolError> {
-    let mut frame = postcard::to_extend(message, vec![0; LENGTH_PREFIX_BYTES])
-        .map_err(|err| ProtocolError::Malformed(err.to_string()))?;
-    let body = frame.len() - LENGTH_PREFIX_BYTES;
-    let length = u32::try_from(body)
-        .ok()
-        .filter(|_| body <= M::MAX_BYTES)
-        .ok_or(ProtocolError::TooLarge {
-            length: body as u64,
-            limit: M::MAX_BYTES,
-        })?;
-    frame[..LENGTH_PREFIX_BYTES].copy_from_slice(&length.to_be_bytes());
-    Ok(frame)
-}
-
-/// Reassembles frames of `M` from chunks of a stream.
-///
-/// A length over `M::MAX_BYTES` is refused as soon as its prefix arrives,
-/// without waiting for (or reserving room for) the body. After an error
-/// the decoder drops its buffer and repeats that error: framing is lost,
-/// so the shell closes the stream.
-#[derive(Debug)]
-pub struct FrameDecoder<M> {
-    buffer: Vec<u8>,
-    failure: Option<ProtocolError>,
-    message: PhantomData<fn() -> M>,
-}
-
-impl<M: Message> Default for FrameDecoder<M> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<M: Message> FrameDecoder<M> {
-    /// An empty decoder.
-    pub fn new() -> Self {
-        Self {
-            buffer: Vec::new(),
-            failure: None,
-            message: PhantomData,
-        }
-    }
-
-    /// Adds a chunk and returns the next complete message, if any. Call
-    /// [`Self::next_message`] until it returns `None` to drain the others.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Option<M>, ProtocolError> {
-        if self.failure.is_none() {
-            self.buffer.extend_from_slice(chunk);
-        }
-        self.next_message()
-    }
-
-    /// The next complete message already buffered, if any.
-    pub fn next_message(&mut self) -> Result<Option<M>, ProtocolError> {
-        if let Some(failure) = &self.failure {
-            return Err(failure.clone());
-        }
-        self.decode_buffered().inspect_err(|err| {
-            self.buffer = Vec::new();
-            self.failure = Some(err.clone());
-        })
-    }
-
-    /// Bytes received but not yet decoded.
-    pub fn buffered(&self) -> usize {
-        self.buffer.len()
-    }
-
-    /// Checks that the stream ended between frames.
-    pub fn finish(&self) -> Result<(), ProtocolError> {
-        match (&self.failure, self.buffer.len()) {
-            (Some(failure), _) => Err(failure.clone()),
-            (None, 0) => Ok(()),
-            (None, buffered) => Err(ProtocolError::Truncated { buffered }),
-        }
-    }
-
-    fn decode_buffered(&mut self) -> Result<Option<M>, ProtocolError> {
-        let Some(prefix) = self.buffer.first_chunk::<LENGTH_PREFIX_BYTES>() else {
-            return Ok(None);
-        };
-        let length = u32::from_be_bytes(*prefix) as usize;
-        if length > M::MAX_BYTES {
-            return Err(ProtocolError::TooLarge {
-                length: length as u64,
-                limit: M::MAX_BYTES,
-            });
-        }
-        let end = LENGTH_PREFIX_BYTES + length;
-        if self.buffer.len() < end {
-            return Ok(None);
-        }
-        let message = decode_body(&self.buffer[LENGTH_PREFIX_BYTES..end])?;
-        self.buffer.drain(..end);
-        if self.buffer.len() <= RETAINED_BUFFER_BYTES {
-            self.buffer.shrink_to(RETAINED_BUFFER_BYTES);
-        }
-        Ok(Some(message))
-    }
-}
-
-fn decode_body<M: Message>(body: &[u8]) -> Result<M, ProtocolError> {
-    let (message, rest) =
-        postcard::take_from_bytes(body).map_err(|err| ProtocolError::Malformed(err.to_string()))?;
-    if !rest.is_empty() {
-        return Err(ProtocolError::Malformed(format!(
-            "{} bytes after the message",
-            rest.len()
-        )));
-    }
-    Ok(message)
 }
 
 /// What the replica's shell must act on.
@@ -334,28 +154,36 @@ pub enum ReplicaEvent {
 /// The replica's end of one sync connection.
 #[derive(Debug)]
 pub struct ReplicaSession {
-    name: String,
+    name: ApplianceName,
     running_version: Option<u64>,
+    heartbeat_interval: Duration,
     outgoing: VecDeque<ReplicaMessage>,
     next_heartbeat: Option<Instant>,
 }
 
 impl ReplicaSession {
     /// A session for replica `name` running `running_version`.
-    pub fn new(name: impl Into<String>, running_version: Option<u64>) -> Self {
+    pub fn new(name: ApplianceName, running_version: Option<u64>) -> Self {
         Self {
-            name: name.into(),
+            name,
             running_version,
+            heartbeat_interval: HEARTBEAT_INTERVAL,
             outgoing: VecDeque::new(),
             next_heartbeat: None,
         }
+    }
+
+    /// Sends heartbeats every `interval` instead of [`HEARTBEAT_INTERVAL`].
+    pub fn with_heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
     }
 
     /// The stream is open: returns the Hello to send first and starts the
     /// heartbeat timer. Anything queued for an earlier connection is dropped.
     pub fn connected(&mut self, now: Instant) -> ReplicaMessage {
         self.outgoing.clear();
-        self.next_heartbeat = Some(now + HEARTBEAT_INTERVAL);
+        self.next_heartbeat = Some(now + self.heartbeat_interval);
         ReplicaMessage::Hello {
             protocol: PROTOCOL_VERSION,
             name: self.name.clone(),
@@ -407,7 +235,7 @@ impl ReplicaSession {
         if now < due {
             return;
         }
-        self.next_heartbeat = Some(now + HEARTBEAT_INTERVAL);
+        self.next_heartbeat = Some(now + self.heartbeat_interval);
         self.outgoing.push_back(ReplicaMessage::Heartbeat {
             stats,
             bundle_version: self.running_version,
@@ -468,7 +296,7 @@ pub enum ReplicaUpdate {
 /// The primary's end of one sync connection, for one authenticated replica.
 #[derive(Debug)]
 pub struct PrimarySession {
-    name: String,
+    name: ApplianceName,
     published: Option<(u64, Bytes)>,
     replica_version: Option<u64>,
     sent_version: Option<u64>,
@@ -481,9 +309,9 @@ pub struct PrimarySession {
 impl PrimarySession {
     /// A session for replica `name` (from its pinned certificate), with the
     /// bundle currently published, if any.
-    pub fn new(name: impl Into<String>, published: Option<(u64, Bytes)>) -> Self {
+    pub fn new(name: ApplianceName, published: Option<(u64, Bytes)>) -> Self {
         Self {
-            name: name.into(),
+            name,
             published,
             replica_version: None,
             sent_version: None,
@@ -561,7 +389,7 @@ impl PrimarySession {
     }
 
     /// The replica's name.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &ApplianceName {
         &self.name
     }
 
@@ -610,55 +438,6 @@ impl PrimarySession {
             bytes: bytes.clone(),
         });
         self.sent_version = Some(*version);
-    }
-}
-
-/// Reconnect delays: exponential from [`BACKOFF_INITIAL`], doubling to
-/// [`BACKOFF_MAX`], with full jitter (each delay drawn in `[0, ceiling]`).
-/// It starts over once a connection stayed up [`BACKOFF_RESET_AFTER`].
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    ceiling: Duration,
-    up_since: Option<Instant>,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Backoff {
-    /// A backoff at its first step.
-    pub fn new() -> Self {
-        Self {
-            ceiling: BACKOFF_INITIAL,
-            up_since: None,
-        }
-    }
-
-    /// A connection came up at `now`.
-    pub fn connected(&mut self, now: Instant) {
-        self.up_since = Some(now);
-    }
-
-    /// The connection failed or dropped at `now`: how long to wait before
-    /// the next attempt.
-    pub fn next_delay(&mut self, now: Instant, rng: &mut impl Rng) -> Duration {
-        if let Some(up_since) = self.up_since.take()
-            && now.saturating_duration_since(up_since) >= BACKOFF_RESET_AFTER
-        {
-            self.ceiling = BACKOFF_INITIAL;
-        }
-        let ceiling_ms = self.ceiling.as_millis() as u64;
-        let delay = Duration::from_millis(rng.random_range(0..=ceiling_ms));
-        self.ceiling = (self.ceiling * 2).min(BACKOFF_MAX);
-        delay
-    }
-
-    /// The largest delay the next attempt can draw (before any reset).
-    pub fn ceiling(&self) -> Duration {
-        self.ceiling
     }
 }
 
@@ -713,11 +492,12 @@ mod payload {
 
 #[cfg(test)]
 mod tests {
-    use rand::SeedableRng;
     use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::clock;
+    use crate::frame::{FrameDecoder, FrameError, encode_frame};
+    use crate::test_now;
 
     fn bundle(version: u64, bytes: &'static [u8]) -> PrimaryMessage {
         PrimaryMessage::Bundle {
@@ -733,6 +513,10 @@ mod tests {
         }
     }
 
+    fn kitchen() -> ApplianceName {
+        ApplianceName::parse("kitchen").unwrap()
+    }
+
     fn drain<M>(mut poll: impl FnMut() -> Option<M>) -> Vec<M> {
         std::iter::from_fn(&mut poll).collect()
     }
@@ -741,7 +525,7 @@ mod tests {
         vec![
             ReplicaMessage::Hello {
                 protocol: PROTOCOL_VERSION,
-                name: "kitchen".into(),
+                name: kitchen(),
                 bundle_version: Some(7),
             },
             ReplicaMessage::Applied { version: 8 },
@@ -824,7 +608,7 @@ mod tests {
         let mut decoder = FrameDecoder::<ReplicaMessage>::new();
         let length = (MAX_REPLICA_MESSAGE_BYTES as u32 + 1).to_be_bytes();
         let err = decoder.push(&length).unwrap_err();
-        assert!(matches!(err, ProtocolError::TooLarge { .. }), "{err}");
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
         assert_eq!(decoder.buffered(), 0);
         assert_eq!(
             decoder.push(&[0; 100]).unwrap_err(),
@@ -835,7 +619,7 @@ mod tests {
 
         let mut decoder = FrameDecoder::<PrimaryMessage>::new();
         let err = decoder.push(&u32::MAX.to_be_bytes()).unwrap_err();
-        assert!(matches!(err, ProtocolError::TooLarge { .. }), "{err}");
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
     }
 
     #[test]
@@ -845,14 +629,14 @@ mod tests {
             reason: "x".repeat(MAX_REPLICA_MESSAGE_BYTES),
         };
         let err = encode_frame(&message).unwrap_err();
-        assert!(matches!(err, ProtocolError::TooLarge { .. }), "{err}");
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut decoder = FrameDecoder::<PrimaryMessage>::new();
         let err = decoder.push(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap_err();
-        assert!(matches!(err, ProtocolError::Malformed(_)), "{err}");
+        assert!(matches!(err, FrameError::Malformed(_)), "{err}");
 
         let mut decoder = FrameDecoder::<ReplicaMessage>::new();
         assert!(decoder.push(&[0, 0, 0, 0]).is_err(), "empty body");
@@ -863,10 +647,7 @@ mod tests {
         let err = FrameDecoder::<ReplicaMessage>::new()
             .push(&frame)
             .unwrap_err();
-        assert!(
-            matches!(err, ProtocolError::Malformed(_)),
-            "trailing: {err}"
-        );
+        assert!(matches!(err, FrameError::Malformed(_)), "trailing: {err}");
 
         let mut rng = StdRng::seed_from_u64(4);
         for _ in 0..2000 {
@@ -886,47 +667,25 @@ mod tests {
         let err = decoder.finish().unwrap_err();
         assert_eq!(
             err,
-            ProtocolError::Truncated {
+            FrameError::Truncated {
                 buffered: frame.len() - 1
             }
         );
     }
 
     #[test]
-    fn stats_come_from_a_snapshot() {
-        let snapshot: StatsSnapshot = serde_json::from_value(serde_json::json!({
-            "queries": 10, "by_type": [], "by_rcode": [], "cache_hits": 4,
-            "cache_misses": 6, "stale_served": 1, "forwarded": 3, "blocked": 2,
-            "rejected": 0, "failed": 1, "local": 1, "upstream_errors": 5,
-            "upstream_latency": {"bounds_us": [], "counts": [], "sum_us": 0},
-            "top_names": [], "top_blocked": [], "top_clients": []
-        }))
-        .unwrap();
-        let stats = ReplicaStats::from(&snapshot);
-        assert_eq!(
-            (
-                stats.queries,
-                stats.blocked,
-                stats.cache_hits,
-                stats.upstream_errors
-            ),
-            (10, 2, 4, 5)
-        );
-    }
-
-    #[test]
     fn replica_hello_carries_the_running_version() {
-        let now = clock::now();
-        let mut replica = ReplicaSession::new("kitchen", Some(7));
+        let now = test_now();
+        let mut replica = ReplicaSession::new(kitchen(), Some(7));
         assert_eq!(
             replica.connected(now),
             ReplicaMessage::Hello {
                 protocol: PROTOCOL_VERSION,
-                name: "kitchen".into(),
+                name: kitchen(),
                 bundle_version: Some(7),
             }
         );
-        let mut fresh = ReplicaSession::new("attic", None);
+        let mut fresh = ReplicaSession::new(ApplianceName::parse("attic").unwrap(), None);
         assert!(matches!(
             fresh.connected(now),
             ReplicaMessage::Hello {
@@ -938,8 +697,8 @@ mod tests {
 
     #[test]
     fn replica_applies_only_newer_bundles() {
-        let now = clock::now();
-        let mut replica = ReplicaSession::new("kitchen", Some(7));
+        let now = test_now();
+        let mut replica = ReplicaSession::new(kitchen(), Some(7));
         replica.connected(now);
         assert_eq!(
             replica.handle(bundle(8, b"v8"), now),
@@ -968,8 +727,8 @@ mod tests {
 
     #[test]
     fn replica_reports_a_bundle_the_shell_refused() {
-        let now = clock::now();
-        let mut replica = ReplicaSession::new("kitchen", None);
+        let now = test_now();
+        let mut replica = ReplicaSession::new(kitchen(), None);
         replica.connected(now);
         assert_eq!(replica.handle(bundle(1, b"forged"), now).len(), 1);
         replica.rejected(1, "bad signature");
@@ -985,8 +744,8 @@ mod tests {
 
     #[test]
     fn replica_heartbeats_every_interval() {
-        let start = clock::now();
-        let mut replica = ReplicaSession::new("kitchen", Some(2));
+        let start = test_now();
+        let mut replica = ReplicaSession::new(kitchen(), Some(2));
         assert_eq!(replica.poll_timeout(), None, "no timer before connecting");
         replica.connected(start);
         assert_eq!(replica.poll_timeout(), Some(start + HEARTBEAT_INTERVAL));
@@ -1012,8 +771,8 @@ mod tests {
 
     #[test]
     fn replica_stops_after_being_refused() {
-        let now = clock::now();
-        let mut replica = ReplicaSession::new("kitchen", None);
+        let now = test_now();
+        let mut replica = ReplicaSession::new(kitchen(), None);
         replica.connected(now);
         let events = replica.handle(
             PrimaryMessage::Refused {
@@ -1033,7 +792,7 @@ mod tests {
     fn hello(bundle_version: Option<u64>) -> ReplicaMessage {
         ReplicaMessage::Hello {
             protocol: PROTOCOL_VERSION,
-            name: "kitchen".into(),
+            name: kitchen(),
             bundle_version,
         }
     }
@@ -1044,9 +803,9 @@ mod tests {
 
     #[test]
     fn primary_sends_the_bundle_to_an_older_replica() {
-        let now = clock::now();
+        let now = test_now();
         for replica_version in [None, Some(4)] {
-            let mut primary = PrimarySession::new("kitchen", published(5));
+            let mut primary = PrimarySession::new(kitchen(), published(5));
             assert_eq!(
                 primary.handle(hello(replica_version), now),
                 Some(ReplicaUpdate::Hello {
@@ -1062,21 +821,21 @@ mod tests {
 
     #[test]
     fn primary_sends_nothing_to_an_up_to_date_replica() {
-        let now = clock::now();
+        let now = test_now();
         for replica_version in [Some(5), Some(6)] {
-            let mut primary = PrimarySession::new("kitchen", published(5));
+            let mut primary = PrimarySession::new(kitchen(), published(5));
             primary.handle(hello(replica_version), now);
             assert_eq!(primary.poll_transmit(), None);
         }
-        let mut primary = PrimarySession::new("kitchen", None);
+        let mut primary = PrimarySession::new(kitchen(), None);
         primary.handle(hello(None), now);
         assert_eq!(primary.poll_transmit(), None, "nothing published");
     }
 
     #[test]
     fn primary_pushes_what_it_publishes() {
-        let now = clock::now();
-        let mut primary = PrimarySession::new("kitchen", published(5));
+        let now = test_now();
+        let mut primary = PrimarySession::new(kitchen(), published(5));
         primary.publish(6, Bytes::from_static(b"v6"));
         assert_eq!(primary.poll_transmit(), None, "not before the hello");
         primary.handle(hello(Some(5)), now);
@@ -1101,12 +860,12 @@ mod tests {
 
     #[test]
     fn primary_refuses_another_protocol_version() {
-        let now = clock::now();
-        let mut primary = PrimarySession::new("kitchen", published(5));
+        let now = test_now();
+        let mut primary = PrimarySession::new(kitchen(), published(5));
         let update = primary.handle(
             ReplicaMessage::Hello {
                 protocol: PROTOCOL_VERSION + 1,
-                name: "kitchen".into(),
+                name: kitchen(),
                 bundle_version: None,
             },
             now,
@@ -1125,12 +884,12 @@ mod tests {
 
     #[test]
     fn primary_refuses_messages_before_hello_and_a_second_hello() {
-        let now = clock::now();
-        let mut primary = PrimarySession::new("kitchen", None);
+        let now = test_now();
+        let mut primary = PrimarySession::new(kitchen(), None);
         let update = primary.handle(ReplicaMessage::Applied { version: 1 }, now);
         assert!(matches!(update, Some(ReplicaUpdate::Refused { .. })));
 
-        let mut primary = PrimarySession::new("kitchen", None);
+        let mut primary = PrimarySession::new(kitchen(), None);
         primary.handle(hello(None), now);
         let update = primary.handle(hello(None), now);
         assert!(matches!(update, Some(ReplicaUpdate::Refused { .. })));
@@ -1138,8 +897,8 @@ mod tests {
 
     #[test]
     fn primary_reports_updates_for_the_fleet() {
-        let now = clock::now();
-        let mut primary = PrimarySession::new("kitchen", published(5));
+        let now = test_now();
+        let mut primary = PrimarySession::new(kitchen(), published(5));
         primary.handle(hello(Some(4)), now);
         assert_eq!(
             primary.handle(ReplicaMessage::Applied { version: 5 }, now),
@@ -1175,8 +934,8 @@ mod tests {
 
     #[test]
     fn revoked_replica_is_refused_mid_connection() {
-        let now = clock::now();
-        let mut primary = PrimarySession::new("kitchen", published(5));
+        let now = test_now();
+        let mut primary = PrimarySession::new(kitchen(), published(5));
         primary.handle(hello(None), now);
         primary.refuse("revoked");
         assert_eq!(
@@ -1186,234 +945,5 @@ mod tests {
             }],
             "the pending bundle is dropped"
         );
-    }
-
-    /// A replica and a primary joined through the framing, with a shell on
-    /// each side and a virtual clock.
-    struct Link {
-        now: Instant,
-        replica: ReplicaSession,
-        primary: PrimarySession,
-        at_primary: FrameDecoder<ReplicaMessage>,
-        at_replica: FrameDecoder<PrimaryMessage>,
-        updates: Vec<ReplicaUpdate>,
-        refused: Vec<String>,
-        running: Option<(u64, Bytes)>,
-    }
-
-    impl Link {
-        fn new(running: Option<(u64, Bytes)>, published: Option<(u64, Bytes)>) -> Self {
-            let now = clock::now();
-            let mut replica =
-                ReplicaSession::new("kitchen", running.as_ref().map(|(version, _)| *version));
-            let hello = replica.connected(now);
-            let mut link = Self {
-                now,
-                replica,
-                primary: PrimarySession::new("kitchen", published),
-                at_primary: FrameDecoder::new(),
-                at_replica: FrameDecoder::new(),
-                updates: Vec::new(),
-                refused: Vec::new(),
-                running,
-            };
-            link.deliver_to_primary(&hello);
-            link
-        }
-
-        /// Moves frames both ways, in 7-byte chunks, until both are quiet.
-        fn settle(&mut self) {
-            loop {
-                let mut moved = false;
-                while let Some(message) = self.primary.poll_transmit() {
-                    self.deliver_to_replica(&message);
-                    moved = true;
-                }
-                while let Some(message) = self.replica.poll_transmit() {
-                    self.deliver_to_primary(&message);
-                    moved = true;
-                }
-                if !moved {
-                    return;
-                }
-            }
-        }
-
-        fn deliver_to_primary(&mut self, message: &ReplicaMessage) {
-            let frame = encode_frame(message).unwrap();
-            for chunk in frame.chunks(7) {
-                let mut decoded = self.at_primary.push(chunk).unwrap();
-                while let Some(message) = decoded {
-                    let update = self.primary.handle(message, self.now);
-                    self.updates.extend(update);
-                    decoded = self.at_primary.next_message().unwrap();
-                }
-            }
-        }
-
-        fn deliver_to_replica(&mut self, message: &PrimaryMessage) {
-            let frame = encode_frame(message).unwrap();
-            for chunk in frame.chunks(7) {
-                let mut decoded = self.at_replica.push(chunk).unwrap();
-                while let Some(message) = decoded {
-                    for event in self.replica.handle(message, self.now) {
-                        self.replica_shell(event);
-                    }
-                    decoded = self.at_replica.next_message().unwrap();
-                }
-            }
-        }
-
-        /// The replica's shell: a bundle whose bytes say "bad" fails to verify.
-        fn replica_shell(&mut self, event: ReplicaEvent) {
-            match event {
-                ReplicaEvent::Apply { version, bytes } if bytes.as_ref() == b"bad" => {
-                    self.replica.rejected(version, "bad signature");
-                }
-                ReplicaEvent::Apply { version, bytes } => {
-                    self.running = Some((version, bytes));
-                    self.replica.applied(version);
-                }
-                ReplicaEvent::Refused { reason } => self.refused.push(reason),
-            }
-        }
-
-        /// Jumps the clock to the replica's next deadline and fires it.
-        fn fire_timer(&mut self, queries: u64) {
-            self.now = self.replica.poll_timeout().unwrap();
-            self.replica.handle_timeout(self.now, stats(queries));
-            self.settle();
-        }
-
-        fn running_version(&self) -> Option<u64> {
-            self.running.as_ref().map(|(version, _)| *version)
-        }
-    }
-
-    #[test]
-    fn replica_and_primary_sync_end_to_end() {
-        let start_bundle = Bytes::from(vec![1; 100_000]);
-        let mut link = Link::new(None, Some((1, start_bundle.clone())));
-        link.settle();
-        assert_eq!(link.running, Some((1, start_bundle)));
-        assert_eq!(
-            link.updates,
-            vec![
-                ReplicaUpdate::Hello {
-                    bundle_version: None
-                },
-                ReplicaUpdate::Applied { version: 1 },
-            ]
-        );
-        link.updates.clear();
-
-        link.primary.publish(2, Bytes::from_static(b"second"));
-        link.settle();
-        assert_eq!(link.running_version(), Some(2));
-        assert_eq!(link.updates, vec![ReplicaUpdate::Applied { version: 2 }]);
-        link.updates.clear();
-
-        let start = link.now;
-        link.fire_timer(10);
-        link.fire_timer(20);
-        assert_eq!(link.now, start + 2 * HEARTBEAT_INTERVAL);
-        assert_eq!(
-            link.updates,
-            vec![
-                ReplicaUpdate::Heartbeat {
-                    stats: stats(10),
-                    bundle_version: Some(2)
-                },
-                ReplicaUpdate::Heartbeat {
-                    stats: stats(20),
-                    bundle_version: Some(2)
-                },
-            ]
-        );
-        assert_eq!(link.primary.last_heard(), Some(link.now));
-        assert!(link.refused.is_empty());
-    }
-
-    #[test]
-    fn a_bad_bundle_is_reported_and_the_good_one_kept() {
-        let mut link = Link::new(Some((3, Bytes::from_static(b"good"))), None);
-        link.settle();
-        link.primary.publish(4, Bytes::from_static(b"bad"));
-        link.settle();
-        assert_eq!(link.running_version(), Some(3));
-        assert!(
-            link.updates
-                .iter()
-                .any(|update| matches!(update, ReplicaUpdate::Rejected { version: 4, .. })),
-            "{:?}",
-            link.updates
-        );
-        link.primary.publish(5, Bytes::from_static(b"fixed"));
-        link.settle();
-        assert_eq!(link.running_version(), Some(5));
-    }
-
-    #[test]
-    fn a_revoked_replica_hears_why() {
-        let mut link = Link::new(None, None);
-        link.settle();
-        link.primary.refuse("revoked");
-        link.settle();
-        assert_eq!(link.refused, vec!["revoked".to_owned()]);
-        assert_eq!(link.replica.poll_timeout(), None);
-    }
-
-    #[test]
-    fn backoff_grows_to_its_cap() {
-        let now = clock::now();
-        let mut backoff = Backoff::new();
-        let mut rng = StdRng::seed_from_u64(1);
-        let mut ceilings = Vec::new();
-        for _ in 0..10 {
-            ceilings.push(backoff.ceiling().as_secs());
-            backoff.next_delay(now, &mut rng);
-        }
-        assert_eq!(ceilings, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
-    }
-
-    #[test]
-    fn backoff_delays_stay_within_the_ceiling() {
-        let now = clock::now();
-        let mut rng = StdRng::seed_from_u64(2);
-        let mut backoff = Backoff::new();
-        let mut longest = Duration::ZERO;
-        for _ in 0..500 {
-            let ceiling = backoff.ceiling();
-            let delay = backoff.next_delay(now, &mut rng);
-            assert!(delay <= ceiling, "{delay:?} over {ceiling:?}");
-            longest = longest.max(delay);
-        }
-        assert!(
-            longest > BACKOFF_MAX / 2,
-            "jitter spreads delays: {longest:?}"
-        );
-        assert!(longest <= BACKOFF_MAX);
-    }
-
-    #[test]
-    fn backoff_starts_over_after_a_stable_connection() {
-        let start = clock::now();
-        let mut rng = StdRng::seed_from_u64(3);
-        let mut backoff = Backoff::new();
-        for _ in 0..5 {
-            backoff.next_delay(start, &mut rng);
-        }
-        backoff.connected(start);
-        backoff.next_delay(start + BACKOFF_RESET_AFTER / 2, &mut rng);
-        assert_eq!(
-            backoff.ceiling(),
-            BACKOFF_MAX,
-            "a short connection keeps it"
-        );
-
-        backoff.connected(start);
-        let delay = backoff.next_delay(start + BACKOFF_RESET_AFTER, &mut rng);
-        assert!(delay <= BACKOFF_INITIAL);
-        assert_eq!(backoff.ceiling(), BACKOFF_INITIAL * 2);
     }
 }
