@@ -22,7 +22,7 @@ use super::*;
 use crate::compile::compile_policy;
 use crate::config::{CacheTuning, Config};
 use crate::dns::clock::ManualClock;
-use crate::policy::{Chain, PauseState, WasmPolicy};
+use crate::policy::{Chain, PauseState, PolicyEngine, WasmPolicy};
 use crate::store::DataDir;
 
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 7));
@@ -44,9 +44,10 @@ static POLICY: LazyLock<Arc<dyn Policy>> = LazyLock::new(|| {
     .unwrap();
     let compiled = compile_policy(&config.policy, &data).unwrap();
     std::fs::remove_dir_all(root).unwrap();
+    let engine = PolicyEngine::unticked().unwrap();
     Arc::new(Chain(vec![
-        WasmPolicy::new(&compiled.local_records).unwrap(),
-        WasmPolicy::new(&compiled.blocklist).unwrap(),
+        WasmPolicy::new(&engine, &compiled.local_records).unwrap(),
+        WasmPolicy::new(&engine, &compiled.blocklist).unwrap(),
     ]))
 });
 
