@@ -92,7 +92,13 @@ async fn run_replica(
         step: Step::new(),
         failed: None,
     };
-    driver::drive(&mut side, &mut send, &mut recv).await
+    let result = driver::drive(&mut side, &mut send, &mut recv).await;
+    if result.is_err() {
+        // The driver ended the stream after the refusal: let it arrive
+        // before the connection closes.
+        let _ = within("ending the exchange", send.stopped()).await;
+    }
+    result
 }
 
 /// Runs the primary's side of pairing on an accepted connection whose
