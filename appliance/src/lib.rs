@@ -6,9 +6,10 @@
 //! `policy` (the block/allow seam and pause switch), `stats` (counters and
 //! the query log), `store` (the data directory), `control` (the HTTP
 //! control endpoint and its client), `bundle` (signed policy bundles),
-//! `sync` (identity, pairing, the sync protocol), `fleet` (the primary's
-//! view of its replicas), `daemon` (wiring them together) and `init`
-//! (process 1 on the appliance image).
+//! `sync` (identity, pairing, the QUIC shell around `moat-proto`), `fleet`
+//! (the primary's view of its replicas), `lists` (blocklist downloads),
+//! `daemon` (the composition root) and `init` (process 1 on the appliance
+//! image). `ARCHITECTURE.md` at the repository root is the map.
 
 pub mod bundle;
 pub mod clock;
@@ -19,7 +20,7 @@ pub mod daemon;
 pub mod dns;
 pub mod fleet;
 pub mod init;
-pub mod lists;
+pub(crate) mod lists;
 pub mod policy;
 pub mod stats;
 pub mod store;

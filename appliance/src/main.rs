@@ -327,7 +327,9 @@ fn decision_label(decision: &Decision) -> String {
 
 async fn run(source: ConfigSource) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let running = App::build(source)?.spawn()?;
+    let app = App::build(source)?;
+    tracing::debug!(addrs = ?app.addrs()?, "bound");
+    let running = app.spawn()?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;

@@ -15,7 +15,7 @@ use crate::store::{Access, DataDir, StoreError, files};
 use crate::sync::identity::{Identity, IdentityError};
 use crate::sync::link::{LinkHealth, Replica};
 use crate::sync::pairing::{
-    self, CodeParseError, DEFAULT_CODE_TTL, PairingCode, PairError, PrimaryPin,
+    self, CodeParseError, DEFAULT_CODE_TTL, PairError, PairingCode, PrimaryPin,
 };
 use crate::sync::protocol::ReplicaStats;
 use crate::sync::server::ServerError;

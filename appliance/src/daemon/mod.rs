@@ -357,15 +357,12 @@ impl App {
     }
 
     /// The addresses bound.
-    pub fn addrs(&self) -> BoundAddrs {
-        BoundAddrs {
+    pub fn addrs(&self) -> Result<BoundAddrs, DaemonError> {
+        Ok(BoundAddrs {
             udp: self.daemon.udp.clone(),
             tcp: self.daemon.tcp.clone(),
-            control: self
-                .control
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
-        }
+            control: self.control.local_addr()?,
+        })
     }
 
     /// Starts serving: DNS, the control plane, the policy owner and the

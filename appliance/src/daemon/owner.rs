@@ -325,13 +325,13 @@ impl PolicyOwner {
     /// stays.
     fn become_replica(&mut self, pin: PrimaryPin) -> Result<(), DaemonError> {
         super::fleet::become_replica(self.data(), &pin)?;
+        // The link reports the version it runs as soon as it starts: none.
+        self.bundle = None;
+        self.publish_snapshot();
         let replica = super::fleet::replica_hooks(Arc::downgrade(&self.daemon));
         let mut role = self.daemon.role.lock();
         tokio::spawn(role.close());
         *role = Role::replica(pin, &self.daemon.fleet, replica);
-        drop(role);
-        self.bundle = None;
-        self.publish_snapshot();
         Ok(())
     }
 

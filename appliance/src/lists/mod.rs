@@ -11,7 +11,7 @@ use crate::config::{BlocklistSource, SourceLocation};
 use crate::store::DataDir;
 
 /// Largest blocklist downloaded.
-pub const MAX_LIST_BYTES: usize = 256 << 20;
+pub(crate) const MAX_LIST_BYTES: usize = 256 << 20;
 /// How long one download may take.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a round waits when no source has a refresh interval.
@@ -21,7 +21,7 @@ const MIN_ROUND: Duration = Duration::from_millis(500);
 
 /// Fetches the URL blocklists into the data directory.
 #[derive(Debug)]
-pub struct ListDownloader {
+pub(crate) struct ListDownloader {
     data: DataDir,
     tls: rustls::ClientConfig,
     client: Option<reqwest::Client>,
@@ -29,7 +29,7 @@ pub struct ListDownloader {
 
 impl ListDownloader {
     /// A downloader storing into `data`, trusting what `tls` trusts.
-    pub fn new(data: DataDir, tls: rustls::ClientConfig) -> Self {
+    pub(crate) fn new(data: DataDir, tls: rustls::ClientConfig) -> Self {
         Self {
             data,
             tls,
@@ -39,7 +39,7 @@ impl ListDownloader {
 
     /// Downloads every URL source in `sources` once; returns whether any
     /// list changed and how long to wait before the next round.
-    pub async fn round(&mut self, sources: &[BlocklistSource]) -> (bool, Duration) {
+    pub(crate) async fn round(&mut self, sources: &[BlocklistSource]) -> (bool, Duration) {
         let urls: Vec<_> = sources
             .iter()
             .filter(|source| matches!(source.source, SourceLocation::Url(_)))
