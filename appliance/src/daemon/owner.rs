@@ -24,7 +24,7 @@ use crate::sync::pairing::PrimaryPin;
 pub(super) type Reply<T> = oneshot::Sender<Result<T, DaemonError>>;
 
 /// How many commands may wait for the owner; senders wait beyond that.
-pub(super) const COMMAND_QUEUE: usize = 64;
+const COMMAND_QUEUE: usize = 64;
 
 /// A change to the policy state.
 #[derive(Debug)]
