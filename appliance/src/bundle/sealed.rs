@@ -195,11 +195,6 @@ impl VerifiedBundle {
         self.manifest.key_id
     }
 
-    /// The verified manifest.
-    pub fn manifest(&self) -> &Manifest {
-        &self.manifest
-    }
-
     /// The bytes of a part, if the bundle carries it.
     pub fn part(&self, part: Part) -> Option<&[u8]> {
         self.envelope

@@ -212,11 +212,6 @@ impl Fleet {
         self.published = Some(version);
     }
 
-    /// The bundle version the primary publishes, if any.
-    pub fn published(&self) -> Option<u64> {
-        self.published
-    }
-
     /// Every replica, by name, with its status at `now_ms`.
     pub fn list(&self, now_ms: u64) -> Vec<ReplicaView> {
         self.replicas
