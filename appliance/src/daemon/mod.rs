@@ -220,11 +220,6 @@ impl Daemon {
         self.commands.call(Command::Reload).await
     }
 
-    /// The version of the bundle in force.
-    pub fn bundle_version(&self) -> Option<u64> {
-        self.snapshot.load().bundle.map(|(version, _)| version)
-    }
-
     /// Pauses blocking, for `duration` or until resumed; kept across restarts.
     pub async fn pause(&self, duration: Option<Duration>) -> Result<PauseState, DaemonError> {
         let state = PauseState::for_duration(duration);
