@@ -161,21 +161,23 @@ impl PolicyOwner {
 
     fn set_policy(&mut self, policy: &Policy) -> Result<u64, DaemonError> {
         self.daemon.role.lock().refuse_policy_edits()?;
-        let checked = Config::parse(&policy.to_toml(), "the request")?;
+        let text = policy.to_toml();
+        let checked = Config::parse(&text, "the request")?;
         let new = Config {
             policy: checked.policy,
             ..self.config.clone()
         };
-        self.save_and_apply(files::POLICY_SETTINGS, &policy.to_toml(), new)
+        self.save_and_apply(files::POLICY_SETTINGS, &text, new)
     }
 
     fn set_tuning(&mut self, tuning: &Tuning) -> Result<u64, DaemonError> {
-        let checked = Config::parse(&tuning.to_toml(), "the request")?;
+        let text = tuning.to_toml();
+        let checked = Config::parse(&text, "the request")?;
         let new = Config {
             tuning: checked.tuning,
             ..self.config.clone()
         };
-        self.save_and_apply(files::TUNING_SETTINGS, &tuning.to_toml(), new)
+        self.save_and_apply(files::TUNING_SETTINGS, &text, new)
     }
 
     /// Saves `text` as `file`, the section that from now on replaces the
