@@ -17,11 +17,15 @@ pub mod compile;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod dns;
-pub mod fleet;
+mod dns;
+mod fleet;
 pub mod init;
-pub(crate) mod lists;
+mod lists;
 pub mod policy;
-pub mod stats;
+mod stats;
 pub mod store;
 pub mod sync;
+
+/// The request path as one function over bytes, for `cargo fuzz`.
+#[cfg(any(fuzzing, test))]
+pub mod fuzz;

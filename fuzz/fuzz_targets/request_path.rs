@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|request: &[u8]| {
-    moat::dns::fuzz::request_path(request);
+    moat::fuzz::request_path(request);
 });

@@ -82,7 +82,7 @@ pub struct PublicKey(pub [u8; 32]);
 
 impl PublicKey {
     /// The key's short id: the first 8 bytes of its SHA-256.
-    pub fn key_id(&self) -> KeyId {
+    pub(crate) fn key_id(&self) -> KeyId {
         let mut id = [0; 8];
         for (out, byte) in id.iter_mut().zip(digest(&SHA256, &self.0).as_ref()) {
             *out = *byte;

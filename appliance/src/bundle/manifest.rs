@@ -6,12 +6,12 @@ use serde::{Deserialize, Serialize};
 use super::{BundleError, KeyId};
 
 /// The bundle layout this build reads and writes.
-pub const FORMAT_VERSION: u16 = 1;
+pub(crate) const FORMAT_VERSION: u16 = 1;
 
 /// What a bundle's signature covers. `format` and `key_id` come first so
 /// they can be read before the signature is checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     /// Layout version ([`FORMAT_VERSION`]).
     pub format: u16,
     /// Id of the signing key.
@@ -28,7 +28,7 @@ pub struct Manifest {
 
 /// A part's name, length and SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartDigest {
+pub(crate) struct PartDigest {
     /// Name of the part.
     pub name: String,
     /// Length in bytes.

@@ -22,10 +22,11 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use key::{KeyId, PublicKey, SigningKey};
-pub use manifest::{FORMAT_VERSION, Manifest, PartDigest};
+pub use key::SigningKey;
+pub(crate) use key::{KeyId, PublicKey};
+pub(crate) use manifest::{FORMAT_VERSION, Manifest, PartDigest};
 pub use sealed::{Bundle, VerifiedBundle};
-pub use store::{BundleStore, LoadedBundle};
+pub use store::BundleStore;
 
 /// The parts a bundle carries. On the wire (in the manifest and the
 /// envelope) each goes by its [`Part::name`].
@@ -73,9 +74,9 @@ impl std::str::FromStr for Part {
 }
 
 /// Largest encoded bundle accepted; anything bigger is refused unread.
-pub const MAX_BUNDLE_BYTES: usize = 128 << 20;
+pub(crate) const MAX_BUNDLE_BYTES: usize = 128 << 20;
 /// Most parts a bundle may carry.
-pub const MAX_PARTS: usize = 64;
+pub(crate) const MAX_PARTS: usize = 64;
 
 /// Why a bundle was refused, or could not be made or stored.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{
-    BundleError, FORMAT_VERSION, KeyId, MAX_BUNDLE_BYTES, MAX_PARTS, Manifest, Part, PartDigest,
+    BundleError, FORMAT_VERSION, MAX_BUNDLE_BYTES, MAX_PARTS, Manifest, Part, PartDigest,
     PublicKey, SigningKey,
 };
 
@@ -102,7 +102,7 @@ impl Bundle {
     /// Checks, in order: the format is known, the manifest names the
     /// trusted key, the signature is valid, every part matches the manifest,
     /// the version is above `running_version`, and it has not expired.
-    pub fn verify(
+    pub(crate) fn verify(
         self,
         trusted: &PublicKey,
         running_version: Option<u64>,
@@ -176,22 +176,24 @@ impl VerifiedBundle {
     }
 
     /// When it was sealed (Unix seconds).
-    pub fn created_unix(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn created_unix(&self) -> u64 {
         self.manifest.created_unix
     }
 
     /// When it expires (Unix seconds).
-    pub fn expires_unix(&self) -> u64 {
+    pub(crate) fn expires_unix(&self) -> u64 {
         self.manifest.expires_unix
     }
 
     /// Whether it has expired at `now_unix`.
-    pub fn is_expired(&self, now_unix: u64) -> bool {
+    pub(crate) fn is_expired(&self, now_unix: u64) -> bool {
         now_unix >= self.manifest.expires_unix
     }
 
     /// Id of the key that signed it.
-    pub fn key_id(&self) -> KeyId {
+    #[cfg(test)]
+    pub(crate) fn key_id(&self) -> super::KeyId {
         self.manifest.key_id
     }
 
@@ -206,7 +208,7 @@ impl VerifiedBundle {
     }
 
     /// The bytes of a part the bundle must carry.
-    pub fn required_part(&self, part: Part) -> Result<&[u8], BundleError> {
+    pub(crate) fn required_part(&self, part: Part) -> Result<&[u8], BundleError> {
         self.part(part).ok_or(BundleError::MissingPart { part })
     }
 

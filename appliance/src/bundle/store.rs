@@ -27,7 +27,7 @@ impl BundleStore {
     }
 
     /// Replaces the stored bundle atomically.
-    pub fn save(&self, bundle: &VerifiedBundle) -> Result<(), BundleError> {
+    pub(crate) fn save(&self, bundle: &VerifiedBundle) -> Result<(), BundleError> {
         self.dir
             .write(files::BUNDLE, &bundle.to_bytes(), Access::Public)?;
         Ok(())

@@ -25,7 +25,7 @@ pub enum LinkError {
 }
 
 /// Returns `template` with `data` placed at `DATA_BASE`.
-pub fn with_data_segment(template: &[u8], data: &[u8]) -> Result<Vec<u8>, LinkError> {
+pub(crate) fn with_data_segment(template: &[u8], data: &[u8]) -> Result<Vec<u8>, LinkError> {
     let data_end = u64::from(DATA_BASE) + data.len() as u64;
     if data_end > u64::from(u32::MAX) {
         return Err(LinkError::TooLarge(data.len()));

@@ -9,9 +9,9 @@ mod sources;
 
 use moat_plugin_abi::{DataHeader, ORIGIN_CAPACITY, TABLES, Table, name_hash, packed_len};
 
-pub use link::{LinkError, with_data_segment};
-pub use parse::{ParsedList, Rule, parse_list};
-pub use sources::{
+pub(crate) use link::{LinkError, with_data_segment};
+pub(crate) use parse::Rule;
+pub(crate) use sources::{
     SourceError, SourceReport, SourceStatus, record_compiled, record_download, source_status,
     store_download,
 };
@@ -74,7 +74,7 @@ pub fn compile_policy(policy: &Policy, data: &DataDir) -> Result<CompiledPolicy,
 /// compiler and plugins, the rules in the configuration, and the bytes of
 /// every source. Equal digests compile to equal modules, so modules kept
 /// from an earlier run can be used without compiling again.
-pub fn inputs_digest(policy: &Policy, data: &DataDir) -> [u8; 32] {
+pub(crate) fn inputs_digest(policy: &Policy, data: &DataDir) -> [u8; 32] {
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     let mut add = |bytes: &[u8]| {
         digest.update(&(bytes.len() as u64).to_be_bytes());
@@ -103,11 +103,11 @@ pub fn inputs_digest(policy: &Policy, data: &DataDir) -> [u8; 32] {
 }
 
 /// The blocklist plugin as built from `plugins/blocklist`, without data.
-pub const BLOCKLIST_TEMPLATE: &[u8] =
+pub(crate) const BLOCKLIST_TEMPLATE: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/moat_blocklist.wasm"));
 
 /// The local-records plugin as built from `plugins/local-records`, without data.
-pub const LOCAL_RECORDS_TEMPLATE: &[u8] =
+pub(crate) const LOCAL_RECORDS_TEMPLATE: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/moat_local_records.wasm"));
 
 /// Rules gathered from every source, by table: name hashes and where each

@@ -4,7 +4,7 @@
 
 /// A rule a list gives; each covers the name and everything below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rule {
+pub(crate) enum Rule {
     /// Block the name.
     Block,
     /// An exception (`@@||name^`).
@@ -13,7 +13,7 @@ pub enum Rule {
 
 /// What one source contributed, counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ParsedList {
+pub(crate) struct ParsedList {
     /// Block rules.
     pub blocked: usize,
     /// Exception rules.
@@ -31,7 +31,7 @@ const MAX_LINE: usize = 4096;
 
 /// Parses a whole source, handing each rule to `visit` as it is read (a
 /// million-name list never exists as a million strings).
-pub fn parse_list(text: &str, visit: &mut dyn FnMut(Rule, &str)) -> ParsedList {
+pub(crate) fn parse_list(text: &str, visit: &mut dyn FnMut(Rule, &str)) -> ParsedList {
     let mut list = ParsedList::default();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut emit = |rule: Rule, name: &str, list: &mut ParsedList| {

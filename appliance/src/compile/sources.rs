@@ -97,7 +97,7 @@ pub(super) fn current_bytes(source: &BlocklistSource, data: &DataDir) -> Option<
 
 /// Keeps a fresh download of a URL source; says whether it differs from
 /// the copy kept before.
-pub fn store_download(
+pub(crate) fn store_download(
     source: &BlocklistSource,
     data: &DataDir,
     bytes: &[u8],
@@ -158,7 +158,7 @@ fn update_status(data: &DataDir, change: impl FnOnce(&mut StatusBook)) {
 }
 
 /// Notes what each source gave at a compile.
-pub fn record_compiled(data: &DataDir, reports: &[SourceReport], now_unix: u64) {
+pub(crate) fn record_compiled(data: &DataDir, reports: &[SourceReport], now_unix: u64) {
     update_status(data, |book| {
         for report in reports {
             let status = book.entry(report.source.clone()).or_default();
@@ -171,7 +171,12 @@ pub fn record_compiled(data: &DataDir, reports: &[SourceReport], now_unix: u64) 
 }
 
 /// Notes how a download of `source` went.
-pub fn record_download(data: &DataDir, source: &str, outcome: Result<(), String>, now_unix: u64) {
+pub(crate) fn record_download(
+    data: &DataDir,
+    source: &str,
+    outcome: Result<(), String>,
+    now_unix: u64,
+) {
     update_status(data, |book| {
         let status = book.entry(source.to_owned()).or_default();
         status.source = source.to_owned();
@@ -187,7 +192,7 @@ pub fn record_download(data: &DataDir, source: &str, outcome: Result<(), String>
 
 /// The status of each of `sources`, in their order; a source never
 /// compiled nor downloaded has only its name.
-pub fn source_status(data: &DataDir, sources: &[BlocklistSource]) -> Vec<SourceStatus> {
+pub(crate) fn source_status(data: &DataDir, sources: &[BlocklistSource]) -> Vec<SourceStatus> {
     let book: StatusBook = data
         .read_json(crate::store::files::SOURCE_STATUS)
         .ok()

@@ -16,14 +16,14 @@ use std::time::Duration;
 use moat_proto::ApplianceName;
 use serde::{Deserialize, Serialize};
 
-pub use records::{LocalRecord, RecordData, RecordError, RecordKind, RecordName};
-pub use values::{
+pub(crate) use records::{LocalRecord, RecordData, RecordName};
+pub(crate) use values::{
     BlockedResponse, BlocklistSource, FailMode, NameRule, Percent, SourceLocation, Strategy,
     Transport, UpstreamUrl,
 };
 
 /// The configuration Moat runs with when no `--config` is given.
-pub const DEFAULT_TOML: &str = include_str!("default.toml");
+pub(crate) const DEFAULT_TOML: &str = include_str!("default.toml");
 
 /// A complete configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -153,7 +153,7 @@ pub struct CacheTuning {
 
 /// How the cache is bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheBound {
+pub(crate) enum CacheBound {
     /// At most this many answers.
     Entries(u64),
     /// At most this many bytes of answers.
@@ -162,7 +162,7 @@ pub enum CacheBound {
 
 impl CacheTuning {
     /// The bound in force: bytes if set, else entries.
-    pub fn bound(&self) -> CacheBound {
+    pub(crate) fn bound(&self) -> CacheBound {
         match (self.max_bytes, self.max_entries) {
             (Some(bytes), _) => CacheBound::Bytes(bytes),
             (None, entries) => CacheBound::Entries(entries.unwrap_or(100_000) as u64),
@@ -435,7 +435,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 impl Config {
     /// Replaces `[policy]` and `[tuning]` by the sections saved through the
     /// control API in the data directory, where there are such files.
-    pub fn with_saved_sections(mut self) -> Result<Self, ConfigError> {
+    pub(crate) fn with_saved_sections(mut self) -> Result<Self, ConfigError> {
         let dir = &self.instance.data_dir;
         if let Some(saved) = read_saved(&dir.join(crate::store::files::POLICY_SETTINGS))? {
             self.policy = saved.policy;
@@ -464,7 +464,7 @@ fn read_saved(path: &Path) -> Result<Option<Config>, ConfigError> {
 
 impl Tuning {
     /// The tuning as a `[tuning]` TOML table, read back by `Config::parse`.
-    pub fn to_toml(&self) -> String {
+    pub(crate) fn to_toml(&self) -> String {
         #[derive(Serialize)]
         struct Wrapper<'a> {
             tuning: &'a Tuning,
@@ -477,7 +477,7 @@ impl Tuning {
 impl Policy {
     /// The policy as a `[policy]` TOML table: the form it travels in inside
     /// a bundle, read back by `Policy::from_toml`.
-    pub fn to_toml(&self) -> String {
+    pub(crate) fn to_toml(&self) -> String {
         #[derive(Serialize)]
         struct Wrapper<'a> {
             policy: &'a Policy,

@@ -139,7 +139,7 @@ impl From<LocalRecord> for RawRecord {
 
 impl RecordData {
     /// The record's type.
-    pub fn kind(&self) -> RecordKind {
+    pub(crate) fn kind(&self) -> RecordKind {
         match self {
             Self::A(_) => RecordKind::A,
             Self::Aaaa(_) => RecordKind::Aaaa,

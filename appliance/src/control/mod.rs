@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-pub use api::{Applied, LogPageView, LogQuery, PairingCode, Revoked, StatsView};
+pub use api::LogQuery;
 pub use client::{ClientError, ControlClient, Credentials, RawResponse};
 
 use crate::clock;
@@ -64,7 +64,7 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// Binds the control endpoint's address.
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
+pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
@@ -73,7 +73,7 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
 /// Serves the control endpoint on `listener` until `stop` ends, and
 /// records its address in the data directory. The task ends once the
 /// connections open at `stop` have finished.
-pub fn serve(
+pub(crate) fn serve(
     daemon: Arc<Daemon>,
     listener: std::net::TcpListener,
     stop: impl Future<Output = ()> + Send + 'static,

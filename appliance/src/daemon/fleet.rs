@@ -46,7 +46,7 @@ pub enum FleetError {
 
 impl FleetError {
     /// What kind of failure this is.
-    pub fn cause(&self) -> Cause {
+    pub(crate) fn cause(&self) -> Cause {
         match self {
             Self::Pairing(_) | Self::Code(_) => Cause::Refused,
             _ => Cause::Internal,
@@ -110,7 +110,7 @@ pub(super) fn replica_hooks(daemon: Weak<Daemon>) -> Arc<dyn Replica> {
 
 impl Daemon {
     /// Issues a one-time pairing code valid for `valid` (default 10 minutes).
-    pub fn issue_pairing_code(
+    pub(crate) fn issue_pairing_code(
         &self,
         valid: Option<Duration>,
     ) -> Result<(String, Duration), DaemonError> {

@@ -12,9 +12,10 @@ mod role;
 mod settings;
 mod tasks;
 
-pub use fleet::{FleetError, PrimaryStatus, join_offline};
-pub use role::RoleError;
-pub use settings::{PolicyView, SyncedFrom};
+pub use fleet::join_offline;
+pub(crate) use fleet::{FleetError, PrimaryStatus};
+pub(crate) use role::RoleError;
+pub(crate) use settings::PolicyView;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -129,7 +130,7 @@ pub enum Cause {
 
 impl DaemonError {
     /// What kind of failure this is.
-    pub fn cause(&self) -> Cause {
+    pub(crate) fn cause(&self) -> Cause {
         match self {
             Self::Config(_) | Self::Upstream(_) | Self::UpstreamCa { .. } | Self::Compile(_) => {
                 Cause::Invalid
@@ -209,7 +210,7 @@ impl Daemon {
     }
 
     /// The query path.
-    pub fn handler(&self) -> &Arc<QueryHandler> {
+    pub(crate) fn handler(&self) -> &Arc<QueryHandler> {
         &self.handler
     }
 

@@ -54,7 +54,7 @@ impl Daemon {
 
     /// Replaces the policy (primary only), keeps it in the data directory
     /// and applies it; returns the new configuration generation.
-    pub async fn set_policy(&self, policy: Policy) -> Result<u64, DaemonError> {
+    pub(crate) async fn set_policy(&self, policy: Policy) -> Result<u64, DaemonError> {
         let policy = Box::new(policy);
         self.commands
             .call(|reply| Command::SetPolicy(policy, reply))
@@ -67,7 +67,7 @@ impl Daemon {
     }
 
     /// Replaces this appliance's tuning, keeps it and applies it.
-    pub async fn set_tuning(&self, tuning: Tuning) -> Result<u64, DaemonError> {
+    pub(crate) async fn set_tuning(&self, tuning: Tuning) -> Result<u64, DaemonError> {
         let tuning = Box::new(tuning);
         self.commands
             .call(|reply| Command::SetTuning(tuning, reply))

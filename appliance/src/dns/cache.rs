@@ -19,7 +19,7 @@ use crate::config::{CacheBound, CacheTuning};
 
 /// A cached answer in wire form.
 #[derive(Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     wire: Box<[u8]>,
     ttl_offsets: Box<[u16]>,
     stored_at: Instant,
@@ -31,7 +31,7 @@ pub struct Answer {
 
 /// The outcome of clamping an upstream answer to the cache rules.
 #[derive(Debug, thiserror::Error)]
-pub enum AnswerError {
+pub(crate) enum AnswerError {
     /// The answer could not be re-encoded.
     #[error("cannot encode answer: {0}")]
     Encode(String),
@@ -42,7 +42,7 @@ pub enum AnswerError {
 
 /// Rules that turn upstream TTLs into cache lifetimes.
 #[derive(Debug, Clone, Copy)]
-pub struct TtlRules {
+pub(crate) struct TtlRules {
     /// Lowest lifetime, seconds.
     pub min: u32,
     /// Highest lifetime, seconds.
@@ -54,7 +54,7 @@ pub struct TtlRules {
 impl Answer {
     /// Builds a cacheable answer from an upstream response: strips EDNS,
     /// clamps each TTL, and derives the lifetime (RFC 2308 for negatives).
-    pub fn from_upstream(
+    pub(crate) fn from_upstream(
         mut message: Message,
         rules: TtlRules,
         now: Instant,
@@ -121,23 +121,18 @@ impl Answer {
     }
 
     /// Where the verdict memo keeps which policy let this question through.
-    pub fn verdict(&self) -> &VerdictSlot {
+    pub(crate) fn verdict(&self) -> &VerdictSlot {
         &self.verdict
     }
 
-    /// Lifetime in the cache, in seconds.
-    pub fn ttl(&self) -> u32 {
-        self.ttl
-    }
-
     /// Bytes this answer occupies.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.wire.len() + self.ttl_offsets.len() * 2 + size_of::<Self>()
     }
 
     /// Writes this answer as the response to `query`. TTLs count down from
     /// when it was stored, or are all `ttl_override` (stale answers).
-    pub fn write(
+    pub(crate) fn write(
         &self,
         query: &Query<'_>,
         now: Instant,
@@ -185,7 +180,7 @@ impl HitWindow {
 
 /// What the cache holds for a question.
 #[derive(Debug)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// A live answer; `refresh` says it is hot and about to expire, and this
     /// caller won the right to refresh it.
     Fresh {
@@ -202,7 +197,7 @@ pub enum Lookup {
 
 impl Lookup {
     /// The answer found, fresh or stale.
-    pub fn answer(&self) -> Option<&Arc<Answer>> {
+    pub(crate) fn answer(&self) -> Option<&Arc<Answer>> {
         match self {
             Self::Fresh { answer, .. } | Self::Stale(answer) => Some(answer),
             Self::Miss => None,
@@ -264,7 +259,7 @@ impl Weighter<StoredKey, Arc<Answer>> for AnswerWeight {
 type Store = quick_cache::sync::Cache<StoredKey, Arc<Answer>, AnswerWeight>;
 
 /// The shared answer cache.
-pub struct Cache {
+pub(crate) struct Cache {
     store: RwLock<(CacheBound, Arc<Store>)>,
     tuning: arc_swap::ArcSwap<CacheTuning>,
 }
@@ -279,7 +274,7 @@ impl std::fmt::Debug for Cache {
 
 impl Cache {
     /// Creates an empty cache with these settings.
-    pub fn new(tuning: CacheTuning) -> Self {
+    pub(crate) fn new(tuning: CacheTuning) -> Self {
         let bound = tuning.bound();
         Self {
             store: RwLock::new((bound, Arc::new(new_store(bound)))),
@@ -288,7 +283,7 @@ impl Cache {
     }
 
     /// Applies new settings; a change of bound kind starts an empty cache.
-    pub fn retune(&self, tuning: CacheTuning) {
+    pub(crate) fn retune(&self, tuning: CacheTuning) {
         let bound = tuning.bound();
         let mut store = self.store.write();
         match (store.0, bound) {
@@ -303,12 +298,12 @@ impl Cache {
     }
 
     /// The settings in force.
-    pub fn tuning(&self) -> arc_swap::Guard<Arc<CacheTuning>> {
+    pub(crate) fn tuning(&self) -> arc_swap::Guard<Arc<CacheTuning>> {
         self.tuning.load()
     }
 
     /// TTL rules derived from the settings in force.
-    pub fn ttl_rules(&self) -> TtlRules {
+    pub(crate) fn ttl_rules(&self) -> TtlRules {
         let tuning = self.tuning.load();
         let secs = |duration: Duration| u32::try_from(duration.as_secs()).unwrap_or(u32::MAX);
         TtlRules {
@@ -319,7 +314,7 @@ impl Cache {
     }
 
     /// Looks a question up at `now`.
-    pub fn lookup(&self, key: &QuestionKey, now: Instant) -> Lookup {
+    pub(crate) fn lookup(&self, key: &QuestionKey, now: Instant) -> Lookup {
         let Some(answer) = self.store.read().1.get(key) else {
             return Lookup::Miss;
         };
@@ -351,20 +346,15 @@ impl Cache {
     }
 
     /// Stores an answer; answers with a zero lifetime are not kept.
-    pub fn insert(&self, key: &QuestionKey, answer: Arc<Answer>) {
+    pub(crate) fn insert(&self, key: &QuestionKey, answer: Arc<Answer>) {
         if answer.ttl > 0 {
             self.store.read().1.insert(StoredKey::from(key), answer);
         }
     }
 
     /// Number of cached answers.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.store.read().1.len()
-    }
-
-    /// Whether the cache is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -424,13 +414,13 @@ mod tests {
         assert_eq!(
             Answer::from_upstream(response("a.example.", 5, 1, None), RULES, now)
                 .unwrap()
-                .ttl(),
+                .ttl,
             60
         );
         assert_eq!(
             Answer::from_upstream(response("a.example.", 9999, 1, None), RULES, now)
                 .unwrap()
-                .ttl(),
+                .ttl,
             600
         );
     }
@@ -441,11 +431,11 @@ mod tests {
         let answer =
             Answer::from_upstream(response("n.example.", 0, 0, Some((900, 120))), RULES, now)
                 .unwrap();
-        assert_eq!(answer.ttl(), 120);
+        assert_eq!(answer.ttl, 120);
         let answer =
             Answer::from_upstream(response("n.example.", 0, 0, Some((9000, 9000))), RULES, now)
                 .unwrap();
-        assert_eq!(answer.ttl(), 300);
+        assert_eq!(answer.ttl, 300);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 /// The query path's clock (like quinn's runtime `now`): every age, deadline
 /// and log time of a query comes from here.
-pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+pub(crate) trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Monotonic now, for ages and deadlines.
     fn now(&self) -> Instant;
 
@@ -20,7 +20,7 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 
 /// The system clock (`crate::clock`), with tokio's timer.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {

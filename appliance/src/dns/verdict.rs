@@ -10,7 +10,7 @@ use crate::policy::Policy;
 /// The memo of one installed policy: it issues that policy's stamp and
 /// checks the stamps kept with cached answers.
 #[derive(Debug)]
-pub struct VerdictMemo {
+pub(crate) struct VerdictMemo {
     /// `None` when verdicts depend on the client and cannot be kept.
     stamp: Option<NonZeroU64>,
 }
@@ -18,12 +18,12 @@ pub struct VerdictMemo {
 /// Where a cached answer keeps the stamp of the last policy that let its
 /// question through (0: none).
 #[derive(Debug, Default)]
-pub struct VerdictSlot(AtomicU64);
+pub(crate) struct VerdictSlot(AtomicU64);
 
 impl VerdictMemo {
     /// The memo for `policy`, just installed: its stamp is one no earlier
     /// policy had, so no answer starts out passed.
-    pub fn issue(policy: &dyn Policy) -> Self {
+    pub(crate) fn issue(policy: &dyn Policy) -> Self {
         static ISSUED: AtomicU64 = AtomicU64::new(1);
         let stamp = (!policy.reads_client())
             .then(|| NonZeroU64::new(ISSUED.fetch_add(1, Ordering::Relaxed)))
@@ -33,13 +33,13 @@ impl VerdictMemo {
 
     /// Whether this policy already let the question of `slot`'s answer
     /// through.
-    pub fn passed(&self, slot: &VerdictSlot) -> bool {
+    pub(crate) fn passed(&self, slot: &VerdictSlot) -> bool {
         self.stamp
             .is_some_and(|stamp| slot.0.load(Ordering::Relaxed) == stamp.get())
     }
 
     /// Notes that this policy lets the question of `slot`'s answer through.
-    pub fn mark_passed(&self, slot: &VerdictSlot) {
+    pub(crate) fn mark_passed(&self, slot: &VerdictSlot) {
         if let Some(stamp) = self.stamp {
             slot.0.store(stamp.get(), Ordering::Relaxed);
         }

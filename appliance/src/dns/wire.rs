@@ -8,22 +8,22 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 /// Length of the DNS header.
-pub const HEADER_LEN: usize = 12;
+pub(crate) const HEADER_LEN: usize = 12;
 /// Largest wire-format name.
-pub const MAX_NAME_LEN: usize = 255;
+pub(crate) const MAX_NAME_LEN: usize = 255;
 /// UDP payload every client may receive (RFC 1035).
-pub const MIN_UDP_PAYLOAD: u16 = 512;
+pub(crate) const MIN_UDP_PAYLOAD: u16 = 512;
 
 /// RR type numbers used here.
-pub mod rtype {
+pub(crate) mod rtype {
     /// IPv4 address.
-    pub const A: u16 = 1;
+    pub(crate) const A: u16 = 1;
     /// Start of authority.
-    pub const SOA: u16 = 6;
+    pub(crate) const SOA: u16 = 6;
     /// IPv6 address.
-    pub const AAAA: u16 = 28;
+    pub(crate) const AAAA: u16 = 28;
     /// EDNS(0) pseudo-record.
-    pub const OPT: u16 = 41;
+    pub(crate) const OPT: u16 = 41;
 }
 
 /// Flag bits in the high byte of the header's flags (its third byte).
@@ -53,29 +53,29 @@ mod flags_lo {
 }
 
 /// Response codes used here.
-pub mod rcode {
+pub(crate) mod rcode {
     /// No error.
-    pub const NOERROR: u16 = 0;
+    pub(crate) const NOERROR: u16 = 0;
     /// The query was malformed.
-    pub const FORMERR: u16 = 1;
+    pub(crate) const FORMERR: u16 = 1;
     /// The server failed.
-    pub const SERVFAIL: u16 = 2;
+    pub(crate) const SERVFAIL: u16 = 2;
     /// The name does not exist.
-    pub const NXDOMAIN: u16 = 3;
+    pub(crate) const NXDOMAIN: u16 = 3;
     /// The opcode is not implemented.
-    pub const NOTIMP: u16 = 4;
+    pub(crate) const NOTIMP: u16 = 4;
     /// The query was refused.
-    pub const REFUSED: u16 = 5;
+    pub(crate) const REFUSED: u16 = 5;
     /// EDNS version not supported (extended).
-    pub const BADVERS: u16 = 16;
+    pub(crate) const BADVERS: u16 = 16;
 }
 
 /// A lower-cased wire-format name, held inline.
-pub type WireName = heapless::Vec<u8, MAX_NAME_LEN>;
+pub(crate) type WireName = heapless::Vec<u8, MAX_NAME_LEN>;
 
 /// What identifies a cacheable answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuestionKey {
+pub(crate) struct QuestionKey {
     /// Lower-cased wire-format name.
     pub name: WireName,
     /// Query type.
@@ -93,7 +93,7 @@ impl std::hash::Hash for QuestionKey {
 }
 
 /// The one hash of a question, shared by every key type that stands for one.
-pub fn hash_question<H: std::hash::Hasher>(
+pub(crate) fn hash_question<H: std::hash::Hasher>(
     name: &[u8],
     qtype: u16,
     qclass: u16,
@@ -108,7 +108,7 @@ pub fn hash_question<H: std::hash::Hasher>(
 
 /// The EDNS(0) options a query carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Edns {
+pub(crate) struct Edns {
     /// Largest UDP answer the client accepts.
     pub payload: u16,
     /// The DNSSEC OK bit.
@@ -118,7 +118,7 @@ pub struct Edns {
 /// A well-formed query, borrowed from the receive buffer (or owned, once
 /// it waits for an upstream: see `into_owned`).
 #[derive(Debug)]
-pub struct Query<'a> {
+pub(crate) struct Query<'a> {
     /// The bytes as received.
     bytes: Cow<'a, [u8]>,
     /// End of the question section in `bytes`.
@@ -133,7 +133,7 @@ pub struct Query<'a> {
 
 /// Why a message could not be served as a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// Not a query at all (too short, or a response): say nothing.
     Ignore,
     /// Answer with this response code and no records.
@@ -149,7 +149,7 @@ pub enum Rejection {
 
 impl<'a> Query<'a> {
     /// Parses a query. Never panics, whatever the bytes.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, Rejection> {
+    pub(crate) fn parse(bytes: &'a [u8]) -> Result<Self, Rejection> {
         if bytes.len() < HEADER_LEN || is_response(bytes) {
             return Err(Rejection::Ignore);
         }
@@ -221,24 +221,19 @@ impl<'a> Query<'a> {
         })
     }
 
-    /// The query ID.
-    pub fn id(&self) -> u16 {
-        u16::from_be_bytes([self.bytes[0], self.bytes[1]])
-    }
-
     /// The question section as received (original letter case).
-    pub fn question(&self) -> &[u8] {
+    pub(crate) fn question(&self) -> &[u8] {
         &self.bytes[HEADER_LEN..self.question_end]
     }
 
     /// The checking-disabled bit.
-    pub fn checking_disabled(&self) -> bool {
+    pub(crate) fn checking_disabled(&self) -> bool {
         self.bytes[3] & flags_lo::CD != 0
     }
 
     /// The same query holding its own copy of the bytes, to outlive the
     /// receive buffer without being parsed again.
-    pub fn into_owned(self) -> Query<'static> {
+    pub(crate) fn into_owned(self) -> Query<'static> {
         Query {
             bytes: Cow::Owned(self.bytes.into_owned()),
             question_end: self.question_end,
@@ -249,7 +244,7 @@ impl<'a> Query<'a> {
     }
 
     /// Largest answer this client accepts over UDP, given our own limit.
-    pub fn udp_limit(&self, server_max: u16) -> usize {
+    pub(crate) fn udp_limit(&self, server_max: u16) -> usize {
         let asked = self.edns.map_or(MIN_UDP_PAYLOAD, |edns| edns.payload);
         asked.clamp(MIN_UDP_PAYLOAD, server_max.max(MIN_UDP_PAYLOAD)) as usize
     }
@@ -288,7 +283,7 @@ fn read_edns(bytes: &[u8], mut at: usize) -> Result<Option<(Edns, u8)>, ()> {
 }
 
 /// Skips a possibly compressed name; returns the offset after it.
-pub fn skip_name(bytes: &[u8], mut at: usize) -> Option<usize> {
+pub(crate) fn skip_name(bytes: &[u8], mut at: usize) -> Option<usize> {
     loop {
         let len = *bytes.get(at)?;
         match len & 0xc0 {
@@ -302,7 +297,7 @@ pub fn skip_name(bytes: &[u8], mut at: usize) -> Option<usize> {
 
 /// Offsets of the TTL field of every record in a message (OPT excluded),
 /// or `None` if the message is malformed.
-pub fn ttl_offsets(bytes: &[u8]) -> Option<Vec<u16>> {
+pub(crate) fn ttl_offsets(bytes: &[u8]) -> Option<Vec<u16>> {
     let questions = read_u16(bytes, 4)?;
     let records: usize = (3..=5)
         .map(|field| read_u16(bytes, field * 2).map(usize::from))
@@ -341,7 +336,7 @@ const NSCOUNT: usize = 4;
 const ARCOUNT: usize = 5;
 
 /// Starts a response to `query`: header and echoed question, no records.
-pub fn begin_response(query: &Query<'_>, rcode: u16, out: &mut Vec<u8>) {
+pub(crate) fn begin_response(query: &Query<'_>, rcode: u16, out: &mut Vec<u8>) {
     begin_reply(&query.bytes, Some(query.question_end), rcode, out);
 }
 
@@ -361,7 +356,7 @@ fn begin_reply(request: &[u8], question_end: Option<usize>, rcode: u16, out: &mu
 
 /// Writes the reply to a message that `Query::parse` rejected.
 /// Returns false when nothing should be sent.
-pub fn write_rejection(request: &[u8], rejection: Rejection, out: &mut Vec<u8>) -> bool {
+pub(crate) fn write_rejection(request: &[u8], rejection: Rejection, out: &mut Vec<u8>) -> bool {
     let Rejection::Reply {
         rcode,
         question_end,
@@ -390,7 +385,7 @@ fn push_opt(out: &mut Vec<u8>, edns: Edns, rcode: u16) {
 
 /// Ends a response: adds OPT if the query had EDNS and, over UDP, cuts it
 /// to the header and question with TC set if it does not fit `limit`.
-pub fn finish_response(query: &Query<'_>, limit: Option<usize>, out: &mut Vec<u8>) {
+pub(crate) fn finish_response(query: &Query<'_>, limit: Option<usize>, out: &mut Vec<u8>) {
     const OPT_LEN: usize = 11;
     let opt_len = if query.edns.is_some() { OPT_LEN } else { 0 };
     if let Some(limit) = limit
@@ -408,7 +403,7 @@ pub fn finish_response(query: &Query<'_>, limit: Option<usize>, out: &mut Vec<u8
 /// Turns a cached response, copied into `out`, into the answer to `query`:
 /// its ID, RD and CD bits, RA set, and its question in the letter case the
 /// client wrote it.
-pub fn readdress(query: &Query<'_>, out: &mut [u8]) {
+pub(crate) fn readdress(query: &Query<'_>, out: &mut [u8]) {
     out[..2].copy_from_slice(&query.bytes[..2]);
     out[2] = flags_hi::QR | (query.bytes[2] & flags_hi::RD);
     out[3] =
@@ -420,34 +415,40 @@ pub fn readdress(query: &Query<'_>, out: &mut [u8]) {
 }
 
 /// Marks a response being written as authoritative.
-pub fn set_authoritative(out: &mut [u8]) {
+pub(crate) fn set_authoritative(out: &mut [u8]) {
     out[2] |= flags_hi::AA;
 }
 
 /// The response code in the header (the low four bits; extended codes live
 /// in the OPT record).
-pub fn response_code(message: &[u8]) -> u16 {
+pub(crate) fn response_code(message: &[u8]) -> u16 {
     message
         .get(3)
         .map_or(0, |flags| u16::from(flags & flags_lo::RCODE))
 }
 
 /// Whether a message has the QR bit set.
-pub fn is_response(message: &[u8]) -> bool {
+pub(crate) fn is_response(message: &[u8]) -> bool {
     message
         .get(2)
         .is_some_and(|flags| flags & flags_hi::QR != 0)
 }
 
 /// Whether a message has the TC bit set.
-pub fn is_truncated(message: &[u8]) -> bool {
+pub(crate) fn is_truncated(message: &[u8]) -> bool {
     message
         .get(2)
         .is_some_and(|flags| flags & flags_hi::TC != 0)
 }
 
 /// Appends one record whose owner is the question name.
-pub fn push_answer_record(out: &mut Vec<u8>, section: Section, kind: u16, ttl: u32, rdata: &[u8]) {
+pub(crate) fn push_answer_record(
+    out: &mut Vec<u8>,
+    section: Section,
+    kind: u16,
+    ttl: u32,
+    rdata: &[u8],
+) {
     out.extend_from_slice(&[0xc0, HEADER_LEN as u8]);
     out.extend_from_slice(&kind.to_be_bytes());
     out.extend_from_slice(&1u16.to_be_bytes());
@@ -459,7 +460,7 @@ pub fn push_answer_record(out: &mut Vec<u8>, section: Section, kind: u16, ttl: u
 
 /// A section of a response that records are added to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Section {
+pub(crate) enum Section {
     /// The answer section.
     Answer = ANCOUNT as isize,
     /// The authority section.
@@ -468,7 +469,7 @@ pub enum Section {
 
 /// Appends the SOA that makes a synthesized negative answer cacheable for
 /// `ttl` seconds (RFC 2308).
-pub fn push_soa(out: &mut Vec<u8>, ttl: u32) {
+pub(crate) fn push_soa(out: &mut Vec<u8>, ttl: u32) {
     let mut rdata = [0u8; 40];
     rdata[..6].copy_from_slice(b"\x04moat\x00");
     rdata[6..20].copy_from_slice(b"\x07blocked\x04moat\x00");
@@ -480,7 +481,7 @@ pub fn push_soa(out: &mut Vec<u8>, ttl: u32) {
 
 /// Appends address records of the query's family (A or AAAA) from `ips`.
 /// Returns how many were written.
-pub fn push_addresses(out: &mut Vec<u8>, qtype: u16, ttl: u32, ips: &[IpAddr]) -> usize {
+pub(crate) fn push_addresses(out: &mut Vec<u8>, qtype: u16, ttl: u32, ips: &[IpAddr]) -> usize {
     let mut written = 0;
     for ip in ips {
         match (qtype, ip) {
@@ -523,7 +524,7 @@ mod tests {
     fn parses_name_type_and_edns() {
         let bytes = query_bytes("WWW.Example.com", 28, Some((4096, 0, true)));
         let query = Query::parse(&bytes).unwrap();
-        assert_eq!(query.id(), 0x1234);
+        assert_eq!(&query.bytes[..2], [0x12, 0x34]);
         assert_eq!(&query.dotted[..], b"www.example.com");
         assert_eq!(&query.key.name[..], b"\x03www\x07example\x03com\x00");
         assert_eq!(query.key.qtype, 28);

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::{Access, DataDir, StoreError, files};
 
 /// How long a replica may stay unheard before it counts as failing.
-pub const SILENCE_LIMIT_MS: u64 = 3 * HEARTBEAT_INTERVAL.as_millis() as u64;
+pub(crate) const SILENCE_LIMIT_MS: u64 = 3 * HEARTBEAT_INTERVAL.as_millis() as u64;
 
 /// How a replica is doing, as listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -62,7 +62,7 @@ pub struct ReplicaView {
 
 /// The primary's replicas.
 #[derive(Debug)]
-pub struct Fleet {
+pub(crate) struct Fleet {
     dir: DataDir,
     replicas: BTreeMap<ApplianceName, Replica>,
     published: Option<u64>,
@@ -70,7 +70,7 @@ pub struct Fleet {
 
 impl Fleet {
     /// Loads the replicas file from `dir` (none yet: an empty fleet).
-    pub fn load(dir: &DataDir) -> Result<Self, StoreError> {
+    pub(crate) fn load(dir: &DataDir) -> Result<Self, StoreError> {
         let file: ReplicasFile = dir.read_json(files::REPLICAS)?.unwrap_or_default();
         let mut replicas = BTreeMap::new();
         for stored in file.replicas {
@@ -97,7 +97,11 @@ impl Fleet {
     /// name replaces its fingerprint and lifts a revocation; a certificate
     /// pinned under another name moves to this one. Nothing changes if the
     /// replicas file cannot be written.
-    pub fn pin(&mut self, name: ApplianceName, fingerprint: Fingerprint) -> Result<(), StoreError> {
+    pub(crate) fn pin(
+        &mut self,
+        name: ApplianceName,
+        fingerprint: Fingerprint,
+    ) -> Result<(), StoreError> {
         let before = self.replicas.clone();
         self.replicas
             .retain(|other, replica| other == &name || replica.stored.fingerprint != fingerprint);
@@ -112,7 +116,7 @@ impl Fleet {
     }
 
     /// The name pinned for a certificate `fingerprint`, unless revoked.
-    pub fn admit(&self, fingerprint: &Fingerprint) -> Option<ApplianceName> {
+    pub(crate) fn admit(&self, fingerprint: &Fingerprint) -> Option<ApplianceName> {
         self.replicas
             .values()
             .find(|replica| replica.stored.fingerprint == *fingerprint && !replica.stored.revoked)
@@ -121,7 +125,7 @@ impl Fleet {
 
     /// Revokes replica `name`; `false` if no such replica. The shell closes
     /// its connection.
-    pub fn revoke(&mut self, name: &str) -> Result<bool, StoreError> {
+    pub(crate) fn revoke(&mut self, name: &str) -> Result<bool, StoreError> {
         let Some(replica) = self.replicas.get_mut(name) else {
             return Ok(false);
         };
@@ -131,7 +135,7 @@ impl Fleet {
     }
 
     /// Replica `name` connected from `address`.
-    pub fn connected(&mut self, name: &str, address: impl Into<String>, now_ms: u64) {
+    pub(crate) fn connected(&mut self, name: &str, address: impl Into<String>, now_ms: u64) {
         if let Some(replica) = self.replicas.get_mut(name) {
             replica.live.connections += 1;
             replica.stored.address = Some(address.into());
@@ -141,14 +145,14 @@ impl Fleet {
     }
 
     /// Replica `name` greeted, running `version`.
-    pub fn hello(&mut self, name: &str, version: Option<u64>) {
+    pub(crate) fn hello(&mut self, name: &str, version: Option<u64>) {
         if let Some(replica) = self.replicas.get_mut(name) {
             replica.stored.bundle_version = version;
         }
     }
 
     /// Replica `name` put bundle `version` in force.
-    pub fn applied(&mut self, name: &str, version: u64) -> Result<(), StoreError> {
+    pub(crate) fn applied(&mut self, name: &str, version: u64) -> Result<(), StoreError> {
         let Some(replica) = self.replicas.get_mut(name) else {
             return Ok(());
         };
@@ -158,7 +162,12 @@ impl Fleet {
     }
 
     /// Replica `name` refused bundle `version`.
-    pub fn rejected(&mut self, name: &str, version: u64, reason: &str) -> Result<(), StoreError> {
+    pub(crate) fn rejected(
+        &mut self,
+        name: &str,
+        version: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         let Some(replica) = self.replicas.get_mut(name) else {
             return Ok(());
         };
@@ -168,7 +177,7 @@ impl Fleet {
     }
 
     /// Replica `name` sent a heartbeat. Not saved: it comes every few seconds.
-    pub fn heartbeat(
+    pub(crate) fn heartbeat(
         &mut self,
         name: &str,
         stats: ReplicaStats,
@@ -187,7 +196,7 @@ impl Fleet {
 
     /// A connection of replica `name` closed, with an error if it failed.
     /// An error counts against the replica only if it was its last connection.
-    pub fn disconnected(
+    pub(crate) fn disconnected(
         &mut self,
         name: &str,
         reason: Option<String>,
@@ -208,12 +217,12 @@ impl Fleet {
     }
 
     /// The bundle version the primary publishes now.
-    pub fn set_published(&mut self, version: u64) {
+    pub(crate) fn set_published(&mut self, version: u64) {
         self.published = Some(version);
     }
 
     /// Every replica, by name, with its status at `now_ms`.
-    pub fn list(&self, now_ms: u64) -> Vec<ReplicaView> {
+    pub(crate) fn list(&self, now_ms: u64) -> Vec<ReplicaView> {
         self.replicas
             .values()
             .map(|replica| self.view_of(replica, now_ms))
@@ -221,7 +230,8 @@ impl Fleet {
     }
 
     /// Replica `name` with its status at `now_ms`.
-    pub fn view(&self, name: &str, now_ms: u64) -> Option<ReplicaView> {
+    #[cfg(test)]
+    pub(crate) fn view(&self, name: &str, now_ms: u64) -> Option<ReplicaView> {
         self.replicas
             .get(name)
             .map(|replica| self.view_of(replica, now_ms))

@@ -15,12 +15,12 @@ use thiserror::Error;
 use crate::config::Config;
 
 /// Where the daemon keeps its state on the image.
-pub const DAEMON_DATA_DIR: &str = "/data/moat";
+pub(crate) const DAEMON_DATA_DIR: &str = "/data/moat";
 
 /// Why first-boot settings were refused.
 #[derive(Debug, Error)]
 #[non_exhaustive]
-pub enum SettingsError {
+pub(crate) enum SettingsError {
     /// Not TOML.
     #[error("moat.toml: {0}")]
     Toml(#[from] toml::de::Error),
@@ -39,7 +39,7 @@ pub enum SettingsError {
 
 /// How the network interface gets its address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Network {
+pub(crate) enum Network {
     /// Ask a DHCP server (the default).
     Dhcp,
     /// A fixed address.
@@ -55,7 +55,7 @@ pub enum Network {
 
 /// The primary a replica pairs with on its first start.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Join {
+pub(crate) struct Join {
     /// The primary's sync address, `HOST:PORT`.
     pub primary: String,
     /// The one-time pairing code.
@@ -64,7 +64,7 @@ pub struct Join {
 
 /// Everything init needs from the settings file.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The appliance's name (the host name too).
     pub name: String,
     /// Address configuration.
@@ -79,7 +79,7 @@ pub struct Settings {
 
 /// What to do with the settings at boot.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Provisioning<'a> {
+pub(crate) enum Provisioning<'a> {
     /// The first boot with a settings file: keep this text in `/data`.
     Consume(&'a str),
     /// Already provisioned: the copy in `/data` rules; the boot file is ignored.
@@ -89,7 +89,7 @@ pub enum Provisioning<'a> {
 }
 
 /// Decides which settings text rules this boot.
-pub fn decide<'a>(stored: Option<&'a str>, boot_file: Option<&'a str>) -> Provisioning<'a> {
+pub(crate) fn decide<'a>(stored: Option<&'a str>, boot_file: Option<&'a str>) -> Provisioning<'a> {
     match (stored, boot_file) {
         (Some(stored), _) => Provisioning::Stored(stored),
         (None, Some(boot)) => Provisioning::Consume(boot),
@@ -99,7 +99,7 @@ pub fn decide<'a>(stored: Option<&'a str>, boot_file: Option<&'a str>) -> Provis
 
 impl Settings {
     /// Parses a settings file (empty text: every default).
-    pub fn parse(text: &str) -> Result<Self, SettingsError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, SettingsError> {
         let mut table: toml::Table = text.parse()?;
         let network_table = take_table(&mut table, "network")?;
         let join_table = take_table(&mut table, "join")?;

@@ -19,9 +19,8 @@
 //! `modules` and `firstboot` here; the syscalls and sockets live in the
 //! private shell modules (`net`, `netlink`, `system`).
 
-pub mod firstboot;
-pub mod modules;
-
+pub(crate) mod firstboot;
+pub(crate) mod modules;
 mod net;
 mod netlink;
 mod system;
@@ -64,7 +63,7 @@ static WAITERS: Mutex<BTreeMap<i32, mpsc::Sender<WaitStatus>>> = Mutex::new(BTre
 /// Why init could not bring the appliance up.
 #[derive(Debug, Error)]
 #[non_exhaustive]
-pub enum InitError {
+pub(crate) enum InitError {
     /// A mount failed.
     #[error("mount {fstype} on {target}: {source}")]
     Mount {

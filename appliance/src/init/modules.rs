@@ -9,18 +9,18 @@ use thiserror::Error;
 /// A module `modules.load` asks for is not in `modules.dep`.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("module `{0}` is not in modules.dep")]
-pub struct UnknownModule(pub String);
+pub(crate) struct UnknownModule(pub String);
 
 /// The dependency table of `modules.dep`: module path → the paths it needs.
 #[derive(Debug, Default)]
-pub struct ModuleDeps {
+pub(crate) struct ModuleDeps {
     deps: BTreeMap<String, Vec<String>>,
     by_name: BTreeMap<String, String>,
 }
 
 impl ModuleDeps {
     /// Parses depmod's `modules.dep`: `path: dep dep …`, one module a line.
-    pub fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         let mut table = Self::default();
         for line in text.lines() {
             let Some((path, needs)) = line.split_once(':') else {
@@ -40,7 +40,7 @@ impl ModuleDeps {
 
     /// The paths to load so that every wanted module (by name, `-` and `_`
     /// alike) is loaded after everything it needs; each path once.
-    pub fn load_order<'a>(
+    pub(crate) fn load_order<'a>(
         &self,
         wanted: impl IntoIterator<Item = &'a str>,
     ) -> Result<Vec<String>, UnknownModule> {
@@ -69,7 +69,7 @@ impl ModuleDeps {
 }
 
 /// The names in a `modules.load` list: one a line, `#` comments.
-pub fn wanted(text: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn wanted(text: &str) -> impl Iterator<Item = &str> {
     text.lines()
         .map(|line| line.split('#').next().unwrap_or("").trim())
         .filter(|line| !line.is_empty())

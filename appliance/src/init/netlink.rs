@@ -16,7 +16,7 @@ const EEXIST: i32 = 17;
 /// A netlink request failed.
 #[derive(Debug, Error)]
 #[non_exhaustive]
-pub enum NetlinkError {
+pub(crate) enum NetlinkError {
     /// The socket could not be opened, sent to or read.
     #[error("netlink socket: {0}")]
     Socket(#[from] nix::Error),

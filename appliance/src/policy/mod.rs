@@ -8,9 +8,10 @@ mod wasm;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub use moat_plugin_abi::RuleKind;
-pub use pause::{Pause, PauseState};
-pub use wasm::{PluginError, PolicyEngine, WasmPolicy};
+pub(crate) use moat_plugin_abi::RuleKind;
+pub(crate) use pause::{Pause, PauseState};
+pub(crate) use wasm::PluginError;
+pub use wasm::{PolicyEngine, WasmPolicy};
 
 /// A question as policy sees it.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +85,7 @@ impl LocalAnswer {
     }
 
     /// Bytes the count and records take, if they are well formed.
-    pub fn checked_len(bytes: &[u8]) -> Option<usize> {
+    pub(crate) fn checked_len(bytes: &[u8]) -> Option<usize> {
         let count = u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]);
         let mut at = 2;
         for _ in 0..count {
@@ -98,7 +99,7 @@ impl LocalAnswer {
 /// Policies asked in turn; the first with an opinion decides (local
 /// records, then the blocklist).
 #[derive(Debug)]
-pub struct Chain(pub Vec<Arc<dyn Policy>>);
+pub(crate) struct Chain(pub Vec<Arc<dyn Policy>>);
 
 impl Policy for Chain {
     fn decide(&self, question: &Question<'_>) -> Decision {

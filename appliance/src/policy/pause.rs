@@ -28,20 +28,20 @@ pub enum PauseState {
 
 /// The live pause switch, read on every query.
 #[derive(Debug, Default)]
-pub struct Pause {
+pub(crate) struct Pause {
     until: AtomicU64,
 }
 
 impl Pause {
     /// A switch starting in `state`.
-    pub fn new(state: PauseState) -> Self {
+    pub(crate) fn new(state: PauseState) -> Self {
         let pause = Self::default();
         pause.set(state);
         pause
     }
 
     /// Whether blocking is paused now.
-    pub fn is_paused(&self) -> bool {
+    pub(crate) fn is_paused(&self) -> bool {
         match self.until.load(Ordering::Relaxed) {
             NOT_PAUSED => false,
             FOREVER => true,
@@ -50,7 +50,7 @@ impl Pause {
     }
 
     /// Sets the switch.
-    pub fn set(&self, state: PauseState) {
+    pub(crate) fn set(&self, state: PauseState) {
         let until = match state {
             PauseState::Blocking => NOT_PAUSED,
             PauseState::Paused => FOREVER,
@@ -60,7 +60,7 @@ impl Pause {
     }
 
     /// The state now (an elapsed pause reads as blocking).
-    pub fn state(&self) -> PauseState {
+    pub(crate) fn state(&self) -> PauseState {
         match self.until.load(Ordering::Relaxed) {
             NOT_PAUSED => PauseState::Blocking,
             FOREVER => PauseState::Paused,
@@ -72,7 +72,7 @@ impl Pause {
 
 impl PauseState {
     /// A pause for `duration` from now, or until resumed.
-    pub fn for_duration(duration: Option<Duration>) -> Self {
+    pub(crate) fn for_duration(duration: Option<Duration>) -> Self {
         match duration {
             None => Self::Paused,
             Some(duration) => Self::PausedUntil {

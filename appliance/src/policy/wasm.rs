@@ -179,7 +179,8 @@ impl WasmPolicy {
 
     /// Instances made of this module so far (one per worker thread, plus
     /// one after each fault).
-    pub fn instances(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn instances(&self) -> u64 {
         self.instances.load(Ordering::Relaxed)
     }
 

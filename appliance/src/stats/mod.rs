@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use querylog::{FlushReport, LogEntry, LogFilter, LogPage, QueryLog};
-pub use series::{MinuteCounts, MinuteSeries};
-pub use top::TopCounter;
+pub(crate) use querylog::{LogEntry, LogFilter, LogPage, QueryLog};
+pub(crate) use series::{MinuteCounts, MinuteSeries};
+pub(crate) use top::TopCounter;
 
 /// How a query was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -62,7 +62,7 @@ const TOP_CAPACITY: usize = 2_000;
 
 /// One answered query, as recorded.
 #[derive(Debug, Clone, Copy)]
-pub struct QueryRecord<'a> {
+pub(crate) struct QueryRecord<'a> {
     /// Dotted lower-case name.
     pub name: &'a [u8],
     /// Query type.
@@ -73,13 +73,11 @@ pub struct QueryRecord<'a> {
     pub rcode: u16,
     /// How it was answered.
     pub outcome: Outcome,
-    /// Time from receipt to answer.
-    pub elapsed: Duration,
 }
 
 /// All counters of one appliance.
 #[derive(Debug)]
-pub struct Stats {
+pub(crate) struct Stats {
     queries: AtomicU64,
     by_type: [AtomicU64; COUNTED_TYPES.len() + 1],
     by_rcode: [AtomicU64; 24],
@@ -119,7 +117,7 @@ fn bump(counter: &AtomicU64) {
 
 impl Stats {
     /// Records an answered query.
-    pub fn record(&self, query: &QueryRecord<'_>) {
+    pub(crate) fn record(&self, query: &QueryRecord<'_>) {
         bump(&self.queries);
         let type_index = COUNTED_TYPES
             .iter()
@@ -142,17 +140,17 @@ impl Stats {
     }
 
     /// Queries per minute over the last day, oldest first.
-    pub fn series(&self) -> Vec<MinuteCounts> {
+    pub(crate) fn series(&self) -> Vec<MinuteCounts> {
         self.series.last_day(crate::clock::unix_now())
     }
 
     /// Records a question the cache could not answer.
-    pub fn record_cache_miss(&self) {
+    pub(crate) fn record_cache_miss(&self) {
         bump(&self.cache_misses);
     }
 
     /// Records one upstream's answer time.
-    pub fn record_upstream_latency(&self, elapsed: Duration) {
+    pub(crate) fn record_upstream_latency(&self, elapsed: Duration) {
         let micros = elapsed.as_micros() as u64;
         let bucket = LATENCY_BOUNDS_US
             .iter()
@@ -163,12 +161,12 @@ impl Stats {
     }
 
     /// Records one failed upstream attempt.
-    pub fn record_upstream_error(&self) {
+    pub(crate) fn record_upstream_error(&self) {
         bump(&self.upstream_errors);
     }
 
     /// A consistent-enough copy of every counter, for the API.
-    pub fn snapshot(&self, top: usize) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self, top: usize) -> StatsSnapshot {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let outcome = |outcome: Outcome| load(&self.by_outcome[outcome as usize]);
         let names = |counter: &TopCounter<Vec<u8>>| {

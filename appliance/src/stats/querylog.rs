@@ -54,7 +54,7 @@ fn deserialize_name<'de, D: serde::Deserializer<'de>>(
 
 /// Which entries a search returns; every field that is set must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogFilter {
+pub(crate) struct LogFilter {
     /// Part of the name, lower case.
     pub name: Option<String>,
     /// The client's address.
@@ -105,7 +105,7 @@ struct Ring {
 
 /// The in-memory query log.
 #[derive(Debug)]
-pub struct QueryLog {
+pub(crate) struct QueryLog {
     ring: Mutex<Ring>,
     capacity: usize,
     /// Entries overwritten before they reached disk, in total.
@@ -114,7 +114,7 @@ pub struct QueryLog {
 
 impl QueryLog {
     /// A log keeping the last `capacity` entries in memory.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             ring: Mutex::new(Ring::default()),
             capacity: capacity.max(1),
@@ -123,7 +123,7 @@ impl QueryLog {
     }
 
     /// Records an entry, overwriting the oldest when full.
-    pub fn push(&self, entry: LogEntry) {
+    pub(crate) fn push(&self, entry: LogEntry) {
         let mut ring = self.ring.lock();
         let slot = (ring.written % self.capacity as u64) as usize;
         if slot < ring.entries.len() {
@@ -135,13 +135,13 @@ impl QueryLog {
     }
 
     /// Entries overwritten before they reached disk since start.
-    pub fn lost(&self) -> u64 {
+    pub(crate) fn lost(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
     }
 
     /// The entries `filter` matches, newest first, skipping `offset` of
     /// them and returning at most `limit`.
-    pub fn search(&self, filter: &LogFilter, offset: usize, limit: usize) -> LogPage {
+    pub(crate) fn search(&self, filter: &LogFilter, offset: usize, limit: usize) -> LogPage {
         let ring = self.ring.lock();
         let available = ring.written.min(self.capacity as u64);
         let mut matching = (0..available)
@@ -179,7 +179,7 @@ impl QueryLog {
     /// Appends entries not yet on disk to today's file in `dir`, then
     /// deletes files older than `retention`. Entries that fell out of the
     /// ring before a flush are counted as lost.
-    pub fn flush(
+    pub(crate) fn flush(
         &self,
         dir: &Path,
         now_unix_ms: u64,
@@ -211,7 +211,7 @@ impl QueryLog {
 
 /// What a flush did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlushReport {
+pub(crate) struct FlushReport {
     /// Entries appended to disk.
     pub written: usize,
     /// Entries overwritten in memory before they could be flushed.

@@ -32,7 +32,7 @@ pub struct MinuteCounts {
 
 /// The last day of queries, minute by minute.
 #[derive(Debug)]
-pub struct MinuteSeries {
+pub(crate) struct MinuteSeries {
     buckets: Box<[Bucket]>,
 }
 
@@ -46,7 +46,7 @@ impl Default for MinuteSeries {
 
 impl MinuteSeries {
     /// Counts one query answered at `unix_secs`.
-    pub fn record(&self, unix_secs: u64, blocked: bool, cache_hit: bool) {
+    pub(crate) fn record(&self, unix_secs: u64, blocked: bool, cache_hit: bool) {
         let minute = unix_secs / 60;
         let bucket = &self.buckets[(minute % MINUTES as u64) as usize];
         let seen = bucket.minute.load(Ordering::Acquire);
@@ -79,7 +79,7 @@ impl MinuteSeries {
 
     /// Every minute of the last day up to `now_unix_secs` that saw a
     /// query, oldest first.
-    pub fn last_day(&self, now_unix_secs: u64) -> Vec<MinuteCounts> {
+    pub(crate) fn last_day(&self, now_unix_secs: u64) -> Vec<MinuteCounts> {
         let now = now_unix_secs / 60;
         let oldest = now.saturating_sub(MINUTES as u64 - 1);
         let mut minutes: Vec<MinuteCounts> = self

@@ -21,14 +21,14 @@ struct Counts<K> {
 
 /// Counts keys, keeping at most `capacity` of them.
 #[derive(Debug)]
-pub struct TopCounter<K> {
+pub(crate) struct TopCounter<K> {
     counts: Mutex<Counts<K>>,
     capacity: usize,
 }
 
 impl<K: Hash + Eq + Clone> TopCounter<K> {
     /// A counter keeping at most `capacity` keys.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             counts: Mutex::new(Counts {
                 map: IndexMap::default(),
@@ -39,7 +39,7 @@ impl<K: Hash + Eq + Clone> TopCounter<K> {
     }
 
     /// Counts one occurrence; allocates only for a key not yet tracked.
-    pub fn add<Q>(&self, key: &Q)
+    pub(crate) fn add<Q>(&self, key: &Q)
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -63,7 +63,7 @@ impl<K: Hash + Eq + Clone> TopCounter<K> {
     }
 
     /// The `n` most frequent keys, most frequent first.
-    pub fn top(&self, n: usize) -> Vec<(K, u64)> {
+    pub(crate) fn top(&self, n: usize) -> Vec<(K, u64)> {
         let counts = self.counts.lock();
         let mut all: Vec<(K, u64)> = counts
             .map

@@ -40,45 +40,45 @@ pub enum Access {
 }
 
 /// Files Moat keeps in its data directory.
-pub mod files {
+pub(crate) mod files {
     /// Bearer token for the control endpoint.
-    pub const CONTROL_TOKEN: &str = "control.token";
+    pub(crate) const CONTROL_TOKEN: &str = "control.token";
     /// Address the control endpoint actually bound.
-    pub const CONTROL_ADDR: &str = "control.addr";
+    pub(crate) const CONTROL_ADDR: &str = "control.addr";
     /// Whether blocking is paused.
-    pub const PAUSE: &str = "pause.json";
+    pub(crate) const PAUSE: &str = "pause.json";
     /// Directory of query log files.
-    pub const QUERY_LOG: &str = "querylog";
+    pub(crate) const QUERY_LOG: &str = "querylog";
     /// A replica's pinned primary; its presence makes this appliance a replica.
-    pub const PRIMARY: &str = "primary.json";
+    pub(crate) const PRIMARY: &str = "primary.json";
     /// Address the sync endpoint actually bound (primary).
-    pub const SYNC_ADDR: &str = "sync.addr";
+    pub(crate) const SYNC_ADDR: &str = "sync.addr";
     /// The last bundle version the primary sealed.
-    pub const BUNDLE_VERSION: &str = "bundle-version";
+    pub(crate) const BUNDLE_VERSION: &str = "bundle-version";
     /// Digest of the inputs the stored bundle's modules were compiled from.
-    pub const POLICY_INPUTS: &str = "policy-inputs";
+    pub(crate) const POLICY_INPUTS: &str = "policy-inputs";
     /// Prefix of the kept copies of blocklist sources.
-    pub const SOURCE_COPY_PREFIX: &str = "source-";
+    pub(crate) const SOURCE_COPY_PREFIX: &str = "source-";
     /// This appliance's private key (PKCS#8 DER, 0600).
-    pub const IDENTITY_KEY: &str = "identity.key";
+    pub(crate) const IDENTITY_KEY: &str = "identity.key";
     /// This appliance's self-signed certificate (DER), pinned by its peers.
-    pub const IDENTITY_CERT: &str = "identity.crt";
+    pub(crate) const IDENTITY_CERT: &str = "identity.crt";
     /// The key that signs policy bundles (PKCS#8, secret).
-    pub const SIGNING_KEY: &str = "signing.key";
+    pub(crate) const SIGNING_KEY: &str = "signing.key";
     /// The verified policy bundle in force.
-    pub const BUNDLE: &str = "bundle";
+    pub(crate) const BUNDLE: &str = "bundle";
     /// The primary's paired replicas: pins, revocations, last known state.
-    pub const REPLICAS: &str = "replicas.json";
+    pub(crate) const REPLICAS: &str = "replicas.json";
     /// `[policy]` as last saved through the control API; replaces the
     /// configuration file's.
-    pub const POLICY_SETTINGS: &str = "policy-settings.toml";
+    pub(crate) const POLICY_SETTINGS: &str = "policy-settings.toml";
     /// `[tuning]` as last saved through the control API; replaces the
     /// configuration file's.
-    pub const TUNING_SETTINGS: &str = "tuning-settings.toml";
+    pub(crate) const TUNING_SETTINGS: &str = "tuning-settings.toml";
     /// What each blocklist source gave at the last compile and download.
-    pub const SOURCE_STATUS: &str = "sources.json";
+    pub(crate) const SOURCE_STATUS: &str = "sources.json";
     /// The admin password's argon2 hash (PHC string, secret).
-    pub const ADMIN_PASSWORD: &str = "admin.password";
+    pub(crate) const ADMIN_PASSWORD: &str = "admin.password";
 }
 
 /// The data directory.
@@ -157,7 +157,7 @@ impl DataDir {
     }
 
     /// Writes a value as JSON.
-    pub fn write_json<T: Serialize>(
+    pub(crate) fn write_json<T: Serialize>(
         &self,
         name: &str,
         value: &T,
@@ -171,7 +171,10 @@ impl DataDir {
     }
 
     /// Reads a JSON value; `None` if the file does not exist.
-    pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+    pub(crate) fn read_json<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, StoreError> {
         let Some(bytes) = self.read(name)? else {
             return Ok(None);
         };
@@ -184,7 +187,7 @@ impl DataDir {
     }
 
     /// The control token, created (random, 0600) on first use.
-    pub fn control_token(&self) -> Result<String, StoreError> {
+    pub(crate) fn control_token(&self) -> Result<String, StoreError> {
         if let Some(bytes) = self.read(files::CONTROL_TOKEN)? {
             let token = String::from_utf8_lossy(&bytes).trim().to_owned();
             if token.len() >= 32 {

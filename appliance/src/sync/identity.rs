@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-pub use moat_proto::fingerprint::{Fingerprint, FingerprintError};
+pub use moat_proto::fingerprint::Fingerprint;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::store::{Access, DataDir, StoreError, files};
@@ -88,7 +88,7 @@ impl Identity {
 
     /// An identity from a certificate and its PKCS#8 key, both DER; checks
     /// that the key parses and matches the certificate.
-    pub fn from_der(cert_der: Vec<u8>, key_der: Vec<u8>) -> Result<Self, IdentityMismatch> {
+    pub(crate) fn from_der(cert_der: Vec<u8>, key_der: Vec<u8>) -> Result<Self, IdentityMismatch> {
         let provider = rustls::crypto::ring::default_provider();
         let key_der = PrivatePkcs8KeyDer::from(key_der);
         let signing_key = provider
@@ -108,12 +108,12 @@ impl Identity {
     }
 
     /// The certificate, DER.
-    pub fn cert_der(&self) -> &CertificateDer<'static> {
+    pub(crate) fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
     }
 
     /// The private key, PKCS#8 DER.
-    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+    pub(crate) fn key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key_der.clone_key())
     }
 

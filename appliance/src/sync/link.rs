@@ -24,7 +24,7 @@ use crate::clock;
 use crate::stats::StatsSnapshot;
 
 /// What the link needs from the appliance it serves.
-pub trait Replica: Send + Sync + 'static {
+pub(crate) trait Replica: Send + Sync + 'static {
     /// The bundle version in force.
     fn running_version(&self) -> Option<u64>;
     /// Verifies and applies a bundle; its version, or why it was refused.
@@ -67,7 +67,7 @@ pub(crate) enum LinkError {
 
 /// The running link; stops when dropped.
 #[derive(Debug)]
-pub struct ReplicaLink {
+pub(crate) struct ReplicaLink {
     stop: watch::Sender<bool>,
     health: Arc<Mutex<LinkHealth>>,
 }
@@ -75,7 +75,7 @@ pub struct ReplicaLink {
 impl ReplicaLink {
     /// Starts keeping this replica (`identity`, `name`) in sync with the
     /// primary in `pin`. Must run inside a tokio runtime.
-    pub fn start(
+    pub(crate) fn start(
         pin: PrimaryPin,
         identity: Identity,
         name: ApplianceName,
@@ -95,12 +95,12 @@ impl ReplicaLink {
     }
 
     /// How the link is doing.
-    pub fn health(&self) -> LinkHealth {
+    pub(crate) fn health(&self) -> LinkHealth {
         self.health.lock().clone()
     }
 
     /// Stops the link (as dropping it does).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.send_replace(true);
     }
 }

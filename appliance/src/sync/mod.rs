@@ -6,12 +6,10 @@
 
 mod driver;
 pub mod identity;
-pub mod link;
-pub mod pairing;
-pub mod server;
+pub(crate) mod link;
+pub(crate) mod pairing;
+pub(crate) mod server;
 pub mod tls;
-
-pub use driver::StreamError;
 
 /// The sync protocol's messages and sessions, and the framing they travel
 /// in (from `moat-proto`).

@@ -9,10 +9,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-pub use moat_proto::pairing::{
-    CodeBook, CodeError, CodeParseError, DEFAULT_CODE_TTL, EXPORTER_LABEL, PairingCode,
-    PairingError, PairingMessage, PrimaryPairing, PrimaryPin, ReplicaPairing, ReplicaPin,
-    STEP_TIMEOUT, Transcript,
+pub(crate) use moat_proto::pairing::{
+    CodeBook, CodeParseError, DEFAULT_CODE_TTL, EXPORTER_LABEL, PairingCode, PairingError,
+    PairingMessage, PrimaryPairing, PrimaryPin, ReplicaPairing, ReplicaPin, STEP_TIMEOUT,
+    Transcript,
 };
 use moat_proto::{ApplianceName, Fingerprint};
 use rand::TryRngCore;
@@ -47,7 +47,7 @@ pub enum PairError {
 /// Pairs this appliance as a replica of the primary at `primary` (`address`
 /// is how the user named it, kept in the pin). Opens its own connection
 /// from `endpoint` (see [`tls::client_endpoint`]) and closes it after.
-pub async fn pair_as_replica(
+pub(crate) async fn pair_as_replica(
     endpoint: &quinn::Endpoint,
     primary: SocketAddr,
     address: &str,
@@ -105,7 +105,7 @@ async fn run_replica(
 /// channel is pairing (see [`tls::admit`]); `codes` is locked only briefly.
 /// `pin` pins the replica (or says why it cannot) before the exchange ends,
 /// so the replica hears whether it was pinned. Returns the replica pinned.
-pub async fn accept_pairing(
+pub(crate) async fn accept_pairing(
     connection: &quinn::Connection,
     codes: &parking_lot::Mutex<CodeBook>,
     identity: &Identity,
@@ -288,6 +288,7 @@ mod tests {
 
     use super::*;
     use crate::sync::tls::{Admission, Pins};
+    use moat_proto::pairing::CodeError;
 
     const KEY: [u8; 32] = [7; 32];
 

@@ -55,7 +55,7 @@ pub(crate) enum SessionError {
 
 /// The running endpoint.
 #[derive(Debug)]
-pub struct SyncServer {
+pub(crate) struct SyncServer {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
 }
@@ -74,7 +74,7 @@ struct Shared {
 impl SyncServer {
     /// Binds `addr` and starts accepting pairing and sync connections.
     /// Must run inside a tokio runtime.
-    pub fn start(
+    pub(crate) fn start(
         addr: SocketAddr,
         identity: Identity,
         name: &ApplianceName,
@@ -98,13 +98,13 @@ impl SyncServer {
     }
 
     /// The address bound.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
     }
 
     /// Issues a one-time pairing code valid for `valid` (replacing any
     /// earlier one).
-    pub fn issue_code(&self, valid: Duration) -> PairingCode {
+    pub(crate) fn issue_code(&self, valid: Duration) -> PairingCode {
         let mut rng = OsRng.unwrap_err();
         self.shared
             .codes
@@ -115,19 +115,19 @@ impl SyncServer {
 
     /// Makes `bundle` the one every replica should run, and pushes it to
     /// the connected ones.
-    pub fn publish(&self, version: u64, bundle: Bytes) {
+    pub(crate) fn publish(&self, version: u64, bundle: Bytes) {
         self.shared.fleet.lock().set_published(version);
         self.shared.published.send_replace(Some((version, bundle)));
     }
 
     /// The replicas as the primary sees them.
-    pub fn replicas(&self) -> Vec<ReplicaView> {
+    pub(crate) fn replicas(&self) -> Vec<ReplicaView> {
         self.shared.fleet.lock().list(clock::unix_now_ms())
     }
 
     /// Refuses replica `name` from now on and closes its connection; false
     /// when no replica has that name.
-    pub fn revoke(&self, name: &str) -> Result<bool, StoreError> {
+    pub(crate) fn revoke(&self, name: &str) -> Result<bool, StoreError> {
         let revoked = self.shared.fleet.lock().revoke(name)?;
         if let Some(connection) = self.shared.connections.lock().remove(name) {
             connection.close(CLOSE_REFUSED, b"revoked by the primary");
@@ -137,7 +137,7 @@ impl SyncServer {
 
     /// Stops accepting and closes every connection; the future ends when
     /// the peers have been told, or after a second.
-    pub fn close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub(crate) fn close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         self.endpoint.close(0u32.into(), b"primary shutting down");
         let endpoint = self.endpoint.clone();
         async move {

@@ -6,8 +6,7 @@
 //! both fingerprints, and sync (`moat-sync/1`), where only pinned replicas
 //! are. A rustls client verifier cannot see the ALPN, so [`server_config`]
 //! accepts any client certificate in the handshake and [`admit`] enforces the
-//! pins per channel right after it; [`sync_server_config`] refuses unpinned
-//! clients in the handshake itself. Every verifier still checks the peer's
+//! pins per channel right after it. Every verifier still checks the peer's
 //! TLS 1.3 handshake signature, so a peer proves it holds the key of the
 //! certificate it shows. Session resumption is off (it would skip the pin
 //! check) and so is 0-RTT (replayable).
@@ -24,17 +23,17 @@ use rustls::pki_types::CertificateDer;
 use crate::sync::identity::{Fingerprint, Identity};
 
 /// ALPN of the pairing channel.
-pub const ALPN_PAIRING: &[u8] = b"moat-pair/1";
+pub(crate) const ALPN_PAIRING: &[u8] = b"moat-pair/1";
 /// ALPN of the sync channel.
-pub const ALPN_SYNC: &[u8] = b"moat-sync/1";
+pub(crate) const ALPN_SYNC: &[u8] = b"moat-sync/1";
 /// The TLS server name clients send; certificates are pinned, not named.
 pub const SERVER_NAME: &str = "moat";
 /// How often an idle connection is kept alive.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// How long a silent connection lives.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// QUIC application close code for a peer refused by [`admit`].
-pub const CLOSE_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(0x4d01);
+pub(crate) const CLOSE_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(0x4d01);
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -56,9 +55,9 @@ pub struct Pins {
 }
 
 /// The replicas a primary accepts on its sync channel.
-pub type ClientPins = Pins;
+pub(crate) type ClientPins = Pins;
 /// The primary a replica accepts.
-pub type ServerPin = Pins;
+pub(crate) type ServerPin = Pins;
 
 impl Pins {
     /// Pins decided by `check`, for lists that change at run time.
@@ -74,7 +73,7 @@ impl Pins {
     }
 
     /// Whether a certificate with this fingerprint is accepted.
-    pub fn accepts(&self, fingerprint: &Fingerprint) -> bool {
+    pub(crate) fn accepts(&self, fingerprint: &Fingerprint) -> bool {
         (self.check)(fingerprint)
     }
 }
@@ -96,7 +95,7 @@ pub enum Channel {
 
 impl Channel {
     /// The ALPN protocol id.
-    pub fn alpn(self) -> &'static [u8] {
+    pub(crate) fn alpn(self) -> &'static [u8] {
         match self {
             Self::Pairing => ALPN_PAIRING,
             Self::Sync => ALPN_SYNC,
@@ -145,19 +144,9 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsErro
     build_server(identity, verifier, &[Channel::Sync, Channel::Pairing])
 }
 
-/// Server configuration for the sync channel only: a client whose
-/// certificate `clients` does not accept fails the handshake.
-pub fn sync_server_config(
-    identity: &Identity,
-    clients: ClientPins,
-) -> Result<quinn::ServerConfig, TlsError> {
-    let verifier = danger::FingerprintVerifier::pinned(clients);
-    build_server(identity, verifier, &[Channel::Sync])
-}
-
 /// Client configuration for the sync channel: presents `identity` and
 /// accepts only a server `server` accepts.
-pub fn client_config(
+pub(crate) fn client_config(
     identity: &Identity,
     server: ServerPin,
 ) -> Result<quinn::ClientConfig, TlsError> {
@@ -198,7 +187,7 @@ pub fn channel(connection: &quinn::Connection) -> Option<Channel> {
 }
 
 /// The fingerprint of the certificate the peer showed.
-pub fn peer_fingerprint(connection: &quinn::Connection) -> Option<Fingerprint> {
+pub(crate) fn peer_fingerprint(connection: &quinn::Connection) -> Option<Fingerprint> {
     let identity = connection.peer_identity()?;
     let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     chain.first().map(|cert| Fingerprint::of(cert))
@@ -539,40 +528,6 @@ mod tests {
                 Err(AdmitError::NotPinned(stranger.fingerprint())),
             ]
         );
-    }
-
-    #[tokio::test]
-    async fn a_sync_only_server_refuses_unpinned_clients_in_the_handshake() {
-        let primary_identity = Identity::generate("basement").unwrap();
-        let pinned = Identity::generate("kitchen").unwrap();
-        let stranger = Identity::generate("stranger").unwrap();
-        let config =
-            sync_server_config(&primary_identity, Pins::only(pinned.fingerprint())).unwrap();
-        let endpoint = quinn::Endpoint::server(config, loopback()).unwrap();
-        let address = endpoint.local_addr().unwrap();
-        let accepting = endpoint.clone();
-        let server = tokio::spawn(async move {
-            let mut handshakes = Vec::new();
-            while let Some(incoming) = accepting.accept().await {
-                match incoming.await {
-                    Ok(connection) => {
-                        handshakes.push(peer_fingerprint(&connection));
-                        serve_echo(&connection).await;
-                    }
-                    Err(_) => handshakes.push(None),
-                }
-            }
-            handshakes
-        });
-        let trust_primary = Pins::only(primary_identity.fingerprint());
-
-        let config = client_config(&pinned, trust_primary.clone()).unwrap();
-        assert_eq!(echo(address, config).await.unwrap(), b"ping");
-        let config = client_config(&stranger, trust_primary).unwrap();
-        assert!(echo(address, config).await.is_err());
-
-        endpoint.close(quinn::VarInt::from_u32(0), b"");
-        assert_eq!(server.await.unwrap(), [Some(pinned.fingerprint()), None]);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::stats::{LogEntry, Outcome, QueryLog, QueryRecord, Stats};
 /// The parts of the query path that a reload replaces together, so a query
 /// sees either the old set or the new one, never a mix.
 #[derive(Debug)]
-pub struct Live<R = Arc<Upstreams>> {
+pub(crate) struct Live<R = Arc<Upstreams>> {
     /// Decides block / allow.
     pub policy: Arc<dyn Policy>,
     /// What a policy fault means for the query.
@@ -58,7 +58,7 @@ pub struct Live<R = Arc<Upstreams>> {
 
 /// The settings in force, with the verdict memo of their policy.
 #[derive(Debug)]
-pub struct Installed<R = Arc<Upstreams>> {
+pub(crate) struct Installed<R = Arc<Upstreams>> {
     live: Live<R>,
     verdicts: VerdictMemo,
 }
@@ -80,7 +80,7 @@ impl<R> Deref for Installed<R> {
 
 /// The protocol a query came over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// UDP: answers are cut to the client's limit with TC set.
     Udp,
     /// TCP: answers are sent whole.
@@ -90,7 +90,7 @@ pub enum Protocol {
 /// What a listener does after `handle`.
 #[derive(Debug)]
 #[must_use]
-pub enum Handled {
+pub(crate) enum Handled {
     /// Send what was written to the output buffer.
     Reply,
     /// Send what was written to the output buffer, and run the fetch
@@ -111,7 +111,7 @@ pub enum Handled {
 
 /// A query waiting for an upstream, parsed once.
 #[derive(Debug)]
-pub struct Pending(Box<Waiting>);
+pub(crate) struct Pending(Box<Waiting>);
 
 #[derive(Debug)]
 struct Waiting {
@@ -127,7 +127,7 @@ struct Waiting {
 /// answer and hands it to every query waiting on it. It goes on even if
 /// they all stop waiting; dropped unfinished, it fails them.
 #[must_use = "a fetch does nothing unless it is run"]
-pub struct Fetch(Pin<Box<dyn Future<Output = ()> + Send>>);
+pub(crate) struct Fetch(Pin<Box<dyn Future<Output = ()> + Send>>);
 
 impl Future for Fetch {
     type Output = ();
@@ -148,7 +148,7 @@ type Waiters = HashMap<QuestionKey, Vec<oneshot::Sender<Resolved>>>;
 
 /// The shared query path, over a resolver for misses and a clock.
 #[derive(Debug)]
-pub struct QueryHandler<R = Arc<Upstreams>, C = SystemClock> {
+pub(crate) struct QueryHandler<R = Arc<Upstreams>, C = SystemClock> {
     installed: ArcSwap<Installed<R>>,
     cache: Cache,
     pause: Pause,
@@ -161,7 +161,7 @@ pub struct QueryHandler<R = Arc<Upstreams>, C = SystemClock> {
 impl<R: Resolver, C: Clock> QueryHandler<R, C> {
     /// Builds the query path. It needs no runtime: the work it cannot do
     /// at once comes back from `handle` to be run by the caller.
-    pub fn new(
+    pub(crate) fn new(
         live: Live<R>,
         cache: Cache,
         pause: Pause,
@@ -181,39 +181,39 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
 
     /// Replaces policy, upstreams and answer settings at once; cached
     /// answers are checked against the new policy again.
-    pub fn replace_live(&self, live: Live<R>) {
+    pub(crate) fn replace_live(&self, live: Live<R>) {
         self.installed.store(Arc::new(Installed::new(live)));
     }
 
     /// The settings in force.
-    pub fn live(&self) -> Arc<Installed<R>> {
+    pub(crate) fn live(&self) -> Arc<Installed<R>> {
         self.installed.load_full()
     }
 
     /// The cache.
-    pub fn cache(&self) -> &Cache {
+    pub(crate) fn cache(&self) -> &Cache {
         &self.cache
     }
 
     /// The pause switch.
-    pub fn pause(&self) -> &Pause {
+    pub(crate) fn pause(&self) -> &Pause {
         &self.pause
     }
 
     /// The counters.
-    pub fn stats(&self) -> &Stats {
+    pub(crate) fn stats(&self) -> &Stats {
         &self.stats
     }
 
     /// The query log.
-    pub fn query_log(&self) -> &QueryLog {
+    pub(crate) fn query_log(&self) -> &QueryLog {
         &self.query_log
     }
 
     /// Handles one message. Writes the answer into `out` when it can be
     /// given at once (policy, cache, malformed input); never allocates on
     /// a cache hit once `out` has grown.
-    pub fn handle(
+    pub(crate) fn handle(
         self: &Arc<Self>,
         request: &[u8],
         client: IpAddr,
@@ -363,7 +363,7 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
     /// Answers a pending query from upstream; with a stale entry at hand,
     /// serves it if upstreams fail or are slower than the stale timeout
     /// (RFC 8767). Writes the answer into `out`.
-    pub async fn resolve(&self, pending: Pending, out: &mut Vec<u8>) {
+    pub(crate) async fn resolve(&self, pending: Pending, out: &mut Vec<u8>) {
         let Waiting {
             query,
             client,
@@ -460,7 +460,6 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
             client,
             rcode,
             outcome,
-            elapsed,
         });
         if live.query_log {
             self.query_log.push(LogEntry {

@@ -30,7 +30,7 @@ pub enum ListenError {
 
 /// Bound sockets, before serving starts.
 #[derive(Debug)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     udp: Vec<std::net::UdpSocket>,
     tcp: Vec<std::net::TcpListener>,
 }
@@ -38,7 +38,7 @@ pub struct Listeners {
 impl Listeners {
     /// Binds UDP and TCP on every address. Port 0 binds the same free port
     /// for both protocols where it can.
-    pub fn bind(addrs: &[SocketAddr]) -> Result<Self, ListenError> {
+    pub(crate) fn bind(addrs: &[SocketAddr]) -> Result<Self, ListenError> {
         let mut listeners = Self {
             udp: Vec::new(),
             tcp: Vec::new(),
@@ -52,7 +52,7 @@ impl Listeners {
     }
 
     /// Bound UDP addresses.
-    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+    pub(crate) fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp
             .iter()
             .filter_map(|socket| socket.local_addr().ok())
@@ -60,7 +60,7 @@ impl Listeners {
     }
 
     /// Bound TCP addresses.
-    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+    pub(crate) fn tcp_addrs(&self) -> Vec<SocketAddr> {
         self.tcp
             .iter()
             .filter_map(|listener| listener.local_addr().ok())
@@ -69,7 +69,7 @@ impl Listeners {
 
     /// Starts serving: one thread per UDP socket, one task per TCP
     /// listener. Must run inside a tokio runtime.
-    pub fn serve(
+    pub(crate) fn serve(
         self,
         handler: &Arc<QueryHandler>,
         tuning: &ServerTuning,
@@ -102,7 +102,7 @@ impl Listeners {
 
 /// The listeners serving; `stop` ends them.
 #[derive(Debug)]
-pub struct Serving {
+pub(crate) struct Serving {
     /// Tells the UDP threads to end at their next idle check.
     stop: Arc<AtomicBool>,
     udp: Vec<std::thread::JoinHandle<()>>,
@@ -111,7 +111,7 @@ pub struct Serving {
 
 impl Serving {
     /// Stops accepting queries and waits until every listener has ended.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         for task in &self.tcp {
             task.abort();

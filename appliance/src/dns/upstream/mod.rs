@@ -52,7 +52,7 @@ impl From<std::io::Error> for UpstreamError {
 
 /// What the query path sends a miss to: `Upstreams` in service, a table
 /// in tests.
-pub trait Resolver: Send + Sync + std::fmt::Debug + 'static {
+pub(crate) trait Resolver: Send + Sync + std::fmt::Debug + 'static {
     /// Resolves `query`, a message with one question; upstream latency and
     /// errors are counted in `stats`.
     fn resolve(
@@ -90,7 +90,7 @@ struct Health {
 
 /// The set of upstreams in force, with its strategy.
 #[derive(Debug)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     upstreams: Vec<Upstream>,
     strategy: Strategy,
     tuning: UpstreamTuning,
@@ -112,7 +112,7 @@ pub struct UpstreamStatus {
 
 impl Upstreams {
     /// Prepares the upstreams; `tls` is used for DoT and DoH.
-    pub fn new(
+    pub(crate) fn new(
         urls: &[UpstreamUrl],
         strategy: Strategy,
         tuning: UpstreamTuning,
@@ -137,7 +137,7 @@ impl Upstreams {
     }
 
     /// Health of every upstream.
-    pub fn status(&self) -> Vec<UpstreamStatus> {
+    pub(crate) fn status(&self) -> Vec<UpstreamStatus> {
         let now = clock::now();
         self.upstreams
             .iter()
@@ -261,7 +261,7 @@ impl Resolver for Upstreams {
 
 /// Builds the upstream query for a question: recursion desired, EDNS with
 /// our payload size and the client's DO bit, the client's CD bit.
-pub fn upstream_query(question: Query, dnssec_ok: bool, checking_disabled: bool) -> Message {
+pub(crate) fn upstream_query(question: Query, dnssec_ok: bool, checking_disabled: bool) -> Message {
     let mut message = Message::new(0, MessageType::Query, OpCode::Query);
     message.metadata.recursion_desired = true;
     message.metadata.checking_disabled = checking_disabled;

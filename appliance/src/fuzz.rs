@@ -8,9 +8,9 @@ use hickory_proto::op::{Message, MessageType, OpCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record};
 
-use super::cache::{Answer, TtlRules};
-use super::wire::{self, Query, rcode};
 use crate::config::BlockedResponse;
+use crate::dns::cache::{Answer, TtlRules};
+use crate::dns::wire::{self, Query, rcode};
 
 /// Parses `request` and writes every kind of answer Moat could give to it
 /// (rejection, blocked in each mode, a cached answer, SERVFAIL), checking
@@ -26,7 +26,7 @@ pub fn request_path(request: &[u8]) {
             return;
         }
     };
-    let limit = query.udp_limit(super::SERVER_UDP_PAYLOAD);
+    let limit = query.udp_limit(crate::dns::SERVER_UDP_PAYLOAD);
     let modes = [
         BlockedResponse::Nxdomain,
         BlockedResponse::Null,
@@ -38,7 +38,7 @@ pub fn request_path(request: &[u8]) {
         ]),
     ];
     for mode in &modes {
-        super::handler::write_blocked(&query, mode, 60, &mut out);
+        crate::dns::handler::write_blocked(&query, mode, 60, &mut out);
         wire::finish_response(&query, Some(limit), &mut out);
         check(request, &out, Some(limit));
     }
