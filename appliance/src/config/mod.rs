@@ -231,6 +231,16 @@ pub struct ServerTuning {
     pub tcp_idle_timeout: Duration,
     /// Open TCP connections at most; more wait to be accepted.
     pub tcp_max_connections: usize,
+    /// Queries one TCP connection may have unanswered; reading pauses
+    /// beyond.
+    pub tcp_max_queries_per_connection: usize,
+    /// Questions asked upstream at once. A miss beyond this is shed: it
+    /// gets its stale answer or SERVFAIL at once, while cache hits and
+    /// local names are still answered. Each takes a socket.
+    pub max_misses_in_flight: usize,
+    /// Queries one client address may have waiting for upstreams; its
+    /// misses beyond are shed, other clients' are not.
+    pub max_misses_per_client: usize,
 }
 
 impl Default for ServerTuning {
@@ -239,6 +249,9 @@ impl Default for ServerTuning {
             udp_max_payload: 1232,
             tcp_idle_timeout: (Duration::from_secs(10)),
             tcp_max_connections: 512,
+            tcp_max_queries_per_connection: 16,
+            max_misses_in_flight: 512,
+            max_misses_per_client: 128,
         }
     }
 }

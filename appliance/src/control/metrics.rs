@@ -51,6 +51,7 @@ pub(super) fn render(status: &Status, stats: &StatsSnapshot) -> String {
         ("rejected", stats.rejected),
         ("failed", stats.failed),
         ("local", stats.local),
+        ("shed", stats.shed),
     ]
     .map(|(verdict, count)| (verdict.to_owned(), count));
     out.labelled(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::DaemonError;
 use super::policy::OpenedBundle;
 use crate::config::{Config, Strategy, UpstreamTuning, UpstreamUrl};
-use crate::dns::handler::Live;
+use crate::dns::handler::{Live, MissLimits};
 use crate::dns::upstream::Upstreams;
 
 /// What the upstreams are made from; equal inputs, equal upstreams.
@@ -43,6 +43,10 @@ impl LiveBuilder {
             blocked_ttl: u32::try_from(policy.blocked_ttl.as_secs()).unwrap_or(u32::MAX),
             udp_max_payload: config.tuning.server.udp_max_payload,
             query_log: config.tuning.query_log.enabled,
+            miss_limits: MissLimits {
+                questions: config.tuning.server.max_misses_in_flight.max(1),
+                per_client: config.tuning.server.max_misses_per_client.max(1),
+            },
         })
     }
 

@@ -294,12 +294,28 @@ pub struct App {
     tuning: crate::config::ServerTuning,
 }
 
+/// Raises the soft limit on open descriptors to the hard one: every miss
+/// under way and every TCP client holds one, and the default soft limit
+/// (1,024) is below what the listeners' bounds allow.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the descriptor limit"),
+            Err(err) => tracing::warn!(error = %err, soft, "cannot raise the descriptor limit"),
+        },
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot read the descriptor limit"),
+    }
+}
+
 impl App {
     /// Loads the configuration and the data directory, opens the policy in
     /// force and binds DNS, the control plane and (on a primary) the sync
     /// endpoint. Must run inside a multi-threaded tokio runtime.
     pub fn build(source: ConfigSource) -> Result<Self, DaemonError> {
         let config = source.load()?;
+        raise_descriptor_limit();
         let data = DataDir::open(&config.instance.data_dir)?;
         let fleet = FleetParts::load(&data, &config.instance.name)?;
         let role = RoleSetup::load(&data, &fleet, config.instance.sync)?;

@@ -33,6 +33,9 @@ pub enum Outcome {
     Failed,
     /// Answered from local records.
     Local,
+    /// SERVFAIL at once: too many misses under way, from this client or
+    /// from all (see `[tuning.server]`).
+    Shed,
 }
 
 /// Query types counted on their own; others count as "other".
@@ -81,7 +84,7 @@ pub(crate) struct Stats {
     queries: AtomicU64,
     by_type: [AtomicU64; COUNTED_TYPES.len() + 1],
     by_rcode: [AtomicU64; 24],
-    by_outcome: [AtomicU64; 7],
+    by_outcome: [AtomicU64; 8],
     cache_misses: AtomicU64,
     upstream_errors: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
@@ -203,6 +206,7 @@ impl Stats {
             rejected: outcome(Outcome::Rejected),
             failed: outcome(Outcome::Failed),
             local: outcome(Outcome::Local),
+            shed: outcome(Outcome::Shed),
             upstream_errors: load(&self.upstream_errors),
             upstream_latency: LatencyHistogram {
                 bounds_us: LATENCY_BOUNDS_US.to_vec(),
@@ -270,6 +274,8 @@ pub struct StatsSnapshot {
     pub failed: u64,
     /// Answered from local records.
     pub local: u64,
+    /// SERVFAIL at once because too many misses were under way.
+    pub shed: u64,
     /// Failed upstream attempts.
     pub upstream_errors: u64,
     /// Upstream answer times.

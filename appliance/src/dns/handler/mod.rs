@@ -6,11 +6,10 @@
 //! time comes from a `Clock`, and the upstream work a query starts comes
 //! back to the listener as a `Fetch`, which it runs detached.
 
+mod inflight;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Deref;
@@ -35,6 +34,8 @@ use super::wire::{self, Query, QuestionKey, rcode};
 use crate::config::{BlockedResponse, FailMode};
 use crate::policy::{Decision, LocalAnswer, Pause, Policy, Question as PolicyQuestion};
 use crate::stats::{LogEntry, Outcome, QueryLog, QueryRecord, Stats};
+pub(crate) use inflight::MissLimits;
+use inflight::{InFlight, Role, Shed, Ticket};
 
 /// The parts of the query path that a reload replaces together, so a query
 /// sees either the old set or the new one, never a mix.
@@ -54,6 +55,8 @@ pub(crate) struct Live<R = Arc<Upstreams>> {
     pub udp_max_payload: u16,
     /// Whether queries are logged.
     pub query_log: bool,
+    /// How many misses may be under way.
+    pub miss_limits: MissLimits,
 }
 
 /// The settings in force, with the verdict memo of their policy.
@@ -121,6 +124,7 @@ struct Waiting {
     received: Instant,
     stale: Option<Arc<Answer>>,
     answer: oneshot::Receiver<Resolved>,
+    _place: Ticket<Resolved>,
 }
 
 /// The upstream work for one question: it asks the resolver, caches the
@@ -144,7 +148,6 @@ impl std::fmt::Debug for Fetch {
 }
 
 type Resolved = Result<Arc<Answer>, UpstreamError>;
-type Waiters = HashMap<QuestionKey, Vec<oneshot::Sender<Resolved>>>;
 
 /// The shared query path, over a resolver for misses and a clock.
 #[derive(Debug)]
@@ -154,7 +157,7 @@ pub(crate) struct QueryHandler<R = Arc<Upstreams>, C = SystemClock> {
     pause: Pause,
     stats: Stats,
     query_log: QueryLog,
-    inflight: Mutex<Waiters>,
+    inflight: Arc<Mutex<InFlight<Resolved>>>,
     clock: C,
 }
 
@@ -174,7 +177,7 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
             pause,
             stats: Stats::default(),
             query_log,
-            inflight: Mutex::default(),
+            inflight: Arc::default(),
             clock,
         })
     }
@@ -243,15 +246,32 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
                     received,
                     out,
                 );
-                match refresh.then(|| self.start_fetch(&query, None)).flatten() {
-                    Some(fetch) => Handled::ReplyAndRefresh(fetch),
-                    None => Handled::Reply,
+                let refreshing = refresh
+                    && self
+                        .inflight
+                        .lock()
+                        .start_unwaited(&query.key, installed.miss_limits);
+                match refreshing {
+                    true => Handled::ReplyAndRefresh(self.fetch(&query)),
+                    false => Handled::Reply,
                 }
             }
-            Lookup::Stale(answer) => self.wait(query, client, protocol, received, Some(answer)),
+            Lookup::Stale(answer) => {
+                let arrived = Arrived {
+                    client,
+                    protocol,
+                    received,
+                };
+                self.wait(&installed, query, arrived, Some(answer), out)
+            }
             Lookup::Miss => {
                 self.stats.record_cache_miss();
-                self.wait(query, client, protocol, received, None)
+                let arrived = Arrived {
+                    client,
+                    protocol,
+                    received,
+                };
+                self.wait(&installed, query, arrived, None, out)
             }
         }
     }
@@ -338,26 +358,71 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
     }
 
     /// Puts `query` in line for its question's answer, starting the fetch
-    /// if none is under way.
+    /// if none is under way. Past the miss limits the query is shed: it
+    /// gets its stale answer if there is one, else SERVFAIL at once.
     fn wait(
         self: &Arc<Self>,
+        installed: &Installed<R>,
         query: Query<'_>,
-        client: IpAddr,
-        protocol: Protocol,
-        received: Instant,
+        arrived: Arrived,
         stale: Option<Arc<Answer>>,
+        out: &mut Vec<u8>,
     ) -> Handled {
         let (sender, answer) = oneshot::channel();
-        let fetch = self.start_fetch(&query, Some(sender));
+        let limits = installed.miss_limits;
+        let (place, role) =
+            match InFlight::admit(&self.inflight, &query.key, arrived.client, sender, limits) {
+                Ok(admitted) => admitted,
+                Err(why) => {
+                    self.shed(installed, &query, &arrived, stale, why, out);
+                    return Handled::Reply;
+                }
+            };
+        let fetch = (role == Role::First).then(|| self.fetch(&query));
         let pending = Pending(Box::new(Waiting {
             query: query.into_owned(),
+            client: arrived.client,
+            protocol: arrived.protocol,
+            received: arrived.received,
+            stale,
+            answer,
+            _place: place,
+        }));
+        Handled::Resolve { pending, fetch }
+    }
+
+    /// Answers a miss that was not let in line.
+    fn shed(
+        &self,
+        installed: &Installed<R>,
+        query: &Query<'_>,
+        arrived: &Arrived,
+        stale: Option<Arc<Answer>>,
+        why: Shed,
+        out: &mut Vec<u8>,
+    ) {
+        tracing::trace!(client = %arrived.client, ?why, "miss shed");
+        let outcome = match stale {
+            Some(stale) => {
+                let ttl = self.stale_ttl();
+                stale.write(query, arrived.received, Some(ttl), out);
+                Outcome::Stale
+            }
+            None => {
+                wire::begin_response(query, rcode::SERVFAIL, out);
+                Outcome::Shed
+            }
+        };
+        let Arrived {
             client,
             protocol,
             received,
-            stale,
-            answer,
-        }));
-        Handled::Resolve { pending, fetch }
+        } = *arrived;
+        self.reply(installed, query, protocol, client, outcome, received, out);
+    }
+
+    fn stale_ttl(&self) -> u32 {
+        u32::try_from(self.cache.tuning().stale_answer_ttl.as_secs()).unwrap_or(u32::MAX)
     }
 
     /// Answers a pending query from upstream; with a stale entry at hand,
@@ -371,6 +436,7 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
             received,
             stale,
             answer,
+            _place,
         } = *pending.0;
         let fetched = async {
             answer
@@ -400,9 +466,7 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
                 Outcome::Forwarded
             }
             Resolution::Stale(stale) => {
-                let ttl = u32::try_from(self.cache.tuning().stale_answer_ttl.as_secs())
-                    .unwrap_or(u32::MAX);
-                stale.write(&query, now, Some(ttl), out);
+                stale.write(&query, now, Some(self.stale_ttl()), out);
                 Outcome::Stale
             }
             Resolution::Failed => {
@@ -474,30 +538,16 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
         }
     }
 
-    /// Joins `waiter` (if any) to the fetch for `query`'s question; returns
-    /// the fetch to run when there was none under way. Many concurrent
-    /// queries for one question share one upstream query.
-    fn start_fetch(
-        self: &Arc<Self>,
-        query: &Query<'_>,
-        waiter: Option<oneshot::Sender<Resolved>>,
-    ) -> Option<Fetch> {
-        match self.inflight.lock().entry(query.key.clone()) {
-            Entry::Occupied(mut waiting) => {
-                waiting.get_mut().extend(waiter);
-                return None;
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(waiter.into_iter().collect());
-            }
-        }
+    /// The fetch for `query`'s question, whose slot in `inflight` is taken:
+    /// many concurrent queries for one question share one upstream query.
+    fn fetch(self: &Arc<Self>, query: &Query<'_>) -> Fetch {
         let mut flight = Flight {
             handler: Arc::clone(self),
             key: query.key.clone(),
             landed: false,
         };
         let checking_disabled = query.checking_disabled();
-        Some(Fetch(Box::pin(async move {
+        Fetch(Box::pin(async move {
             let resolved = flight
                 .handler
                 .fetch_upstream(&flight.key, checking_disabled)
@@ -506,7 +556,7 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
                 tracing::debug!(error = %err, "upstream fetch failed");
             }
             flight.land(&resolved);
-        })))
+        }))
     }
 
     /// Fetches the answer for `key` from upstream and caches it.
@@ -538,8 +588,8 @@ impl<R: Resolver, C: Clock> Flight<R, C> {
     /// Hands the result to every query waiting for it.
     fn land(&mut self, resolved: &Resolved) {
         self.landed = true;
-        let waiting = self.handler.inflight.lock().remove(&self.key);
-        for sender in waiting.unwrap_or_default() {
+        let waiting = self.handler.inflight.lock().land(&self.key);
+        for sender in waiting {
             let _ = sender.send(resolved.clone());
         }
     }
@@ -548,9 +598,17 @@ impl<R: Resolver, C: Clock> Flight<R, C> {
 impl<R: Resolver, C: Clock> Drop for Flight<R, C> {
     fn drop(&mut self) {
         if !self.landed {
-            self.handler.inflight.lock().remove(&self.key);
+            self.handler.inflight.lock().land(&self.key);
         }
     }
+}
+
+/// Where and when a query came in.
+#[derive(Debug, Clone, Copy)]
+struct Arrived {
+    client: IpAddr,
+    protocol: Protocol,
+    received: Instant,
 }
 
 /// How a pending query ended.

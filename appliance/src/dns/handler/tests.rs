@@ -27,6 +27,10 @@ use crate::store::DataDir;
 
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 7));
 const BLOCKED_TTL: u32 = 120;
+const MISS_LIMITS: MissLimits = MissLimits {
+    questions: 4,
+    per_client: 2,
+};
 
 /// The real plugins, compiled once: `ads.example` and below denied,
 /// `nas.lan` a local A record.
@@ -188,6 +192,7 @@ fn live(
         blocked_ttl: BLOCKED_TTL,
         udp_max_payload: 1232,
         query_log: true,
+        miss_limits: MISS_LIMITS,
     }
 }
 
@@ -644,4 +649,76 @@ fn a_fetch_dropped_unrun_fails_its_waiters_and_is_started_again() {
     assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
     let answer = harness.answer(&request(31, "dropped.example.", RecordType::A));
     assert_eq!(addresses(&answer), vec![(IpAddr::V4(ip), 300)]);
+}
+
+#[test]
+fn misses_past_the_limits_are_shed_while_hits_and_local_names_are_answered() {
+    let harness = Setup::default().build();
+    let ip = Ipv4Addr::new(192, 0, 2, 14);
+    harness
+        .upstream
+        .set("hit.example.", Upstream::Answer(ip, 300));
+    harness.ask(&request(40, "hit.example.", RecordType::A));
+    let flooder = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 66));
+    let ask_as = |client: IpAddr, id: u16, name: &str| {
+        let mut out = Vec::new();
+        let handled = harness.handler.handle(
+            &request(id, name, RecordType::A),
+            client,
+            Protocol::Udp,
+            &mut out,
+        );
+        (handled, out)
+    };
+    let mut waiting = Vec::new();
+    for (id, name) in [(41, "a.slow.example."), (42, "b.slow.example.")] {
+        harness.upstream.set(name, Upstream::Silent);
+        let (handled, _) = ask_as(flooder, id, name);
+        assert!(
+            matches!(handled, Handled::Resolve { .. }),
+            "within its share"
+        );
+        waiting.push(handled);
+    }
+    let (handled, out) = ask_as(flooder, 43, "c.slow.example.");
+    assert!(
+        matches!(handled, Handled::Reply),
+        "past its share: answered at once"
+    );
+    let shed = Message::from_vec(&out).unwrap();
+    assert_answers(&shed, 43, "c.slow.example.");
+    assert_eq!(shed.metadata.response_code, ResponseCode::ServFail);
+
+    for (id, name) in [(44, "d.slow.example."), (45, "e.slow.example.")] {
+        harness.upstream.set(name, Upstream::Silent);
+        let (handled, _) = ask_as(CLIENT, id, name);
+        assert!(
+            matches!(handled, Handled::Resolve { .. }),
+            "another client is let in"
+        );
+        waiting.push(handled);
+    }
+    let other = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 8));
+    let (handled, out) = ask_as(other, 46, "f.slow.example.");
+    assert!(
+        matches!(handled, Handled::Reply),
+        "every question slot is taken"
+    );
+    assert_eq!(
+        Message::from_vec(&out).unwrap().metadata.response_code,
+        ResponseCode::ServFail
+    );
+
+    let hit = harness.answer(&request(47, "hit.example.", RecordType::A));
+    assert_eq!(addresses(&hit)[0].0, IpAddr::V4(ip));
+    let local = harness.answer(&request(48, "nas.lan.", RecordType::A));
+    assert_eq!(local.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(harness.handler.stats().snapshot(0).shed, 2);
+
+    drop(waiting);
+    let (handled, _) = ask_as(flooder, 49, "g.slow.example.");
+    assert!(
+        matches!(handled, Handled::Resolve { .. }),
+        "dropped waiters and fetches give their slots back"
+    );
 }
