@@ -3,6 +3,7 @@
 //! test CA, and a small DNS client.
 
 pub mod api;
+pub mod attack;
 pub mod client;
 pub mod http;
 pub mod moat;

@@ -42,6 +42,7 @@ pub enum Reply {
 #[derive(Debug, Default)]
 struct State {
     replies: HashMap<String, Reply>,
+    silent_zones: Vec<String>,
     counts: HashMap<String, usize>,
     connections: usize,
     delay: Duration,
@@ -121,6 +122,15 @@ impl TestUpstream {
             .insert(name.to_ascii_lowercase(), reply);
     }
 
+    /// Never answers names in `zone` (the zone's apex and below), as a
+    /// zone whose authoritative servers are down looks to a resolver.
+    pub fn silence(&self, zone: &str) {
+        self.state
+            .lock()
+            .silent_zones
+            .push(zone.to_ascii_lowercase());
+    }
+
     /// Delays every answer.
     pub fn set_delay(&self, delay: Duration) {
         self.state.lock().delay = delay;
@@ -176,6 +186,15 @@ fn answer(request: &[u8], state: &Mutex<State>, udp: bool) -> Option<(Vec<u8>, D
     let (reply, delay) = {
         let mut state = state.lock();
         *state.counts.entry(key.clone()).or_default() += 1;
+        let silent = state.silent_zones.iter().any(|zone| {
+            key == *zone
+                || key
+                    .strip_suffix(zone.as_str())
+                    .is_some_and(|s| s.ends_with('.'))
+        });
+        if silent {
+            return None;
+        }
         (state.replies.get(&key).cloned(), state.delay)
     };
     let reply = reply.unwrap_or(Reply::Addresses {

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `moat` binary, real upstream servers, real
 //! sockets, loopback only.
 
+mod attacks;
 mod blocking;
 mod cache;
 mod config;

@@ -231,6 +231,9 @@ pub struct ServerTuning {
     pub tcp_idle_timeout: Duration,
     /// Open TCP connections at most; more wait to be accepted.
     pub tcp_max_connections: usize,
+    /// Open TCP connections from one client address at most; more are
+    /// closed as soon as they are accepted.
+    pub tcp_max_connections_per_client: usize,
     /// Queries one TCP connection may have unanswered; reading pauses
     /// beyond.
     pub tcp_max_queries_per_connection: usize,
@@ -249,6 +252,7 @@ impl Default for ServerTuning {
             udp_max_payload: 1232,
             tcp_idle_timeout: (Duration::from_secs(10)),
             tcp_max_connections: 512,
+            tcp_max_connections_per_client: 32,
             tcp_max_queries_per_connection: 16,
             max_misses_in_flight: 512,
             max_misses_per_client: 128,

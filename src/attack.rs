@@ -1,0 +1,309 @@
+//! Attacks against a real `moat`, and the legitimate client that must keep
+//! being served while they run: what the attack suite (`tests/system/
+//! attacks.rs`) asserts and the attack benchmark (`benches/attacks.rs`)
+//! reports. Every loop here is bounded by a count or a deadline, and every
+//! address is on loopback.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+
+use crate::client::query_message;
+
+/// The legitimate client's address: apart from every attacker's.
+pub const LEGIT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+/// The attacker's address.
+pub const ATTACKER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+/// A question the legitimate client asks, and the address a correct answer holds.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// The name; `{n}` in it is replaced by a counter, so each query is a new miss.
+    pub name: String,
+    /// The address the answer must hold.
+    pub expect: IpAddr,
+}
+
+/// What the legitimate client saw.
+#[derive(Debug, Clone, Default)]
+pub struct Served {
+    /// Queries asked.
+    pub asked: usize,
+    /// Answered NOERROR with the expected address, in time.
+    pub correct: usize,
+    /// Latency of each correct answer.
+    pub latencies: Vec<Duration>,
+}
+
+impl Served {
+    /// Share of queries answered correctly.
+    pub fn success(&self) -> f64 {
+        if self.asked == 0 {
+            return 0.0;
+        }
+        self.correct as f64 / self.asked as f64
+    }
+
+    /// 99th percentile latency of the correct answers.
+    pub fn p99(&self) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        sorted
+            .get((sorted.len() * 99).div_ceil(100).saturating_sub(1))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// One line for a report.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}/{} correct ({:.2}%), p99 {:.2} ms",
+            self.correct,
+            self.asked,
+            self.success() * 100.0,
+            self.p99().as_secs_f64() * 1000.0
+        )
+    }
+}
+
+/// Asks `asks` in turn over UDP from `LEGIT`, one query every `pace`,
+/// until `until`; each query waits at most `timeout` and is not retried.
+pub async fn legit_udp(
+    server: SocketAddr,
+    asks: &[Ask],
+    pace: Duration,
+    until: Instant,
+    timeout: Duration,
+) -> Served {
+    let socket = UdpSocket::bind((LEGIT, 0))
+        .await
+        .expect("bind the legit client");
+    socket.connect(server).await.unwrap();
+    let mut served = Served::default();
+    let mut buffer = vec![0u8; 4096];
+    let mut ticks = tokio::time::interval(pace);
+    while moat::clock::now() < until {
+        ticks.tick().await;
+        let ask = &asks[served.asked % asks.len()];
+        let query = query_message(
+            &ask.name.replace("{n}", &served.asked.to_string()),
+            RecordType::A,
+            Some((1232, false)),
+        );
+        served.asked += 1;
+        let started = moat::clock::now();
+        if socket.send(&query.to_vec().unwrap()).await.is_err() {
+            continue;
+        }
+        let deadline = started + timeout;
+        while let Ok(Ok(len)) =
+            tokio::time::timeout_at(deadline.into(), socket.recv(&mut buffer)).await
+        {
+            let Ok(answer) = Message::from_vec(&buffer[..len]) else {
+                continue;
+            };
+            if answer.metadata.id != query.metadata.id {
+                continue;
+            }
+            if holds(&answer, ask.expect) {
+                served.correct += 1;
+                served.latencies.push(started.elapsed());
+            }
+            break;
+        }
+    }
+    served
+}
+
+/// Asks `ask` over TCP from `LEGIT`, a new connection per query, one query
+/// every `pace` until `until`.
+pub async fn legit_tcp(
+    server: SocketAddr,
+    ask: &Ask,
+    pace: Duration,
+    until: Instant,
+    timeout: Duration,
+) -> Served {
+    let mut served = Served::default();
+    let mut ticks = tokio::time::interval(pace);
+    while moat::clock::now() < until {
+        ticks.tick().await;
+        served.asked += 1;
+        let started = moat::clock::now();
+        let query = query_message(&ask.name, RecordType::A, None);
+        let exchange = async {
+            let mut stream = connect_from(LEGIT, server).await?;
+            let bytes = query.to_vec().unwrap();
+            stream
+                .write_all(&(bytes.len() as u16).to_be_bytes())
+                .await?;
+            stream.write_all(&bytes).await?;
+            let len = stream.read_u16().await?;
+            let mut answer = vec![0u8; len as usize];
+            stream.read_exact(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        };
+        if let Ok(Ok(bytes)) = tokio::time::timeout(timeout, exchange).await
+            && Message::from_vec(&bytes).is_ok_and(|answer| holds(&answer, ask.expect))
+        {
+            served.correct += 1;
+            served.latencies.push(started.elapsed());
+        }
+    }
+    served
+}
+
+fn holds(answer: &Message, expect: IpAddr) -> bool {
+    answer.metadata.response_code == ResponseCode::NoError
+        && answer.answers.iter().any(|record| match &record.data {
+            RData::A(a) => IpAddr::V4(a.0) == expect,
+            RData::AAAA(aaaa) => IpAddr::V6(aaaa.0) == expect,
+            _ => false,
+        })
+}
+
+/// Opens a TCP connection to `server` from `source`.
+pub async fn connect_from(source: IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(server).await
+}
+
+/// What a flood sent and got back.
+#[derive(Debug, Clone, Copy)]
+pub struct Flood {
+    /// Queries sent.
+    pub sent: usize,
+    /// Answers received.
+    pub answered: usize,
+    /// How long sending took.
+    pub elapsed: Duration,
+}
+
+impl Flood {
+    /// Queries sent per second.
+    pub fn rate(&self) -> f64 {
+        self.sent as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Sends `count` queries over UDP from `ATTACKER`, the `n`th for
+/// `name(n)`, at about `rate` per second, and counts the answers that come
+/// back within `linger` after the last.
+pub async fn udp_flood(
+    server: SocketAddr,
+    count: usize,
+    rate: u32,
+    linger: Duration,
+    name: impl Fn(usize) -> String,
+) -> Flood {
+    let socket = Arc::new(
+        UdpSocket::bind((ATTACKER, 0))
+            .await
+            .expect("bind the attacker"),
+    );
+    socket.connect(server).await.unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counting = {
+        let (socket, answered, stop) = (socket.clone(), answered.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 4096];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_millis(50), socket.recv(&mut buffer)).await
+                {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let started = moat::clock::now();
+    let per_tick = (rate / 1000).max(1) as usize;
+    let mut ticks = tokio::time::interval(Duration::from_millis(1));
+    let mut sent = 0;
+    while sent < count {
+        ticks.tick().await;
+        for _ in 0..per_tick.min(count - sent) {
+            let query = query_message(&name(sent), RecordType::A, None);
+            let _ = socket.send(&query.to_vec().unwrap()).await;
+            sent += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    tokio::time::sleep(linger).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = counting.await;
+    Flood {
+        sent,
+        answered: answered.load(Ordering::Relaxed),
+        elapsed,
+    }
+}
+
+/// A random label of `len` lower-case letters.
+pub fn random_label(len: usize) -> String {
+    (0..len)
+        .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
+        .collect()
+}
+
+/// The highest resident memory and open descriptors of a process, sampled
+/// until stopped.
+#[derive(Debug)]
+pub struct Peaks {
+    pid: u32,
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<(u64, usize)>,
+}
+
+/// Resident memory of `pid` in KiB (`VmRSS`), 0 if it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Open descriptors of `pid`, 0 if it is gone.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |entries| entries.count())
+}
+
+impl Peaks {
+    /// Starts sampling `pid` every 20 ms.
+    pub fn watch(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut rss, mut fds) = (0, 0);
+            while !flag.load(Ordering::Relaxed) {
+                rss = rss.max(rss_kib(pid));
+                fds = fds.max(open_fds(pid));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (rss, fds)
+        });
+        Self { pid, stop, task }
+    }
+
+    /// Stops sampling: the peak RSS in KiB and the peak descriptor count.
+    pub async fn stop(self) -> (u64, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (rss, fds) = self.task.await.unwrap();
+        (rss.max(rss_kib(self.pid)), fds.max(open_fds(self.pid)))
+    }
+}
