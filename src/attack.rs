@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
-use crate::client::query_message;
+use crate::client::{query_message, tcp_exchange};
 
 /// The legitimate client's address: apart from every attacker's.
 pub const LEGIT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
@@ -140,15 +139,7 @@ pub async fn legit_tcp(
         let query = query_message(&ask.name, RecordType::A, None);
         let exchange = async {
             let mut stream = connect_from(LEGIT, server).await?;
-            let bytes = query.to_vec().unwrap();
-            stream
-                .write_all(&(bytes.len() as u16).to_be_bytes())
-                .await?;
-            stream.write_all(&bytes).await?;
-            let len = stream.read_u16().await?;
-            let mut answer = vec![0u8; len as usize];
-            stream.read_exact(&mut answer).await?;
-            Ok::<_, std::io::Error>(answer)
+            tcp_exchange(&mut stream, &query.to_vec().unwrap()).await
         };
         if let Ok(Ok(bytes)) = tokio::time::timeout(timeout, exchange).await
             && Message::from_vec(&bytes).is_ok_and(|answer| holds(&answer, ask.expect))

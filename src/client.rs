@@ -84,19 +84,23 @@ impl DnsClient {
     pub async fn tcp_query(&self, message: &Message) -> Message {
         let bytes = message.to_vec().unwrap();
         let answer = tokio::time::timeout(WAIT, async {
-            let mut stream = TcpStream::connect(self.tcp).await?;
-            stream
-                .write_all(&(bytes.len() as u16).to_be_bytes())
-                .await?;
-            stream.write_all(&bytes).await?;
-            let len = stream.read_u16().await?;
-            let mut answer = vec![0u8; len as usize];
-            stream.read_exact(&mut answer).await?;
-            Ok::<_, std::io::Error>(answer)
+            tcp_exchange(&mut TcpStream::connect(self.tcp).await?, &bytes).await
         })
         .await
         .expect("TCP answer in time")
         .expect("TCP exchange");
         Message::from_vec(&answer).expect("answer parses")
     }
+}
+
+/// Sends one length-prefixed message on `stream` and reads one back.
+pub async fn tcp_exchange(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream
+        .write_all(&(message.len() as u16).to_be_bytes())
+        .await?;
+    stream.write_all(message).await?;
+    let len = stream.read_u16().await?;
+    let mut answer = vec![0u8; len as usize];
+    stream.read_exact(&mut answer).await?;
+    Ok(answer)
 }
