@@ -20,6 +20,7 @@ pub mod daemon;
 mod dns;
 mod fleet;
 pub mod init;
+pub(crate) mod limits;
 mod lists;
 pub mod policy;
 mod stats;

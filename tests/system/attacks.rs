@@ -6,6 +6,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use moat::sync::identity::Identity;
+use moat::sync::tls;
 use moat_system_tests::attack::{
     ATTACKER, Ask, Peaks, Served, connect_from, legit_tcp, legit_udp, open_fds, random_label,
     rss_kib, udp_flood,
@@ -182,4 +184,87 @@ async fn tcp_clients_that_pipeline_and_never_read_do_not_end_tcp_dns() {
     );
     assert!(fds < idle.1 + 256 + 64, "descriptors: {} → {fds}", idle.1);
     drop(held);
+}
+
+/// Opens `attempts` pairing-channel connections to `sync` from `source`,
+/// ten at a time; on each that is let in, floods streams with junk.
+/// Returns how many handshakes completed.
+async fn quic_flood(sync: std::net::SocketAddr, source: IpAddr, attempts: usize) -> usize {
+    let identity = Identity::generate("attacker").unwrap();
+    let config = tls::pairing_client_config(&identity).unwrap();
+    let endpoint = quinn::Endpoint::client((source, 0).into()).unwrap();
+    let mut completed = 0;
+    for _ in 0..attempts / 10 {
+        let batch = (0..10).map(|_| {
+            let connecting = endpoint.connect_with(config.clone(), sync, tls::SERVER_NAME);
+            tokio::spawn(async move {
+                let connection = tokio::time::timeout(Duration::from_secs(2), connecting.ok()?)
+                    .await
+                    .ok()?
+                    .ok()?;
+                for _ in 0..20 {
+                    let open =
+                        tokio::time::timeout(Duration::from_millis(100), connection.open_bi());
+                    let Ok(Ok((mut send, _recv))) = open.await else {
+                        break;
+                    };
+                    let junk = vec![0xa5; 256 << 10];
+                    let _ = tokio::time::timeout(Duration::from_millis(200), send.write_all(&junk))
+                        .await;
+                }
+                Some(connection)
+            })
+        });
+        let batch: Vec<_> = batch.collect();
+        for connection in batch {
+            completed += usize::from(connection.await.unwrap().is_some());
+        }
+    }
+    endpoint.close(0u32.into(), b"done");
+    completed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_connection_and_stream_flood_on_the_sync_port_is_bounded() {
+    let upstream = TestUpstream::start().await;
+    let moat = target(&upstream, "").await;
+    let sync = moat.sync_addr().await;
+    let asks = legit_asks(&moat).await;
+    let idle = (rss_kib(moat.pid()), open_fds(moat.pid()));
+    let peaks = Peaks::watch(moat.pid());
+    let until = moat::clock::now() + Duration::from_secs(3);
+    let server = moat.dns.udp;
+    let legit = tokio::spawn(async move { legit_udp(server, &asks, PACE, until, TIMEOUT).await });
+    let floods: Vec<_> = (10..60u8)
+        .map(|host| tokio::spawn(quic_flood(sync, IpAddr::from([127, 0, 0, host]), 40)))
+        .collect();
+    let mut completed = 0;
+    for flood in floods {
+        completed += flood.await.unwrap();
+    }
+    let served = legit.await.unwrap();
+    let (rss, fds) = peaks.stop().await;
+    eprintln!(
+        "2000 QUIC attempts from 50 addresses, {completed} handshakes; legit {}; RSS {} → {} KiB, fds {} → {}",
+        served.summary(),
+        idle.0,
+        rss,
+        idle.1,
+        fds
+    );
+    assert_served(&served, "the QUIC flood");
+    assert!(
+        rss < idle.0 * 2,
+        "RSS stays below twice idle: {} → {rss} KiB",
+        idle.0
+    );
+    assert!(
+        completed < 2_000,
+        "not every attempt costs a handshake: {completed}"
+    );
+    let after = quic_flood(sync, IpAddr::from([127, 0, 0, 1]), 10).await;
+    assert!(
+        after > 0,
+        "after the flood the pairing channel admits again"
+    );
 }

@@ -22,6 +22,7 @@ use super::pairing::{self, CodeBook, PairingCode, ReplicaPin};
 use super::tls::{self, Admission, CLOSE_REFUSED, ClientPins, TlsError};
 use crate::clock;
 use crate::fleet::{Fleet, ReplicaView};
+use crate::limits::Places;
 use crate::store::StoreError;
 
 /// Why the sync endpoint could not start.
@@ -146,8 +147,33 @@ impl SyncServer {
     }
 }
 
+/// Connections not yet authenticated (in the handshake, or pairing) at
+/// most, in all and from one address. Past `RETRY_ABOVE` of them, a new
+/// peer must first prove its address (a QUIC Retry) before it costs a
+/// handshake.
+const MAX_UNAUTHENTICATED: usize = 64;
+const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 4;
+const RETRY_ABOVE: usize = 16;
+
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    let unauthenticated = Places::new(MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_ADDRESS);
     while let Some(incoming) = endpoint.accept().await {
+        if unauthenticated.held() >= RETRY_ABOVE
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            let _ = incoming.retry();
+            continue;
+        }
+        let peer = incoming.remote_address().ip().to_canonical();
+        let place = match unauthenticated.take(peer) {
+            Ok(place) => place,
+            Err(refused) => {
+                tracing::debug!(%peer, ?refused, "sync connection refused: too many unauthenticated");
+                incoming.refuse();
+                continue;
+            }
+        };
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let connection = match incoming.await {
@@ -161,8 +187,12 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             let pins =
                 ClientPins::new(move |fingerprint| fleet.lock().admit(fingerprint).is_some());
             match tls::admit(&connection, &pins) {
-                Ok(Admission::Pairing) => shared.pair(&connection).await,
+                Ok(Admission::Pairing) => {
+                    shared.pair(&connection).await;
+                    drop(place);
+                }
                 Ok(Admission::Sync { replica }) => {
+                    drop(place);
                     let name = shared.fleet.lock().admit(&replica);
                     if let Some(name) = name {
                         shared.serve(connection, name).await;

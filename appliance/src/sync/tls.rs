@@ -235,7 +235,10 @@ fn build_server(
     tls.send_tls13_tickets = 0;
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport()));
+    config.transport_config(Arc::new(server_transport()));
+    config
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     Ok(config)
 }
 
@@ -253,15 +256,47 @@ fn build_client(
     tls.resumption = rustls::client::Resumption::disabled();
     let crypto = QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport()));
+    config.transport_config(Arc::new(client_transport()));
     Ok(config)
 }
 
-fn transport() -> quinn::TransportConfig {
+/// Connections the primary's endpoint holds before the accept loop takes
+/// them; more are refused by quinn.
+const MAX_INCOMING: usize = 256;
+/// Bytes of early packets buffered for all of them.
+const INCOMING_BUFFER_TOTAL: u64 = 1 << 20;
+
+/// The primary's side, sized to the protocol before anyone authenticates:
+/// one stream at a time, which the replica opens, and windows that hold a
+/// replica message (at most 64 KiB) and little more. No datagrams.
+fn server_transport() -> quinn::TransportConfig {
+    let mut transport = common_transport();
+    transport
+        .max_concurrent_bidi_streams(1u32.into())
+        .stream_receive_window(quinn::VarInt::from_u32(64 << 10))
+        .receive_window(quinn::VarInt::from_u32(128 << 10));
+    transport
+}
+
+/// The replica's side: it opens the one stream and takes bundles (up to
+/// 128 MiB), so its windows are wide; it accepts no stream.
+fn client_transport() -> quinn::TransportConfig {
+    let mut transport = common_transport();
+    transport
+        .max_concurrent_bidi_streams(0u32.into())
+        .stream_receive_window(quinn::VarInt::from_u32(4 << 20))
+        .receive_window(quinn::VarInt::from_u32(8 << 20));
+    transport
+}
+
+fn common_transport() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     let idle_ms = u32::try_from(IDLE_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
-    transport.max_idle_timeout(Some(quinn::VarInt::from_u32(idle_ms).into()));
+    transport
+        .max_idle_timeout(Some(quinn::VarInt::from_u32(idle_ms).into()))
+        .max_concurrent_uni_streams(0u32.into())
+        .datagram_receive_buffer_size(None);
     transport
 }
 

@@ -4,12 +4,9 @@
 //! client that never reads is closed), and a backoff after accept errors
 //! (`EMFILE` must not spin).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use parking_lot::Mutex;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,6 +14,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::ServerTuning;
 use crate::dns::handler::{Handled, Protocol, QueryHandler};
+use crate::limits::Places;
 
 /// Answers queued per connection before reading pauses.
 const QUEUED_ANSWERS: usize = 64;
@@ -24,47 +22,12 @@ const QUEUED_ANSWERS: usize = 64;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Open connections per client address; an entry lives while its client
-/// has one, so the map is bounded by `tcp_max_connections`.
-#[derive(Debug, Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
-
-/// One open connection's place in `PerClient`.
-struct ClientSlot {
-    clients: Arc<PerClient>,
-    client: IpAddr,
-}
-
-impl PerClient {
-    fn take(self: &Arc<Self>, client: IpAddr, limit: usize) -> Option<ClientSlot> {
-        let mut open = self.0.lock();
-        let count = open.entry(client).or_default();
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(ClientSlot {
-            clients: Arc::clone(self),
-            client,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.clients.0.lock();
-        if let Some(count) = open.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.client);
-            }
-        }
-    }
-}
-
 pub(super) async fn serve(listener: TcpListener, handler: Arc<QueryHandler>, tuning: ServerTuning) {
     let slots = Arc::new(Semaphore::new(tuning.tcp_max_connections.max(1)));
-    let clients = Arc::new(PerClient::default());
+    let clients = Places::new(
+        tuning.tcp_max_connections.max(1),
+        tuning.tcp_max_connections_per_client.max(1),
+    );
     let mut backoff = ACCEPT_BACKOFF;
     loop {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
@@ -81,7 +44,7 @@ pub(super) async fn serve(listener: TcpListener, handler: Arc<QueryHandler>, tun
         };
         backoff = ACCEPT_BACKOFF;
         let client = peer.ip().to_canonical();
-        let Some(slot) = clients.take(client, tuning.tcp_max_connections_per_client.max(1)) else {
+        let Ok(place) = clients.take(client) else {
             tracing::trace!(%client, "tcp connection over the client's share, closed");
             continue;
         };
@@ -89,7 +52,7 @@ pub(super) async fn serve(listener: TcpListener, handler: Arc<QueryHandler>, tun
         let tuning = tuning.clone();
         tokio::spawn(async move {
             connection(stream, client, handler, &tuning).await;
-            drop((slot, permit));
+            drop((place, permit));
         });
     }
 }
