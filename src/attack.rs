@@ -14,8 +14,15 @@ use hickory_proto::rr::{RData, RecordType};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
-use crate::client::{query_message, tcp_exchange};
+use moat::sync::identity::Identity;
+use moat::sync::tls;
+use tokio::io::AsyncWriteExt;
 
+use crate::client::{query_message, tcp_exchange};
+use crate::{MoatProcess, TestUpstream};
+
+/// The address `nas.lan` has on the target.
+pub const NAS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 168, 1, 20));
 /// The legitimate client's address: apart from every attacker's.
 pub const LEGIT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
 /// The attacker's address.
@@ -297,4 +304,168 @@ impl Peaks {
         let (rss, fds) = self.task.await.unwrap();
         (rss.max(rss_kib(self.pid)), fds.max(open_fds(self.pid)))
     }
+}
+
+/// The legitimate client and the target process during an attack.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// What the legitimate client saw.
+    pub served: Served,
+    /// Resident memory before the attack, KiB.
+    pub idle_rss_kib: u64,
+    /// Highest resident memory during it, KiB.
+    pub peak_rss_kib: u64,
+    /// Open descriptors before the attack.
+    pub idle_fds: usize,
+    /// Most open descriptors during it.
+    pub peak_fds: usize,
+}
+
+impl Observed {
+    /// One line for a report.
+    pub fn summary(&self) -> String {
+        format!(
+            "legit {}; RSS {} → {} KiB; fds {} → {}",
+            self.served.summary(),
+            self.idle_rss_kib,
+            self.peak_rss_kib,
+            self.idle_fds,
+            self.peak_fds
+        )
+    }
+}
+
+/// Runs `attack` while the legitimate client asks `asks` over UDP of
+/// `server` for `length`, watching process `pid`.
+pub async fn during<T>(
+    pid: u32,
+    server: SocketAddr,
+    asks: Vec<Ask>,
+    length: Duration,
+    attack: impl std::future::Future<Output = T>,
+) -> (T, Observed) {
+    let (idle_rss_kib, idle_fds) = (rss_kib(pid), open_fds(pid));
+    let peaks = Peaks::watch(pid);
+    let until = moat::clock::now() + length;
+    let legit = tokio::spawn(async move {
+        legit_udp(
+            server,
+            &asks,
+            Duration::from_millis(5),
+            until,
+            Duration::from_secs(1),
+        )
+        .await
+    });
+    let outcome = attack.await;
+    let served = legit.await.unwrap();
+    let (peak_rss_kib, peak_fds) = peaks.stop().await;
+    let observed = Observed {
+        served,
+        idle_rss_kib,
+        peak_rss_kib,
+        idle_fds,
+        peak_fds,
+    };
+    (outcome, observed)
+}
+
+/// A moat forwarding to `upstream` over UDP, with `nas.lan` a local
+/// record, and `tuning` tables after its policy.
+pub async fn target(upstream: &TestUpstream, tuning: &str) -> MoatProcess {
+    let policy = format!(
+        "[policy]\nupstreams = [\"udp://{}\"]\n[[policy.local_records]]\nname = \"nas.lan\"\ntype = \"A\"\nvalue = \"{NAS}\"\n{tuning}",
+        upstream.addr
+    );
+    MoatProcess::start("", &policy).await
+}
+
+/// The legitimate client's questions: one cached (asked once first), one
+/// local, one new miss each time.
+pub async fn legit_asks(moat: &MoatProcess) -> Vec<Ask> {
+    moat.dns.a("cached.example.test").await;
+    vec![
+        Ask {
+            name: "cached.example.test".into(),
+            expect: crate::upstream::DEFAULT_V4.into(),
+        },
+        Ask {
+            name: "nas.lan".into(),
+            expect: NAS,
+        },
+        Ask {
+            name: "q{n}.fresh.example.test".into(),
+            expect: crate::upstream::DEFAULT_V4.into(),
+        },
+    ]
+}
+
+/// 1,000 connections from `ATTACKER`, each writing 2,000 pipelined queries
+/// and reading nothing; the streams, to be dropped after.
+pub async fn never_reading_clients(server: SocketAddr) -> Vec<TcpStream> {
+    let query = query_message("cached.example.test", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    let pipeline = framed.repeat(200);
+    let clients: Vec<_> = (0..1_000)
+        .map(|_| {
+            let pipeline = pipeline.clone();
+            tokio::spawn(async move {
+                let mut stream = connect_from(ATTACKER, server).await.ok()?;
+                for _ in 0..10 {
+                    let write = stream.write_all(&pipeline);
+                    let written = tokio::time::timeout(Duration::from_secs(1), write).await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        break;
+                    }
+                }
+                Some(stream)
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for client in clients {
+        held.extend(client.await.unwrap());
+    }
+    held
+}
+
+/// Opens `attempts` pairing-channel connections to `sync` from `source`,
+/// ten at a time; on each that is let in, floods streams with junk.
+/// Returns how many handshakes completed.
+pub async fn quic_flood(sync: SocketAddr, source: IpAddr, attempts: usize) -> usize {
+    let identity = Identity::generate("attacker").unwrap();
+    let config = tls::pairing_client_config(&identity).unwrap();
+    let endpoint = quinn::Endpoint::client((source, 0).into()).unwrap();
+    let mut completed = 0;
+    for _ in 0..attempts / 10 {
+        let batch = (0..10).map(|_| {
+            let connecting = endpoint.connect_with(config.clone(), sync, tls::SERVER_NAME);
+            tokio::spawn(async move {
+                let connection = tokio::time::timeout(Duration::from_secs(2), connecting.ok()?)
+                    .await
+                    .ok()?
+                    .ok()?;
+                for _ in 0..20 {
+                    let open =
+                        tokio::time::timeout(Duration::from_millis(100), connection.open_bi());
+                    let Ok(Ok((mut send, _recv))) = open.await else {
+                        break;
+                    };
+                    let junk = vec![0xa5; 256 << 10];
+                    let _ = tokio::time::timeout(Duration::from_millis(200), send.write_all(&junk))
+                        .await;
+                }
+                Some(connection)
+            })
+        });
+        let batch: Vec<_> = batch.collect();
+        for connection in batch {
+            completed += usize::from(connection.await.unwrap().is_some());
+        }
+    }
+    endpoint.close(0u32.into(), b"done");
+    completed
 }
