@@ -184,6 +184,8 @@ pub struct Flood {
     pub sent: usize,
     /// Answers received.
     pub answered: usize,
+    /// Of those, answers with TC set.
+    pub truncated: usize,
     /// How long sending took.
     pub elapsed: Duration,
 }
@@ -211,17 +213,19 @@ pub async fn udp_flood(
             .expect("bind the attacker"),
     );
     socket.connect(server).await.unwrap();
-    let answered = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let stop = Arc::new(AtomicBool::new(false));
     let counting = {
         let (socket, answered, stop) = (socket.clone(), answered.clone(), stop.clone());
         tokio::spawn(async move {
             let mut buffer = vec![0u8; 4096];
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(Ok(_)) =
+                if let Ok(Ok(len)) =
                     tokio::time::timeout(Duration::from_millis(50), socket.recv(&mut buffer)).await
                 {
-                    answered.fetch_add(1, Ordering::Relaxed);
+                    answered[0].fetch_add(1, Ordering::Relaxed);
+                    let truncated = len > 2 && buffer[2] & 0x02 != 0;
+                    answered[1].fetch_add(usize::from(truncated), Ordering::Relaxed);
                 }
             }
         })
@@ -244,7 +248,8 @@ pub async fn udp_flood(
     let _ = counting.await;
     Flood {
         sent,
-        answered: answered.load(Ordering::Relaxed),
+        answered: answered[0].load(Ordering::Relaxed),
+        truncated: answered[1].load(Ordering::Relaxed),
         elapsed,
     }
 }

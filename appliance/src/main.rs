@@ -63,7 +63,7 @@ enum Command {
         /// Only this query type (A, AAAA, …).
         #[arg(long)]
         qtype: Option<String>,
-        /// Only queries answered so: cached, forwarded, stale, blocked, rejected, failed, local, shed.
+        /// Only queries answered so: cached, forwarded, stale, blocked, rejected, failed, local, shed, limited.
         #[arg(long)]
         verdict: Option<String>,
         /// How many.

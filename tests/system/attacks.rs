@@ -131,3 +131,49 @@ async fn a_quic_connection_and_stream_flood_on_the_sync_port_is_bounded() {
         "after the flood the pairing channel admits again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_outside_the_acl_are_refused_and_a_flooding_client_is_limited_alone() {
+    let upstream = TestUpstream::start().await;
+    let moat = target(
+        &upstream,
+        "[tuning.server]\nallow_clients = [\"127.0.0.1\", \"127.0.0.2\", \"127.0.0.3\"]\nrate_limit_queries = 1000\nrate_limit_exempt = []\n",
+    )
+    .await;
+    let outsider = tokio::net::UdpSocket::bind("127.0.0.4:0").await.unwrap();
+    let query = moat_system_tests::query_message("nas.lan", hickory_proto::rr::RecordType::A, None);
+    outsider
+        .send_to(&query.to_vec().unwrap(), moat.dns.udp)
+        .await
+        .unwrap();
+    let mut buffer = vec![0; 512];
+    let len = tokio::time::timeout(Duration::from_secs(2), outsider.recv(&mut buffer))
+        .await
+        .expect("an answer for the outsider")
+        .unwrap();
+    let refused = hickory_proto::op::Message::from_vec(&buffer[..len]).unwrap();
+    assert_eq!(
+        refused.metadata.response_code,
+        hickory_proto::op::ResponseCode::Refused
+    );
+    assert!(refused.answers.is_empty(), "nothing about nas.lan leaks");
+
+    let asks = legit_asks(&moat).await;
+    let attack = udp_flood(
+        moat.dns.udp,
+        5_000,
+        5_000,
+        Duration::from_millis(200),
+        |_| "cached.example.test".to_owned(),
+    );
+    let length = Duration::from_secs(2);
+    let (flood, observed) = during(moat.pid(), moat.dns.udp, asks, length, attack).await;
+    eprintln!("flood: {flood:?}");
+    assert_withstood(&observed, "a flood from one client over its rate", 64);
+    assert!(
+        flood.truncated >= 3_000 && flood.answered - flood.truncated <= 1_000,
+        "the flooding client gets its 1,000 answers, then only TC: {flood:?}"
+    );
+    let stats = moat.control().unwrap().stats().await.unwrap().snapshot;
+    assert!(stats.limited >= 3_000, "{stats:?}");
+}

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use records::{LocalRecord, RecordData, RecordName};
 pub(crate) use values::{
-    BlockedResponse, BlocklistSource, FailMode, NameRule, Percent, SourceLocation, Strategy,
-    Transport, UpstreamUrl,
+    BlockedResponse, BlocklistSource, ClientRange, FailMode, NameRule, Percent, SourceLocation,
+    Strategy, Transport, UpstreamUrl, is_lan, masked,
 };
 
 /// The configuration Moat runs with when no `--config` is given.
@@ -244,6 +244,23 @@ pub struct ServerTuning {
     /// Queries one client address may have waiting for upstreams; its
     /// misses beyond are shed, other clients' are not.
     pub max_misses_per_client: usize,
+    /// Who may ask (`lan`, `loopback`, `any`, addresses, `ADDRESS/LENGTH`);
+    /// everyone else is answered REFUSED.
+    pub allow_clients: Vec<ClientRange>,
+    /// Queries one client may ask per `rate_limit_interval`; 0 is no limit.
+    /// A client is one address on the LAN, a /24 or /56 beyond it. Past the
+    /// limit, UDP answers are empty with TC set (a real client retries over
+    /// TCP; a spoofed victim gets nothing larger than the query) and TCP
+    /// answers are REFUSED.
+    pub rate_limit_queries: u32,
+    /// The window `rate_limit_queries` counts over.
+    #[serde(
+        deserialize_with = "values::duration",
+        serialize_with = "values::serialize_duration"
+    )]
+    pub rate_limit_interval: Duration,
+    /// Clients the rate limit never applies to.
+    pub rate_limit_exempt: Vec<ClientRange>,
 }
 
 impl Default for ServerTuning {
@@ -256,6 +273,10 @@ impl Default for ServerTuning {
             tcp_max_queries_per_connection: 16,
             max_misses_in_flight: 512,
             max_misses_per_client: 128,
+            allow_clients: vec![ClientRange::Lan],
+            rate_limit_queries: 20_000,
+            rate_limit_interval: Duration::from_secs(60),
+            rate_limit_exempt: vec![ClientRange::Loopback],
         }
     }
 }

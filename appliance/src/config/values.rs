@@ -381,6 +381,135 @@ impl Serialize for UpstreamUrl {
     }
 }
 
+/// A set of client addresses, as `[tuning.server]` names them: `lan`
+/// (loopback, private, shared, link-local and unique-local addresses),
+/// `loopback`, `any`, an address, or a prefix `ADDRESS/LENGTH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRange {
+    /// Addresses of the local network.
+    Lan,
+    /// 127.0.0.0/8 and ::1.
+    Loopback,
+    /// Every address.
+    Any,
+    /// The addresses that share the first `length` bits with `address`.
+    Prefix {
+        /// The network address (bits past `length` are zero).
+        address: IpAddr,
+        /// Prefix length in bits.
+        length: u8,
+    },
+}
+
+impl ClientRange {
+    /// Whether `client` is in the range.
+    pub(crate) fn contains(&self, client: IpAddr) -> bool {
+        let client = client.to_canonical();
+        match *self {
+            Self::Any => true,
+            Self::Loopback => client.is_loopback(),
+            Self::Lan => is_lan(client),
+            Self::Prefix { address, length } => {
+                address.is_ipv4() == client.is_ipv4() && masked(client, length) == address
+            }
+        }
+    }
+}
+
+/// Whether `ip` belongs to a local network: loopback, RFC 1918, shared
+/// (100.64.0.0/10), link-local, or IPv6 unique-local.
+pub(crate) fn is_lan(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || (a == 100 && b & 0xc0 == 64)
+        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local(),
+    }
+}
+
+/// `ip` with every bit past the first `length` cleared.
+pub(crate) fn masked(ip: IpAddr, length: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(length.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4((bits & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(length.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((bits & mask).into())
+        }
+    }
+}
+
+impl FromStr for ClientRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "lan" => return Ok(Self::Lan),
+            "loopback" => return Ok(Self::Loopback),
+            "any" => return Ok(Self::Any),
+            _ => {}
+        }
+        let bad =
+            || format!("`{text}` is not `lan`, `loopback`, `any`, an IP address or ADDRESS/LENGTH");
+        let (address, length) = match text.split_once('/') {
+            Some((address, length)) => (address, Some(length)),
+            None => (text, None),
+        };
+        let address: IpAddr = address.parse().map_err(|_| bad())?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let length = match length {
+            Some(length) => length
+                .parse::<u8>()
+                .ok()
+                .filter(|&l| l <= max)
+                .ok_or_else(bad)?,
+            None => max,
+        };
+        let address = address.to_canonical();
+        if masked(address, length) != address {
+            return Err(format!("`{text}` has bits set past its prefix length"));
+        }
+        Ok(Self::Prefix { address, length })
+    }
+}
+
+impl fmt::Display for ClientRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Lan => f.write_str("lan"),
+            Self::Loopback => f.write_str("loopback"),
+            Self::Any => f.write_str("any"),
+            Self::Prefix { address, length } => write!(f, "{address}/{length}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientRange {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for ClientRange {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,5 +540,47 @@ mod tests {
         assert_eq!(parse_byte_size("32MiB"), Some(32 << 20));
         assert_eq!(parse_byte_size("10 kB"), Some(10_000));
         assert_eq!(parse_byte_size("lots"), None);
+    }
+
+    #[test]
+    fn client_ranges() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let lan: ClientRange = "lan".parse().unwrap();
+        for inside in [
+            "127.0.0.2",
+            "10.1.2.3",
+            "192.168.1.9",
+            "172.31.0.1",
+            "100.64.0.1",
+            "169.254.3.4",
+            "::1",
+            "fd00::5",
+            "fe80::1",
+            "::ffff:192.168.1.2",
+        ] {
+            assert!(lan.contains(ip(inside)), "{inside} is on the LAN");
+        }
+        for outside in ["8.8.8.8", "100.128.0.1", "172.32.0.1", "2001:db8::1"] {
+            assert!(!lan.contains(ip(outside)), "{outside} is not on the LAN");
+        }
+        let net: ClientRange = "192.0.2.0/24".parse().unwrap();
+        assert!(net.contains(ip("192.0.2.77")) && !net.contains(ip("192.0.3.1")));
+        assert!(!net.contains(ip("::1")));
+        let six: ClientRange = "2001:db8::/32".parse().unwrap();
+        assert!(six.contains(ip("2001:db8:1::1")));
+        assert_eq!(six.to_string(), "2001:db8::/32");
+        assert!(
+            "192.0.2.1/24"
+                .parse::<ClientRange>()
+                .unwrap_err()
+                .contains("bits set")
+        );
+        assert!("192.0.2.0/33".parse::<ClientRange>().is_err());
+        assert!("everyone".parse::<ClientRange>().is_err());
+        assert_eq!(
+            masked(ip("2001:db8:1:2ff:3::4"), 56),
+            ip("2001:db8:1:200::")
+        );
+        assert_eq!(masked(ip("10.1.2.3"), 0), ip("0.0.0.0"));
     }
 }

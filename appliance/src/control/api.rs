@@ -225,7 +225,7 @@ pub struct LogQuery {
     pub client: Option<String>,
     /// Query type, by name (`AAAA`) or number.
     pub qtype: Option<String>,
-    /// How it was answered: cached, forwarded, stale, blocked, rejected, failed, local, shed.
+    /// How it was answered: cached, forwarded, stale, blocked, rejected, failed, local, shed, limited.
     pub verdict: Option<String>,
     /// Answered at or after, Unix milliseconds.
     pub since_ms: Option<u64>,

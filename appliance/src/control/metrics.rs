@@ -52,6 +52,7 @@ pub(super) fn render(status: &Status, stats: &StatsSnapshot) -> String {
         ("failed", stats.failed),
         ("local", stats.local),
         ("shed", stats.shed),
+        ("limited", stats.limited),
     ]
     .map(|(verdict, count)| (verdict.to_owned(), count));
     out.labelled(

@@ -1,14 +1,16 @@
 //! Builds the reloadable part of the query path: policy from a bundle,
 //! tuning and instance settings from the local configuration. The
 //! upstreams are kept, with their health and pooled connections, across
-//! any change that leaves them as they were.
+//! any change that leaves them as they were; so is the client gate, with
+//! its rate-limit counts.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::DaemonError;
 use super::policy::OpenedBundle;
-use crate::config::{Config, Strategy, UpstreamTuning, UpstreamUrl};
+use crate::config::{Config, ServerTuning, Strategy, UpstreamTuning, UpstreamUrl};
+use crate::dns::access::Gate;
 use crate::dns::handler::{Live, MissLimits};
 use crate::dns::upstream::Upstreams;
 
@@ -25,6 +27,7 @@ struct UpstreamInputs {
 #[derive(Debug, Default)]
 pub(super) struct LiveBuilder {
     upstreams: Option<(UpstreamInputs, Arc<Upstreams>)>,
+    gate: Option<(ServerTuning, Arc<Gate>)>,
 }
 
 impl LiveBuilder {
@@ -47,7 +50,19 @@ impl LiveBuilder {
                 questions: config.tuning.server.max_misses_in_flight.max(1),
                 per_client: config.tuning.server.max_misses_per_client.max(1),
             },
+            gate: self.gate(&config.tuning.server),
         })
+    }
+
+    fn gate(&mut self, tuning: &ServerTuning) -> Arc<Gate> {
+        if let Some((kept, gate)) = &self.gate
+            && kept == tuning
+        {
+            return Arc::clone(gate);
+        }
+        let gate = Arc::new(Gate::new(tuning));
+        self.gate = Some((tuning.clone(), Arc::clone(&gate)));
+        gate
     }
 
     fn upstreams(

@@ -1,5 +1,6 @@
 //! The DNS core: wire format, listeners, the query path, cache and upstreams.
 
+pub(crate) mod access;
 pub(crate) mod cache;
 pub(crate) mod clock;
 pub(crate) mod handler;

@@ -414,6 +414,12 @@ pub(crate) fn readdress(query: &Query<'_>, out: &mut [u8]) {
     }
 }
 
+/// Marks a response being written as truncated: the client should ask
+/// again over TCP.
+pub(crate) fn set_truncated(out: &mut [u8]) {
+    out[2] |= flags_hi::TC;
+}
+
 /// Marks a response being written as authoritative.
 pub(crate) fn set_authoritative(out: &mut [u8]) {
     out[2] |= flags_hi::AA;

@@ -36,6 +36,8 @@ pub enum Outcome {
     /// SERVFAIL at once: too many misses under way, from this client or
     /// from all (see `[tuning.server]`).
     Shed,
+    /// Over the client's rate limit: empty with TC over UDP, REFUSED over TCP.
+    Limited,
 }
 
 /// Query types counted on their own; others count as "other".
@@ -84,7 +86,7 @@ pub(crate) struct Stats {
     queries: AtomicU64,
     by_type: [AtomicU64; COUNTED_TYPES.len() + 1],
     by_rcode: [AtomicU64; 24],
-    by_outcome: [AtomicU64; 8],
+    by_outcome: [AtomicU64; 9],
     cache_misses: AtomicU64,
     upstream_errors: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
@@ -207,6 +209,7 @@ impl Stats {
             failed: outcome(Outcome::Failed),
             local: outcome(Outcome::Local),
             shed: outcome(Outcome::Shed),
+            limited: outcome(Outcome::Limited),
             upstream_errors: load(&self.upstream_errors),
             upstream_latency: LatencyHistogram {
                 bounds_us: LATENCY_BOUNDS_US.to_vec(),
@@ -276,6 +279,8 @@ pub struct StatsSnapshot {
     pub local: u64,
     /// SERVFAIL at once because too many misses were under way.
     pub shed: u64,
+    /// Over the client's rate limit.
+    pub limited: u64,
     /// Failed upstream attempts.
     pub upstream_errors: u64,
     /// Upstream answer times.

@@ -280,7 +280,7 @@ mod tests {
         let snapshot: StatsSnapshot = serde_json::from_value(serde_json::json!({
             "queries": 10, "by_type": [], "by_rcode": [], "cache_hits": 4,
             "cache_misses": 6, "stale_served": 1, "forwarded": 3, "blocked": 2,
-            "rejected": 0, "failed": 1, "local": 1, "shed": 0, "upstream_errors": 5,
+            "rejected": 0, "failed": 1, "local": 1, "shed": 0, "limited": 0, "upstream_errors": 5,
             "upstream_latency": {"bounds_us": [], "counts": [], "sum_us": 0},
             "top_names": [], "top_blocked": [], "top_clients": []
         }))

@@ -11,7 +11,7 @@
     65: "HTTPS", 255: "ANY",
   };
   const RCODES = { 0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED" };
-  const OUTCOMES = ["cached", "forwarded", "stale", "blocked", "rejected", "failed", "local", "shed"];
+  const OUTCOMES = ["cached", "forwarded", "stale", "blocked", "rejected", "failed", "local", "shed", "limited"];
   const RECORD_TYPES = ["A", "AAAA", "CNAME", "PTR", "TXT", "MX", "SRV"];
 
   // What the app knows between pages.

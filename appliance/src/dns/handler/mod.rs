@@ -26,6 +26,7 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use super::access::{Access, Gate};
 use super::cache::{Answer, Cache, Lookup};
 use super::clock::{Clock, SystemClock};
 use super::upstream::{Resolver, UpstreamError, Upstreams, upstream_query};
@@ -57,6 +58,8 @@ pub(crate) struct Live<R = Arc<Upstreams>> {
     pub query_log: bool,
     /// How many misses may be under way.
     pub miss_limits: MissLimits,
+    /// Who may ask, and how fast.
+    pub gate: Arc<Gate>,
 }
 
 /// The settings in force, with the verdict memo of their policy.
@@ -224,11 +227,18 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
         out: &mut Vec<u8>,
     ) -> Handled {
         let received = self.clock.now();
+        let installed = self.installed.load();
+        let access = installed.gate.check(client, self.clock.unix_now_ms());
         let query = match Query::parse(request) {
             Ok(query) => query,
+            Err(_) if access != Access::Served => return Handled::Ignore,
             Err(rejection) => return self.reject(request, rejection, client, received, out),
         };
-        let installed = self.installed.load();
+        if access != Access::Served {
+            let outcome = turn_away(&query, access, protocol, out);
+            self.reply(&installed, &query, protocol, client, outcome, received, out);
+            return Handled::Reply;
+        }
         let lookup = self.cache.lookup(&query.key, received);
         if let Some(outcome) = self.apply_policy(&installed, &query, client, &lookup, out) {
             self.reply(&installed, &query, protocol, client, outcome, received, out);
@@ -600,6 +610,21 @@ impl<R: Resolver, C: Clock> Drop for Flight<R, C> {
         if !self.landed {
             self.handler.inflight.lock().land(&self.key);
         }
+    }
+}
+
+/// Answers a query the gate did not let in: REFUSED, or an empty
+/// truncated answer for a rate-limited client over UDP.
+fn turn_away(query: &Query<'_>, access: Access, protocol: Protocol, out: &mut Vec<u8>) -> Outcome {
+    if access == Access::Limited && protocol == Protocol::Udp {
+        wire::begin_response(query, rcode::NOERROR, out);
+        wire::set_truncated(out);
+        return Outcome::Limited;
+    }
+    wire::begin_response(query, rcode::REFUSED, out);
+    match access {
+        Access::Limited => Outcome::Limited,
+        _ => Outcome::Rejected,
     }
 }
 

@@ -193,6 +193,7 @@ fn live(
         udp_max_payload: 1232,
         query_log: true,
         miss_limits: MISS_LIMITS,
+        gate: Arc::new(Gate::open()),
     }
 }
 
@@ -721,4 +722,49 @@ fn misses_past_the_limits_are_shed_while_hits_and_local_names_are_answered() {
         matches!(handled, Handled::Resolve { .. }),
         "dropped waiters and fetches give their slots back"
     );
+}
+
+#[test]
+fn the_gate_refuses_clients_outside_the_acl_and_truncates_rate_limited_ones() {
+    let harness = Setup::default().build();
+    let tuning: crate::config::ServerTuning = toml::from_str(
+        "allow_clients = [\"192.168.1.0/24\"]\nrate_limit_queries = 1\nrate_limit_exempt = []",
+    )
+    .unwrap();
+    let gated = Live {
+        gate: Arc::new(Gate::new(&tuning)),
+        ..live(
+            Arc::clone(&POLICY),
+            FailMode::Open,
+            BlockedResponse::Nxdomain,
+            &harness.upstream,
+        )
+    };
+    harness.handler.replace_live(gated);
+    let ask = |client: IpAddr, protocol: Protocol, id: u16| {
+        let mut out = Vec::new();
+        let handled = harness.handler.handle(
+            &request(id, "nas.lan.", RecordType::A),
+            client,
+            protocol,
+            &mut out,
+        );
+        assert!(matches!(handled, Handled::Reply));
+        Message::from_vec(&out).unwrap()
+    };
+    let outsider = ask(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)), Protocol::Udp, 50);
+    assert_answers(&outsider, 50, "nas.lan.");
+    assert_eq!(outsider.metadata.response_code, ResponseCode::Refused);
+    assert!(outsider.answers.is_empty());
+
+    let first = ask(CLIENT, Protocol::Udp, 51);
+    assert_eq!(addresses(&first).len(), 1, "within its rate");
+    let limited = ask(CLIENT, Protocol::Udp, 52);
+    assert_answers(&limited, 52, "nas.lan.");
+    assert!(limited.metadata.truncation, "over UDP: retry over TCP");
+    assert!(limited.answers.is_empty());
+    let over_tcp = ask(CLIENT, Protocol::Tcp, 53);
+    assert_eq!(over_tcp.metadata.response_code, ResponseCode::Refused);
+    let stats = harness.handler.stats().snapshot(0);
+    assert_eq!((stats.rejected, stats.limited), (1, 2));
 }
