@@ -10,6 +10,7 @@ mod hostile;
 mod owner;
 mod policy;
 mod robustness;
+mod safe_mode;
 mod serving;
 mod ui;
 mod upstreams;
