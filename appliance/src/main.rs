@@ -31,6 +31,12 @@ enum Command {
         /// TOML configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Start in safe mode: ignore the saved policy and tuning files and
+        /// serve the last policy bundle held (init does this after failed
+        /// starts); the reason shows in status.
+        #[arg(long, value_name = "REASON", num_args = 0..=1, require_equals = true,
+              default_missing_value = "started with --safe-mode")]
+        safe_mode: Option<String>,
     },
     /// Validate a configuration file without starting.
     CheckConfig {
@@ -159,8 +165,9 @@ fn main() -> Result<()> {
 
 async fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { config } => {
-            run(config.map_or(ConfigSource::Embedded, ConfigSource::File)).await
+        Command::Run { config, safe_mode } => {
+            let source = config.map_or(ConfigSource::Embedded, ConfigSource::File);
+            run(source, safe_mode).await
         }
         Command::CheckConfig { file } => {
             Config::load(&file)?;
@@ -325,9 +332,12 @@ fn decision_label(decision: &Decision) -> String {
     }
 }
 
-async fn run(source: ConfigSource) -> Result<()> {
+async fn run(source: ConfigSource, safe_mode: Option<String>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let app = App::build(source)?;
+    let app = match safe_mode {
+        Some(reason) => App::build_safe(source, reason)?,
+        None => App::build(source)?,
+    };
     tracing::debug!(addrs = ?app.addrs()?, "bound");
     let running = app.spawn()?;
     let mut hangup = signal(SignalKind::hangup())?;

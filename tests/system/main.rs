@@ -11,6 +11,7 @@ mod hostile;
 mod owner;
 mod policy;
 mod robustness;
+mod safe_mode;
 mod serving;
 mod ui;
 mod upstreams;

@@ -66,6 +66,15 @@ impl ConfigSource {
         }?
         .with_saved_sections()
     }
+
+    /// Reads and parses the configuration alone, ignoring the saved
+    /// sections: what safe mode runs on.
+    fn load_without_saved(&self) -> Result<Config, ConfigError> {
+        match self {
+            Self::Embedded => Ok(Config::embedded()),
+            Self::File(path) => Config::load(path),
+        }
+    }
 }
 
 /// Why the daemon could not start or apply a change.
@@ -179,6 +188,10 @@ pub struct Status {
     pub primary: Option<PrimaryStatus>,
     /// On the primary: its replicas.
     pub replicas: Vec<crate::fleet::ReplicaView>,
+    /// Why it runs in safe mode (saved settings ignored, the last bundle
+    /// served), or none when it runs normally.
+    #[serde(default)]
+    pub safe_mode: Option<String>,
 }
 
 /// A running appliance, as the control plane and the CLI see it: reads
@@ -196,6 +209,7 @@ pub struct Daemon {
     udp: Vec<SocketAddr>,
     tcp: Vec<SocketAddr>,
     query_log_loss_reported: AtomicBool,
+    safe_mode: Option<String>,
 }
 
 impl Daemon {
@@ -263,6 +277,7 @@ impl Daemon {
             config_generation: snapshot.generation,
             query_log_lost: self.handler.query_log().lost(),
             policy_faults: live.policy.faults(),
+            safe_mode: self.safe_mode.clone(),
         }
     }
 
@@ -314,13 +329,43 @@ impl App {
     /// force and binds DNS, the control plane and (on a primary) the sync
     /// endpoint. Must run inside a multi-threaded tokio runtime.
     pub fn build(source: ConfigSource) -> Result<Self, DaemonError> {
-        let config = source.load()?;
+        Self::build_in(source, None)
+    }
+
+    /// As [`App::build`], in safe mode for `reason`: the saved policy and
+    /// tuning files are ignored, the last bundle held is served (on the
+    /// primary its policy becomes the one in force), and an unreadable
+    /// replicas file is set aside. Status reports the reason.
+    pub fn build_safe(source: ConfigSource, reason: String) -> Result<Self, DaemonError> {
+        tracing::warn!(
+            %reason,
+            "SAFE MODE: saved settings ({}, {}) ignored; serving the last policy bundle held",
+            files::POLICY_SETTINGS,
+            files::TUNING_SETTINGS
+        );
+        Self::build_in(source, Some(reason))
+    }
+
+    fn build_in(source: ConfigSource, safe_mode: Option<String>) -> Result<Self, DaemonError> {
+        let safe = safe_mode.is_some();
+        let mut config = if safe {
+            source.load_without_saved()?
+        } else {
+            source.load()?
+        };
         raise_descriptor_limit();
         let data = DataDir::open(&config.instance.data_dir)?;
+        if safe {
+            set_aside_unreadable_replicas(&data);
+        }
         let fleet = FleetParts::load(&data, &config.instance.name)?;
         let role = RoleSetup::load(&data, &fleet, config.instance.sync)?;
         let engine = PolicyEngine::start()?;
-        let (bundle, opened) = policy_for(&config, &data, &role, &engine)?;
+        let (bundle, opened) = policy_for(&config, &data, &role, &engine, safe)?;
+        if safe && bundle.is_some() && matches!(role, RoleSetup::Primary { .. }) {
+            // Re-sealing then keeps the last bundle's policy, not the file's.
+            config.policy = opened.policy.clone();
+        }
         let opened = Arc::new(opened);
         let mut live = LiveBuilder::default();
         let handler = QueryHandler::new(
@@ -344,6 +389,7 @@ impl App {
             udp: listeners.udp_addrs(),
             tcp: listeners.tcp_addrs(),
             query_log_loss_reported: AtomicBool::new(false),
+            safe_mode,
         });
         if let Some(bundle) = &bundle {
             daemon.role.lock().publish(bundle);
@@ -476,17 +522,41 @@ fn stored_pause(data: &DataDir) -> PauseState {
     }
 }
 
+/// In safe mode, moves a replicas file that does not load aside (kept
+/// for inspection, renamed with the time), so the appliance comes up; the
+/// replicas it listed must pair again.
+fn set_aside_unreadable_replicas(data: &DataDir) {
+    let Err(err) = crate::fleet::Fleet::load(data) else {
+        return;
+    };
+    let path = data.path(files::REPLICAS);
+    let aside = path.with_extension(format!("json.unreadable-{}", clock::unix_now()));
+    match std::fs::rename(&path, &aside) {
+        Ok(()) => tracing::error!(
+            error = %err,
+            kept = %aside.display(),
+            "SAFE MODE: the replicas file does not load; set aside, replicas must pair again"
+        ),
+        Err(rename) => tracing::error!(error = %err, %rename, "cannot set the replicas file aside"),
+    }
+}
+
 /// The bundle `role` starts with, opened. A replica without a usable
 /// bundle from its primary yet serves without blocking, with its own
-/// upstreams, until the first one arrives.
+/// upstreams, until the first one arrives. In `safe` mode the primary
+/// serves the bundle it stored last, sealing only if it has none.
 fn policy_for(
     config: &Config,
     data: &DataDir,
     role: &RoleSetup,
     engine: &PolicyEngine,
+    safe: bool,
 ) -> Result<(Option<VerifiedBundle>, OpenedBundle), DaemonError> {
     let now = clock::unix_now();
     let bundle = match role {
+        RoleSetup::Primary { key, .. } if safe => {
+            Some(policy::last_sealed(config, data, key, now)?)
+        }
         RoleSetup::Primary { key, .. } => {
             Some(policy::seal_for_primary(config, data, key, true, now)?)
         }

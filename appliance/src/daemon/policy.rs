@@ -145,6 +145,27 @@ pub(super) fn seal_for_primary(
     Ok(bundle)
 }
 
+/// The primary's last sealed bundle, for safe mode; sealed from `config`
+/// only when there is no usable stored one.
+pub(super) fn last_sealed(
+    config: &Config,
+    data: &DataDir,
+    key: &SigningKey,
+    now_unix: u64,
+) -> Result<VerifiedBundle, DaemonError> {
+    match stored(data, &key.public(), now_unix) {
+        Ok(Some(bundle)) => {
+            tracing::info!(version = bundle.version(), "serving the stored bundle");
+            Ok(bundle)
+        }
+        Ok(None) => seal_for_primary(config, data, key, true, now_unix),
+        Err(err) => {
+            tracing::error!(error = %err, "stored bundle unusable; sealing the configuration's policy");
+            seal_for_primary(config, data, key, true, now_unix)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

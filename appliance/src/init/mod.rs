@@ -11,18 +11,20 @@
 //!    and the data partition (4) on `/data`; read the first-boot settings
 //!    (`firstboot`); raise loopback and the network (DHCP or static); keep
 //!    the clock from 1970 (the image's build time as a floor, then SNTP);
-//!    start `moat run` and supervise it: restart it if it dies, reap every
-//!    child, power off or reboot on the usual signals.
+//!    start `moat run` and supervise it: restart it if it dies, backing off
+//!    and falling back to safe mode when it cannot start (`supervisor`),
+//!    reap every child, power off or reboot on the usual signals.
 //!
 //! Protocol logic is pure and unit-tested: the DHCP, SNTP and rtnetlink
 //! codecs in the `moat-netproto` crate, the ext4 layout in `moat-mkfs`, and
-//! `modules` and `firstboot` here; the syscalls and sockets live in the
-//! private shell modules (`net`, `netlink`, `system`).
+//! `modules`, `firstboot` and `supervisor` here; the syscalls and sockets
+//! live in the private shell modules (`net`, `netlink`, `system`).
 
 pub(crate) mod firstboot;
 pub(crate) mod modules;
 mod net;
 mod netlink;
+pub(crate) mod supervisor;
 mod system;
 
 use std::collections::BTreeMap;
@@ -32,7 +34,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Mutex, PoisonError, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::mount::MsFlags;
 use nix::sys::reboot::{RebootMode, reboot, set_cad_enabled};
@@ -42,7 +44,7 @@ use nix::unistd::Pid;
 use thiserror::Error;
 
 use firstboot::{Network, Provisioning, Settings};
-use moat_netproto::dhcp;
+use moat_netproto::{dhcp, sntp};
 
 /// The environment variable that tells the second stage it is one.
 const STAGE_VAR: &str = "MOAT_INIT_STAGE";
@@ -195,15 +197,12 @@ fn stage_root() -> Result<(), InitError> {
     net::loopback_up()?;
     start_network(&settings);
 
-    let mut daemon = spawn_daemon();
+    let mut daemon = Supervised::default();
+    daemon.start();
     if let Some(join) = settings.join.clone()
         && !Path::new(JOINED_MARK).exists()
     {
         std::thread::spawn(move || pair(&join));
-    }
-    if let Some(child) = &daemon {
-        let pid = child.id();
-        std::thread::spawn(move || report_rss(pid));
     }
     supervise(&signals, &mut daemon)
 }
@@ -218,6 +217,7 @@ fn supervised_signals() -> SigSet {
         Signal::SIGUSR1,
         Signal::SIGUSR2,
         Signal::SIGPWR,
+        Signal::SIGALRM,
     ] {
         set.add(signal);
     }
@@ -272,16 +272,20 @@ fn format_if_blank(device: &Path) -> Result<Option<moat_mkfs::Layout>, Box<dyn E
 /// certificate and bundle look not yet valid: never run before the image
 /// was built.
 fn clock_floor() {
-    let Some(built) = fs::read_to_string(format!("{SLOT_DIR}/build-epoch"))
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok())
-    else {
+    let Some(built) = build_time() else {
         return;
     };
     if crate::clock::unix_now() < built {
         eprintln!("moat init: clock before the image's build time; set to {built}");
         let _ = system::set_clock(built * 1000);
     }
+}
+
+/// When the image was built, Unix seconds: the clock's floor.
+fn build_time() -> Option<u64> {
+    fs::read_to_string(format!("{SLOT_DIR}/build-epoch"))
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
 }
 
 /// The settings ruling this boot, consuming the boot partition's file on
@@ -364,29 +368,80 @@ fn start_network(settings: &Settings) {
         if bound_rx.recv().is_err() || ntp.is_empty() {
             return;
         }
+        let guard = sntp::ClockGuard::new(build_time().unwrap_or(0) * 1000);
         loop {
-            let pause = if net::sync_clock(&ntp) { 6 * 3600 } else { 60 };
+            let pause = if net::sync_clock(&ntp, &guard) {
+                6 * 3600
+            } else {
+                60
+            };
             std::thread::sleep(Duration::from_secs(pause));
         }
     });
 }
 
-fn spawn_daemon() -> Option<Child> {
-    match Command::new(format!("{SLOT_DIR}/moat"))
-        .args(["run", "--config", DAEMON_CONFIG])
-        .env_remove(STAGE_VAR)
-        .current_dir("/data")
-        .spawn()
-    {
-        Ok(child) => {
-            eprintln!("moat init: daemon started (pid {})", child.id());
-            Some(child)
-        }
-        Err(err) => {
-            eprintln!("moat init: starting the daemon: {err}");
-            None
+/// The supervised `moat run` and when to start it again.
+#[derive(Debug, Default)]
+struct Supervised {
+    /// The running process and when it started.
+    child: Option<(Child, Instant)>,
+    restarts: supervisor::Supervisor,
+}
+
+impl Supervised {
+    /// Starts the daemon in the mode the restart policy says; a failed
+    /// spawn is retried after the policy's pause (`SIGALRM`).
+    fn start(&mut self) {
+        let mode = self.restarts.mode();
+        match spawn_daemon(mode) {
+            Ok(child) => {
+                let pid = child.id();
+                eprintln!("moat init: daemon started (pid {pid}, {mode:?} mode)");
+                std::thread::spawn(move || report_rss(pid));
+                self.child = Some((child, crate::clock::now()));
+            }
+            Err(err) => {
+                eprintln!("moat init: starting the daemon: {err}");
+                let restart = self.restarts.spawn_failed();
+                schedule(restart);
+            }
         }
     }
+
+    /// The daemon ended: schedules its next start.
+    fn ended(&mut self) {
+        let Some((_, started)) = self.child.take() else {
+            return;
+        };
+        let restart = self.restarts.exited(started, crate::clock::now());
+        schedule(restart);
+    }
+
+    fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|(child, _)| child.id() as i32)
+    }
+}
+
+/// Asks for a `SIGALRM` when the daemon is due to start again.
+fn schedule(restart: supervisor::Restart) {
+    let secs = u32::try_from(restart.after.as_secs()).unwrap_or(u32::MAX);
+    eprintln!(
+        "moat init: starting the daemon again in {secs} s ({:?} mode)",
+        restart.mode
+    );
+    nix::unistd::alarm::set(secs.max(1));
+}
+
+fn spawn_daemon(mode: supervisor::Mode) -> std::io::Result<Child> {
+    let mut command = Command::new(format!("{SLOT_DIR}/moat"));
+    command.args(["run", "--config", DAEMON_CONFIG]);
+    if mode == supervisor::Mode::Safe {
+        command.arg(format!(
+            "--safe-mode=started by init: {}",
+            supervisor::Supervisor::safe_mode_reason()
+        ));
+    }
+    command.env_remove(STAGE_VAR).current_dir("/data").spawn()
 }
 
 /// A replica pairs with its primary once, retrying until it works.
@@ -438,9 +493,9 @@ fn report_rss(pid: u32) {
     }
 }
 
-/// Waits for signals: reaps children, restarts the daemon, forwards a
-/// reload, shuts down.
-fn supervise(signals: &SigSet, daemon: &mut Option<Child>) -> ! {
+/// Waits for signals: reaps children, restarts the daemon when due,
+/// forwards a reload, shuts down.
+fn supervise(signals: &SigSet, daemon: &mut Supervised) -> ! {
     loop {
         let signal = match signals.wait() {
             Ok(signal) => signal,
@@ -452,14 +507,18 @@ fn supervise(signals: &SigSet, daemon: &mut Option<Child>) -> ! {
         };
         match signal {
             Signal::SIGCHLD => {
-                if reap(daemon) {
-                    std::thread::sleep(Duration::from_secs(1));
-                    *daemon = spawn_daemon();
+                if reap(daemon.pid()) {
+                    daemon.ended();
+                }
+            }
+            Signal::SIGALRM => {
+                if daemon.child.is_none() {
+                    daemon.start();
                 }
             }
             Signal::SIGHUP => {
-                if let Some(child) = daemon {
-                    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP);
+                if let Some(pid) = daemon.pid() {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGHUP);
                 }
             }
             // busybox's convention: USR1 halt, USR2 and PWR power off, TERM
@@ -473,17 +532,16 @@ fn supervise(signals: &SigSet, daemon: &mut Option<Child>) -> ! {
 }
 
 /// Reaps every exited child, handing a waited-for one's status to its
-/// waiter; true if the daemon was one of them.
-fn reap(daemon: &Option<Child>) -> bool {
-    let daemon_pid = daemon.as_ref().map(|child| child.id() as i32);
+/// waiter; true if the daemon (`daemon_pid`) was one of them.
+fn reap(daemon_pid: Option<i32>) -> bool {
     let mut daemon_exited = false;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(_) => return daemon_exited,
             Ok(status) => {
                 let pid = status.pid().map(Pid::as_raw);
-                if pid == daemon_pid {
-                    eprintln!("moat init: daemon ended ({status:?}); restarting it");
+                if pid.is_some() && pid == daemon_pid {
+                    eprintln!("moat init: daemon ended ({status:?})");
                     daemon_exited = true;
                 } else if let Some(waiter) = pid.and_then(|pid| {
                     WAITERS
@@ -498,10 +556,11 @@ fn reap(daemon: &Option<Child>) -> bool {
     }
 }
 
-fn shut_down(daemon: &mut Option<Child>, mode: RebootMode) -> ! {
+fn shut_down(daemon: &mut Supervised, mode: RebootMode) -> ! {
     eprintln!("moat init: shutting down");
-    if let Some(child) = daemon.take() {
-        let pid = Pid::from_raw(child.id() as i32);
+    nix::unistd::alarm::cancel();
+    if let Some(pid) = daemon.pid() {
+        let pid = Pid::from_raw(pid);
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = crate::clock::now() + Duration::from_secs(10);
         while crate::clock::now() < deadline {

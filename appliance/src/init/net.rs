@@ -194,25 +194,38 @@ pub(super) fn run_dhcp(
     }
 }
 
-/// Asks each server in turn for the time and sets the clock from the first
-/// answer. Returns whether the clock was set.
-pub(super) fn sync_clock(servers: &[SocketAddr]) -> bool {
-    for server in servers {
-        match ask_time(*server) {
-            Ok(unix_ms) => match system::set_clock(unix_ms) {
-                Ok(()) => {
-                    eprintln!(
-                        "moat init: clock set from {server} to {} (unix ms)",
-                        unix_ms
-                    );
-                    return true;
-                }
-                Err(err) => eprintln!("moat init: setting the clock: {err}"),
-            },
-            Err(err) => eprintln!("moat init: SNTP {server}: {err}"),
+/// Asks every server for the time and sets the clock if the answers pass
+/// `guard` (never below the image's floor; a step beyond a day only when
+/// two servers agree). Returns whether the clock was set.
+pub(super) fn sync_clock(servers: &[SocketAddr], guard: &sntp::ClockGuard) -> bool {
+    let samples: Vec<sntp::Sample> = servers
+        .iter()
+        .enumerate()
+        .filter_map(|(index, server)| match ask_time(*server) {
+            Ok(unix_ms) => Some(sntp::Sample::new(index, unix_ms, clock::unix_now_ms())),
+            Err(err) => {
+                eprintln!("moat init: SNTP {server}: {err}");
+                None
+            }
+        })
+        .collect();
+    let unix_ms = match guard.step(clock::unix_now_ms(), &samples) {
+        Ok(unix_ms) => unix_ms,
+        Err(refused) => {
+            eprintln!("moat init: clock kept: {refused} (answers: {samples:?})");
+            return false;
+        }
+    };
+    match system::set_clock(unix_ms) {
+        Ok(()) => {
+            eprintln!("moat init: clock set by SNTP to {unix_ms} (unix ms)");
+            true
+        }
+        Err(err) => {
+            eprintln!("moat init: setting the clock: {err}");
+            false
         }
     }
-    false
 }
 
 fn ask_time(server: SocketAddr) -> Result<u64, Box<dyn std::error::Error>> {

@@ -5,6 +5,11 @@
 //! (SHA-256 of the certificate DER). Validity dates are never checked (a
 //! Raspberry Pi boots at 1970), so the certificate's only job is to carry the
 //! public key that signs the TLS handshake.
+//!
+//! A lost certificate is issued again from the stored key. The fingerprint
+//! is over the whole certificate and ECDSA signatures are randomized, so
+//! the new certificate has a new fingerprint: the appliance comes up and
+//! serves, and peers that pinned the old one refuse it until paired again.
 
 use std::fmt;
 
@@ -50,8 +55,10 @@ impl Identity {
     /// Loads the identity from `dir`, or makes and stores one on first start
     /// (`name` goes into the certificate's subject, for people reading it).
     ///
-    /// A corrupt or half-present identity is an error naming the file: it is
-    /// never silently replaced, since peers have pinned it.
+    /// A missing certificate is issued again from the stored key (with a
+    /// new fingerprint, logged). A corrupt identity, or a certificate
+    /// without its key, is an error naming the file: it is never silently
+    /// replaced, since peers have pinned it.
     pub fn load_or_create(dir: &DataDir, name: &str) -> Result<Self, IdentityError> {
         let key = dir.read(files::IDENTITY_KEY)?;
         let cert = dir.read(files::IDENTITY_CERT)?;
@@ -67,7 +74,7 @@ impl Identity {
                 dir.write(files::IDENTITY_CERT, &identity.cert_der, Access::Public)?;
                 Ok(identity)
             }
-            (Some(_), None) => Err(incomplete(dir, files::IDENTITY_CERT, files::IDENTITY_KEY)),
+            (Some(key), None) => Self::reissue(dir, name, key),
             (None, Some(_)) => Err(incomplete(dir, files::IDENTITY_KEY, files::IDENTITY_CERT)),
         }
     }
@@ -76,12 +83,17 @@ impl Identity {
     /// memory only.
     pub fn generate(name: &str) -> Result<Self, IdentityError> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        Self::self_signed(name, &key)
+    }
+
+    /// A self-signed certificate for `key`, with the identity it makes.
+    fn self_signed(name: &str, key: &rcgen::KeyPair) -> Result<Self, IdentityError> {
         let mut params = rcgen::CertificateParams::new(vec!["moat".to_owned()])?;
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, format!("moat {name}"));
-        let cert = params.self_signed(&key)?;
+        let cert = params.self_signed(key)?;
         Self::from_der(cert.der().to_vec(), key.serialize_der())
             .map_err(|err| IdentityError::Invalid(err.into_rustls()))
     }
@@ -120,6 +132,27 @@ impl Identity {
     /// The certificate's fingerprint, what peers pin.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
+    }
+
+    /// Issues and stores a new certificate for the stored `key`, whose
+    /// certificate file is missing.
+    fn reissue(dir: &DataDir, name: &str, key: Vec<u8>) -> Result<Self, IdentityError> {
+        let pair = rcgen::KeyPair::try_from(key.as_slice()).map_err(|err| {
+            IdentityError::Store(StoreError::Corrupt {
+                path: dir.path(files::IDENTITY_KEY),
+                reason: err.to_string(),
+            })
+        })?;
+        let identity = Self::self_signed(name, &pair)?;
+        dir.write(files::IDENTITY_CERT, &identity.cert_der, Access::Public)?;
+        tracing::warn!(
+            fingerprint = %identity.fingerprint,
+            "{} was missing: issued again from {}; the fingerprint is new, so peers that \
+             pinned the old one refuse this appliance until it is paired again",
+            files::IDENTITY_CERT,
+            files::IDENTITY_KEY
+        );
+        Ok(identity)
     }
 
     fn load(dir: &DataDir, key: Vec<u8>, cert: Vec<u8>) -> Result<Self, IdentityError> {
@@ -233,10 +266,40 @@ mod tests {
         let err = Identity::load_or_create(&dir, "beta").unwrap_err();
         assert!(err.to_string().contains(files::IDENTITY_CERT), "{err}");
 
-        std::fs::remove_file(dir.path(files::IDENTITY_CERT)).unwrap();
+        std::fs::remove_file(dir.path(files::IDENTITY_KEY)).unwrap();
         let err = Identity::load_or_create(&dir, "beta").unwrap_err();
         assert!(matches!(err, IdentityError::Incomplete { .. }), "{err}");
-        assert!(dir.read(files::IDENTITY_KEY).unwrap().is_some(), "kept");
+        assert!(dir.read(files::IDENTITY_CERT).unwrap().is_some(), "kept");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_missing_certificate_is_issued_again_from_the_key() {
+        let (root, dir) = temp_dir("reissue");
+        let first = Identity::load_or_create(&dir, "gamma").unwrap();
+        let key = dir.read(files::IDENTITY_KEY).unwrap().unwrap();
+        std::fs::remove_file(dir.path(files::IDENTITY_CERT)).unwrap();
+
+        let rebuilt = Identity::load_or_create(&dir, "gamma").unwrap();
+        assert_eq!(dir.read(files::IDENTITY_KEY).unwrap(), Some(key.clone()));
+        assert_eq!(rebuilt.key_der().secret_der(), key, "the same key");
+        let public_key = |identity: &Identity| {
+            rcgen::KeyPair::try_from(identity.key_der().secret_der())
+                .unwrap()
+                .public_key_pem()
+        };
+        assert_eq!(public_key(&rebuilt), public_key(&first));
+        assert_ne!(
+            rebuilt.fingerprint(),
+            first.fingerprint(),
+            "the fingerprint covers the signature, which is new"
+        );
+        let again = Identity::load_or_create(&dir, "gamma").unwrap();
+        assert_eq!(again.fingerprint(), rebuilt.fingerprint(), "stored");
+        assert_eq!(
+            dir.read(files::IDENTITY_CERT).unwrap().as_deref(),
+            Some(&rebuilt.cert_der()[..])
+        );
         std::fs::remove_dir_all(root).unwrap();
     }
 }
