@@ -7,6 +7,8 @@
 //! `[join]` (`primary = "HOST:PORT"`, `code`). Both are taken out before the
 //! rest becomes the daemon's configuration, whose data directory is forced
 //! to `/data/moat` and which listens on port 53 unless it says otherwise.
+//! On the image the DNS rate limit defaults to Pi-hole's, 1,000 queries a
+//! minute per client, unless `[tuning.server]` says otherwise.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -169,6 +171,7 @@ impl Settings {
         instance
             .entry("listen")
             .or_insert_with(|| toml::Value::Array(vec!["0.0.0.0:53".into()]));
+        image_rate_limit(&mut table)?;
         let daemon_config = toml::to_string(&table).map_err(|err| invalid("", err.to_string()))?;
         let config = Config::parse(&daemon_config, "moat.toml")?;
 
@@ -199,6 +202,25 @@ impl Settings {
         })
     }
 }
+
+/// The image's rate limit, unless the file sets one.
+fn image_rate_limit(table: &mut toml::Table) -> Result<(), SettingsError> {
+    let mut server = table;
+    for key in ["tuning", "server"] {
+        server = server
+            .entry(key)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| invalid(key, "must be a table"))?;
+    }
+    server
+        .entry("rate_limit_queries")
+        .or_insert(toml::Value::Integer(IMAGE_RATE_LIMIT));
+    Ok(())
+}
+
+/// Queries per client per minute on the image (Pi-hole's `dns.rateLimit`).
+const IMAGE_RATE_LIMIT: i64 = 1_000;
 
 fn take_table(table: &mut toml::Table, key: &'static str) -> Result<toml::Table, SettingsError> {
     match table.remove(key) {
@@ -254,6 +276,11 @@ mod tests {
         let config = Config::parse(&settings.daemon_config, "t").unwrap();
         assert_eq!(config.instance.data_dir.to_str(), Some(DAEMON_DATA_DIR));
         assert_eq!(config.instance.listen, ["0.0.0.0:53".parse().unwrap()]);
+        assert_eq!(config.tuning.server.rate_limit_queries, 1_000);
+        assert_eq!(
+            config.tuning.server.allow_clients,
+            [crate::config::ClientRange::Lan]
+        );
         assert_eq!(
             settings.ntp,
             [
