@@ -556,12 +556,12 @@ async fn revoked_replica_is_refused() {
     )
     .await;
     eventually(
-        "replica sees its primary gone",
+        "replica sees itself revoked, and asks again only hourly",
         SYNC_LIMIT,
         &[p, &r],
         async || {
             let status = status(&r).await?;
-            if status["primary"]["connected"] == false {
+            if status["primary"]["connected"] == false && status["primary"]["revoked"] == true {
                 Ok(())
             } else {
                 Err(status.to_string())

@@ -90,7 +90,8 @@ pub struct Tuning {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheTuning {
-    /// Bound in entries; exclusive with `max_bytes`. Default 100000.
+    /// Bound in entries; exclusive with `max_bytes`. Without either, the
+    /// cache holds 32 MiB of answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_entries: Option<usize>,
     /// Bound in bytes of cached answers (`"32MiB"`); exclusive with `max_entries`.
@@ -161,14 +162,18 @@ pub(crate) enum CacheBound {
 }
 
 impl CacheTuning {
-    /// The bound in force: bytes if set, else entries.
+    /// The bound in force: bytes if set, entries if set, else 32 MiB.
     pub(crate) fn bound(&self) -> CacheBound {
         match (self.max_bytes, self.max_entries) {
             (Some(bytes), _) => CacheBound::Bytes(bytes),
-            (None, entries) => CacheBound::Entries(entries.unwrap_or(100_000) as u64),
+            (None, Some(entries)) => CacheBound::Entries(entries as u64),
+            (None, None) => CacheBound::Bytes(DEFAULT_CACHE_BYTES),
         }
     }
 }
+
+/// The cache's size when neither bound is set.
+const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
 
 impl Default for CacheTuning {
     fn default() -> Self {

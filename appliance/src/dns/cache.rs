@@ -345,9 +345,10 @@ impl Cache {
             && !answer.refreshing.swap(true, Ordering::Relaxed)
     }
 
-    /// Stores an answer; answers with a zero lifetime are not kept.
+    /// Stores an answer; answers with a zero lifetime, or larger than
+    /// `MAX_ANSWER_BYTES`, are not kept.
     pub(crate) fn insert(&self, key: &QuestionKey, answer: Arc<Answer>) {
-        if answer.ttl > 0 {
+        if answer.ttl > 0 && answer.size() <= MAX_ANSWER_BYTES {
             self.store.read().1.insert(StoredKey::from(key), answer);
         }
     }
@@ -357,6 +358,10 @@ impl Cache {
         self.store.read().1.len()
     }
 }
+
+/// The largest answer cached (answers over TCP may reach 64 KiB): with any
+/// bound in entries, the cache's memory stays below entries × this.
+const MAX_ANSWER_BYTES: usize = 16 << 10;
 
 fn new_store(bound: CacheBound) -> Store {
     let (items, weight, by_bytes) = match bound {
@@ -518,5 +523,23 @@ mod tests {
             );
         }
         assert!(cache.len() <= 50, "{} entries", cache.len());
+    }
+
+    #[test]
+    fn by_default_the_cache_is_bounded_in_bytes_and_a_huge_answer_is_not_kept() {
+        assert_eq!(CacheTuning::default().bound(), CacheBound::Bytes(32 << 20));
+        let cache = Cache::new(CacheTuning::default());
+        let now = crate::clock::now();
+        let request = query("big.example.");
+        let key = Query::parse(&request).unwrap().key;
+        let huge =
+            Answer::from_upstream(response("big.example.", 100, 2_000, None), RULES, now).unwrap();
+        assert!(huge.size() > MAX_ANSWER_BYTES);
+        cache.insert(&key, Arc::new(huge));
+        assert!(matches!(cache.lookup(&key, now), Lookup::Miss));
+        let small =
+            Answer::from_upstream(response("big.example.", 100, 1, None), RULES, now).unwrap();
+        cache.insert(&key, Arc::new(small));
+        assert!(matches!(cache.lookup(&key, now), Lookup::Fresh { .. }));
     }
 }

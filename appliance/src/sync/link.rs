@@ -1,11 +1,12 @@
 //! A replica's link to its primary: dials it (so it works behind NAT),
 //! keeps one QUIC connection open, applies every bundle it is sent, and
 //! sends heartbeats with its stats; reconnects with backoff and jitter
-//! when the primary is away. A thin async shell: the sync protocol's
-//! `ReplicaSession`, run by the one driver.
+//! when the primary is away; asks only hourly once the primary has refused
+//! it (revoked, or not paired with it). A thin async shell: the sync
+//! protocol's `ReplicaSession`, run by the one driver.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use moat_proto::ApplianceName;
 use moat_proto::backoff::Backoff;
@@ -42,7 +43,14 @@ pub struct LinkHealth {
     pub last_error: Option<String>,
     /// When a bundle was last applied, Unix milliseconds.
     pub last_sync_unix_ms: Option<u64>,
+    /// The primary refused this replica (revoked it, or never paired it):
+    /// it serves its last bundle and asks again only hourly.
+    #[serde(default)]
+    pub revoked: bool,
 }
+
+/// How long a replica its primary refused waits before asking again.
+const REFUSED_RETRY: Duration = Duration::from_secs(60 * 60);
 
 /// Why a connection to the primary ended.
 #[derive(Debug, thiserror::Error)]
@@ -127,14 +135,20 @@ impl Link {
                 ended = self.connect_and_sync(&mut backoff) => ended,
                 _ = stopped.changed() => return,
             };
+            let revoked = matches!(ended, Err(LinkError::Refused(_)));
             let error = ended.err().map(|err| err.to_string());
-            tracing::warn!(primary = %self.pin.name, address = %self.pin.address, error = ?error, "sync link down; retrying");
+            let delay = if revoked {
+                REFUSED_RETRY
+            } else {
+                backoff.next_delay(clock::now(), &mut rand::rng())
+            };
+            tracing::warn!(primary = %self.pin.name, address = %self.pin.address, error = ?error, ?delay, "sync link down; retrying");
             {
                 let mut health = self.health.lock();
                 health.connected = false;
                 health.last_error = error;
+                health.revoked = revoked;
             }
-            let delay = backoff.next_delay(clock::now(), &mut rand::rng());
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 _ = stopped.changed() => return,
@@ -159,10 +173,30 @@ impl Link {
             health.last_error = None;
         }
         tracing::info!(primary = %self.pin.name, %address, "sync link up");
+        let ended = self.sync_over(&connection).await;
+        match refusal(&connection) {
+            Some(reason) => Err(LinkError::Refused(reason)),
+            None => ended,
+        }
+    }
+
+    async fn sync_over(&self, connection: &quinn::Connection) -> Result<(), LinkError> {
         let (mut send, mut recv) = connection.open_bi().await?;
         let session = ReplicaSession::new(self.name.clone(), self.replica.running_version());
         let mut side = ReplicaSide::new(session, Arc::clone(&self.replica), &self.health);
         driver::drive(&mut side, &mut send, &mut recv).await
+    }
+}
+
+/// Why the primary closed `connection` refusing this replica, if it did.
+fn refusal(connection: &quinn::Connection) -> Option<String> {
+    match connection.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == tls::CLOSE_REFUSED =>
+        {
+            Some(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        _ => None,
     }
 }
 
