@@ -391,6 +391,21 @@ async fn wrong_codes_burn_the_code_and_pin_nothing() {
             logs(&[p, &r])
         );
     }
+    let primary_status = status(p).await.unwrap();
+    let failed = primary_status["failed_pairings"].as_array().unwrap();
+    assert_eq!(failed.len(), 3, "{primary_status}");
+    assert!(
+        failed.iter().all(|entry| entry["from"]
+            .as_str()
+            .is_some_and(|from| from.starts_with("127.0.0.1:"))),
+        "each failure says where it came from: {primary_status}"
+    );
+    assert!(
+        failed[2]["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("0 attempts left")),
+        "the last one burned the code: {primary_status}"
+    );
     let output = join(addr, &code, &r.config_path);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -188,6 +188,10 @@ pub struct Status {
     pub primary: Option<PrimaryStatus>,
     /// On the primary: its replicas.
     pub replicas: Vec<crate::fleet::ReplicaView>,
+    /// On the primary: the last failed pairings, with the address each
+    /// came from (a code burned by wrong attempts says who burned it).
+    #[serde(default)]
+    pub failed_pairings: Vec<crate::sync::server::FailedPairing>,
     /// Why it runs in safe mode (saved settings ignored, the last bundle
     /// served), or none when it runs normally.
     #[serde(default)]
@@ -253,9 +257,10 @@ impl Daemon {
     /// A status report; never waits for a change being applied.
     pub fn status(&self) -> Status {
         let snapshot = self.snapshot.load_full();
-        let (role, primary, replicas) = {
+        let (role, primary, replicas, failed_pairings) = {
             let role = self.role.lock();
-            (role.name(), role.primary_status(), role.replicas())
+            let failed = role.failed_pairings();
+            (role.name(), role.primary_status(), role.replicas(), failed)
         };
         let live = self.handler.live();
         Status {
@@ -264,6 +269,7 @@ impl Daemon {
             bundle_expires_unix: snapshot.bundle.map(|(_, expires)| expires),
             primary,
             replicas,
+            failed_pairings,
             name: snapshot.config.instance.name.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: clock::now()

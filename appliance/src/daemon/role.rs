@@ -18,7 +18,7 @@ use crate::store::{Access, DataDir, files};
 use crate::sync::identity::Identity;
 use crate::sync::link::{Replica, ReplicaLink};
 use crate::sync::pairing::PrimaryPin;
-use crate::sync::server::SyncServer;
+use crate::sync::server::{FailedPairing, SyncServer};
 
 /// Why a request does not fit this appliance's role.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +208,14 @@ impl Role {
     pub(super) fn replicas(&self) -> Vec<ReplicaView> {
         match self {
             Self::Primary { server, .. } => server.replicas(),
+            Self::Replica { .. } => Vec::new(),
+        }
+    }
+
+    /// On a primary: its last failed pairings.
+    pub(super) fn failed_pairings(&self) -> Vec<FailedPairing> {
+        match self {
+            Self::Primary { server, .. } => server.failed_pairings(),
             Self::Replica { .. } => Vec::new(),
         }
     }

@@ -3,7 +3,7 @@
 //! shell: `pairing` and the sync protocol's `PrimarySession`, each run by
 //! the one driver.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +70,23 @@ struct Shared {
     fleet: Arc<Mutex<Fleet>>,
     published: watch::Sender<Option<(u64, Bytes)>>,
     connections: Mutex<HashMap<ApplianceName, quinn::Connection>>,
+    failed_pairings: Mutex<VecDeque<FailedPairing>>,
 }
+
+/// A pairing that failed, as status shows it: a code burned by wrong
+/// attempts says from where they came.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct FailedPairing {
+    /// The address the attempt came from.
+    pub from: String,
+    /// When, Unix milliseconds.
+    pub unix_ms: u64,
+    /// Why it failed.
+    pub reason: String,
+}
+
+/// Failed pairings kept for status, newest last.
+const FAILED_PAIRINGS_KEPT: usize = 8;
 
 impl SyncServer {
     /// Binds `addr` and starts accepting pairing and sync connections.
@@ -93,6 +109,7 @@ impl SyncServer {
             fleet,
             published: watch::Sender::new(None),
             connections: Mutex::default(),
+            failed_pairings: Mutex::default(),
         });
         tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
         Ok(Self { endpoint, shared })
@@ -124,6 +141,11 @@ impl SyncServer {
     /// The replicas as the primary sees them.
     pub(crate) fn replicas(&self) -> Vec<ReplicaView> {
         self.shared.fleet.lock().list(clock::unix_now_ms())
+    }
+
+    /// The last failed pairings, oldest first.
+    pub(crate) fn failed_pairings(&self) -> Vec<FailedPairing> {
+        self.shared.failed_pairings.lock().iter().cloned().collect()
     }
 
     /// Refuses replica `name` from now on and closes its connection; false
@@ -220,7 +242,18 @@ impl Shared {
         .await;
         match paired {
             Ok(pin) => tracing::info!(replica = %pin.name, %peer, "paired a replica"),
-            Err(err) => tracing::warn!(%peer, error = %err, "pairing failed"),
+            Err(err) => {
+                tracing::warn!(%peer, error = %err, "pairing failed");
+                let mut failed = self.failed_pairings.lock();
+                if failed.len() == FAILED_PAIRINGS_KEPT {
+                    failed.pop_front();
+                }
+                failed.push_back(FailedPairing {
+                    from: peer.to_string(),
+                    unix_ms: clock::unix_now_ms(),
+                    reason: err.to_string(),
+                });
+            }
         }
     }
 
