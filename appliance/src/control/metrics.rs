@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::auth::LoginStats;
 use crate::daemon::Status;
 use crate::fleet::ReplicaStatus;
 use crate::stats::StatsSnapshot;
@@ -10,8 +11,8 @@ use crate::stats::StatsSnapshot;
 /// The content type of the text format.
 pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Renders every metric of `status` and `stats`.
-pub(super) fn render(status: &Status, stats: &StatsSnapshot) -> String {
+/// Renders every metric of `status`, `stats` and `logins`.
+pub(super) fn render(status: &Status, stats: &StatsSnapshot, logins: &LoginStats) -> String {
     let mut out = Exposition::default();
     out.family("moat_info", "gauge", "Build and role of this appliance.");
     out.sample(
@@ -119,7 +120,33 @@ pub(super) fn render(status: &Status, stats: &StatsSnapshot) -> String {
         );
     }
     replicas(&mut out, status);
+    login_metrics(&mut out, logins);
     out.text
+}
+
+fn login_metrics(out: &mut Exposition, logins: &LoginStats) {
+    out.single(
+        "moat_login_hashes_total",
+        "counter",
+        "Admin passwords hashed (logins and the first setup).",
+        logins.hashed,
+    );
+    out.labelled(
+        "moat_login_refused_total",
+        "counter",
+        "Logins refused before hashing: throttled (lockout or global budget), busy (hash queue full).",
+        "reason",
+        &[
+            ("throttled".to_owned(), logins.throttled),
+            ("busy".to_owned(), logins.busy),
+        ],
+    );
+    out.single(
+        "moat_login_hashes_peak",
+        "gauge",
+        "Most password hashes that ran at once since start.",
+        logins.peak_hashing,
+    );
 }
 
 fn upstream_latency(out: &mut Exposition, stats: &StatsSnapshot) {

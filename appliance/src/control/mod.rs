@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod client;
 mod metrics;
+mod throttle;
 mod ui;
 
 use std::net::SocketAddr;
@@ -159,6 +160,7 @@ struct ApiErrorBody {
 }
 
 /// An error answered as JSON `{"error": ...}` with a status code.
+#[derive(Debug)]
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
@@ -188,7 +190,7 @@ impl From<auth::AuthError> for ApiError {
     fn from(err: auth::AuthError) -> Self {
         use auth::AuthError;
         let status = match err {
-            AuthError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            AuthError::Throttled(_) | AuthError::Busy => StatusCode::TOO_MANY_REQUESTS,
             AuthError::WrongPassword | AuthError::NoPassword => StatusCode::UNAUTHORIZED,
             AuthError::AlreadySet => StatusCode::CONFLICT,
             AuthError::SetupNotAllowed => StatusCode::FORBIDDEN,
