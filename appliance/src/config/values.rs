@@ -61,6 +61,11 @@ macro_rules! serialize_as_text {
 }
 serialize_as_text!(SourceLocation, NameRule);
 
+/// Parses `"32MiB"`, `"500kB"` or an integer number of bytes.
+pub(super) fn byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    byte_size_opt(deserializer).map(Option::unwrap_or_default)
+}
+
 pub(super) fn byte_size_opt<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<u64>, D::Error> {

@@ -528,7 +528,14 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let stats = state.daemon.handler().stats().snapshot(0);
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::render(&status, &stats, &state.auth.login_stats()),
+        metrics::render(
+            &status,
+            &stats,
+            &metrics::Extra {
+                logins: state.auth.login_stats(),
+                query_log_dropped: state.daemon.handler().query_log().dropped_for_disk(),
+            },
+        ),
     )
         .into_response()
 }

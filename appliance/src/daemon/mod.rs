@@ -179,6 +179,9 @@ pub struct Status {
     pub primary: Option<PrimaryStatus>,
     /// On the primary: its replicas.
     pub replicas: Vec<crate::fleet::ReplicaView>,
+    /// Why the query log stopped writing to disk, while it has.
+    #[serde(default)]
+    pub query_log_disk_limit: Option<String>,
 }
 
 /// A running appliance, as the control plane and the CLI see it: reads
@@ -263,6 +266,11 @@ impl Daemon {
             config_generation: snapshot.generation,
             query_log_lost: self.handler.query_log().lost(),
             policy_faults: live.policy.faults(),
+            query_log_disk_limit: self
+                .handler
+                .query_log()
+                .disk_limit()
+                .map(|limit| limit.to_string()),
         }
     }
 
@@ -316,7 +324,12 @@ impl App {
     pub fn build(source: ConfigSource) -> Result<Self, DaemonError> {
         let config = source.load()?;
         raise_descriptor_limit();
-        let data = DataDir::open(&config.instance.data_dir)?;
+        let config_file = match &source {
+            ConfigSource::File(path) => Some(path.as_path()),
+            ConfigSource::Embedded => None,
+        };
+        let data = DataDir::open(&config.instance.data_dir)?
+            .allow_sources_from(crate::compile::source_dirs(config_file, &config));
         let fleet = FleetParts::load(&data, &config.instance.name)?;
         let role = RoleSetup::load(&data, &fleet, config.instance.sync)?;
         let engine = PolicyEngine::start()?;
