@@ -720,9 +720,10 @@ mod tests {
             return eprintln!("skipped: no tmpfs mount here: {said}");
         }
         assert!(output.status.success(), "{said}");
-        let line = said
-            .lines()
-            .find(|line| line.starts_with("small filesystem: stopped"));
+        let line = said.lines().find_map(|line| {
+            line.find("small filesystem: stopped")
+                .map(|start| &line[start..])
+        });
         println!(
             "{}",
             line.unwrap_or_else(|| panic!("no report from the inner test: {said}"))
