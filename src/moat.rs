@@ -311,7 +311,9 @@ pub fn free_udp_port() -> u16 {
 
 /// Writes a config: `[instance]` with loopback port 0 everywhere (DNS,
 /// control, sync) and a name, unless `extra_instance` sets `name` or `sync`
-/// itself, then `extra_instance`, then `rest`.
+/// itself, local blocklists allowed from the temporary directory (where
+/// tests keep them) unless it sets `source_dirs`, then `extra_instance`,
+/// then `rest`.
 fn write_config(path: &Path, dir: &Path, extra_instance: &str, rest: &str) {
     let mut text = String::from("[instance]\n");
     if !sets_key(extra_instance, "name") {
@@ -319,6 +321,10 @@ fn write_config(path: &Path, dir: &Path, extra_instance: &str, rest: &str) {
     }
     if !sets_key(extra_instance, "sync") {
         text.push_str("sync = \"127.0.0.1:0\"\n");
+    }
+    if !sets_key(extra_instance, "source_dirs") {
+        let temp = std::env::temp_dir();
+        text.push_str(&format!("source_dirs = [\"{}\"]\n", temp.display()));
     }
     text.push_str(&format!(
         "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\ncontrol = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra_instance}\n\n{rest}\n",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use moat::compile::compile_policy;
+use moat::compile::{compile_policy, source_dirs};
 use moat::config::Config;
 use moat::control::{ClientError, ControlClient, LogQuery};
 use moat::daemon::{App, ConfigSource, join_offline};
@@ -274,9 +274,9 @@ async fn join(address: &str, code: &str, target: &Target) -> Result<()> {
 
 fn policy_tool(command: PolicyCommand) -> Result<()> {
     match command {
-        PolicyCommand::Compile { config, out } => {
-            let config = Config::load(&config)?;
-            let data = DataDir::open(&out)?;
+        PolicyCommand::Compile { config: path, out } => {
+            let config = Config::load(&path)?;
+            let data = DataDir::open(&out)?.allow_sources_from(source_dirs(Some(&path), &config));
             let compiled = compile_policy(&config.policy, &data)?;
             data.write("blocklist.wasm", &compiled.blocklist, Access::Public)?;
             let summary = json!({
@@ -286,12 +286,13 @@ fn policy_tool(command: PolicyCommand) -> Result<()> {
             });
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
-        PolicyCommand::Test { name, config } => {
-            let config = match config {
-                Some(path) => Config::load(&path)?,
+        PolicyCommand::Test { name, config: path } => {
+            let config = match &path {
+                Some(path) => Config::load(path)?,
                 None => Config::embedded(),
             };
-            let data = DataDir::open(&config.instance.data_dir)?;
+            let data = DataDir::open(&config.instance.data_dir)?
+                .allow_sources_from(source_dirs(path.as_deref(), &config));
             let compiled = compile_policy(&config.policy, &data)?;
             let engine = PolicyEngine::start()?;
             let lower = name.trim_end_matches('.').to_ascii_lowercase();

@@ -229,7 +229,9 @@ fn hostile_parts(stored: &VerifiedBundle, files: &Scratch) -> Vec<(Part, Vec<u8>
         "hostile policy",
     )
     .expect("hostile policy parses");
-    let data = DataDir::open(&files.0.join("data")).unwrap();
+    let data = DataDir::open(&files.0.join("data"))
+        .unwrap()
+        .allow_sources_from([files.0.clone()]);
     let compiled = compile_policy(&policy, &data).expect("hostile policy compiles");
     let part = |part: Part| stored.part(part).expect("stored part").to_vec();
     vec![

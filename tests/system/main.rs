@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `moat` binary, real upstream servers, real
 //! sockets, loopback only.
 
+mod attack_control;
 mod attacks;
 mod blocking;
 mod cache;

@@ -1,7 +1,12 @@
 //! Reading blocklist sources, keeping the last good copy of each in the
-//! data directory so an unreadable source never empties the policy.
+//! data directory (mode 0600) so an unreadable source never empties the
+//! policy. A local source is read only from inside the allowed
+//! directories ([`DataDir::source_dirs`]): the daemon runs as root, and a
+//! policy naming `/etc/shadow` must not get a copy of it.
 
-use crate::config::{BlocklistSource, SourceLocation};
+use std::path::{Component, Path, PathBuf};
+
+use crate::config::{BlocklistSource, Config, SourceLocation};
 use crate::store::{Access, DataDir, StoreError};
 
 use super::parse::{Rule, parse_list};
@@ -25,7 +30,7 @@ pub struct SourceReport {
 
 /// Why no copy of a source could be had.
 #[derive(Debug, thiserror::Error)]
-#[error("blocklist {source_path}: {reason}, and no earlier copy is kept")]
+#[error("blocklist {source_path}: {reason}")]
 pub struct SourceError {
     /// The source.
     pub source_path: String,
@@ -44,14 +49,20 @@ pub(super) fn load(
     let name = source.source.to_string();
     let copy = copy_name(&name);
     let (text, stale) = match &source.source {
-        SourceLocation::Path(path) => match std::fs::read(path) {
-            Ok(bytes) => {
-                if let Err(err) = data.write(&copy, &bytes, Access::Public) {
+        SourceLocation::Path(path) => match allowed(path, data.source_dirs()).map(std::fs::read) {
+            Err(refused) => {
+                return Err(SourceError {
+                    source_path: name,
+                    reason: refused.to_string(),
+                });
+            }
+            Ok(Ok(bytes)) => {
+                if let Err(err) = data.write(&copy, &bytes, Access::Secret) {
                     tracing::warn!(source = %name, error = %err, "cannot keep a copy of the blocklist");
                 }
                 (bytes, None)
             }
-            Err(err) => match data.read(&copy) {
+            Ok(Err(err)) => match data.read(&copy) {
                 Ok(Some(bytes)) => {
                     tracing::warn!(source = %name, error = %err, "blocklist unreadable; using its last good copy");
                     (bytes, Some(err.to_string()))
@@ -59,7 +70,7 @@ pub(super) fn load(
                 Ok(None) | Err(StoreError::Io { .. } | StoreError::Corrupt { .. }) => {
                     return Err(SourceError {
                         source_path: name,
-                        reason: err.to_string(),
+                        reason: format!("{err}, and no earlier copy is kept"),
                     });
                 }
             },
@@ -90,7 +101,10 @@ pub(super) fn current_bytes(source: &BlocklistSource, data: &DataDir) -> Option<
             .flatten()
     };
     match &source.source {
-        SourceLocation::Path(path) => std::fs::read(path).ok().or_else(kept),
+        SourceLocation::Path(path) => {
+            let path = allowed(path, data.source_dirs()).ok()?;
+            std::fs::read(path).ok().or_else(kept)
+        }
         SourceLocation::Url(_) => kept(),
     }
 }
@@ -106,8 +120,73 @@ pub(crate) fn store_download(
     if data.read(&copy)?.as_deref() == Some(bytes) {
         return Ok(false);
     }
-    data.write(&copy, bytes, Access::Public)?;
+    data.write(&copy, bytes, Access::Secret)?;
     Ok(true)
+}
+
+/// Where local sources may be read from besides the data directory: the
+/// configuration file's own directory and `instance.source_dirs`.
+pub fn source_dirs(config_file: Option<&Path>, config: &Config) -> Vec<PathBuf> {
+    let config_dir = config_file.map(|file| match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    });
+    config_dir
+        .into_iter()
+        .chain(config.instance.source_dirs.iter().cloned())
+        .collect()
+}
+
+/// A local source outside every allowed directory.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "outside the directories local lists may be read from ({}); move it into one, or add its directory to `instance.source_dirs`",
+    .allowed.iter().map(|dir| dir.display().to_string()).collect::<Vec<_>>().join(", ")
+)]
+pub(crate) struct OutsideAllowed {
+    allowed: Vec<PathBuf>,
+}
+
+/// Where `path` really is (symbolic links and `..` resolved), if that is
+/// inside one of `dirs`. A path that does not exist is judged by its
+/// name, so its kept copy is still used only if the name is allowed.
+pub(crate) fn allowed(path: &Path, dirs: &[PathBuf]) -> Result<PathBuf, OutsideAllowed> {
+    let real = resolved(path);
+    let dirs: Vec<PathBuf> = dirs
+        .iter()
+        .map(|dir| resolved(dir))
+        .filter(|dir| dir.is_absolute())
+        .collect();
+    if is_inside(&real, &dirs) {
+        Ok(real)
+    } else {
+        Err(OutsideAllowed { allowed: dirs })
+    }
+}
+
+/// Whether `path` is one of `dirs` or below one; both already resolved.
+fn is_inside(path: &Path, dirs: &[PathBuf]) -> bool {
+    dirs.iter().any(|dir| path.starts_with(dir))
+}
+
+/// The canonical form of `path`, or, when it does not exist, its
+/// absolute form with `.` and `..` taken out by name.
+fn resolved(path: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return real;
+    }
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut plain = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::ParentDir => {
+                plain.pop();
+            }
+            Component::CurDir => {}
+            other => plain.push(other),
+        }
+    }
+    plain
 }
 
 /// File name of a source's kept copy: its path or URL, made safe.
@@ -208,4 +287,91 @@ pub(crate) fn source_status(data: &DataDir, sources: &[BlocklistSource]) -> Vec<
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn scratch(label: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("moat-sources-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("lists")).unwrap();
+        std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_config_files_directory_is_allowed() {
+        let mut config = Config::embedded();
+        assert_eq!(source_dirs(None, &config), Vec::<PathBuf>::new());
+        assert_eq!(
+            source_dirs(Some(Path::new("moat.toml")), &config),
+            [PathBuf::from(".")],
+            "a bare file name is in the working directory"
+        );
+        config.instance.source_dirs = vec!["/srv/lists".into()];
+        assert_eq!(
+            source_dirs(Some(Path::new("/etc/moat/moat.toml")), &config),
+            [PathBuf::from("/etc/moat"), PathBuf::from("/srv/lists")]
+        );
+        assert!(
+            allowed(Path::new("/etc/passwd"), &[PathBuf::new()]).is_err(),
+            "an empty directory allows nothing"
+        );
+    }
+
+    #[test]
+    fn inside_is_by_whole_components() {
+        let dirs = [PathBuf::from("/srv/lists"), PathBuf::from("/data")];
+        assert!(is_inside(Path::new("/srv/lists/a.txt"), &dirs));
+        assert!(is_inside(Path::new("/data/x/y"), &dirs));
+        assert!(!is_inside(Path::new("/srv/lists-evil/a.txt"), &dirs));
+        assert!(!is_inside(Path::new("/etc/shadow"), &dirs));
+        assert_eq!(
+            resolved(Path::new("/srv/lists/../../etc/./shadow-missing")),
+            PathBuf::from("/etc/shadow-missing"),
+            "a missing path is judged by its name, dots taken out"
+        );
+    }
+
+    #[test]
+    fn only_allowed_directories_are_read_and_copies_are_private() {
+        let dir = scratch("allow");
+        let data = DataDir::open(&dir.join("data"))
+            .unwrap()
+            .allow_sources_from([dir.join("lists")]);
+        std::fs::write(dir.join("lists/good.txt"), "ads.example\n").unwrap();
+        std::fs::write(dir.join("elsewhere/secret.txt"), "secret.example\n").unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere/secret.txt"), dir.join("lists/link.txt"))
+            .unwrap();
+        let source = |path: PathBuf| BlocklistSource {
+            source: SourceLocation::Path(path),
+            refresh: std::time::Duration::from_secs(60),
+        };
+        let good = load(&source(dir.join("lists/good.txt")), &data, &mut |_, _| {}).unwrap();
+        assert_eq!(good.blocked, 1);
+        let copy = data.path(&copy_name(
+            &dir.join("lists/good.txt").display().to_string(),
+        ));
+        let mode = std::fs::metadata(copy).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the kept copy is private");
+        for refused in [
+            dir.join("elsewhere/secret.txt"),
+            dir.join("lists/link.txt"),
+            dir.join("lists/../elsewhere/secret.txt"),
+            PathBuf::from("/etc/passwd"),
+        ] {
+            let err = load(&source(refused.clone()), &data, &mut |_, _| {}).unwrap_err();
+            assert!(
+                err.to_string().contains("outside the directories"),
+                "{}: {err}",
+                refused.display()
+            );
+            assert_eq!(current_bytes(&source(refused), &data), None);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

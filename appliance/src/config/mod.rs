@@ -54,6 +54,9 @@ pub struct Instance {
     pub data_dir: PathBuf,
     /// Extra PEM CA certificates trusted for DoT/DoH upstreams.
     pub upstream_ca_file: Option<PathBuf>,
+    /// Directories local blocklist sources may be read from, besides the
+    /// data directory and the configuration file's own (read at start).
+    pub source_dirs: Vec<PathBuf>,
 }
 
 impl Default for Instance {
@@ -68,6 +71,7 @@ impl Default for Instance {
             sync: SocketAddr::from(([0, 0, 0, 0], 8853)),
             data_dir: PathBuf::from("moat-data"),
             upstream_ca_file: None,
+            source_dirs: Vec::new(),
         }
     }
 }
@@ -306,6 +310,11 @@ pub struct QueryLogTuning {
         serialize_with = "values::serialize_duration"
     )]
     pub retention: Duration,
+    /// Bytes all log files may hold together (`"256MiB"`); the oldest
+    /// days go first. The log also always leaves max(64 MiB, 5 %) of the
+    /// data directory's file system free.
+    #[serde(deserialize_with = "values::byte_size")]
+    pub max_bytes: u64,
 }
 
 impl Default for QueryLogTuning {
@@ -315,6 +324,7 @@ impl Default for QueryLogTuning {
             memory_entries: 10_000,
             flush_interval: (Duration::from_secs(10)),
             retention: (Duration::from_secs(7 * 86_400)),
+            max_bytes: 256 << 20,
         }
     }
 }

@@ -8,7 +8,12 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
-/// Parses `"30s"`, `"1h 30m"`, `"1d"` or an integer number of seconds.
+/// The longest duration any setting takes: ten years, so that adding one
+/// to a clock reading never overflows.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Parses `"30s"`, `"1h 30m"`, `"1d"` or an integer number of seconds, at
+/// most [`MAX_DURATION`].
 pub(super) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -16,14 +21,23 @@ pub(super) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Dur
         Seconds(u64),
         Text(String),
     }
-    match Raw::deserialize(deserializer)? {
-        Raw::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
-        Raw::Text(text) => humantime::parse_duration(&text).map_err(|err| {
-            de::Error::custom(format!(
-                "`{text}` is not a duration ({err}); try \"30s\" or \"5m\""
-            ))
-        }),
+    let (duration, text) = match Raw::deserialize(deserializer)? {
+        Raw::Seconds(seconds) => (Duration::from_secs(seconds), seconds.to_string()),
+        Raw::Text(text) => (
+            humantime::parse_duration(&text).map_err(|err| {
+                de::Error::custom(format!(
+                    "`{text}` is not a duration ({err}); try \"30s\" or \"5m\""
+                ))
+            })?,
+            text,
+        ),
+    };
+    if duration > MAX_DURATION {
+        return Err(de::Error::custom(format!(
+            "`{text}` is longer than the 10 years a setting may last"
+        )));
     }
+    Ok(duration)
 }
 
 /// Parses `"32MiB"`, `"500kB"` or an integer number of bytes.
@@ -46,6 +60,11 @@ macro_rules! serialize_as_text {
     )*};
 }
 serialize_as_text!(SourceLocation, NameRule);
+
+/// Parses `"32MiB"`, `"500kB"` or an integer number of bytes.
+pub(super) fn byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    byte_size_opt(deserializer).map(Option::unwrap_or_default)
+}
 
 pub(super) fn byte_size_opt<'de, D: Deserializer<'de>>(
     deserializer: D,
@@ -582,5 +601,20 @@ mod tests {
             ip("2001:db8:1:200::")
         );
         assert_eq!(masked(ip("10.1.2.3"), 0), ip("0.0.0.0"));
+    }
+
+    #[test]
+    fn durations_are_capped() {
+        #[derive(Debug, Deserialize)]
+        struct Holder {
+            #[serde(deserialize_with = "duration")]
+            value: Duration,
+        }
+        let read = |text: &str| toml::from_str::<Holder>(&format!("value = {text}"));
+        assert_eq!(read("\"3650d\"").unwrap().value, MAX_DURATION);
+        for huge in ["\"300000000000y\"", "\"11y\"", "9000000000000000000"] {
+            let err = read(huge).unwrap_err().to_string();
+            assert!(err.contains("10 years"), "{huge}: {err}");
+        }
     }
 }

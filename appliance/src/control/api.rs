@@ -76,7 +76,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for 
     }
 }
 
-/// Runs blocking daemon work (compiling, hashing) off the async workers.
+/// Runs blocking daemon work off the async workers.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -119,11 +119,10 @@ async fn setup(
     JsonBody(body): JsonBody<PasswordBody>,
 ) -> Result<Response, ApiError> {
     let trusted = from_loopback(&peer) || state.auth.has_token(&headers);
-    let auth = Arc::clone(&state.auth);
-    let session = blocking(move || {
-        Ok(auth.set_first_password(&body.password, trusted, clock::unix_now_ms())?)
-    })
-    .await?;
+    let session = state
+        .auth
+        .set_first_password(body.password, trusted, clock::unix_now_ms())
+        .await?;
     Ok(with_cookie(&auth::session_cookie(&session)))
 }
 
@@ -131,24 +130,22 @@ async fn setup(
     request_body = PasswordBody,
     responses((status = 204, description = "logged in; the session cookie is in Set-Cookie"),
         (status = 401, body = super::ApiErrorBody),
-        (status = 429, description = "too many failed logins; see Retry-After", body = super::ApiErrorBody)))]
+        (status = 429, description = "too many failed logins, or too many at once; see Retry-After", body = super::ApiErrorBody)))]
 async fn login(
     State(state): State<AppState>,
     peer: ConnectInfo<SocketAddr>,
     JsonBody(body): JsonBody<PasswordBody>,
 ) -> Result<Response, Response> {
-    let auth = Arc::clone(&state.auth);
-    let client = peer.0.ip();
-    let result = tokio::task::spawn_blocking(move || {
-        auth.login(client, &body.password, clock::unix_now_ms())
-    })
-    .await
-    .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response())?;
+    let result = state
+        .auth
+        .login(peer.0.ip(), body.password, clock::unix_now_ms())
+        .await;
     match result {
         Ok(session) => Ok(with_cookie(&auth::session_cookie(&session))),
         Err(err) => {
             let retry = match &err {
                 auth::AuthError::Throttled(wait) => Some(wait.as_secs().max(1)),
+                auth::AuthError::Busy => Some(1),
                 _ => None,
             };
             let mut response = ApiError::from(err).into_response();
@@ -377,20 +374,25 @@ async fn reload(State(state): State<AppState>) -> Result<Json<Applied>, ApiError
 /// How long to pause blocking.
 #[derive(Serialize, Deserialize, Default, ToSchema)]
 pub(super) struct PauseBody {
-    /// `"30s"`, `"5m"`, `"1h"`; absent pauses until resumed.
+    /// `"30s"`, `"5m"`, `"1h"`, at most 30 days; absent pauses until resumed.
     pub(super) duration: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/pause", tag = "blocking",
     request_body(content = PauseBody, description = "Absent or null duration: until resumed"),
-    responses((status = 200, body = PauseState), (status = 400, body = super::ApiErrorBody)),
+    responses((status = 200, body = PauseState), (status = 400, body = super::ApiErrorBody),
+        (status = 422, description = "shorter than 1s or longer than 30 days", body = super::ApiErrorBody)),
     security(("bearer" = []), ("session" = [])))]
 async fn pause(
     State(state): State<AppState>,
     body: Option<JsonBody<PauseBody>>,
 ) -> Result<Json<PauseState>, ApiError> {
     let body = body.map(|JsonBody(body)| body).unwrap_or_default();
-    let duration = body.duration.as_deref().map(parse_duration).transpose()?;
+    let duration = body
+        .duration
+        .as_deref()
+        .map(|text| parse_duration(text, "a pause", MAX_PAUSE))
+        .transpose()?;
     Ok(Json(state.daemon.pause(duration).await?))
 }
 
@@ -403,7 +405,7 @@ async fn resume(State(state): State<AppState>) -> Result<Json<PauseState>, ApiEr
 /// How long a pairing code stays valid.
 #[derive(Serialize, Deserialize, Default, ToSchema)]
 pub(super) struct CodeBody {
-    /// `"10m"` unless given.
+    /// `"10m"` unless given; at most `"24h"`.
     pub(super) valid: Option<String>,
 }
 
@@ -421,14 +423,20 @@ pub struct PairingCode {
 #[utoipa::path(post, path = "/api/v1/pairing-code", tag = "fleet",
     description = "Issues a one-time code a replica pairs with (the primary only).",
     request_body(content = CodeBody),
-    responses((status = 200, body = PairingCode), (status = 409, body = super::ApiErrorBody)),
+    responses((status = 200, body = PairingCode), (status = 409, body = super::ApiErrorBody),
+        (status = 400, body = super::ApiErrorBody),
+        (status = 422, description = "shorter than 1s or longer than 24 hours", body = super::ApiErrorBody)),
     security(("bearer" = []), ("session" = [])))]
 async fn pairing_code(
     State(state): State<AppState>,
     body: Option<JsonBody<CodeBody>>,
 ) -> Result<Json<PairingCode>, ApiError> {
     let body = body.map(|JsonBody(body)| body).unwrap_or_default();
-    let valid = body.valid.as_deref().map(parse_duration).transpose()?;
+    let valid = body
+        .valid
+        .as_deref()
+        .map(|text| parse_duration(text, "a pairing code", MAX_CODE_VALIDITY))
+        .transpose()?;
     let (code, valid) = state.daemon.issue_pairing_code(valid)?;
     Ok(Json(PairingCode {
         code,
@@ -437,9 +445,27 @@ async fn pairing_code(
     }))
 }
 
-fn parse_duration(text: &str) -> Result<Duration, ApiError> {
-    humantime::parse_duration(text)
-        .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("duration `{text}`: {err}")))
+/// The longest a pairing code may stay valid.
+const MAX_CODE_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// The longest timed pause; a longer one is a pause until resumed.
+const MAX_PAUSE: Duration = Duration::from_secs(30 * 86_400);
+
+/// Reads a duration from the API: unparsable is a 400, zero or longer
+/// than `max` a 422 naming `what` and its limit.
+fn parse_duration(text: &str, what: &str, max: Duration) -> Result<Duration, ApiError> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("duration `{text}`: {err}")))?;
+    let refused = |reason: String| ApiError(StatusCode::UNPROCESSABLE_ENTITY, reason);
+    if duration < Duration::from_secs(1) {
+        return Err(refused(format!("{what} lasts at least 1s, not `{text}`")));
+    }
+    if duration > max {
+        return Err(refused(format!(
+            "{what} lasts at most {}, not `{text}`",
+            humantime::format_duration(max)
+        )));
+    }
+    Ok(duration)
 }
 
 /// Where the primary is and the code it issued.
@@ -502,7 +528,47 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let stats = state.daemon.handler().stats().snapshot(0);
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::render(&status, &stats),
+        metrics::render(
+            &status,
+            &stats,
+            &metrics::Extra {
+                logins: state.auth.login_stats(),
+                query_log_dropped: state.daemon.handler().query_log().dropped_for_disk(),
+            },
+        ),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(text: &str, max: Duration) -> (StatusCode, String) {
+        let ApiError(status, message) = parse_duration(text, "a pairing code", max).unwrap_err();
+        (status, message)
+    }
+
+    #[test]
+    fn durations_are_capped_and_never_overflow() {
+        assert_eq!(
+            parse_duration("24h", "a pairing code", MAX_CODE_VALIDITY).unwrap(),
+            MAX_CODE_VALIDITY
+        );
+        for huge in ["300000000000y", "100000y", "25h", "1day 1s"] {
+            let (status, message) = refusal(huge, MAX_CODE_VALIDITY);
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{huge}");
+            assert!(message.contains("at most 1day"), "{message}");
+        }
+        assert_eq!(refusal("0s", MAX_PAUSE).0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            refusal("99999999999999999999999y", MAX_PAUSE).0,
+            StatusCode::BAD_REQUEST,
+            "beyond u64 seconds humantime itself refuses"
+        );
+        assert_eq!(refusal("soon", MAX_PAUSE).0, StatusCode::BAD_REQUEST);
+        let (status, message) = refusal("31days", MAX_PAUSE);
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(message.contains("at most 30days"), "{message}");
+    }
 }

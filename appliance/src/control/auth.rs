@@ -1,10 +1,12 @@
 //! Who may use the control API: scripts with the bearer token from the
 //! data directory, browsers with a session cookie got by logging in with
 //! the admin password (argon2-hashed, set on first use). Failed logins
-//! are throttled per client address.
+//! are throttled per client and in all, and hashes are bounded
+//! (`throttle.rs`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use argon2::Argon2;
@@ -12,6 +14,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use axum::http::{HeaderMap, header};
 use parking_lot::Mutex;
 
+use super::throttle::{Admitted, HashSlots, LoginThrottle};
 use crate::store::{Access, DataDir, StoreError, files};
 
 /// Name of the browser session cookie.
@@ -24,9 +27,12 @@ const MIN_PASSWORD_CHARS: usize = 8;
 /// Why a login or password change was refused.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum AuthError {
-    /// Too many wrong passwords from this address.
+    /// Too many wrong passwords from this client, or from all together.
     #[error("too many failed logins; try again in {} s", .0.as_secs().max(1))]
     Throttled(Duration),
+    /// Too many logins are waiting for the password hash already.
+    #[error("too many logins at once; try again in a second")]
+    Busy,
     /// The password is wrong.
     #[error("wrong password")]
     WrongPassword,
@@ -50,68 +56,6 @@ pub(super) enum AuthError {
     Hash(String),
 }
 
-/// Failed-login bookkeeping per client address: a pure state machine fed
-/// with the time, so its rules are tested without waiting.
-#[derive(Debug, Default)]
-pub(super) struct LoginThrottle {
-    clients: HashMap<IpAddr, Failures>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    blocked_until_ms: u64,
-    last_ms: u64,
-}
-
-impl LoginThrottle {
-    /// Wrong passwords allowed before each further one locks the address out.
-    const FREE_FAILURES: u32 = 5;
-    /// The longest lockout.
-    const MAX_LOCKOUT_MS: u64 = 15 * 60 * 1000;
-    /// Addresses tracked at most; the longest-quiet one is forgotten first.
-    const MAX_CLIENTS: usize = 4096;
-
-    /// How long `client` must still wait before trying, if at all.
-    pub(super) fn wait(&self, client: IpAddr, now_ms: u64) -> Option<Duration> {
-        let failures = self.clients.get(&client)?;
-        (failures.blocked_until_ms > now_ms)
-            .then(|| Duration::from_millis(failures.blocked_until_ms - now_ms))
-    }
-
-    /// Records a wrong password: the sixth and later ones lock the
-    /// address out for 1, 2, 4 … seconds, up to 15 minutes.
-    pub(super) fn failed(&mut self, client: IpAddr, now_ms: u64) {
-        if self.clients.len() >= Self::MAX_CLIENTS && !self.clients.contains_key(&client) {
-            let quietest = self
-                .clients
-                .iter()
-                .min_by_key(|(_, failures)| failures.last_ms)
-                .map(|(client, _)| *client);
-            if let Some(quietest) = quietest {
-                self.clients.remove(&quietest);
-            }
-        }
-        let failures = self.clients.entry(client).or_insert(Failures {
-            count: 0,
-            blocked_until_ms: 0,
-            last_ms: now_ms,
-        });
-        failures.count += 1;
-        failures.last_ms = now_ms;
-        if failures.count > Self::FREE_FAILURES {
-            let doublings = (failures.count - Self::FREE_FAILURES - 1).min(20);
-            let lockout = (1000u64 << doublings).min(Self::MAX_LOCKOUT_MS);
-            failures.blocked_until_ms = now_ms + lockout;
-        }
-    }
-
-    /// Forgets an address's failures after a right password.
-    pub(super) fn succeeded(&mut self, client: IpAddr) {
-        self.clients.remove(&client);
-    }
-}
-
 /// The control API's credentials and live sessions.
 #[derive(Debug)]
 pub(super) struct Auth {
@@ -121,6 +65,20 @@ pub(super) struct Auth {
     /// Session id → expiry, Unix milliseconds.
     sessions: Mutex<HashMap<String, u64>>,
     throttle: Mutex<LoginThrottle>,
+    hashing: HashSlots,
+}
+
+/// What login attempts met since start, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct LoginStats {
+    /// Passwords hashed.
+    pub(super) hashed: u64,
+    /// Attempts refused by the lockout or the global failure budget.
+    pub(super) throttled: u64,
+    /// Attempts refused because the hash queue was full.
+    pub(super) busy: u64,
+    /// Most hashes that ran at once.
+    pub(super) peak_hashing: u64,
 }
 
 impl Auth {
@@ -137,6 +95,7 @@ impl Auth {
             password_hash: Mutex::new(password_hash),
             sessions: Mutex::new(HashMap::new()),
             throttle: Mutex::new(LoginThrottle::default()),
+            hashing: HashSlots::default(),
         })
     }
 
@@ -165,9 +124,9 @@ impl Auth {
     }
 
     /// Sets the first admin password and opens a session.
-    pub(super) fn set_first_password(
+    pub(super) async fn set_first_password(
         &self,
-        password: &str,
+        password: String,
         trusted: bool,
         now_ms: u64,
     ) -> Result<String, AuthError> {
@@ -177,15 +136,17 @@ impl Auth {
         if password.chars().count() < MIN_PASSWORD_CHARS {
             return Err(AuthError::TooShort);
         }
+        if self.password_set() {
+            return Err(AuthError::AlreadySet);
+        }
+        let admitted = self.hashing.admit().ok_or(AuthError::Busy)?;
+        let hash = self
+            .hash(&admitted, move || hash_password(&password))
+            .await??;
         let mut stored = self.password_hash.lock();
         if stored.is_some() {
             return Err(AuthError::AlreadySet);
         }
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        let hash = Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|err| AuthError::Hash(err.to_string()))?
-            .to_string();
         self.data
             .write(files::ADMIN_PASSWORD, hash.as_bytes(), Access::Secret)?;
         *stored = Some(hash);
@@ -193,32 +154,63 @@ impl Auth {
         Ok(self.open_session(now_ms))
     }
 
-    /// Checks a password from `client`; a right one opens a session.
-    /// Blocking: argon2 takes tens of milliseconds on purpose.
-    pub(super) fn login(
+    /// Checks a password from `client`; a right one opens a session. The
+    /// attempt counts as a failure from before its hash starts until the
+    /// hash says it was right, and waits for one of the few hash slots.
+    pub(super) async fn login(
         &self,
         client: IpAddr,
-        password: &str,
+        password: String,
         now_ms: u64,
     ) -> Result<String, AuthError> {
-        if let Some(wait) = self.throttle.lock().wait(client, now_ms) {
-            return Err(AuthError::Throttled(wait));
-        }
         let hash = self
             .password_hash
             .lock()
             .clone()
             .ok_or(AuthError::NoPassword)?;
-        let parsed = PasswordHash::new(&hash).map_err(|err| AuthError::Hash(err.to_string()))?;
-        if Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_err()
+        let admitted = self.hashing.admit().ok_or(AuthError::Busy)?;
+        let key = self
+            .throttle
+            .lock()
+            .attempt(client, now_ms)
+            .map_err(|wait| {
+                self.hashing
+                    .counters()
+                    .throttled
+                    .fetch_add(1, Ordering::Relaxed);
+                AuthError::Throttled(wait)
+            })?;
+        if !self
+            .hash(&admitted, move || verify(&password, &hash))
+            .await??
         {
-            self.throttle.lock().failed(client, now_ms);
             return Err(AuthError::WrongPassword);
         }
-        self.throttle.lock().succeeded(client);
+        self.throttle.lock().succeeded(key);
         Ok(self.open_session(now_ms))
+    }
+
+    /// Runs `work` in a hash slot.
+    async fn hash<T: Send + 'static>(
+        &self,
+        admitted: &Admitted,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AuthError> {
+        self.hashing
+            .run(admitted, work)
+            .await
+            .ok_or_else(|| AuthError::Hash("the hashing task ended".into()))
+    }
+
+    /// What login attempts met since start.
+    pub(super) fn login_stats(&self) -> LoginStats {
+        let counters = self.hashing.counters();
+        LoginStats {
+            hashed: counters.hashed.load(Ordering::Relaxed),
+            throttled: counters.throttled.load(Ordering::Relaxed),
+            busy: counters.busy.load(Ordering::Relaxed),
+            peak_hashing: counters.peak_running.load(Ordering::Relaxed) as u64,
+        }
     }
 
     /// Ends the request's session, if it has one.
@@ -264,6 +256,29 @@ fn session_id(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
+/// A new argon2id PHC string for `password`, with OWASP's 12 MiB, three
+/// pass setting rather than the crate's 19 MiB, two pass one: as strong,
+/// and the two hashes the control plane runs at once stay within the
+/// appliance's idle memory. Verifying reads the setting from the hash, so
+/// older hashes still verify.
+fn hash_password(password: &str) -> Result<String, AuthError> {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    let params = argon2::Params::new(12 * 1024, 3, 1, None)
+        .map_err(|err| AuthError::Hash(err.to_string()))?;
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|err| AuthError::Hash(err.to_string()))
+}
+
+/// Whether `password` is the one `hash` was made from.
+fn verify(password: &str, hash: &str) -> Result<bool, AuthError> {
+    let parsed = PasswordHash::new(hash).map_err(|err| AuthError::Hash(err.to_string()))?;
+    Ok(Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok())
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
@@ -274,68 +289,33 @@ mod tests {
 
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
 
-    #[test]
-    fn five_free_failures_then_doubling_lockouts() {
-        let mut throttle = LoginThrottle::default();
-        for attempt in 0..5 {
-            assert_eq!(throttle.wait(CLIENT, attempt), None);
-            throttle.failed(CLIENT, attempt);
-        }
-        assert_eq!(throttle.wait(CLIENT, 10), None);
-        throttle.failed(CLIENT, 10);
-        assert_eq!(throttle.wait(CLIENT, 10), Some(Duration::from_secs(1)));
-        assert_eq!(throttle.wait(CLIENT, 1010), None);
-        throttle.failed(CLIENT, 1010);
-        assert_eq!(throttle.wait(CLIENT, 1010), Some(Duration::from_secs(2)));
-        let other = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 8));
-        assert_eq!(
-            throttle.wait(other, 1010),
-            None,
-            "other clients are not hit"
-        );
-        for _ in 0..40 {
-            throttle.failed(CLIENT, 5000);
-        }
-        assert_eq!(
-            throttle.wait(CLIENT, 5000),
-            Some(Duration::from_millis(LoginThrottle::MAX_LOCKOUT_MS))
-        );
-        throttle.succeeded(CLIENT);
-        assert_eq!(throttle.wait(CLIENT, 5000), None);
-    }
-
-    #[test]
-    fn the_throttle_stays_bounded() {
-        let mut throttle = LoginThrottle::default();
-        for index in 0..(LoginThrottle::MAX_CLIENTS as u32 + 100) {
-            throttle.failed(IpAddr::V4(index.into()), u64::from(index));
-        }
-        assert_eq!(throttle.clients.len(), LoginThrottle::MAX_CLIENTS);
-    }
-
-    #[test]
-    fn password_sessions_and_token() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn password_sessions_and_token() {
         let root = std::env::temp_dir().join(format!("moat-auth-{}", std::process::id()));
         let auth = Auth::load(DataDir::open(&root).unwrap()).unwrap();
         assert!(!auth.password_set());
         assert!(matches!(
-            auth.set_first_password("long enough", false, 0),
+            auth.set_first_password("long enough".into(), false, 0)
+                .await,
             Err(AuthError::SetupNotAllowed)
         ));
         assert!(matches!(
-            auth.set_first_password("short", true, 0),
+            auth.set_first_password("short".into(), true, 0).await,
             Err(AuthError::TooShort)
         ));
-        auth.set_first_password("long enough", true, 0).unwrap();
+        auth.set_first_password("long enough".into(), true, 0)
+            .await
+            .unwrap();
         assert!(matches!(
-            auth.set_first_password("another one", true, 0),
+            auth.set_first_password("another one".into(), true, 0).await,
             Err(AuthError::AlreadySet)
         ));
         assert!(matches!(
-            auth.login(CLIENT, "wrong password", 0),
+            auth.login(CLIENT, "wrong password".into(), 0).await,
             Err(AuthError::WrongPassword)
         ));
-        let session = auth.login(CLIENT, "long enough", 0).unwrap();
+        let session = auth.login(CLIENT, "long enough".into(), 0).await.unwrap();
+        assert_eq!(auth.login_stats().hashed, 3, "one setup, two logins");
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,

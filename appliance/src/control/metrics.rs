@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::auth::LoginStats;
 use crate::daemon::Status;
 use crate::fleet::ReplicaStatus;
 use crate::stats::StatsSnapshot;
@@ -10,8 +11,16 @@ use crate::stats::StatsSnapshot;
 /// The content type of the text format.
 pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Renders every metric of `status` and `stats`.
-pub(super) fn render(status: &Status, stats: &StatsSnapshot) -> String {
+/// Counters kept outside the status and stats.
+pub(super) struct Extra {
+    /// What login attempts met.
+    pub(super) logins: LoginStats,
+    /// Query log entries a disk bound kept off disk.
+    pub(super) query_log_dropped: u64,
+}
+
+/// Renders every metric of `status`, `stats` and `extra`.
+pub(super) fn render(status: &Status, stats: &StatsSnapshot, extra: &Extra) -> String {
     let mut out = Exposition::default();
     out.family("moat_info", "gauge", "Build and role of this appliance.");
     out.sample(
@@ -120,7 +129,49 @@ pub(super) fn render(status: &Status, stats: &StatsSnapshot) -> String {
         );
     }
     replicas(&mut out, status);
+    query_log_disk(&mut out, status, extra.query_log_dropped);
+    login_metrics(&mut out, &extra.logins);
     out.text
+}
+
+fn query_log_disk(out: &mut Exposition, status: &Status, dropped: u64) {
+    out.single(
+        "moat_query_log_disk_limited",
+        "gauge",
+        "1 while a disk bound (bytes or free space) stops the query log writing.",
+        u64::from(status.query_log_disk_limit.is_some()),
+    );
+    out.single(
+        "moat_query_log_disk_dropped_total",
+        "counter",
+        "Query log entries not written to disk because of a disk bound.",
+        dropped,
+    );
+}
+
+fn login_metrics(out: &mut Exposition, logins: &LoginStats) {
+    out.single(
+        "moat_login_hashes_total",
+        "counter",
+        "Admin passwords hashed (logins and the first setup).",
+        logins.hashed,
+    );
+    out.labelled(
+        "moat_login_refused_total",
+        "counter",
+        "Logins refused before hashing: throttled (lockout or global budget), busy (hash queue full).",
+        "reason",
+        &[
+            ("throttled".to_owned(), logins.throttled),
+            ("busy".to_owned(), logins.busy),
+        ],
+    );
+    out.single(
+        "moat_login_hashes_peak",
+        "gauge",
+        "Most password hashes that ran at once since start.",
+        logins.peak_hashing,
+    );
 }
 
 fn upstream_latency(out: &mut Exposition, stats: &StatsSnapshot) {

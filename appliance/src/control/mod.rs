@@ -7,12 +7,15 @@ mod api;
 mod auth;
 mod client;
 mod metrics;
+mod server;
+mod throttle;
 mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -93,18 +96,17 @@ pub(crate) fn serve(
         );
     }
     let app = router(AppState { daemon, auth });
-    let task = tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(err) = axum::serve(listener, service)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %err, "control endpoint stopped");
-        }
-    });
+    let task = tokio::spawn(server::serve(listener, app, stop));
     tracing::info!(%addr, "control endpoint listening");
     Ok(task)
 }
+
+/// The largest request body the login routes read.
+const OPEN_BODY_LIMIT: usize = 8 * 1024;
+/// The largest request body an authenticated request may send (a policy).
+const PROTECTED_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// How long a login route may take, body and hash queue included.
+const OPEN_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Every route: the protected API and `/metrics` behind the auth check,
 /// login, the OpenAPI document and the UI in front of it.
@@ -119,7 +121,11 @@ fn router(state: AppState) -> Router {
     let openapi = Arc::new(openapi);
     let protected = protected
         .route("/metrics", get(api::metrics))
+        .layer(DefaultBodyLimit::max(PROTECTED_BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    let open = open
+        .layer(DefaultBodyLimit::max(OPEN_BODY_LIMIT))
+        .layer(middleware::from_fn(within_deadline));
     Router::new()
         .merge(protected)
         .merge(open)
@@ -146,6 +152,17 @@ async fn require_auth(State(state): State<AppState>, request: Request, next: Nex
     }
 }
 
+async fn within_deadline(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(OPEN_ROUTE_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request took too long".into(),
+        )
+        .into_response(),
+    }
+}
+
 /// Whether a request comes from this machine.
 fn from_loopback(peer: &ConnectInfo<SocketAddr>) -> bool {
     peer.0.ip().is_loopback()
@@ -159,6 +176,7 @@ struct ApiErrorBody {
 }
 
 /// An error answered as JSON `{"error": ...}` with a status code.
+#[derive(Debug)]
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
@@ -188,7 +206,7 @@ impl From<auth::AuthError> for ApiError {
     fn from(err: auth::AuthError) -> Self {
         use auth::AuthError;
         let status = match err {
-            AuthError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            AuthError::Throttled(_) | AuthError::Busy => StatusCode::TOO_MANY_REQUESTS,
             AuthError::WrongPassword | AuthError::NoPassword => StatusCode::UNAUTHORIZED,
             AuthError::AlreadySet => StatusCode::CONFLICT,
             AuthError::SetupNotAllowed => StatusCode::FORBIDDEN,

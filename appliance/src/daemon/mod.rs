@@ -196,6 +196,9 @@ pub struct Status {
     /// served), or none when it runs normally.
     #[serde(default)]
     pub safe_mode: Option<String>,
+    /// Why the query log stopped writing to disk, while it has.
+    #[serde(default)]
+    pub query_log_disk_limit: Option<String>,
 }
 
 /// A running appliance, as the control plane and the CLI see it: reads
@@ -284,6 +287,11 @@ impl Daemon {
             query_log_lost: self.handler.query_log().lost(),
             policy_faults: live.policy.faults(),
             safe_mode: self.safe_mode.clone(),
+            query_log_disk_limit: self
+                .handler
+                .query_log()
+                .disk_limit()
+                .map(|limit| limit.to_string()),
         }
     }
 
@@ -360,7 +368,12 @@ impl App {
             source.load()?
         };
         raise_descriptor_limit();
-        let data = DataDir::open(&config.instance.data_dir)?;
+        let config_file = match &source {
+            ConfigSource::File(path) => Some(path.as_path()),
+            ConfigSource::Embedded => None,
+        };
+        let data = DataDir::open(&config.instance.data_dir)?
+            .allow_sources_from(crate::compile::source_dirs(config_file, &config));
         if safe {
             set_aside_unreadable_replicas(&data);
         }

@@ -20,12 +20,12 @@ const RESEAL_CHECK: Duration = Duration::from_secs(3600);
 /// overwrites what it cannot hold; those entries are counted, so the log
 /// costs bounded CPU and memory whatever the query rate.
 pub(super) fn flush_query_log(daemon: &Daemon) {
-    let retention = daemon.snapshot.load().config.tuning.query_log.retention;
+    let tuning = daemon.snapshot.load().config.tuning.query_log.clone();
     let dir = daemon.data.path(files::QUERY_LOG);
     match daemon
         .handler
         .query_log()
-        .flush(&dir, clock::unix_now_ms(), retention)
+        .flush(&dir, clock::unix_now_ms(), &tuning)
     {
         Ok(report)
             if report.lost > 0 && !daemon.query_log_loss_reported.swap(true, Ordering::Relaxed) =>

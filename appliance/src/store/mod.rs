@@ -1,10 +1,12 @@
 //! The data directory: the only writer of files in it. Every write is
-//! atomic (temporary file, fsync, rename); secrets are mode 0600.
+//! atomic (temporary file, fsync, rename); the directory is mode 0700 and
+//! secrets are mode 0600.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,6 +39,28 @@ pub enum Access {
     Secret,
     /// Anyone (0644).
     Public,
+}
+
+/// Creates `dir` (and missing parents) mode 0700, or takes group and
+/// other access away from it if it exists; a directory Moat cannot
+/// change (not its own) is left as it is.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    let mode = fs::metadata(dir).map_err(io)?.permissions().mode();
+    if mode & 0o077 != 0
+        && let Err(err) = fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700))
+    {
+        tracing::warn!(dir = %dir.display(), error = %err, "cannot make the directory private");
+    }
+    Ok(())
 }
 
 /// Files Moat keeps in its data directory.
@@ -85,18 +109,31 @@ pub(crate) mod files {
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    source_dirs: Arc<[PathBuf]>,
 }
 
 impl DataDir {
-    /// Opens (creating if needed) the data directory.
+    /// Opens (creating if needed) the data directory, mode 0700.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        fs::create_dir_all(root).map_err(|source| StoreError::Io {
-            path: root.to_owned(),
-            source,
-        })?;
+        private_dir(root)?;
         Ok(Self {
             root: root.to_owned(),
+            source_dirs: Arc::from([root.to_owned()]),
         })
+    }
+
+    /// Lets local blocklist sources also be read from `dirs` (by default
+    /// only the data directory itself is allowed).
+    pub fn allow_sources_from(mut self, dirs: impl IntoIterator<Item = PathBuf>) -> Self {
+        let mut all = self.source_dirs.to_vec();
+        all.extend(dirs);
+        self.source_dirs = Arc::from(all);
+        self
+    }
+
+    /// The directories local blocklist sources may be read from.
+    pub(crate) fn source_dirs(&self) -> &[PathBuf] {
+        &self.source_dirs
     }
 
     /// Path of a file or directory inside.
@@ -222,6 +259,22 @@ mod tests {
         let err = dir.read_json::<u32>("state.json").unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(!dir.path(".state.json.tmp").exists());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn the_data_directory_is_private() {
+        let root = std::env::temp_dir().join(format!("moat-store-mode-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        DataDir::open(&root.join("data")).unwrap();
+        assert_eq!(mode(&root.join("data")), 0o700, "created 0700");
+        fs::set_permissions(root.join("data"), fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = DataDir::open(&root.join("data")).unwrap();
+        assert_eq!(mode(&root.join("data")), 0o700, "tightened when opened");
+        assert_eq!(dir.source_dirs(), [root.join("data")]);
+        let dir = dir.allow_sources_from([root.clone()]);
+        assert_eq!(dir.source_dirs(), [root.join("data"), root.clone()]);
         fs::remove_dir_all(root).unwrap();
     }
 }

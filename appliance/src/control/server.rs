@@ -1,0 +1,208 @@
+//! The control endpoint's HTTP/1.1 server: at most [`MAX_CONNECTIONS`]
+//! connections (at the cap it stops accepting, so the kernel's backlog
+//! holds the rest), at most [`MAX_PER_CLIENT`] from one client (more are
+//! answered 429 and closed), request heads bounded in size and read
+//! within [`HEADER_TIMEOUT`], which is also how long a kept-alive
+//! connection may sit idle.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::{Extension, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use super::throttle::ClientKey;
+
+/// Connections served at once, at most.
+pub(super) const MAX_CONNECTIONS: usize = 128;
+/// Connections from one client (IPv4 address, IPv6 /64) at once, at most.
+pub(super) const MAX_PER_CLIENT: usize = 32;
+/// How long a request head may take to arrive, counted from when the
+/// server starts waiting for it (so also the keep-alive idle timeout).
+pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The read buffer, which bounds a request head.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Header lines in a request, at most.
+const MAX_HEADERS: usize = 64;
+/// The pause after a failed `accept` (out of descriptors, say).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a refused connection is drained so the client reads the 429.
+const REFUSAL_DRAIN: Duration = Duration::from_secs(1);
+
+/// Serves `app` on `listener` until `stop` ends, then closes connections
+/// gracefully and returns once they are all done.
+pub(super) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let clients = Arc::new(ClientCounts::default());
+    let (closing, closed) = watch::channel(false);
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => break,
+            accepted = accept(&listener, &slots) => accepted,
+        };
+        let Some((slot, stream, peer)) = accepted else {
+            break;
+        };
+        match ClientCounts::enter(&clients, peer.ip()) {
+            Some(client) => {
+                let held = (slot, client);
+                tokio::spawn(connection(stream, peer, app.clone(), held, closed.clone()))
+            }
+            None => tokio::spawn(refuse(stream, slot)),
+        };
+    }
+    let _ = closing.send(true);
+    let _ = slots.acquire_many(MAX_CONNECTIONS as u32).await;
+}
+
+/// The next connection, once a slot is free; `None` if the slots closed.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    let slot = Arc::clone(slots).acquire_owned().await.ok()?;
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => return Some((slot, stream, peer)),
+            Err(err) => {
+                tracing::debug!(error = %err, "control endpoint accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection until it ends, or gracefully after `closing`.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    _held: (OwnedSemaphorePermit, ClientSlot),
+    mut closing: watch::Receiver<bool>,
+) {
+    let service = TowerToHyperService::new(app.layer(Extension(ConnectInfo(peer))));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = closed(&mut closing) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, error = %err, "control connection ended");
+    }
+}
+
+/// Ends once the server is closing (or gone).
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await;
+}
+
+/// Answers a client over its connection cap with 429 and closes.
+async fn refuse(mut stream: TcpStream, _slot: OwnedSemaphorePermit) {
+    const BODY: &str = r#"{"error":"too many connections from this address"}"#;
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         cache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let drained = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_DRAIN, drained).await;
+}
+
+/// Open connections per client.
+#[derive(Debug, Default)]
+struct ClientCounts(Mutex<HashMap<ClientKey, usize>>);
+
+/// One open connection of a client, counted while it lives.
+#[derive(Debug)]
+struct ClientSlot {
+    counts: Arc<ClientCounts>,
+    key: ClientKey,
+}
+
+impl ClientCounts {
+    /// Counts a new connection from `client`, or `None` at its cap.
+    fn enter(counts: &Arc<Self>, client: IpAddr) -> Option<ClientSlot> {
+        let key = ClientKey::of(client);
+        let mut open = counts.0.lock();
+        let count = open.entry(key).or_insert(0);
+        if *count >= MAX_PER_CLIENT {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            counts: Arc::clone(counts),
+            key,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.0.lock();
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_capped_per_client() {
+        let counts = Arc::new(ClientCounts::default());
+        let client: IpAddr = [192, 0, 2, 1].into();
+        let held: Vec<ClientSlot> = (0..MAX_PER_CLIENT)
+            .map(|_| ClientCounts::enter(&counts, client).expect("under the cap"))
+            .collect();
+        assert!(ClientCounts::enter(&counts, client).is_none());
+        let same_64: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6: Vec<ClientSlot> = (0..MAX_PER_CLIENT)
+            .map(|_| ClientCounts::enter(&counts, same_64).expect("under the cap"))
+            .collect();
+        assert!(
+            ClientCounts::enter(&counts, "2001:db8::2".parse().unwrap()).is_none(),
+            "an IPv6 client is its /64"
+        );
+        assert!(ClientCounts::enter(&counts, [192, 0, 2, 2].into()).is_some());
+        drop(held);
+        drop(v6);
+        assert!(
+            counts.0.lock().is_empty(),
+            "closed connections are forgotten"
+        );
+    }
+}
