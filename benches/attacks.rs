@@ -67,6 +67,34 @@ async fn random_subdomains(count: usize, rate: u32) -> Row {
     }
 }
 
+async fn over_its_rate(count: usize, rate: u32) -> Row {
+    let upstream = TestUpstream::start().await;
+    let tuning = "[tuning.server]\nrate_limit_queries = 5000\nrate_limit_exempt = []\n";
+    let mut moat = target(&upstream, tuning).await;
+    let baseline = baseline(&moat).await;
+    let asks = legit_asks(&moat).await;
+    let attack = udp_flood(
+        moat.dns.udp,
+        count,
+        rate,
+        Duration::from_millis(500),
+        |_| "cached.example.test".to_owned(),
+    );
+    let (flood, observed) = during(moat.pid(), moat.dns.udp, asks, WINDOW, attack).await;
+    Row {
+        attack: format!("one client over its rate (5,000/min), {count} queries"),
+        rate: format!(
+            "{:.0} q/s, {} answered, {} with TC",
+            flood.rate(),
+            flood.answered,
+            flood.truncated
+        ),
+        baseline,
+        observed,
+        survived: moat.is_running(),
+    }
+}
+
 async fn never_reading_tcp() -> Row {
     let upstream = TestUpstream::start().await;
     let mut moat = target(&upstream, "").await;
@@ -163,6 +191,7 @@ async fn main() {
     let rows = if smoke {
         vec![
             random_subdomains(2_000, 2_000).await,
+            over_its_rate(2_000, 2_000).await,
             never_reading_tcp().await,
             quic(4).await,
         ]
@@ -170,6 +199,7 @@ async fn main() {
         vec![
             random_subdomains(10_000, 5_000).await,
             random_subdomains(10_000, 50_000).await,
+            over_its_rate(20_000, 10_000).await,
             never_reading_tcp().await,
             quic(40).await,
         ]

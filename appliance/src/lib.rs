@@ -8,6 +8,7 @@
 //! control endpoint and its client), `bundle` (signed policy bundles),
 //! `sync` (identity, pairing, the QUIC shell around `moat-proto`), `fleet`
 //! (the primary's view of its replicas), `lists` (blocklist downloads),
+//! `limits` (bounded connection places keyed by peer),
 //! `daemon` (the composition root) and `init` (process 1 on the appliance
 //! image). `ARCHITECTURE.md` at the repository root is the map.
 
