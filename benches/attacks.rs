@@ -126,6 +126,10 @@ async fn never_reading_tcp() -> Row {
 async fn quic(attempts_per_address: usize) -> Row {
     let upstream = TestUpstream::start().await;
     let mut moat = target(&upstream, "").await;
+    assert!(
+        moat.cli(&["code"]).status.success(),
+        "a pairing code opens the sync port"
+    );
     let sync = moat.sync_addr().await;
     let baseline = baseline(&moat).await;
     let asks = legit_asks(&moat).await;

@@ -414,6 +414,9 @@ impl Fleet {
             list.display()
         );
         let primary = spawn_moat(format!("name = \"{label}\""), policy).await?;
+        if !primary.cli(&["code"]).status.success() {
+            return Err("moat code failed on the primary".into());
+        }
         let relay = Relay::start(primary.sync_addr().await).map_err(|e| format!("relay: {e}"))?;
         let fleet = Self {
             label,

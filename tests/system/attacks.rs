@@ -105,6 +105,8 @@ async fn tcp_clients_that_pipeline_and_never_read_do_not_end_tcp_dns() {
 async fn a_quic_connection_and_stream_flood_on_the_sync_port_is_bounded() {
     let upstream = TestUpstream::start().await;
     let moat = target(&upstream, "").await;
+    let code = moat.cli(&["code"]);
+    assert!(code.status.success(), "a pairing code opens the sync port");
     let sync = moat.sync_addr().await;
     let asks = legit_asks(&moat).await;
     let attack = async {

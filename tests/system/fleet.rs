@@ -880,9 +880,9 @@ async fn expired_and_reused_codes_are_refused() {
     let (first, _first_upstream) = replica_named("branch-1", "").await;
     let (second, _second_upstream) = replica_named("branch-2", "").await;
     let everyone = [p, &first, &second];
-    let addr = p.sync_addr().await;
 
     let code = issue_code_with(p, &["--valid", "1s"]);
+    let addr = p.sync_addr().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_join_failed(
         &join(addr, &code, &first.config_path),
@@ -1214,4 +1214,27 @@ async fn a_pin_that_fails_on_the_primary_leaves_the_replica_as_it_was() {
     pair(p, &r).await;
     answers(&r, &[p], "x.ads.test", "0.0.0.0").await;
     replica_entry(p, REPLICA).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_opens_its_sync_port_only_for_a_pairing_code_or_replicas() {
+    let port = free_udp_port();
+    let primary = Primary::start(&format!("sync = \"127.0.0.1:{port}\"")).await;
+    let p = &primary.moat;
+    assert!(
+        !p.dir.0.join("data/sync.addr").exists(),
+        "no sync address before any code{}",
+        logs(&[p])
+    );
+    let probe = std::net::UdpSocket::bind(("127.0.0.1", port));
+    assert!(probe.is_ok(), "the sync port is not bound: {probe:?}");
+    drop(probe);
+
+    issue_code(p);
+    let bound = p.sync_addr().await;
+    assert_eq!(bound.port(), port);
+    assert!(
+        std::net::UdpSocket::bind(bound).is_err(),
+        "a pairing code opens the sync port"
+    );
 }

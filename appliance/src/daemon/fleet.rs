@@ -116,6 +116,7 @@ impl Daemon {
     ) -> Result<(String, Duration), DaemonError> {
         let role = self.role.lock();
         let server = role.server("issues pairing codes")?;
+        super::role::bind_sync(server, &self.data)?;
         let valid = valid.unwrap_or(DEFAULT_CODE_TTL);
         Ok((server.issue_code(valid).to_string(), valid))
     }

@@ -79,7 +79,7 @@ pub(super) enum RoleSetup {
 
 impl RoleSetup {
     /// A replica when a primary is pinned in `data`; otherwise the primary,
-    /// with its sync endpoint bound on `sync_addr`.
+    /// with its sync endpoint for `sync_addr`, bound if it has replicas.
     pub(super) fn load(
         data: &DataDir,
         fleet: &FleetParts,
@@ -89,7 +89,7 @@ impl RoleSetup {
             return Ok(Self::Replica(pin));
         }
         let key = Arc::new(SigningKey::load_or_create(data)?);
-        let server = SyncServer::start(
+        let server = SyncServer::new(
             sync_addr,
             fleet.identity.clone(),
             &fleet.name,
@@ -97,13 +97,10 @@ impl RoleSetup {
             Arc::clone(&fleet.registry),
         )
         .map_err(FleetError::from)?;
-        let bound = server.local_addr()?;
-        data.write(
-            files::SYNC_ADDR,
-            bound.to_string().as_bytes(),
-            Access::Public,
-        )?;
-        tracing::info!(%bound, "sync endpoint listening");
+        let _ = std::fs::remove_file(data.path(files::SYNC_ADDR));
+        if fleet.registry.lock().has_replicas() {
+            bind_sync(&server, data)?;
+        }
         Ok(Self::Primary { key, server })
     }
 
@@ -114,6 +111,21 @@ impl RoleSetup {
             Self::Replica(pin) => Role::replica(pin, fleet, replica),
         }
     }
+}
+
+/// Binds the primary's sync endpoint if it is not yet, and says where in
+/// the data directory (`sync.addr`).
+pub(super) fn bind_sync(server: &SyncServer, data: &DataDir) -> Result<SocketAddr, DaemonError> {
+    let bound = server.bind().map_err(FleetError::from)?;
+    if !data.path(files::SYNC_ADDR).exists() {
+        data.write(
+            files::SYNC_ADDR,
+            bound.to_string().as_bytes(),
+            Access::Public,
+        )?;
+        tracing::info!(%bound, "sync endpoint listening");
+    }
+    Ok(bound)
 }
 
 /// What this appliance is in its fleet, running.

@@ -115,6 +115,13 @@ impl Fleet {
         self.save().inspect_err(|_| self.replicas = before)
     }
 
+    /// Whether any replica is pinned and not revoked.
+    pub(crate) fn has_replicas(&self) -> bool {
+        self.replicas
+            .values()
+            .any(|replica| !replica.stored.revoked)
+    }
+
     /// The name pinned for a certificate `fingerprint`, unless revoked.
     pub(crate) fn admit(&self, fingerprint: &Fingerprint) -> Option<ApplianceName> {
         self.replicas

@@ -57,7 +57,10 @@ pub(crate) enum SessionError {
 /// The running endpoint.
 #[derive(Debug)]
 pub(crate) struct SyncServer {
-    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    config: Arc<quinn::ServerConfig>,
+    /// Bound only once the appliance has replicas or a pairing code.
+    endpoint: Mutex<Option<quinn::Endpoint>>,
     shared: Arc<Shared>,
 }
 
@@ -89,18 +92,16 @@ pub struct FailedPairing {
 const FAILED_PAIRINGS_KEPT: usize = 8;
 
 impl SyncServer {
-    /// Binds `addr` and starts accepting pairing and sync connections.
-    /// Must run inside a tokio runtime.
-    pub(crate) fn start(
+    /// Prepares the endpoint for `addr`, unbound: an appliance with no
+    /// replicas and no pairing code has no sync port open.
+    pub(crate) fn new(
         addr: SocketAddr,
         identity: Identity,
         name: &ApplianceName,
         signing_key: [u8; 32],
         fleet: Arc<Mutex<Fleet>>,
     ) -> Result<Self, ServerError> {
-        let config = tls::server_config(&identity)?;
-        let endpoint = quinn::Endpoint::server(config, addr)
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        let config = Arc::new(tls::server_config(&identity)?);
         let shared = Arc::new(Shared {
             identity,
             name: name.clone(),
@@ -111,13 +112,33 @@ impl SyncServer {
             connections: Mutex::default(),
             failed_pairings: Mutex::default(),
         });
-        tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
-        Ok(Self { endpoint, shared })
+        Ok(Self {
+            addr,
+            config,
+            endpoint: Mutex::new(None),
+            shared,
+        })
     }
 
-    /// The address bound.
-    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+    /// Binds the endpoint, if it is not bound yet, and starts accepting
+    /// pairing and sync connections; the address bound. Must run inside a
+    /// tokio runtime.
+    pub(crate) fn bind(&self) -> Result<SocketAddr, ServerError> {
+        let mut endpoint = self.endpoint.lock();
+        let bound = match &*endpoint {
+            Some(bound) => bound.clone(),
+            None => {
+                let addr = self.addr;
+                let bound = quinn::Endpoint::server((*self.config).clone(), addr)
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                tokio::spawn(accept_loop(bound.clone(), Arc::clone(&self.shared)));
+                endpoint.insert(bound).clone()
+            }
+        };
+        bound.local_addr().map_err(|source| ServerError::Bind {
+            addr: self.addr,
+            source,
+        })
     }
 
     /// Issues a one-time pairing code valid for `valid` (replacing any
@@ -161,10 +182,14 @@ impl SyncServer {
     /// Stops accepting and closes every connection; the future ends when
     /// the peers have been told, or after a second.
     pub(crate) fn close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.endpoint.close(0u32.into(), b"primary shutting down");
-        let endpoint = self.endpoint.clone();
+        let endpoint = self.endpoint.lock().clone();
+        if let Some(endpoint) = &endpoint {
+            endpoint.close(0u32.into(), b"primary shutting down");
+        }
         async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            if let Some(endpoint) = endpoint {
+                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            }
         }
     }
 }
