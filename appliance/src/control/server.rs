@@ -5,8 +5,7 @@
 //! within [`HEADER_TIMEOUT`], which is also how long a kept-alive
 //! connection may sit idle.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +14,12 @@ use axum::{Extension, Router};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::throttle::ClientKey;
+use crate::limits::{Place, Places};
 
 /// Connections served at once, at most.
 pub(super) const MAX_CONNECTIONS: usize = 128;
@@ -46,7 +45,7 @@ pub(super) async fn serve(
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let clients = Arc::new(ClientCounts::default());
+    let clients = Places::new(MAX_CONNECTIONS, MAX_PER_CLIENT);
     let (closing, closed) = watch::channel(false);
     tokio::pin!(stop);
     loop {
@@ -57,12 +56,12 @@ pub(super) async fn serve(
         let Some((slot, stream, peer)) = accepted else {
             break;
         };
-        match ClientCounts::enter(&clients, peer.ip()) {
-            Some(client) => {
+        match clients.take(ClientKey::of(peer.ip())) {
+            Ok(client) => {
                 let held = (slot, client);
                 tokio::spawn(connection(stream, peer, app.clone(), held, closed.clone()))
             }
-            None => tokio::spawn(refuse(stream, slot)),
+            Err(_) => tokio::spawn(refuse(stream, slot)),
         };
     }
     let _ = closing.send(true);
@@ -91,7 +90,7 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
-    _held: (OwnedSemaphorePermit, ClientSlot),
+    _held: (OwnedSemaphorePermit, Place<ClientKey>),
     mut closing: watch::Receiver<bool>,
 ) {
     let service = TowerToHyperService::new(app.layer(Extension(ConnectInfo(peer))));
@@ -137,72 +136,32 @@ async fn refuse(mut stream: TcpStream, _slot: OwnedSemaphorePermit) {
     let _ = tokio::time::timeout(REFUSAL_DRAIN, drained).await;
 }
 
-/// Open connections per client.
-#[derive(Debug, Default)]
-struct ClientCounts(Mutex<HashMap<ClientKey, usize>>);
-
-/// One open connection of a client, counted while it lives.
-#[derive(Debug)]
-struct ClientSlot {
-    counts: Arc<ClientCounts>,
-    key: ClientKey,
-}
-
-impl ClientCounts {
-    /// Counts a new connection from `client`, or `None` at its cap.
-    fn enter(counts: &Arc<Self>, client: IpAddr) -> Option<ClientSlot> {
-        let key = ClientKey::of(client);
-        let mut open = counts.0.lock();
-        let count = open.entry(key).or_insert(0);
-        if *count >= MAX_PER_CLIENT {
-            return None;
-        }
-        *count += 1;
-        Some(ClientSlot {
-            counts: Arc::clone(counts),
-            key,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.counts.0.lock();
-        if let Some(count) = open.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.key);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     #[test]
     fn connections_are_capped_per_client() {
-        let counts = Arc::new(ClientCounts::default());
+        let counts = Places::new(MAX_CONNECTIONS, MAX_PER_CLIENT);
+        let enter = |client: IpAddr| counts.take(ClientKey::of(client)).ok();
         let client: IpAddr = [192, 0, 2, 1].into();
-        let held: Vec<ClientSlot> = (0..MAX_PER_CLIENT)
-            .map(|_| ClientCounts::enter(&counts, client).expect("under the cap"))
+        let held: Vec<_> = (0..MAX_PER_CLIENT)
+            .map(|_| enter(client).expect("under the cap"))
             .collect();
-        assert!(ClientCounts::enter(&counts, client).is_none());
+        assert!(enter(client).is_none());
         let same_64: IpAddr = "2001:db8::1".parse().unwrap();
-        let v6: Vec<ClientSlot> = (0..MAX_PER_CLIENT)
-            .map(|_| ClientCounts::enter(&counts, same_64).expect("under the cap"))
+        let v6: Vec<_> = (0..MAX_PER_CLIENT)
+            .map(|_| enter(same_64).expect("under the cap"))
             .collect();
         assert!(
-            ClientCounts::enter(&counts, "2001:db8::2".parse().unwrap()).is_none(),
+            enter("2001:db8::2".parse().unwrap()).is_none(),
             "an IPv6 client is its /64"
         );
-        assert!(ClientCounts::enter(&counts, [192, 0, 2, 2].into()).is_some());
+        assert!(enter([192, 0, 2, 2].into()).is_some());
         drop(held);
         drop(v6);
-        assert!(
-            counts.0.lock().is_empty(),
-            "closed connections are forgotten"
-        );
+        assert_eq!(counts.held(), 0, "closed connections are given back");
     }
 }
