@@ -256,11 +256,11 @@ pub struct ServerTuning {
     /// Who may ask (`lan`, `loopback`, `any`, addresses, `ADDRESS/LENGTH`);
     /// everyone else is answered REFUSED.
     pub allow_clients: Vec<ClientRange>,
-    /// Queries one client may ask per `rate_limit_interval`; 0 is no limit.
-    /// A client is one address on the LAN, a /24 or /56 beyond it. Past the
-    /// limit, UDP answers are empty with TC set (a real client retries over
-    /// TCP; a spoofed victim gets nothing larger than the query) and TCP
-    /// answers are REFUSED.
+    /// UDP queries one client may ask per `rate_limit_interval`; 0 is no
+    /// limit. A client is one address on the LAN, a /24 or /56 beyond it.
+    /// Past the limit, answers are empty with TC set: a real client asks
+    /// again over TCP (not counted; bounded by the TCP caps), a spoofed
+    /// victim gets nothing larger than the query.
     pub rate_limit_queries: u32,
     /// The window `rate_limit_queries` counts over.
     #[serde(

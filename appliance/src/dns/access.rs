@@ -1,5 +1,8 @@
 //! Who may ask, and how fast: the client ACL and the per-client rate limit,
-//! checked before anything else a query costs.
+//! checked before anything else a query costs. The rate limit counts UDP
+//! only, as BIND's RRL does: a limited client gets an empty truncated answer
+//! and asks again over TCP, which cannot be spoofed and has bounds of its
+//! own (connections per client, unanswered queries per connection).
 //!
 //! The rate limit counts in a fixed table of windows indexed by a keyed
 //! hash of the client, so its memory is fixed whatever the number of
@@ -23,7 +26,7 @@ pub(crate) enum Access {
     Served,
     /// Outside the ACL: REFUSED.
     Refused,
-    /// Over its rate: an empty truncated answer over UDP, REFUSED over TCP.
+    /// Over its rate over UDP: an empty truncated answer.
     Limited,
 }
 
@@ -76,13 +79,14 @@ impl Gate {
         }
     }
 
-    /// What a query from `client` at `unix_ms` gets; counts it.
-    pub(crate) fn check(&self, client: IpAddr, unix_ms: u64) -> Access {
+    /// What a query from `client` at `unix_ms` gets; a query `over_udp`
+    /// counts against its rate.
+    pub(crate) fn check(&self, client: IpAddr, over_udp: bool, unix_ms: u64) -> Access {
         if !self.allowed.iter().any(|range| range.contains(client)) {
             return Access::Refused;
         }
         match &self.limit {
-            Some(limit) if !limit.admit(client, unix_ms) => Access::Limited,
+            Some(limit) if over_udp && !limit.admit(client, unix_ms) => Access::Limited,
             _ => Access::Served,
         }
     }
@@ -132,12 +136,12 @@ mod tests {
     #[test]
     fn clients_outside_the_acl_are_refused() {
         let gate = Gate::new(&ServerTuning::default());
-        assert_eq!(gate.check(ip("192.168.1.4"), 0), Access::Served);
-        assert_eq!(gate.check(ip("fd00::4"), 0), Access::Served);
-        assert_eq!(gate.check(ip("203.0.113.9"), 0), Access::Refused);
+        assert_eq!(gate.check(ip("192.168.1.4"), true, 0), Access::Served);
+        assert_eq!(gate.check(ip("fd00::4"), true, 0), Access::Served);
+        assert_eq!(gate.check(ip("203.0.113.9"), true, 0), Access::Refused);
         let gate = Gate::new(&tuning("allow_clients = [\"127.0.0.3\"]"));
-        assert_eq!(gate.check(ip("127.0.0.2"), 0), Access::Refused);
-        assert_eq!(gate.check(ip("127.0.0.3"), 0), Access::Served);
+        assert_eq!(gate.check(ip("127.0.0.2"), true, 0), Access::Refused);
+        assert_eq!(gate.check(ip("127.0.0.3"), true, 0), Access::Served);
     }
 
     #[test]
@@ -146,21 +150,25 @@ mod tests {
             "allow_clients = [\"any\"]\nrate_limit_queries = 3\nrate_limit_interval = \"1s\"\nrate_limit_exempt = [\"10.9.9.9\"]",
         ));
         for _ in 0..3 {
-            assert_eq!(gate.check(ip("192.168.1.4"), 5_000), Access::Served);
+            assert_eq!(gate.check(ip("192.168.1.4"), true, 5_000), Access::Served);
         }
-        assert_eq!(gate.check(ip("192.168.1.4"), 5_999), Access::Limited);
+        assert_eq!(gate.check(ip("192.168.1.4"), true, 5_999), Access::Limited);
         assert_eq!(
-            gate.check(ip("192.168.1.5"), 5_999),
+            gate.check(ip("192.168.1.5"), true, 5_999),
             Access::Served,
             "its own budget"
         );
         assert_eq!(
-            gate.check(ip("192.168.1.4"), 6_000),
+            gate.check(ip("192.168.1.4"), true, 6_000),
             Access::Served,
             "a new window"
         );
         for _ in 0..10 {
-            assert_eq!(gate.check(ip("10.9.9.9"), 5_000), Access::Served, "exempt");
+            assert_eq!(
+                gate.check(ip("10.9.9.9"), true, 5_000),
+                Access::Served,
+                "exempt"
+            );
         }
     }
 
@@ -172,8 +180,8 @@ mod tests {
         let gate = Gate::new(&tuning(
             "allow_clients = [\"any\"]\nrate_limit_queries = 2\nrate_limit_exempt = []",
         ));
-        assert_eq!(gate.check(ip("203.0.113.1"), 0), Access::Served);
-        assert_eq!(gate.check(ip("203.0.113.2"), 0), Access::Served);
-        assert_eq!(gate.check(ip("203.0.113.3"), 0), Access::Limited);
+        assert_eq!(gate.check(ip("203.0.113.1"), true, 0), Access::Served);
+        assert_eq!(gate.check(ip("203.0.113.2"), true, 0), Access::Served);
+        assert_eq!(gate.check(ip("203.0.113.3"), true, 0), Access::Limited);
     }
 }

@@ -36,7 +36,7 @@ pub enum Outcome {
     /// SERVFAIL at once: too many misses under way, from this client or
     /// from all (see `[tuning.server]`).
     Shed,
-    /// Over the client's rate limit: empty with TC over UDP, REFUSED over TCP.
+    /// Over the client's UDP rate limit: empty, with TC set.
     Limited,
 }
 

@@ -228,14 +228,17 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
     ) -> Handled {
         let received = self.clock.now();
         let installed = self.installed.load();
-        let access = installed.gate.check(client, self.clock.unix_now_ms());
+        let over_udp = protocol == Protocol::Udp;
+        let access = installed
+            .gate
+            .check(client, over_udp, self.clock.unix_now_ms());
         let query = match Query::parse(request) {
             Ok(query) => query,
             Err(_) if access != Access::Served => return Handled::Ignore,
             Err(rejection) => return self.reject(request, rejection, client, received, out),
         };
         if access != Access::Served {
-            let outcome = turn_away(&query, access, protocol, out);
+            let outcome = turn_away(&query, access, out);
             self.reply(&installed, &query, protocol, client, outcome, received, out);
             return Handled::Reply;
         }
@@ -613,19 +616,16 @@ impl<R: Resolver, C: Clock> Drop for Flight<R, C> {
     }
 }
 
-/// Answers a query the gate did not let in: REFUSED, or an empty
-/// truncated answer for a rate-limited client over UDP.
-fn turn_away(query: &Query<'_>, access: Access, protocol: Protocol, out: &mut Vec<u8>) -> Outcome {
-    if access == Access::Limited && protocol == Protocol::Udp {
+/// Answers a query the gate did not let in: REFUSED from outside the ACL,
+/// an empty truncated answer (ask again over TCP) past the rate limit.
+fn turn_away(query: &Query<'_>, access: Access, out: &mut Vec<u8>) -> Outcome {
+    if access == Access::Limited {
         wire::begin_response(query, rcode::NOERROR, out);
         wire::set_truncated(out);
         return Outcome::Limited;
     }
     wire::begin_response(query, rcode::REFUSED, out);
-    match access {
-        Access::Limited => Outcome::Limited,
-        _ => Outcome::Rejected,
-    }
+    Outcome::Rejected
 }
 
 /// Where and when a query came in.
