@@ -8,12 +8,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use moat::clock;
-use moat_system_tests::attack::{Peaks, rss_kib};
+use moat_system_tests::attack::{Peaks, connect_from, rss_kib};
 use moat_system_tests::{Credentials, MoatProcess, RawApi};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 
 use crate::moat_with_upstream;
 
@@ -28,18 +27,11 @@ fn control_addr(moat: &MoatProcess) -> SocketAddr {
         .unwrap()
 }
 
-/// A control endpoint connection from `source` (any 127/8 address).
-async fn connect(to: SocketAddr, source: Ipv4Addr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::from((source, 0)))?;
-    socket.connect(to).await
-}
-
 /// One HTTP/1.1 exchange over a fresh connection from `source`: the status
 /// and the answer (as much as arrived before the server closed), or `None`
 /// when no answer came.
 async fn exchange(to: SocketAddr, source: Ipv4Addr, request: &[u8]) -> Option<(u16, String)> {
-    let mut stream = connect(to, source).await.ok()?;
+    let mut stream = connect_from(source.into(), to).await.ok()?;
     let _ = stream.write_all(request).await;
     let mut answer = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -216,7 +208,7 @@ async fn slow_large_and_too_many_requests_are_cut_off() {
     let hog = Ipv4Addr::new(127, 0, 2, 1);
     let mut held = Vec::new();
     for _ in 0..32 {
-        let mut stream = connect(to, hog).await.unwrap();
+        let mut stream = connect_from(hog.into(), to).await.unwrap();
         stream
             .write_all(b"GET /api/v1/auth HTTP/1.1\r\n")
             .await

@@ -4,7 +4,7 @@
 //! with a short queue in front of them.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,13 +25,9 @@ pub(super) struct ClientKey(IpAddr);
 impl ClientKey {
     /// The key of a client address.
     pub(super) fn of(addr: IpAddr) -> Self {
-        match addr {
-            IpAddr::V4(v4) => Self(v4.into()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self(v4.into()),
-                None => Self(Ipv6Addr::from_bits(v6.to_bits() & (u128::MAX << 64)).into()),
-            },
-        }
+        let addr = addr.to_canonical();
+        let length = if addr.is_ipv4() { 32 } else { 64 };
+        Self(crate::config::masked(addr, length))
     }
 }
 
@@ -272,7 +268,7 @@ impl Drop for Running<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
 
