@@ -20,8 +20,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use moat_system_tests::attack::{
-    Observed, Served, during, legit_asks, never_reading_clients, quic_flood, random_label, target,
-    udp_flood,
+    Ask, Observed, Served, during, legit_asks, never_reading_clients, quic_flood, random_label,
+    target, udp_flood,
 };
 use moat_system_tests::{MoatProcess, TestUpstream};
 
@@ -36,20 +36,18 @@ struct Row {
     survived: bool,
 }
 
-async fn baseline(moat: &MoatProcess) -> Served {
+/// The legitimate client alone on `moat`, and its questions for the attack.
+async fn baseline(moat: &MoatProcess) -> (Served, Vec<Ask>) {
     let asks = legit_asks(moat).await;
-    during(moat.pid(), moat.dns.udp, asks, WINDOW, async {})
-        .await
-        .1
-        .served
+    let (_, alone) = during(moat.pid(), moat.dns.udp, asks.clone(), WINDOW, async {}).await;
+    (alone.served, asks)
 }
 
 async fn random_subdomains(count: usize, rate: u32) -> Row {
     let upstream = TestUpstream::start().await;
     upstream.silence("slow.example.test");
     let mut moat = target(&upstream, "").await;
-    let baseline = baseline(&moat).await;
-    let asks = legit_asks(&moat).await;
+    let (baseline, asks) = baseline(&moat).await;
     let attack = udp_flood(
         moat.dns.udp,
         count,
@@ -71,8 +69,7 @@ async fn over_its_rate(count: usize, rate: u32) -> Row {
     let upstream = TestUpstream::start().await;
     let tuning = "[tuning.server]\nrate_limit_queries = 5000\nrate_limit_exempt = []\n";
     let mut moat = target(&upstream, tuning).await;
-    let baseline = baseline(&moat).await;
-    let asks = legit_asks(&moat).await;
+    let (baseline, asks) = baseline(&moat).await;
     let attack = udp_flood(
         moat.dns.udp,
         count,
@@ -98,8 +95,7 @@ async fn over_its_rate(count: usize, rate: u32) -> Row {
 async fn never_reading_tcp() -> Row {
     let upstream = TestUpstream::start().await;
     let mut moat = target(&upstream, "").await;
-    let baseline = baseline(&moat).await;
-    let asks = legit_asks(&moat).await;
+    let (baseline, asks) = baseline(&moat).await;
     let started = moat::clock::now();
     let (held, observed) = during(
         moat.pid(),
@@ -131,8 +127,7 @@ async fn quic(attempts_per_address: usize) -> Row {
         "a pairing code opens the sync port"
     );
     let sync = moat.sync_addr().await;
-    let baseline = baseline(&moat).await;
-    let asks = legit_asks(&moat).await;
+    let (baseline, asks) = baseline(&moat).await;
     let started = moat::clock::now();
     let attack = async {
         let floods: Vec<_> = (10..60u8)
@@ -197,7 +192,7 @@ async fn main() {
             random_subdomains(2_000, 2_000).await,
             over_its_rate(2_000, 2_000).await,
             never_reading_tcp().await,
-            quic(4).await,
+            quic(10).await,
         ]
     } else {
         vec![

@@ -438,7 +438,8 @@ pub async fn never_reading_clients(server: SocketAddr) -> Vec<TcpStream> {
 }
 
 /// Opens `attempts` pairing-channel connections to `sync` from `source`,
-/// ten at a time; on each that is let in, floods streams with junk.
+/// ten at a time (so a multiple of ten); on each that is let in, floods
+/// streams with junk.
 /// Returns how many handshakes completed.
 pub async fn quic_flood(sync: SocketAddr, source: IpAddr, attempts: usize) -> usize {
     let identity = Identity::generate("attacker").unwrap();
