@@ -1217,7 +1217,7 @@ async fn a_pin_that_fails_on_the_primary_leaves_the_replica_as_it_was() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_primary_opens_its_sync_port_only_for_a_pairing_code_or_replicas() {
+async fn a_primary_opens_its_sync_port_only_while_a_pairing_code_or_replicas_need_it() {
     let port = free_udp_port();
     let primary = Primary::start(&format!("sync = \"127.0.0.1:{port}\"")).await;
     let p = &primary.moat;
@@ -1230,11 +1230,32 @@ async fn a_primary_opens_its_sync_port_only_for_a_pairing_code_or_replicas() {
     assert!(probe.is_ok(), "the sync port is not bound: {probe:?}");
     drop(probe);
 
-    issue_code(p);
+    issue_code_with(p, &["--valid", "2s"]);
     let bound = p.sync_addr().await;
     assert_eq!(bound.port(), port);
     assert!(
         std::net::UdpSocket::bind(bound).is_err(),
         "a pairing code opens the sync port"
+    );
+
+    // The code expires with no replica paired: the port closes again.
+    let deadline = moat::clock::now() + Duration::from_secs(15);
+    while std::net::UdpSocket::bind(bound).is_err() {
+        assert!(
+            moat::clock::now() < deadline,
+            "the sync port is still bound 15 s after its only code expired{}",
+            logs(&[p])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        !p.dir.0.join("data/sync.addr").exists(),
+        "no sync address once the port is closed"
+    );
+    issue_code(p);
+    assert_eq!(
+        p.sync_addr().await.port(),
+        port,
+        "a new code opens it again"
     );
 }

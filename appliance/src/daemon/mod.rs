@@ -471,6 +471,7 @@ impl App {
         let mut background = JoinSet::new();
         background.spawn(tasks::flush_query_log_periodically(Arc::clone(&daemon)));
         background.spawn(tasks::reseal_periodically(Arc::clone(&daemon)));
+        background.spawn(tasks::close_idle_sync_periodically(Arc::clone(&daemon)));
         background.spawn(tasks::download_lists_periodically(Arc::clone(&daemon))?);
         Ok(Running {
             daemon,

@@ -1,5 +1,6 @@
 //! The daemon's background work: query-log flushes, re-sealing the
-//! primary's bundle before it expires, and keeping the URL lists fresh.
+//! primary's bundle before it expires, keeping the URL lists fresh, and
+//! closing a sync port nothing needs.
 //! Each task sends the policy owner only the change it is about.
 
 use std::future::Future;
@@ -55,6 +56,26 @@ pub(super) async fn flush_query_log_periodically(daemon: Arc<Daemon>) {
         tokio::time::sleep(interval.max(Duration::from_millis(100))).await;
         let flushing = Arc::clone(&daemon);
         let _ = tokio::task::spawn_blocking(move || flush_query_log(&flushing)).await;
+    }
+}
+
+/// How often the primary checks whether its sync port is still needed.
+const SYNC_IDLE_CHECK: Duration = Duration::from_secs(5);
+
+/// Closes the primary's sync port once it has no replica and no pairing
+/// code that can still be tried, so an appliance with no fleet keeps no
+/// port open after a code expires.
+pub(super) async fn close_idle_sync_periodically(daemon: Arc<Daemon>) {
+    loop {
+        tokio::time::sleep(SYNC_IDLE_CHECK).await;
+        let role = daemon.role.lock();
+        let Ok(server) = role.server("closes its sync port") else {
+            continue;
+        };
+        if server.close_if_idle() {
+            let _ = std::fs::remove_file(daemon.data.path(files::SYNC_ADDR));
+            tracing::info!("sync endpoint closed: no replicas and no pairing code");
+        }
     }
 }
 

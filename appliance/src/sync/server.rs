@@ -4,7 +4,7 @@
 //! the one driver.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +74,8 @@ struct Shared {
     published: watch::Sender<Option<(u64, Bytes)>>,
     connections: Mutex<HashMap<ApplianceName, quinn::Connection>>,
     failed_pairings: Mutex<VecDeque<FailedPairing>>,
+    /// Connections in the handshake or pairing, by peer address.
+    unauthenticated: Places<IpAddr>,
 }
 
 /// A pairing that failed, as status shows it: a code burned by wrong
@@ -111,6 +113,7 @@ impl SyncServer {
             published: watch::Sender::new(None),
             connections: Mutex::default(),
             failed_pairings: Mutex::default(),
+            unauthenticated: Places::new(MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_ADDRESS),
         });
         Ok(Self {
             addr,
@@ -139,6 +142,25 @@ impl SyncServer {
             addr: self.addr,
             source,
         })
+    }
+
+    /// Closes the endpoint when nothing needs it any more: no replica, no
+    /// pairing code that can still be tried, no pairing under way. True
+    /// when it was bound and is closed now.
+    pub(crate) fn close_if_idle(&self) -> bool {
+        let mut endpoint = self.endpoint.lock();
+        let shared = &self.shared;
+        let idle = endpoint.is_some()
+            && shared.codes.lock().expires(clock::now()).is_none()
+            && shared.unauthenticated.held() == 0
+            && !shared.fleet.lock().has_replicas();
+        match endpoint.take_if(|_| idle) {
+            Some(closing) => {
+                closing.close(0u32.into(), b"no pairing code and no replicas");
+                true
+            }
+            None => false,
+        }
     }
 
     /// Issues a one-time pairing code valid for `valid` (replacing any
@@ -203,7 +225,7 @@ const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 4;
 const RETRY_ABOVE: usize = 16;
 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
-    let unauthenticated = Places::new(MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_ADDRESS);
+    let unauthenticated = &shared.unauthenticated;
     while let Some(incoming) = endpoint.accept().await {
         if unauthenticated.held() >= RETRY_ABOVE
             && !incoming.remote_address_validated()
