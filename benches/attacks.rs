@@ -11,6 +11,10 @@
 //! moat's RSS (idle → peak) and open descriptors (idle → peak), and whether
 //! the process was still the same one after.
 //!
+//! The query-log flood writes to a 72 MiB tmpfs `/data`: the benchmark
+//! runs itself again in a mount namespace of its own for that (root or user
+//! namespaces).
+//!
 //! Run:   cargo bench --bench attacks                     (full)
 //!        MOAT_BENCH_SMOKE=1 cargo bench --bench attacks  (smaller attacks)
 //! Output: a table on stdout and in bench-results/attacks-MODE-TIMESTAMP.txt.
@@ -20,8 +24,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use moat_system_tests::attack::{
-    Ask, Observed, Served, during, legit_asks, never_reading_clients, quic_flood, random_label,
-    target, udp_flood,
+    Ask, Observed, Served, available_bytes, during, in_mount_namespace, legit_asks, long_name,
+    never_reading_clients, quic_flood, random_label, rerun_in_mount_namespace, small_data_dir,
+    target, target_config, target_in, udp_flood,
 };
 use moat_system_tests::{MoatProcess, TestUpstream};
 
@@ -157,6 +162,48 @@ async fn quic(attempts_per_address: usize) -> Row {
     }
 }
 
+/// A query-log flood of `count` cache hits, each logged as a long line,
+/// on a small `/data`; then a policy change must still save its bundle.
+async fn query_log_on_small_data(count: usize, rate: u32) -> Row {
+    let upstream = TestUpstream::start().await;
+    let tuning = "[tuning.query_log]\nmemory_entries = 100000\nflush_interval = \"200ms\"\n";
+    let mut moat = target_in(small_data_dir(72), &upstream, tuning).await;
+    let (baseline, asks) = baseline(&moat).await;
+    let name = long_name();
+    let attack = udp_flood(
+        moat.dns.udp,
+        count,
+        rate,
+        Duration::from_millis(500),
+        |_| name.clone(),
+    );
+    let (flood, observed) = during(moat.pid(), moat.dns.udp, asks, WINDOW, attack).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = moat.status().await.expect("status");
+    let free_mib = available_bytes(&moat.dir.0.join("data")) >> 20;
+    let added =
+        "[[policy.local_records]]\nname = \"added.lan\"\ntype = \"A\"\nvalue = \"10.0.0.9\"\n";
+    moat.rewrite_config("", &target_config(&upstream, &format!("{added}{tuning}")));
+    let saved = moat.control().unwrap().reload().await.is_ok()
+        && moat.status().await.expect("status").bundle_version > status.bundle_version;
+    Row {
+        attack: format!("query-log flood on a 72 MiB /data, {count} logged queries"),
+        rate: format!(
+            "{:.0} q/s; log stopped: {}; {free_mib} MiB left free; bundle saved after: {}",
+            flood.rate(),
+            if status.query_log_disk_limit.is_some() {
+                "yes"
+            } else {
+                "NO"
+            },
+            if saved { "yes" } else { "NO" }
+        ),
+        baseline,
+        observed,
+        survived: moat.is_running(),
+    }
+}
+
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| attack | rate | legit success (baseline → during) | legit p99 ms (baseline → during) | RSS KiB (idle → peak) | fds (idle → peak) | same process |\n|---|---|---|---|---|---|---|\n",
@@ -186,6 +233,12 @@ fn table(rows: &[Row]) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if !in_mount_namespace() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        print!("{}", rerun_in_mount_namespace(&args));
+        return;
+    }
     let smoke = std::env::var_os("MOAT_BENCH_SMOKE").is_some();
     let rows = if smoke {
         vec![
@@ -193,6 +246,7 @@ async fn main() {
             over_its_rate(2_000, 2_000).await,
             never_reading_tcp().await,
             quic(10).await,
+            query_log_on_small_data(40_000, 5_000).await,
         ]
     } else {
         vec![
@@ -201,6 +255,7 @@ async fn main() {
             over_its_rate(20_000, 10_000).await,
             never_reading_tcp().await,
             quic(40).await,
+            query_log_on_small_data(100_000, 20_000).await,
         ]
     };
     let report = table(&rows);

@@ -19,6 +19,7 @@ use moat::sync::tls;
 use tokio::io::AsyncWriteExt;
 
 use crate::client::{query_message, tcp_exchange};
+use crate::moat::Scratch;
 use crate::{MoatProcess, TestUpstream};
 
 /// The address `nas.lan` has on the target.
@@ -378,11 +379,20 @@ pub async fn during<T>(
 /// A moat forwarding to `upstream` over UDP, with `nas.lan` a local
 /// record, and `tuning` tables after its policy.
 pub async fn target(upstream: &TestUpstream, tuning: &str) -> MoatProcess {
-    let policy = format!(
-        "[policy]\nupstreams = [\"udp://{}\"]\n[[policy.local_records]]\nname = \"nas.lan\"\ntype = \"A\"\nvalue = \"{NAS}\"\n{tuning}",
+    target_in(Scratch::new("moat"), upstream, tuning).await
+}
+
+/// [`target`], in `dir`.
+pub async fn target_in(dir: Scratch, upstream: &TestUpstream, tuning: &str) -> MoatProcess {
+    MoatProcess::start_in(dir, "", &target_config(upstream, tuning)).await
+}
+
+/// The policy of [`target`], then `more` (tables, or more local records).
+pub fn target_config(upstream: &TestUpstream, more: &str) -> String {
+    format!(
+        "[policy]\nupstreams = [\"udp://{}\"]\n[[policy.local_records]]\nname = \"nas.lan\"\ntype = \"A\"\nvalue = \"{NAS}\"\n{more}",
         upstream.addr
-    );
-    MoatProcess::start("", &policy).await
+    )
 }
 
 /// The legitimate client's questions: one cached (asked once first), one
@@ -474,4 +484,86 @@ pub async fn quic_flood(sync: SocketAddr, source: IpAddr, attempts: usize) -> us
     }
     endpoint.close(0u32.into(), b"done");
     completed
+}
+
+/// Set in the copy of a test or bench executable that runs inside a mount
+/// namespace of its own.
+const IN_MOUNT_NAMESPACE: &str = "MOAT_TEST_MOUNT_NAMESPACE";
+
+/// Whether this process is the copy [`rerun_in_mount_namespace`] started.
+pub fn in_mount_namespace() -> bool {
+    std::env::var_os(IN_MOUNT_NAMESPACE).is_some()
+}
+
+/// Runs this executable again with `args`, inside a mount namespace of its
+/// own (`unshare -m`: root or user namespaces), so that what it mounts
+/// vanishes with it; panics saying why when that fails. Returns what it
+/// printed, stdout then stderr.
+pub fn rerun_in_mount_namespace(args: &[&str]) -> String {
+    let exe = std::env::current_exe().expect("this executable's path");
+    let output = std::process::Command::new("unshare")
+        .arg("-m")
+        .arg(&exe)
+        .args(args)
+        .env(IN_MOUNT_NAMESPACE, "1")
+        .output()
+        .unwrap_or_else(|err| panic!("a mount namespace needs `unshare -m` (util-linux): {err}"));
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the run in a mount namespace of its own failed (mounting needs root or user namespaces): {said}"
+    );
+    said
+}
+
+/// A scratch directory whose `data` is a tmpfs of `mib` MiB: a small
+/// `/data`. Only inside a mount namespace of this process's own, so the
+/// mount never outlives the run.
+pub fn small_data_dir(mib: u64) -> Scratch {
+    assert!(
+        in_mount_namespace(),
+        "a small /data is mounted only inside rerun_in_mount_namespace"
+    );
+    let dir = Scratch::new("small-data");
+    let data = dir.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={mib}m,mode=0700"),
+            "tmpfs",
+        ])
+        .arg(&data)
+        .status()
+        .expect("run mount");
+    assert!(
+        mounted.success(),
+        "mount a {mib} MiB tmpfs at {}",
+        data.display()
+    );
+    dir
+}
+
+/// Bytes free to an unprivileged writer at `path` (`df`).
+pub fn available_bytes(path: &std::path::Path) -> u64 {
+    let output = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .expect("run df");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .unwrap_or_else(|| panic!("df of {}: {text}", path.display()))
+}
+
+/// The name a query-log flood asks: one name, so every query is a cache
+/// hit, as long as names go (253 bytes), so every log line is large.
+pub fn long_name() -> String {
+    let label = "a".repeat(62);
+    format!("{label}.{label}.{label}.{}.test", "b".repeat(57))
 }

@@ -132,7 +132,12 @@ impl MoatProcess {
     /// scratch data dir, plus `extra_instance` lines, plus `rest` (tuning
     /// and policy tables).
     pub async fn start(extra_instance: &str, rest: &str) -> Self {
-        let dir = Scratch::new("moat");
+        Self::start_in(Scratch::new("moat"), extra_instance, rest).await
+    }
+
+    /// Starts moat as [`MoatProcess::start`] does, in `dir` (whose `data`
+    /// may already be prepared, e.g. a small file system mounted there).
+    pub async fn start_in(dir: Scratch, extra_instance: &str, rest: &str) -> Self {
         let config_path = dir.0.join("moat.toml");
         write_config(&config_path, &dir.0, extra_instance, rest);
         Self::spawn(dir, config_path).await

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use moat_system_tests::TestUpstream;
 use moat_system_tests::attack::{
-    Observed, Served, during, legit_asks, legit_tcp, never_reading_clients, quic_flood,
-    random_label, target, udp_flood,
+    Observed, Served, available_bytes, during, legit_asks, legit_tcp, long_name,
+    never_reading_clients, quic_flood, random_label, rerun_in_mount_namespace, small_data_dir,
+    target, target_config, target_in, udp_flood,
 };
 
 /// A legitimate query not answered correctly within this counts as failed.
@@ -178,4 +179,86 @@ async fn clients_outside_the_acl_are_refused_and_a_flooding_client_is_limited_al
     );
     let stats = moat.control().unwrap().stats().await.unwrap().snapshot;
     assert!(stats.limited >= 3_000, "{stats:?}");
+}
+
+/// The size of the small `/data` of the query-log flood, MiB: with the
+/// log's 64 MiB free-space reserve, about 8 MiB is the log's to fill.
+const SMALL_DATA_MIB: u64 = 72;
+
+#[test]
+fn a_query_log_flood_on_a_small_data_stops_before_full_and_policy_still_saves() {
+    let said = rerun_in_mount_namespace(&[
+        "--exact",
+        "attacks::query_log_flood_on_a_small_data_inner",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    assert!(
+        said.contains("1 passed"),
+        "the inner test ran and passed: {said}"
+    );
+    eprintln!("{said}");
+}
+
+/// The half of the test above that runs in its own mount namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_query_log_flood_on_a_small_data_stops_before_full_and_policy_still_saves inside a mount namespace of its own"]
+async fn query_log_flood_on_a_small_data_inner() {
+    let upstream = TestUpstream::start().await;
+    let tuning = "[tuning.query_log]\nmemory_entries = 100000\nflush_interval = \"200ms\"\n";
+    let moat = target_in(small_data_dir(SMALL_DATA_MIB), &upstream, tuning).await;
+    let data = moat.dir.0.join("data");
+    let asks = legit_asks(&moat).await;
+    let name = long_name();
+    let attack = udp_flood(
+        moat.dns.udp,
+        40_000,
+        5_000,
+        Duration::from_millis(500),
+        |_| name.clone(),
+    );
+    let length = Duration::from_secs(8);
+    let (flood, observed) = during(moat.pid(), moat.dns.udp, asks, length, attack).await;
+    eprintln!("query-log flood: {} at {:.0}/s", flood.sent, flood.rate());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_withstood(&observed, "a query-log flood on a small /data", 64);
+
+    let status = moat.status().await.unwrap();
+    let limit = status.query_log_disk_limit.clone();
+    assert!(
+        limit.as_deref().is_some_and(|why| why.contains("free")),
+        "status says the log stopped for free space: {limit:?}; {} MiB free; {:?}",
+        available_bytes(&data) >> 20,
+        std::process::Command::new("du")
+            .arg("-ab")
+            .arg(&data)
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+    );
+    let free = available_bytes(&data);
+    assert!(
+        free >= 63 << 20,
+        "the log stopped with its reserve still free: {} MiB",
+        free >> 20
+    );
+
+    // A policy change still compiles, seals and saves its bundle.
+    let before = status.bundle_version;
+    let added =
+        "[[policy.local_records]]\nname = \"added.lan\"\ntype = \"A\"\nvalue = \"10.0.0.9\"\n";
+    moat.rewrite_config("", &target_config(&upstream, &format!("{added}{tuning}")));
+    moat.control().unwrap().reload().await.expect("reload");
+    let after = moat.status().await.unwrap().bundle_version;
+    assert!(after > before, "a new bundle: {before:?} → {after:?}");
+    assert_eq!(
+        crate::ips(&moat.dns.a("added.lan").await),
+        ["10.0.0.9"],
+        "the new policy answers{}",
+        moat.log()
+    );
+    eprintln!(
+        "small /data: stopped at {limit:?} with {} MiB free; bundle {before:?} → {after:?}",
+        free >> 20
+    );
 }

@@ -165,7 +165,7 @@ impl QueryLog {
         *self.limited.lock()
     }
 
-    /// Keeps the bound the last flush met, saying so in the log when the
+    /// Keeps the bound the last flush that had entries met, saying so in the log when the
     /// log stops or starts writing again.
     fn note_limit(&self, limit: Option<DiskLimit>, dropped: usize) {
         self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
@@ -250,7 +250,9 @@ impl QueryLog {
         }
         let written = text[..fits].iter().filter(|&&byte| byte == b'\n').count();
         let dropped = pending.len() - written;
-        self.note_limit((dropped > 0).then_some(plan.binding), dropped);
+        if !pending.is_empty() {
+            self.note_limit((dropped > 0).then_some(plan.binding), dropped);
+        }
         Ok(FlushReport {
             written,
             lost,
@@ -680,6 +682,12 @@ mod tests {
         let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&log_files(&dir).unwrap()[0].0), 0o600);
+        flood(&log, &dir, 0, &tuning);
+        assert_eq!(
+            log.disk_limit(),
+            Some(DiskLimit::Bytes { max: 20_000 }),
+            "a flush with nothing new keeps saying so"
+        );
         tuning.max_bytes = 1 << 30;
         let after = flood(&log, &dir, 10, &tuning);
         assert_eq!((after.written, after.dropped), (10, 0));
