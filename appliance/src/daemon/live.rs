@@ -199,4 +199,29 @@ mod tests {
             "upstream tuning rebuilds them"
         );
     }
+
+    #[test]
+    fn each_forward_zone_gets_upstreams_kept_while_they_stay() {
+        let config = |router: &str, ttl: &str| {
+            let text = format!(
+                "[policy]\nupstreams = [\"udp://127.0.0.1:5300\", \"[/lan/]udp://{router}\", \
+                 \"[/public.lan/]#\"]\nblocked_ttl = \"{ttl}\"\n"
+            );
+            Config::parse(&text, "t").unwrap()
+        };
+        let mut builder = LiveBuilder::default();
+        let first = config("127.0.0.1:5400", "10s");
+        let a = builder.build(&first, &opened(&first)).unwrap();
+        assert_eq!(a.forwarders.len(), 1, "`#` needs no upstreams of its own");
+        let kept = config("127.0.0.1:5400", "20s");
+        let b = builder.build(&kept, &opened(&kept)).unwrap();
+        assert!(Arc::ptr_eq(&a.forwarders[0], &b.forwarders[0]));
+        let moved = config("127.0.0.1:5401", "20s");
+        let c = builder.build(&moved, &opened(&moved)).unwrap();
+        assert!(!Arc::ptr_eq(&b.forwarders[0], &c.forwarders[0]));
+        assert!(
+            Arc::ptr_eq(&b.upstreams, &c.upstreams),
+            "the general upstreams stay"
+        );
+    }
 }
