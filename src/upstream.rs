@@ -42,6 +42,7 @@ pub enum Reply {
 #[derive(Debug, Default)]
 struct State {
     replies: HashMap<String, Reply>,
+    unchecked_replies: HashMap<String, Reply>,
     silent_zones: Vec<String>,
     counts: HashMap<String, usize>,
     connections: usize,
@@ -122,6 +123,16 @@ impl TestUpstream {
             .insert(name.to_ascii_lowercase(), reply);
     }
 
+    /// Sets the reply for `name` to queries with the CD bit set (others
+    /// get what `set` gave, or the default), as a validating resolver
+    /// answers a bogus name only when asked not to check.
+    pub fn set_checking_disabled(&self, name: &str, reply: Reply) {
+        self.state
+            .lock()
+            .unchecked_replies
+            .insert(name.to_ascii_lowercase(), reply);
+    }
+
     /// Never answers names in `zone` (the zone's apex and below), as a
     /// zone whose authoritative servers are down looks to a resolver.
     pub fn silence(&self, zone: &str) {
@@ -195,7 +206,13 @@ fn answer(request: &[u8], state: &Mutex<State>, udp: bool) -> Option<(Vec<u8>, D
         if silent {
             return None;
         }
-        (state.replies.get(&key).cloned(), state.delay)
+        let unchecked = request
+            .metadata
+            .checking_disabled
+            .then(|| state.unchecked_replies.get(&key))
+            .flatten();
+        let reply = unchecked.or_else(|| state.replies.get(&key)).cloned();
+        (reply, state.delay)
     };
     let reply = reply.unwrap_or(Reply::Addresses {
         ttl: DEFAULT_TTL,

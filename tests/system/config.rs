@@ -59,6 +59,26 @@ fn bad_values_are_named_with_reason() {
             "not a domain",
         ),
         (
+            "[policy]\nupstreams = [\"udp://1.2.3.4\", \"[/lan]udp://192.168.1.1\"]\n",
+            "bad.toml:2: key `policy.upstreams",
+            "write `[/domain1/domain2/]upstream`",
+        ),
+        (
+            "[policy]\nupstreams = [\"udp://1.2.3.4\", \"[/bad name/]192.168.1.1\"]\n",
+            "bad.toml:2: key `policy.upstreams",
+            "`bad name` is not a domain name",
+        ),
+        (
+            "[policy]\nlocal_domains = [\"lan\", \"*.home\"]\n",
+            "bad.toml:2: key `policy.local_domains",
+            "not a domain name",
+        ),
+        (
+            "[[policy.forward]]\ndomain = \"lan\"\nupstreams = []\n",
+            "key `policy.forward",
+            "lists no upstream",
+        ),
+        (
             "[tuning.server]\nudp_max_payload = \"big\"\n",
             "bad.toml:2: key `tuning.server.udp_max_payload`",
             "expected u16",

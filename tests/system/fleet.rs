@@ -776,16 +776,16 @@ async fn three_replicas_follow_a_blocked_name_and_a_local_record() {
         runs_version(r, p, version).await;
         answers(r, &[p], "x.ads.test", "0.0.0.0").await;
         assert_eq!(
-            ips(&r.dns.a("nas.lan").await),
+            ips(&r.dns.a("nas.office.test").await),
             ["192.0.2.1"],
-            "nas.lan is not a local record yet: forwarded (and cached)"
+            "nas.office.test is not a local record yet: forwarded (and cached)"
         );
     }
 
     // One reload on the primary: a newly blocked name and a new local record.
     primary.set_list(&["ads.test", "new.test"]);
     let policy = format!(
-        "{}\n[[policy.local_records]]\nname = \"nas.lan\"\ntype = \"A\"\nvalue = \"192.168.1.20\"\nttl = 120\n",
+        "{}\n[[policy.local_records]]\nname = \"nas.office.test\"\ntype = \"A\"\nvalue = \"192.168.1.20\"\nttl = 120\n",
         Primary::policy(&primary.upstream, &primary.list)
     );
     p.rewrite_config(&format!("name = \"{PRIMARY}\""), &policy);
@@ -799,10 +799,10 @@ async fn three_replicas_follow_a_blocked_name_and_a_local_record() {
     let newer = bundle_version(&status(p).await.unwrap()).unwrap();
     assert!(newer > version, "{version} -> {newer}");
     answers(p, &[], "a.new.test", "0.0.0.0").await;
-    answers(p, &[], "nas.lan", "192.168.1.20").await;
+    answers(p, &[], "nas.office.test", "192.168.1.20").await;
     for r in &rs {
         answers(r, &everyone, "a.new.test", "0.0.0.0").await;
-        answers(r, &everyone, "nas.lan", "192.168.1.20").await;
+        answers(r, &everyone, "nas.office.test", "192.168.1.20").await;
         answers(r, &everyone, "printer.lan", "192.168.1.9").await;
         runs_version(r, p, newer).await;
     }

@@ -8,6 +8,7 @@ mod cache;
 mod config;
 mod control;
 mod fleet;
+mod forwarding;
 mod hostile;
 mod owner;
 mod policy;

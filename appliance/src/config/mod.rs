@@ -5,6 +5,7 @@
 //! while the file is read, so an error always names the file, the line, the
 //! key and the reason.
 
+mod forward;
 mod records;
 mod values;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use moat_proto::ApplianceName;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use forward::{DomainSuffix, ForwardTable, ForwardTarget, ForwardZone, UpstreamEntry};
 pub(crate) use records::{LocalRecord, RecordData, RecordName};
 pub(crate) use values::{
     BlockedResponse, BlocklistSource, ClientRange, FailMode, NameRule, Percent, SourceLocation,
@@ -334,8 +336,14 @@ impl Default for QueryLogTuning {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
-    /// Upstream resolvers.
-    pub upstreams: Vec<UpstreamUrl>,
+    /// Upstream resolvers: general ones, and `[/domain/]upstream` entries
+    /// that take the names of their domains.
+    pub upstreams: Vec<UpstreamEntry>,
+    /// Domains with upstreams of their own, as tables.
+    pub forward: Vec<ForwardTable>,
+    /// Domains whose names never reach the general upstreams: only a
+    /// forward zone takes them, else they are answered locally.
+    pub local_domains: Vec<DomainSuffix>,
     /// How upstreams are chosen.
     pub strategy: Strategy,
     /// What a blocked name is answered with.
@@ -367,6 +375,8 @@ impl Default for Policy {
                 .iter()
                 .map(|url| url.parse().expect("default upstream parses"))
                 .collect(),
+            forward: Vec::new(),
+            local_domains: forward::default_local_domains(),
             strategy: Strategy::Parallel,
             blocked_response: BlockedResponse::Null,
             blocked_ttl: (Duration::from_secs(60)),
@@ -455,9 +465,13 @@ impl Config {
         if self.instance.listen.is_empty() {
             return Err("key `instance.listen`: at least one address is needed".into());
         }
-        if self.policy.upstreams.is_empty() {
-            return Err("key `policy.upstreams`: at least one upstream is needed".into());
+        if self.policy.general_upstreams().is_empty() {
+            return Err(
+                "key `policy.upstreams`: at least one general upstream (not `[/domain/]`) is needed"
+                    .into(),
+            );
         }
+        self.policy.check_forward_zones()?;
         let cache = &self.tuning.cache;
         if cache.min_ttl > cache.max_ttl {
             return Err(format!(
@@ -528,6 +542,40 @@ impl Tuning {
 }
 
 impl Policy {
+    /// The upstreams asked for names no forward zone or local domain takes.
+    pub(crate) fn general_upstreams(&self) -> Vec<UpstreamUrl> {
+        self.upstreams
+            .iter()
+            .filter_map(|entry| match entry {
+                UpstreamEntry::General(url) => Some(url.clone()),
+                UpstreamEntry::Forward(..) => None,
+            })
+            .collect()
+    }
+
+    /// The forward zones: the `[/domain/]` entries of `upstreams`, then
+    /// the `[[policy.forward]]` tables.
+    pub(crate) fn forward_zones(&self) -> impl Iterator<Item = &ForwardZone> {
+        let entries = self.upstreams.iter().filter_map(|entry| match entry {
+            UpstreamEntry::Forward(zone, _) => Some(zone),
+            UpstreamEntry::General(_) => None,
+        });
+        entries.chain(self.forward.iter().map(|table| &table.0))
+    }
+
+    /// A domain may be forwarded once.
+    fn check_forward_zones(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for domain in self.forward_zones().flat_map(|zone| &zone.domains) {
+            if !seen.insert(domain) {
+                return Err(format!(
+                    "keys `policy.upstreams` and `policy.forward`: domain `{domain}` is forwarded twice"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The policy as a `[policy]` TOML table: the form it travels in inside
     /// a bundle, read back by `Policy::from_toml`.
     pub(crate) fn to_toml(&self) -> String {
@@ -660,6 +708,59 @@ retention = "3days"
         let err = Config::parse(text, "x.toml").unwrap_err().to_string();
         assert!(err.starts_with("x.toml:2: key `policy.upstreams"), "{err}");
         assert!(err.contains("gopher"), "{err}");
+    }
+
+    #[test]
+    fn forward_zones_survive_the_toml_form_and_bad_ones_name_their_key() {
+        let text = r#"[policy]
+upstreams = ["udp://192.0.2.53", "[/lan/168.192.in-addr.arpa/]192.168.1.1", "[/public.lan/]#"]
+local_domains = ["lan", "corp.example"]
+[[policy.forward]]
+domain = "fritz.box"
+upstreams = ["udp://192.168.178.1"]
+"#;
+        let policy = Config::parse(text, "x.toml").unwrap().policy;
+        assert_eq!(policy.general_upstreams().len(), 1);
+        assert_eq!(policy.forward_zones().count(), 3);
+        let written = policy.to_toml();
+        assert_eq!(
+            Policy::from_toml(&written, "bundle").unwrap(),
+            policy,
+            "{written}"
+        );
+        for (bad, key, says) in [
+            (
+                "upstreams = [\"udp://1.2.3.4\", \"[/lan]1.2.3.4\"]",
+                "policy.upstreams",
+                "/]",
+            ),
+            (
+                "upstreams = [\"[/lan/]1.2.3.4\"]",
+                "policy.upstreams",
+                "general upstream",
+            ),
+            (
+                "local_domains = [\"bad name\"]",
+                "policy.local_domains",
+                "bad name",
+            ),
+            (
+                "[[policy.forward]]\ndomain = \"bad name\"\nupstreams = [\"udp://1.2.3.4\"]",
+                "policy.forward",
+                "bad name",
+            ),
+            (
+                "upstreams = [\"udp://1.2.3.4\", \"[/lan/]1.2.3.4\"]\n\
+                 [[policy.forward]]\ndomain = \"lan\"\nupstreams = [\"udp://1.2.3.5\"]",
+                "policy.forward",
+                "forwarded twice",
+            ),
+        ] {
+            let err = Config::parse(&format!("[policy]\n{bad}\n"), "x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

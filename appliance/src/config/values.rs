@@ -348,7 +348,16 @@ pub struct UpstreamUrl {
 impl FromStr for UpstreamUrl {
     type Err = String;
 
+    /// A bare `IP` or `IP:PORT` (AdGuard Home's form) is plain DNS.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some(addr) = bare_address(text) {
+            return Ok(Self {
+                transport: Transport::Udp,
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                url: text.to_owned(),
+            });
+        }
         let url = url::Url::parse(text).map_err(|err| format!("`{text}` is not a URL: {err}"))?;
         let (transport, default_port) = match url.scheme() {
             "udp" => (Transport::Udp, 53),
@@ -378,6 +387,13 @@ impl FromStr for UpstreamUrl {
             url: text.to_owned(),
         })
     }
+}
+
+/// `IP` (port 53) or `IP:PORT`, as AdGuard Home writes a plain upstream.
+fn bare_address(text: &str) -> Option<std::net::SocketAddr> {
+    text.parse()
+        .ok()
+        .or_else(|| Some(std::net::SocketAddr::new(text.parse().ok()?, 53)))
 }
 
 impl fmt::Display for UpstreamUrl {
@@ -544,6 +560,12 @@ mod tests {
         );
         assert!("udp://dns.example".parse::<UpstreamUrl>().is_err());
         assert!("ftp://1.2.3.4".parse::<UpstreamUrl>().is_err());
+        let bare: UpstreamUrl = "[::1]:5353".parse().unwrap();
+        assert_eq!(
+            (bare.transport, bare.host.as_str(), bare.port),
+            (Transport::Udp, "::1", 5353)
+        );
+        assert_eq!("192.168.1.1".parse::<UpstreamUrl>().unwrap().port, 53);
     }
 
     #[test]

@@ -1,18 +1,20 @@
-//! Builds the reloadable part of the query path: policy from a bundle,
-//! tuning and instance settings from the local configuration. The
-//! upstreams are kept, with their health and pooled connections, across
-//! any change that leaves them as they were; so is the client gate, with
-//! its rate-limit counts.
+//! Builds the reloadable part of the query path: policy from a bundle
+//! (its upstreams and forward zones included), tuning and instance
+//! settings from the local configuration. Each set of upstreams (the
+//! general ones, each forward zone's) is kept, with its health and pooled
+//! connections, across any change that leaves it as it was; so is the
+//! client gate, with its rate-limit counts.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::DaemonError;
 use super::policy::OpenedBundle;
-use crate::config::{Config, ServerTuning, Strategy, UpstreamTuning, UpstreamUrl};
+use crate::config::{Config, ForwardTarget, ServerTuning, Strategy, UpstreamTuning, UpstreamUrl};
 use crate::dns::access::Gate;
 use crate::dns::handler::{Live, MissLimits};
 use crate::dns::upstream::Upstreams;
+use crate::dns::zones::Zones;
 
 /// What the upstreams are made from; equal inputs, equal upstreams.
 #[derive(Debug, PartialEq)]
@@ -23,10 +25,10 @@ struct UpstreamInputs {
     ca_file: Option<PathBuf>,
 }
 
-/// Makes each new `Live`, reusing the upstreams while their inputs stay.
+/// Makes each new `Live`, reusing each set of upstreams while its inputs stay.
 #[derive(Debug, Default)]
 pub(super) struct LiveBuilder {
-    upstreams: Option<(UpstreamInputs, Arc<Upstreams>)>,
+    upstreams: Vec<(UpstreamInputs, Arc<Upstreams>)>,
     gate: Option<(ServerTuning, Arc<Gate>)>,
 }
 
@@ -38,10 +40,22 @@ impl LiveBuilder {
         bundle: &OpenedBundle,
     ) -> Result<Live, DaemonError> {
         let policy = &bundle.policy;
+        let mut kept = std::mem::take(&mut self.upstreams);
+        let mut set = |urls: Vec<UpstreamUrl>| self.upstreams(&mut kept, config, bundle, urls);
+        let upstreams = set(policy.general_upstreams())?;
+        let forwarders = policy
+            .forward_zones()
+            .filter_map(|zone| match &zone.target {
+                ForwardTarget::Upstreams(urls) => Some(set(urls.clone())),
+                ForwardTarget::General => None,
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Live {
             policy: Arc::clone(&bundle.plugins),
             fail_mode: policy.fail_mode,
-            upstreams: self.upstreams(config, bundle)?,
+            upstreams,
+            forwarders,
+            zones: Zones::new(policy),
             blocked_response: policy.blocked_response.clone(),
             blocked_ttl: u32::try_from(policy.blocked_ttl.as_secs()).unwrap_or(u32::MAX),
             udp_max_payload: config.tuning.server.udp_max_payload,
@@ -65,21 +79,25 @@ impl LiveBuilder {
         gate
     }
 
+    /// The upstreams for `urls`: one of the `kept` sets (of the last
+    /// build) if its inputs are the same, else a new set.
     fn upstreams(
         &mut self,
+        kept: &mut Vec<(UpstreamInputs, Arc<Upstreams>)>,
         config: &Config,
         bundle: &OpenedBundle,
+        urls: Vec<UpstreamUrl>,
     ) -> Result<Arc<Upstreams>, DaemonError> {
         let inputs = UpstreamInputs {
-            urls: bundle.policy.upstreams.clone(),
+            urls,
             strategy: bundle.policy.strategy,
             tuning: config.tuning.upstream.clone(),
             ca_file: config.instance.upstream_ca_file.clone(),
         };
-        if let Some((kept, upstreams)) = &self.upstreams
-            && *kept == inputs
-        {
-            return Ok(Arc::clone(upstreams));
+        if let Some(index) = kept.iter().position(|(kept, _)| *kept == inputs) {
+            let (inputs, upstreams) = kept.swap_remove(index);
+            self.upstreams.push((inputs, Arc::clone(&upstreams)));
+            return Ok(upstreams);
         }
         let tls = Arc::new(upstream_tls(inputs.ca_file.as_deref())?);
         let upstreams = Arc::new(Upstreams::new(
@@ -88,7 +106,7 @@ impl LiveBuilder {
             inputs.tuning.clone(),
             &tls,
         )?);
-        self.upstreams = Some((inputs, Arc::clone(&upstreams)));
+        self.upstreams.push((inputs, Arc::clone(&upstreams)));
         Ok(upstreams)
     }
 }
@@ -179,6 +197,31 @@ mod tests {
         assert!(
             !Arc::ptr_eq(&c.upstreams, &d.upstreams),
             "upstream tuning rebuilds them"
+        );
+    }
+
+    #[test]
+    fn each_forward_zone_gets_upstreams_kept_while_they_stay() {
+        let config = |router: &str, ttl: &str| {
+            let text = format!(
+                "[policy]\nupstreams = [\"udp://127.0.0.1:5300\", \"[/lan/]udp://{router}\", \
+                 \"[/public.lan/]#\"]\nblocked_ttl = \"{ttl}\"\n"
+            );
+            Config::parse(&text, "t").unwrap()
+        };
+        let mut builder = LiveBuilder::default();
+        let first = config("127.0.0.1:5400", "10s");
+        let a = builder.build(&first, &opened(&first)).unwrap();
+        assert_eq!(a.forwarders.len(), 1, "`#` needs no upstreams of its own");
+        let kept = config("127.0.0.1:5400", "20s");
+        let b = builder.build(&kept, &opened(&kept)).unwrap();
+        assert!(Arc::ptr_eq(&a.forwarders[0], &b.forwarders[0]));
+        let moved = config("127.0.0.1:5401", "20s");
+        let c = builder.build(&moved, &opened(&moved)).unwrap();
+        assert!(!Arc::ptr_eq(&b.forwarders[0], &c.forwarders[0]));
+        assert!(
+            Arc::ptr_eq(&b.upstreams, &c.upstreams),
+            "the general upstreams stay"
         );
     }
 }

@@ -170,7 +170,7 @@ pub struct Status {
     pub tcp: Vec<SocketAddr>,
     /// Answers in the cache.
     pub cache_entries: usize,
-    /// Upstream health.
+    /// Upstream health: the general upstreams, then each forward zone's.
     pub upstreams: Vec<UpstreamStatus>,
     /// Times the configuration was applied since start.
     pub config_generation: u64,
@@ -282,7 +282,10 @@ impl Daemon {
             udp: self.udp.clone(),
             tcp: self.tcp.clone(),
             cache_entries: self.handler.cache().len(),
-            upstreams: live.upstreams.status(),
+            upstreams: std::iter::once(&live.upstreams)
+                .chain(&live.forwarders)
+                .flat_map(|upstreams| upstreams.status())
+                .collect(),
             config_generation: snapshot.generation,
             query_log_lost: self.handler.query_log().lost(),
             policy_faults: live.policy.faults(),

@@ -139,9 +139,20 @@ impl Answer {
         ttl_override: Option<u32>,
         out: &mut Vec<u8>,
     ) {
+        self.write_unaddressed(now, ttl_override, out);
+        wire::readdress(query, out);
+    }
+
+    /// Writes this answer as stored (ID 0, the question as first asked),
+    /// its TTLs as `write` gives them.
+    pub(crate) fn write_unaddressed(
+        &self,
+        now: Instant,
+        ttl_override: Option<u32>,
+        out: &mut Vec<u8>,
+    ) {
         out.clear();
         out.extend_from_slice(&self.wire);
-        wire::readdress(query, out);
         let age = self.age(now);
         for &offset in &self.ttl_offsets {
             let at = offset as usize;
@@ -212,7 +223,8 @@ struct StoredKey {
     name: Box<[u8]>,
     qtype: u16,
     qclass: u16,
-    dnssec_ok: bool,
+    /// DO and CD (`QuestionKey::dnssec_bits`).
+    dnssec: u8,
 }
 
 impl From<&QuestionKey> for StoredKey {
@@ -221,14 +233,14 @@ impl From<&QuestionKey> for StoredKey {
             name: key.name.as_slice().into(),
             qtype: key.qtype,
             qclass: key.qclass,
-            dnssec_ok: key.dnssec_ok,
+            dnssec: key.dnssec_bits(),
         }
     }
 }
 
 impl std::hash::Hash for StoredKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        wire::hash_question(&self.name, self.qtype, self.qclass, self.dnssec_ok, state);
+        wire::hash_question(&self.name, self.qtype, self.qclass, self.dnssec, state);
     }
 }
 
@@ -236,7 +248,7 @@ impl quick_cache::Equivalent<StoredKey> for QuestionKey {
     fn equivalent(&self, stored: &StoredKey) -> bool {
         self.qtype == stored.qtype
             && self.qclass == stored.qclass
-            && self.dnssec_ok == stored.dnssec_ok
+            && self.dnssec_bits() == stored.dnssec
             && self.name.as_slice() == &*stored.name
     }
 }

@@ -8,6 +8,7 @@ pub(crate) mod listen;
 pub(crate) mod upstream;
 pub(crate) mod verdict;
 pub(crate) mod wire;
+pub(crate) mod zones;
 
 /// The UDP payload size Moat advertises, to clients and upstreams alike
 /// (the DNS flag day 2020 value: no IP fragmentation).

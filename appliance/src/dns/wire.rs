@@ -20,6 +20,8 @@ pub(crate) mod rtype {
     pub(crate) const A: u16 = 1;
     /// Start of authority.
     pub(crate) const SOA: u16 = 6;
+    /// Alias.
+    pub(crate) const CNAME: u16 = 5;
     /// IPv6 address.
     pub(crate) const AAAA: u16 = 28;
     /// EDNS(0) pseudo-record.
@@ -84,26 +86,43 @@ pub(crate) struct QuestionKey {
     pub qclass: u16,
     /// The client asked for DNSSEC records (EDNS DO bit).
     pub dnssec_ok: bool,
+    /// The client asked for no validation (the CD bit): such an answer is
+    /// never given to a client that did not.
+    pub checking_disabled: bool,
 }
 
 impl std::hash::Hash for QuestionKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        hash_question(&self.name, self.qtype, self.qclass, self.dnssec_ok, state);
+        hash_question(
+            &self.name,
+            self.qtype,
+            self.qclass,
+            self.dnssec_bits(),
+            state,
+        );
     }
 }
 
-/// The one hash of a question, shared by every key type that stands for one.
+impl QuestionKey {
+    /// DO and CD as the two low bits of one byte, as `hash_question` takes them.
+    pub(crate) fn dnssec_bits(&self) -> u8 {
+        u8::from(self.dnssec_ok) | u8::from(self.checking_disabled) << 1
+    }
+}
+
+/// The one hash of a question, shared by every key type that stands for
+/// one; `dnssec` holds its DO and CD bits (`QuestionKey::dnssec_bits`).
 pub(crate) fn hash_question<H: std::hash::Hasher>(
     name: &[u8],
     qtype: u16,
     qclass: u16,
-    dnssec_ok: bool,
+    dnssec: u8,
     state: &mut H,
 ) {
     state.write(name);
     state.write_u16(qtype);
     state.write_u16(qclass);
-    state.write_u8(u8::from(dnssec_ok));
+    state.write_u8(dnssec);
 }
 
 /// The EDNS(0) options a query carried.
@@ -126,7 +145,7 @@ pub(crate) struct Query<'a> {
     /// Cache key of the question.
     pub key: QuestionKey,
     /// The name in dotted form, lower case, no trailing dot.
-    pub dotted: heapless::Vec<u8, MAX_NAME_LEN>,
+    pub dotted: DottedName,
     /// EDNS(0) options, if the query had an OPT record.
     pub edns: Option<Edns>,
 }
@@ -168,31 +187,7 @@ impl<'a> Query<'a> {
         if read_u16(bytes, 4) != Some(1) {
             return Err(formerr(None));
         }
-        let mut name = WireName::new();
-        let mut dotted = heapless::Vec::<u8, MAX_NAME_LEN>::new();
-        let mut at = HEADER_LEN;
-        loop {
-            let len = *bytes.get(at).ok_or(formerr(None))? as usize;
-            if len == 0 {
-                name.push(0).map_err(|_| formerr(None))?;
-                at += 1;
-                break;
-            }
-            if len > 63 {
-                return Err(formerr(None));
-            }
-            let label = bytes.get(at + 1..at + 1 + len).ok_or(formerr(None))?;
-            name.push(len as u8).map_err(|_| formerr(None))?;
-            if !dotted.is_empty() {
-                dotted.push(b'.').map_err(|_| formerr(None))?;
-            }
-            for &byte in label {
-                let lower = byte.to_ascii_lowercase();
-                name.push(lower).map_err(|_| formerr(None))?;
-                dotted.push(lower).map_err(|_| formerr(None))?;
-            }
-            at += 1 + len;
-        }
+        let (name, dotted, at) = read_name(bytes, HEADER_LEN).ok_or(formerr(None))?;
         let qtype = read_u16(bytes, at).ok_or(formerr(None))?;
         let qclass = read_u16(bytes, at + 2).ok_or(formerr(None))?;
         let question_end = at + 4;
@@ -215,6 +210,7 @@ impl<'a> Query<'a> {
                 qtype,
                 qclass,
                 dnssec_ok: edns.is_some_and(|edns| edns.dnssec_ok),
+                checking_disabled: bytes[3] & flags_lo::CD != 0,
             },
             dotted,
             edns,
@@ -224,11 +220,6 @@ impl<'a> Query<'a> {
     /// The question section as received (original letter case).
     pub(crate) fn question(&self) -> &[u8] {
         &self.bytes[HEADER_LEN..self.question_end]
-    }
-
-    /// The checking-disabled bit.
-    pub(crate) fn checking_disabled(&self) -> bool {
-        self.bytes[3] & flags_lo::CD != 0
     }
 
     /// The same query holding its own copy of the bytes, to outlive the
@@ -247,6 +238,37 @@ impl<'a> Query<'a> {
     pub(crate) fn udp_limit(&self, server_max: u16) -> usize {
         let asked = self.edns.map_or(MIN_UDP_PAYLOAD, |edns| edns.payload);
         asked.clamp(MIN_UDP_PAYLOAD, server_max.max(MIN_UDP_PAYLOAD)) as usize
+    }
+}
+
+/// A lower-cased name in dotted form, no trailing dot, held inline.
+pub(crate) type DottedName = heapless::Vec<u8, MAX_NAME_LEN>;
+
+/// Reads the uncompressed name at `at`, lower-cased, in wire and dotted
+/// form, and where it ends.
+pub(crate) fn read_name(bytes: &[u8], mut at: usize) -> Option<(WireName, DottedName, usize)> {
+    let mut name = WireName::new();
+    let mut dotted = DottedName::new();
+    loop {
+        let len = *bytes.get(at)? as usize;
+        if len == 0 {
+            name.push(0).ok()?;
+            return Some((name, dotted, at + 1));
+        }
+        if len > 63 {
+            return None;
+        }
+        let label = bytes.get(at + 1..at + 1 + len)?;
+        name.push(len as u8).ok()?;
+        if !dotted.is_empty() {
+            dotted.push(b'.').ok()?;
+        }
+        for &byte in label {
+            let lower = byte.to_ascii_lowercase();
+            name.push(lower).ok()?;
+            dotted.push(lower).ok()?;
+        }
+        at += 1 + len;
     }
 }
 
@@ -455,13 +477,29 @@ pub(crate) fn push_answer_record(
     ttl: u32,
     rdata: &[u8],
 ) {
-    out.extend_from_slice(&[0xc0, HEADER_LEN as u8]);
+    push_record(out, section, HEADER_LEN, kind, ttl, rdata);
+}
+
+/// Appends one record whose owner is the name at offset `owner` of `out`
+/// (below 0x4000: the question, or a name in an earlier record's RDATA).
+/// Returns where its RDATA starts.
+pub(crate) fn push_record(
+    out: &mut Vec<u8>,
+    section: Section,
+    owner: usize,
+    kind: u16,
+    ttl: u32,
+    rdata: &[u8],
+) -> usize {
+    out.extend_from_slice(&(0xc000 | (owner as u16 & 0x3fff)).to_be_bytes());
     out.extend_from_slice(&kind.to_be_bytes());
     out.extend_from_slice(&1u16.to_be_bytes());
     out.extend_from_slice(&ttl.to_be_bytes());
     out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    let start = out.len();
     out.extend_from_slice(rdata);
     add_to_count(out, section as usize, 1);
+    start
 }
 
 /// A section of a response that records are added to.
@@ -483,6 +521,19 @@ pub(crate) fn push_soa(out: &mut Vec<u8>, ttl: u32) {
         rdata[20 + index * 4..24 + index * 4].copy_from_slice(&value.to_be_bytes());
     }
     push_answer_record(out, Section::Authority, rtype::SOA, ttl, &rdata);
+}
+
+/// Appends the SOA of a zone served here (RFC 6303 §3) whose apex is the
+/// name at offset `apex` of `out`: MNAME the apex, RNAME `nobody.invalid`,
+/// negative answers cacheable for `ttl` seconds.
+pub(crate) fn push_zone_soa(out: &mut Vec<u8>, apex: usize, ttl: u32) {
+    let mut rdata = Vec::with_capacity(38);
+    rdata.extend_from_slice(&(0xc000 | (apex as u16 & 0x3fff)).to_be_bytes());
+    rdata.extend_from_slice(b"\x06nobody\x07invalid\x00");
+    for value in [1u32, 3600, 1200, 604_800, ttl] {
+        rdata.extend_from_slice(&value.to_be_bytes());
+    }
+    push_record(out, Section::Authority, apex, rtype::SOA, ttl, &rdata);
 }
 
 /// Appends address records of the query's family (A or AAAA) from `ips`.

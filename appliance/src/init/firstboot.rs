@@ -181,7 +181,7 @@ impl Settings {
             ntp.extend(
                 config
                     .policy
-                    .upstreams
+                    .general_upstreams()
                     .iter()
                     .filter_map(|upstream| upstream.host.parse::<IpAddr>().ok())
                     .map(|ip| SocketAddr::new(ip, 123)),

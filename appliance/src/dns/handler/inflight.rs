@@ -161,6 +161,7 @@ mod tests {
             qtype: 1,
             qclass: 1,
             dnssec_ok: false,
+            checking_disabled: false,
         }
     }
 

@@ -7,6 +7,7 @@
 //! back to the listener as a `Fetch`, which it runs detached.
 
 mod inflight;
+mod local;
 #[cfg(test)]
 mod tests;
 
@@ -32,8 +33,9 @@ use super::clock::{Clock, SystemClock};
 use super::upstream::{Resolver, UpstreamError, Upstreams, upstream_query};
 use super::verdict::VerdictMemo;
 use super::wire::{self, Query, QuestionKey, rcode};
+use super::zones::{Route, Zones};
 use crate::config::{BlockedResponse, FailMode};
-use crate::policy::{Decision, LocalAnswer, Pause, Policy, Question as PolicyQuestion};
+use crate::policy::{Decision, Pause, Policy, Question as PolicyQuestion};
 use crate::stats::{LogEntry, Outcome, QueryLog, QueryRecord, Stats};
 pub(crate) use inflight::MissLimits;
 use inflight::{InFlight, Role, Shed, Ticket};
@@ -46,8 +48,12 @@ pub(crate) struct Live<R = Arc<Upstreams>> {
     pub policy: Arc<dyn Policy>,
     /// What a policy fault means for the query.
     pub fail_mode: FailMode,
-    /// Where misses go.
+    /// Where misses go that no forward zone takes.
     pub upstreams: R,
+    /// The upstreams of each forward zone, as `zones` numbers them.
+    pub forwarders: Vec<R>,
+    /// Which names go to a forwarder, and which are answered here.
+    pub zones: Zones,
     /// How blocked names are answered.
     pub blocked_response: BlockedResponse,
     /// TTL of blocked answers, seconds.
@@ -126,6 +132,8 @@ struct Waiting {
     protocol: Protocol,
     received: Instant,
     stale: Option<Arc<Answer>>,
+    /// The local CNAME answer the fetched target's answer is joined to.
+    chase: Option<Box<[u8]>>,
     answer: oneshot::Receiver<Resolved>,
     _place: Ticket<Resolved>,
 }
@@ -243,9 +251,18 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
             return Handled::Reply;
         }
         let lookup = self.cache.lookup(&query.key, received);
-        if let Some(outcome) = self.apply_policy(&installed, &query, client, &lookup, out) {
-            self.reply(&installed, &query, protocol, client, outcome, received, out);
-            return Handled::Reply;
+        let arrived = Arrived {
+            client,
+            protocol,
+            received,
+        };
+        match self.apply_policy(&installed, &query, client, &lookup, out) {
+            Step::Answered(outcome) => {
+                self.reply(&installed, &query, protocol, client, outcome, received, out);
+                return Handled::Reply;
+            }
+            Step::Chase(target) => return self.chase(&installed, query, arrived, target, out),
+            Step::Resolve => {}
         }
         match lookup {
             Lookup::Fresh { answer, refresh } => {
@@ -265,28 +282,77 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
                         .lock()
                         .start_unwaited(&query.key, installed.miss_limits);
                 match refreshing {
-                    true => Handled::ReplyAndRefresh(self.fetch(&query)),
+                    true => Handled::ReplyAndRefresh(self.fetch(&query.key)),
                     false => Handled::Reply,
                 }
             }
-            Lookup::Stale(answer) => {
-                let arrived = Arrived {
-                    client,
-                    protocol,
-                    received,
-                };
-                self.wait(&installed, query, arrived, Some(answer), out)
-            }
-            Lookup::Miss => {
-                self.stats.record_cache_miss();
-                let arrived = Arrived {
-                    client,
-                    protocol,
-                    received,
-                };
-                self.wait(&installed, query, arrived, None, out)
-            }
+            Lookup::Stale(answer) => self.miss(&installed, query, arrived, Some(answer), out),
+            Lookup::Miss => self.miss(&installed, query, arrived, None, out),
         }
+    }
+
+    /// Answers a question the cache has no fresh answer for: here if its
+    /// name is in a zone served locally, else from upstream.
+    fn miss(
+        self: &Arc<Self>,
+        installed: &Installed<R>,
+        query: Query<'_>,
+        arrived: Arrived,
+        stale: Option<Arc<Answer>>,
+        out: &mut Vec<u8>,
+    ) -> Handled {
+        if let Route::Local(zone) = installed.zones.route(&query.key.name) {
+            local::write_zone(&query, zone, out);
+            return self.answered(installed, &query, arrived, Outcome::Local, out);
+        }
+        if stale.is_none() {
+            self.stats.record_cache_miss();
+        }
+        let miss = Miss {
+            key: query.key.clone(),
+            stale,
+            chase: None,
+        };
+        self.wait(installed, query, arrived, miss, out)
+    }
+
+    /// Finishes a local CNAME answer (in `out`) whose target (the name at
+    /// `target` in it) has no local records: with the target's cached
+    /// answer, or its upstream answer once fetched; alone if the target is
+    /// in a zone served here.
+    fn chase(
+        self: &Arc<Self>,
+        installed: &Installed<R>,
+        query: Query<'_>,
+        arrived: Arrived,
+        target: usize,
+        out: &mut Vec<u8>,
+    ) -> Handled {
+        let key = wire::read_name(out, target).map(|(name, ..)| QuestionKey {
+            name,
+            ..query.key.clone()
+        });
+        let Some(key) =
+            key.filter(|key| !matches!(installed.zones.route(&key.name), Route::Local(_)))
+        else {
+            return self.answered(installed, &query, arrived, Outcome::Local, out);
+        };
+        let received = arrived.received;
+        let stale = match self.cache.lookup(&key, received) {
+            Lookup::Fresh { answer, .. } => {
+                let local = std::mem::take(out);
+                local::join_target(&local, &answer, received, None, out);
+                return self.answered(installed, &query, arrived, Outcome::Local, out);
+            }
+            Lookup::Stale(answer) => Some(answer),
+            Lookup::Miss => None,
+        };
+        let miss = Miss {
+            key,
+            stale,
+            chase: Some(out.as_slice().into()),
+        };
+        self.wait(installed, query, arrived, miss, out)
     }
 
     /// Answers what `Query::parse` rejected, if it is answered at all.
@@ -318,10 +384,10 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
         Handled::Reply
     }
 
-    /// Asks the policy about `query`, unless blocking is paused or the
-    /// cached answer already passed this policy. Writes the answer when the
-    /// policy gives one (blocked, local, or SERVFAIL on a fault with fail
-    /// mode closed).
+    /// Asks the policy about `query`, unless the cached answer already
+    /// passed this policy. Writes the answer when the policy gives one
+    /// (blocked, local, or SERVFAIL on a fault with fail mode closed);
+    /// while blocking is paused, only local records answer.
     fn apply_policy(
         &self,
         installed: &Installed<R>,
@@ -329,20 +395,21 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
         client: IpAddr,
         lookup: &Lookup,
         out: &mut Vec<u8>,
-    ) -> Option<Outcome> {
-        if self.pause.is_paused() {
-            return None;
-        }
+    ) -> Step {
         let cached = lookup.answer();
         if cached.is_some_and(|answer| installed.verdicts.passed(answer.verdict())) {
-            return None;
+            return Step::Resolve;
         }
         let question = PolicyQuestion {
             name: &query.dotted,
             qtype: query.key.qtype,
             client,
         };
-        match installed.policy.decide(&question) {
+        let decision = installed.policy.decide(&question);
+        if self.pause.is_paused() && !matches!(decision, Decision::Answer(_)) {
+            return Step::Resolve;
+        }
+        let outcome = match decision {
             Decision::Block => {
                 write_blocked(
                     query,
@@ -350,75 +417,111 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
                     installed.blocked_ttl,
                     out,
                 );
-                Some(Outcome::Blocked)
+                Outcome::Blocked
             }
             Decision::Fault if installed.fail_mode == FailMode::Closed => {
                 wire::begin_response(query, rcode::SERVFAIL, out);
-                Some(Outcome::Failed)
+                Outcome::Failed
             }
             Decision::Answer(answer) => {
-                write_local(query, &answer, out);
-                Some(Outcome::Local)
+                match local::write_local(query, &answer, &*installed.policy, client, out) {
+                    Some(target) => return Step::Chase(target),
+                    None => Outcome::Local,
+                }
             }
-            Decision::Fault => None,
+            Decision::Fault => return Step::Resolve,
             Decision::Allow | Decision::NoOpinion => {
                 if let Some(answer) = cached {
                     installed.verdicts.mark_passed(answer.verdict());
                 }
-                None
+                return Step::Resolve;
             }
-        }
+        };
+        Step::Answered(outcome)
     }
 
-    /// Puts `query` in line for its question's answer, starting the fetch
-    /// if none is under way. Past the miss limits the query is shed: it
-    /// gets its stale answer if there is one, else SERVFAIL at once.
+    /// Puts `query` in line for the answer to `miss.key`, starting the
+    /// fetch if none is under way. Past the miss limits the query is shed:
+    /// it gets its stale answer if there is one, else SERVFAIL at once.
     fn wait(
         self: &Arc<Self>,
         installed: &Installed<R>,
         query: Query<'_>,
         arrived: Arrived,
-        stale: Option<Arc<Answer>>,
+        miss: Miss,
         out: &mut Vec<u8>,
     ) -> Handled {
         let (sender, answer) = oneshot::channel();
         let limits = installed.miss_limits;
+        let Miss { key, stale, chase } = miss;
         let (place, role) =
-            match InFlight::admit(&self.inflight, &query.key, arrived.client, sender, limits) {
+            match InFlight::admit(&self.inflight, &key, arrived.client, sender, limits) {
                 Ok(admitted) => admitted,
                 Err(why) => {
-                    self.shed(installed, &query, &arrived, stale, why, out);
+                    self.shed(
+                        installed,
+                        &query,
+                        &arrived,
+                        stale,
+                        chase.as_deref(),
+                        why,
+                        out,
+                    );
                     return Handled::Reply;
                 }
             };
-        let fetch = (role == Role::First).then(|| self.fetch(&query));
+        let fetch = (role == Role::First).then(|| self.fetch(&key));
         let pending = Pending(Box::new(Waiting {
             query: query.into_owned(),
             client: arrived.client,
             protocol: arrived.protocol,
             received: arrived.received,
             stale,
+            chase,
             answer,
             _place: place,
         }));
         Handled::Resolve { pending, fetch }
     }
 
+    /// Finishes and records the answer in `out`; the listener sends it.
+    fn answered(
+        &self,
+        installed: &Installed<R>,
+        query: &Query<'_>,
+        arrived: Arrived,
+        outcome: Outcome,
+        out: &mut Vec<u8>,
+    ) -> Handled {
+        let Arrived {
+            client,
+            protocol,
+            received,
+        } = arrived;
+        self.reply(installed, query, protocol, client, outcome, received, out);
+        Handled::Reply
+    }
+
     /// Answers a miss that was not let in line.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts of one miss, taken apart by `wait`"
+    )]
     fn shed(
         &self,
         installed: &Installed<R>,
         query: &Query<'_>,
         arrived: &Arrived,
         stale: Option<Arc<Answer>>,
+        chase: Option<&[u8]>,
         why: Shed,
         out: &mut Vec<u8>,
     ) {
         tracing::trace!(client = %arrived.client, ?why, "miss shed");
         let outcome = match stale {
             Some(stale) => {
-                let ttl = self.stale_ttl();
-                stale.write(query, arrived.received, Some(ttl), out);
+                let ttl = Some(self.stale_ttl());
+                write_answer(query, chase, &stale, arrived.received, ttl, out);
                 Outcome::Stale
             }
             None => {
@@ -448,6 +551,7 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
             protocol,
             received,
             stale,
+            chase,
             answer,
             _place,
         } = *pending.0;
@@ -475,11 +579,12 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
         let now = self.clock.now();
         let outcome = match resolution {
             Resolution::Fresh(answer) => {
-                answer.write(&query, now, None, out);
+                write_answer(&query, chase.as_deref(), &answer, now, None, out);
                 Outcome::Forwarded
             }
             Resolution::Stale(stale) => {
-                stale.write(&query, now, Some(self.stale_ttl()), out);
+                let ttl = Some(self.stale_ttl());
+                write_answer(&query, chase.as_deref(), &stale, now, ttl, out);
                 Outcome::Stale
             }
             Resolution::Failed => {
@@ -551,20 +656,16 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
         }
     }
 
-    /// The fetch for `query`'s question, whose slot in `inflight` is taken:
-    /// many concurrent queries for one question share one upstream query.
-    fn fetch(self: &Arc<Self>, query: &Query<'_>) -> Fetch {
+    /// The fetch for `key`, whose slot in `inflight` is taken: many
+    /// concurrent queries for one question share one upstream query.
+    fn fetch(self: &Arc<Self>, key: &QuestionKey) -> Fetch {
         let mut flight = Flight {
             handler: Arc::clone(self),
-            key: query.key.clone(),
+            key: key.clone(),
             landed: false,
         };
-        let checking_disabled = query.checking_disabled();
         Fetch(Box::pin(async move {
-            let resolved = flight
-                .handler
-                .fetch_upstream(&flight.key, checking_disabled)
-                .await;
+            let resolved = flight.handler.fetch_upstream(&flight.key).await;
             if let Err(err) = &resolved {
                 tracing::debug!(error = %err, "upstream fetch failed");
             }
@@ -572,15 +673,24 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
         }))
     }
 
-    /// Fetches the answer for `key` from upstream and caches it.
-    async fn fetch_upstream(&self, key: &QuestionKey, checking_disabled: bool) -> Resolved {
+    /// Fetches the answer for `key` from the upstreams its name is routed
+    /// to (DO and CD as the client set them) and caches it.
+    async fn fetch_upstream(&self, key: &QuestionKey) -> Resolved {
         let name = Name::read(&mut BinDecoder::new(&key.name))
             .map_err(|err| UpstreamError::BadAnswer(err.to_string()))?;
         let mut question = Question::query(name, RecordType::from(key.qtype));
         question.set_query_class(DNSClass::from(key.qclass));
-        let message = upstream_query(question, key.dnssec_ok, checking_disabled);
+        let message = upstream_query(question, key.dnssec_ok, key.checking_disabled);
         let installed = self.installed.load_full();
-        let answer = installed.upstreams.resolve(&message, &self.stats).await?;
+        let upstreams = match installed.zones.route(&key.name) {
+            Route::General => &installed.upstreams,
+            Route::Forward(index) => installed
+                .forwarders
+                .get(index)
+                .ok_or_else(|| UpstreamError::Setup(format!("no forwarder {index}")))?,
+            Route::Local(_) => return Err(UpstreamError::Setup("a name served here".into())),
+        };
+        let answer = upstreams.resolve(&message, &self.stats).await?;
         let answer = Answer::from_upstream(answer, self.cache.ttl_rules(), self.clock.now())
             .map_err(|err| UpstreamError::BadAnswer(err.to_string()))?;
         let answer = Arc::new(answer);
@@ -636,29 +746,48 @@ struct Arrived {
     received: Instant,
 }
 
+/// What the policy made of a question.
+enum Step {
+    /// The answer is written.
+    Answered(Outcome),
+    /// A local CNAME answer is written; its target, the name at this
+    /// offset of it, is resolved next.
+    Chase(usize),
+    /// Resolve it: cache, then upstream.
+    Resolve,
+}
+
+/// A question to fetch for a query, and what to answer with meanwhile.
+struct Miss {
+    /// The question asked upstream: the query's, or a local CNAME's target.
+    key: QuestionKey,
+    /// The expired answer to serve if the fetch fails or is slow.
+    stale: Option<Arc<Answer>>,
+    /// The local CNAME answer the fetched answer is joined to.
+    chase: Option<Box<[u8]>>,
+}
+
+/// Writes a fetched (or stale) `answer` as the answer to `query`, joined
+/// to the local CNAME answer `chase` when the query came through one.
+fn write_answer(
+    query: &Query<'_>,
+    chase: Option<&[u8]>,
+    answer: &Answer,
+    now: Instant,
+    ttl_override: Option<u32>,
+    out: &mut Vec<u8>,
+) {
+    match chase {
+        Some(local) => local::join_target(local, answer, now, ttl_override, out),
+        None => answer.write(query, now, ttl_override, out),
+    }
+}
+
 /// How a pending query ended.
 enum Resolution {
     Fresh(Arc<Answer>),
     Stale(Arc<Answer>),
     Failed,
-}
-
-/// TTL of the SOA that makes "this local name has no such record" cacheable.
-const LOCAL_NODATA_TTL: u32 = 60;
-
-/// Writes a local answer: authoritative, the records owned by the question
-/// name, or NODATA with an SOA when the name has none of the asked type.
-fn write_local(query: &Query<'_>, answer: &LocalAnswer, out: &mut Vec<u8>) {
-    wire::begin_response(query, rcode::NOERROR, out);
-    wire::set_authoritative(out);
-    let mut written = 0;
-    for (kind, ttl, rdata) in answer.records() {
-        wire::push_answer_record(out, wire::Section::Answer, kind, ttl, rdata);
-        written += 1;
-    }
-    if written == 0 {
-        wire::push_soa(out, LOCAL_NODATA_TTL);
-    }
 }
 
 /// Writes the configured answer for a blocked name.

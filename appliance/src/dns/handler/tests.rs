@@ -18,6 +18,7 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use parking_lot::Mutex;
 
+use super::local::LOCAL_NODATA_TTL;
 use super::*;
 use crate::compile::compile_policy;
 use crate::config::{CacheTuning, Config};
@@ -33,7 +34,8 @@ const MISS_LIMITS: MissLimits = MissLimits {
 };
 
 /// The real plugins, compiled once: `ads.example` and below denied,
-/// `nas.lan` a local A record.
+/// `nas.lan` a local A record, `alias.lan` a local CNAME to it and
+/// `www.lan` one to `example.com`, which has no local records.
 static POLICY: LazyLock<Arc<dyn Policy>> = LazyLock::new(|| {
     let root = std::env::temp_dir().join(format!(
         "moat-handler-{}-{}",
@@ -42,7 +44,10 @@ static POLICY: LazyLock<Arc<dyn Policy>> = LazyLock::new(|| {
     ));
     let data = DataDir::open(&root).unwrap();
     let config = Config::parse(
-        "[policy]\ndeny = [\"ads.example\", \"*.ads.example\"]\n[[policy.local_records]]\nname = \"nas.lan\"\ntype = \"A\"\nvalue = \"192.168.1.20\"\nttl = 600\n",
+        "[policy]\ndeny = [\"ads.example\", \"*.ads.example\"]\n\
+         [[policy.local_records]]\nname = \"nas.lan\"\ntype = \"A\"\nvalue = \"192.168.1.20\"\nttl = 600\n\
+         [[policy.local_records]]\nname = \"alias.lan\"\ntype = \"CNAME\"\nvalue = \"nas.lan\"\n\
+         [[policy.local_records]]\nname = \"www.lan\"\ntype = \"CNAME\"\nvalue = \"example.com\"\n",
         "test",
     )
     .unwrap();
@@ -64,6 +69,13 @@ enum Upstream {
     Fail,
     /// Never answers.
     Silent,
+    /// Answers one A record for CD=0 queries, another for CD=1.
+    ByCheckingDisabled {
+        /// The answer to CD=0.
+        checked: Ipv4Addr,
+        /// The answer to CD=1.
+        unchecked: Ipv4Addr,
+    },
 }
 
 /// A resolver answering from a table; names not in it fail.
@@ -98,6 +110,16 @@ impl Resolver for Table {
             .copied()
             .unwrap_or(Upstream::Fail);
         let id = query.metadata.id;
+        let upstream = match upstream {
+            Upstream::ByCheckingDisabled { checked, unchecked } => Upstream::Answer(
+                match query.metadata.checking_disabled {
+                    true => unchecked,
+                    false => checked,
+                },
+                300,
+            ),
+            other => other,
+        };
         async move {
             match upstream {
                 Upstream::Answer(ip, ttl) => {
@@ -111,7 +133,9 @@ impl Resolver for Table {
                     Ok(answer)
                 }
                 Upstream::Fail => Err(UpstreamError::Failed(ResponseCode::ServFail)),
-                Upstream::Silent => std::future::pending().await,
+                Upstream::Silent | Upstream::ByCheckingDisabled { .. } => {
+                    std::future::pending().await
+                }
             }
         }
     }
@@ -139,6 +163,8 @@ struct Setup {
     blocked: BlockedResponse,
     pause: PauseState,
     tuning: CacheTuning,
+    /// `[policy]` lines: upstream entries and local domains.
+    routes: &'static str,
 }
 
 impl Default for Setup {
@@ -149,6 +175,7 @@ impl Default for Setup {
             blocked: BlockedResponse::Nxdomain,
             pause: PauseState::Blocking,
             tuning: CacheTuning::default(),
+            routes: "",
         }
     }
 }
@@ -156,15 +183,26 @@ impl Default for Setup {
 struct Harness {
     handler: Arc<TestHandler>,
     upstream: Arc<Table>,
+    /// The upstreams of every forward zone in `Setup::routes`.
+    router: Arc<Table>,
     clock: Arc<ManualClock>,
 }
 
 impl Setup {
     fn build(self) -> Harness {
         let upstream = Arc::new(Table::default());
+        let router = Arc::new(Table::default());
         let clock = ManualClock::new();
+        let mut live = live(self.policy, self.fail_mode, self.blocked, &upstream);
+        let text = format!("[policy]\n{}", self.routes);
+        let policy = Config::parse(&text, "routes").unwrap().policy;
+        live.zones = Zones::new(&policy);
+        live.forwarders = policy
+            .forward_zones()
+            .map(|_| Arc::clone(&router))
+            .collect();
         let handler = QueryHandler::new(
-            live(self.policy, self.fail_mode, self.blocked, &upstream),
+            live,
             Cache::new(self.tuning),
             Pause::new(self.pause),
             QueryLog::new(100),
@@ -173,6 +211,7 @@ impl Setup {
         Harness {
             handler,
             upstream,
+            router,
             clock,
         }
     }
@@ -188,6 +227,8 @@ fn live(
         policy,
         fail_mode,
         upstreams: Arc::clone(upstream),
+        forwarders: Vec::new(),
+        zones: Zones::default(),
         blocked_response,
         blocked_ttl: BLOCKED_TTL,
         udp_max_payload: 1232,
@@ -771,4 +812,153 @@ fn the_gate_refuses_clients_outside_the_acl_and_sends_rate_limited_ones_to_tcp()
     );
     let stats = harness.handler.stats().snapshot(0);
     assert_eq!((stats.rejected, stats.limited), (1, 1));
+}
+
+#[test]
+fn forward_zones_take_their_names_and_private_reverse_zones_never_reach_the_upstreams() {
+    let harness = Setup {
+        routes: "upstreams = [\"udp://192.0.2.53\", \"[/lan/168.192.in-addr.arpa/]192.168.1.1\"]\n",
+        ..Setup::default()
+    }
+    .build();
+    let ip = Ipv4Addr::new(192, 168, 1, 30);
+    harness.router.set("printer.lan.", Upstream::Answer(ip, 60));
+    let printer = harness.answer(&request(1, "printer.lan.", RecordType::A));
+    assert_eq!(addresses(&printer), vec![(IpAddr::V4(ip), 60)]);
+    harness
+        .router
+        .set("1.1.168.192.in-addr.arpa.", Upstream::Answer(ip, 60));
+    let ptr = harness.answer(&request(2, "1.1.168.192.in-addr.arpa.", RecordType::PTR));
+    assert_eq!(ptr.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(harness.router.asked(), 2, "the router got both");
+    let ten = harness.answer(&request(3, "4.3.2.10.in-addr.arpa.", RecordType::PTR));
+    assert_eq!(ten.metadata.response_code, ResponseCode::NXDomain);
+    assert!(ten.metadata.authoritative);
+    let soa = &ten.authorities[0];
+    assert_eq!(
+        soa.name.to_string(),
+        "10.in-addr.arpa.",
+        "the zone's own SOA"
+    );
+    let apex = harness.answer(&request(4, "10.in-addr.arpa.", RecordType::NS));
+    assert_eq!(apex.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(soa_ttls(&apex).len(), 1, "NODATA at the apex");
+    let home = harness.answer(&request(5, "nas.home.arpa.", RecordType::A));
+    assert_eq!(home.metadata.response_code, ResponseCode::NXDomain);
+    let localhost = harness.answer(&request(6, "db.localhost.", RecordType::AAAA));
+    assert_eq!(
+        addresses(&localhost),
+        vec![(IpAddr::V6(Ipv6Addr::LOCALHOST), 60)]
+    );
+    assert_eq!(
+        harness.upstream.asked(),
+        0,
+        "nothing reached the general upstreams"
+    );
+    harness.upstream.set(
+        "example.com.",
+        Upstream::Answer(Ipv4Addr::new(192, 0, 2, 9), 60),
+    );
+    harness.answer(&request(7, "example.com.", RecordType::A));
+    assert_eq!((harness.upstream.asked(), harness.router.asked()), (1, 2));
+}
+
+#[test]
+fn pause_keeps_local_records() {
+    let harness = Setup {
+        pause: PauseState::Paused,
+        ..Setup::default()
+    }
+    .build();
+    let answer = harness.answer(&request(1, "nas.lan.", RecordType::A));
+    assert!(answer.metadata.authoritative);
+    assert_eq!(
+        addresses(&answer),
+        vec![(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20)), 600)]
+    );
+    assert_eq!(harness.upstream.asked(), 0);
+}
+
+#[test]
+fn a_local_cname_comes_with_its_target() {
+    let harness = Setup::default().build();
+    let local = harness.answer(&request(1, "alias.lan.", RecordType::A));
+    assert_answers(&local, 1, "alias.lan.");
+    let kinds: Vec<_> = local
+        .answers
+        .iter()
+        .map(|record| record.record_type())
+        .collect();
+    assert_eq!(kinds, [RecordType::CNAME, RecordType::A]);
+    assert_eq!(local.answers[1].name.to_string(), "nas.lan.");
+    assert_eq!(local.answers[1].data, RData::A(A::new(192, 168, 1, 20)));
+    assert_eq!(harness.upstream.asked(), 0);
+
+    let ip = Ipv4Addr::new(192, 0, 2, 80);
+    harness
+        .upstream
+        .set("example.com.", Upstream::Answer(ip, 300));
+    for id in [2, 3] {
+        let joined = harness.answer(&request(id, "www.lan.", RecordType::A));
+        assert_answers(&joined, id, "www.lan.");
+        assert_eq!(joined.answers.len(), 2, "{joined:?}");
+        assert_eq!(joined.answers[0].record_type(), RecordType::CNAME);
+        assert_eq!(joined.answers[1].name.to_string(), "example.com.");
+        assert_eq!(joined.answers[1].data, RData::A(A(ip)));
+    }
+    assert_eq!(
+        harness.upstream.asked(),
+        1,
+        "the second came from the cache"
+    );
+    let cname = harness.answer(&request(4, "www.lan.", RecordType::CNAME));
+    assert_eq!(cname.answers.len(), 1, "a CNAME question is not chased");
+}
+
+#[test]
+fn checking_disabled_answers_are_cached_apart() {
+    let harness = Setup::default().build();
+    let (checked, unchecked) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+    harness.upstream.set(
+        "signed.example.",
+        Upstream::ByCheckingDisabled { checked, unchecked },
+    );
+    let ask = |id, cd| {
+        let mut message = query_message(id, "signed.example.", RecordType::A);
+        message.metadata.checking_disabled = cd;
+        let answer = harness.answer(&message.to_vec().unwrap());
+        assert_eq!(answer.metadata.checking_disabled, cd);
+        addresses(&answer)[0].0
+    };
+    assert_eq!(ask(1, true), IpAddr::V4(unchecked));
+    assert_eq!(
+        ask(2, false),
+        IpAddr::V4(checked),
+        "CD=1's answer is not served to CD=0"
+    );
+    assert_eq!(ask(3, true), IpAddr::V4(unchecked));
+    assert_eq!(ask(4, false), IpAddr::V4(checked));
+    assert_eq!(harness.upstream.asked(), 2, "each cached once");
+}
+
+#[test]
+fn concurrent_misses_with_and_without_cd_do_not_share_a_fetch() {
+    let harness = Setup::default().build();
+    let mut out = Vec::new();
+    let mut held = Vec::new();
+    for (client, cd) in [(1, false), (2, true), (3, false)] {
+        let mut message = query_message(1, "join.example.", RecordType::A);
+        message.metadata.checking_disabled = cd;
+        let request = message.to_vec().unwrap();
+        let client = IpAddr::from([192, 168, 1, client]);
+        match harness
+            .handler
+            .handle(&request, client, Protocol::Udp, &mut out)
+        {
+            Handled::Resolve { pending, fetch } => held.push((pending, fetch)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let fetches: Vec<bool> = held.iter().map(|(_, fetch)| fetch.is_some()).collect();
+    assert_eq!(fetches, [true, true, false], "CD=0 joins CD=0 only");
 }
