@@ -9,6 +9,7 @@ mod config;
 mod control;
 mod fleet;
 mod hostile;
+mod lists;
 mod owner;
 mod policy;
 mod robustness;
