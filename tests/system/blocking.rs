@@ -18,7 +18,7 @@ fn lists(dir: &Scratch) -> String {
     let list = dir.0.join("hosts.txt");
     std::fs::write(
         &list,
-        "# a hosts file\r\n0.0.0.0 ads.test\r\n||adblock.test^\n",
+        "! an Adblock list with CRLF lines\r\n||ads.test^\r\n||adblock.test^\n",
     )
     .unwrap();
     format!(

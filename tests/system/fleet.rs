@@ -44,12 +44,12 @@ pub(super) struct Primary {
 }
 
 impl Primary {
-    /// Starts one listing `ads.test`, with `extra_instance` lines after its name.
+    /// Starts one listing `||ads.test^`, with `extra_instance` lines after its name.
     pub(super) async fn start(extra_instance: &str) -> Self {
         let upstream = TestUpstream::start().await;
         let files = Scratch::new("fleet-list");
         let list = files.0.join("list.txt");
-        std::fs::write(&list, "ads.test\n").unwrap();
+        std::fs::write(&list, "||ads.test^\n").unwrap();
         let extra_instance = format!("name = \"{PRIMARY}\"\n{extra_instance}");
         let moat = MoatProcess::start(&extra_instance, &Self::policy(&upstream, &list)).await;
         Self {
@@ -70,9 +70,11 @@ impl Primary {
         )
     }
 
-    /// Rewrites its blocklist file (one name a line).
+    /// Rewrites its blocklist file: one `||name^` rule a line, each
+    /// covering the name and every name below it.
     pub(super) fn set_list(&self, names: &[&str]) {
-        std::fs::write(&self.list, names.join("\n") + "\n").unwrap();
+        let rules: String = names.iter().map(|name| format!("||{name}^\n")).collect();
+        std::fs::write(&self.list, rules).unwrap();
     }
 
     /// Rewrites its blocklist and has the running primary reload it.

@@ -220,7 +220,7 @@ impl Session {
 /// [`HOSTILE_LISTED`], compiled by the real compiler.
 fn hostile_parts(stored: &VerifiedBundle, files: &Scratch) -> Vec<(Part, Vec<u8>)> {
     let list = files.0.join("hostile-list.txt");
-    std::fs::write(&list, format!("{HOSTILE_LISTED}\n")).unwrap();
+    std::fs::write(&list, format!("||{HOSTILE_LISTED}^\n")).unwrap();
     let policy = Policy::from_toml(
         &format!(
             "[policy]\n[[policy.blocklists]]\nsource = \"{}\"\n",

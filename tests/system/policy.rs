@@ -23,7 +23,7 @@ async fn hot_swap_under_load_fails_no_query() {
     let upstream = TestUpstream::start().await;
     let dir = Scratch::new("swap");
     let list = dir.0.join("list.txt");
-    std::fs::write(&list, "ads.test\n").unwrap();
+    std::fs::write(&list, "||ads.test^\n").unwrap();
     let moat = MoatProcess::start("", &policy_with_list(&upstream, &list)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
@@ -54,9 +54,9 @@ async fn hot_swap_under_load_fails_no_query() {
     }
     for swap in 0..10 {
         let text = if swap % 2 == 0 {
-            "ads.test\nother.test\n"
+            "||ads.test^\n||other.test^\n"
         } else {
-            "ads.test\n"
+            "||ads.test^\n"
         };
         std::fs::write(&list, text).unwrap();
         let output = moat.cli(&["reload"]);
@@ -90,21 +90,21 @@ async fn cached_answers_follow_each_policy_version() {
     let upstream = TestUpstream::start().await;
     let dir = Scratch::new("verdicts");
     let list = dir.0.join("list.txt");
-    std::fs::write(&list, "ads.test\n").unwrap();
+    std::fs::write(&list, "||ads.test^\n").unwrap();
     let moat = MoatProcess::start("", &policy_with_list(&upstream, &list)).await;
     for _ in 0..3 {
         assert_eq!(ips(&moat.dns.a("cached.test").await), ["192.0.2.1"]);
     }
     assert_eq!(upstream.count("cached.test"), 1, "answered from the cache");
 
-    std::fs::write(&list, "ads.test\ncached.test\n").unwrap();
+    std::fs::write(&list, "||ads.test^\ncached.test\n").unwrap();
     assert!(moat.cli(&["reload"]).status.success());
     assert_eq!(
         ips(&moat.dns.a("cached.test").await),
         ["0.0.0.0"],
         "a verdict kept with the cached answer is not reused by the next policy"
     );
-    std::fs::write(&list, "ads.test\n").unwrap();
+    std::fs::write(&list, "||ads.test^\n").unwrap();
     assert!(moat.cli(&["reload"]).status.success());
     assert_eq!(ips(&moat.dns.a("cached.test").await), ["192.0.2.1"]);
     assert_eq!(upstream.count("cached.test"), 1, "still the cached answer");
@@ -124,7 +124,7 @@ async fn restart_serves_persisted_policy_without_sources_or_upstreams() {
     let mut upstream = TestUpstream::start().await;
     let dir = Scratch::new("persist");
     let list = dir.0.join("list.txt");
-    std::fs::write(&list, "0.0.0.0 persisted.test\n").unwrap();
+    std::fs::write(&list, "||persisted.test^\n").unwrap();
     let moat = MoatProcess::start("", &policy_with_list(&upstream, &list)).await;
     assert_eq!(ips(&moat.dns.a("x.persisted.test").await), ["0.0.0.0"]);
 
@@ -197,10 +197,15 @@ fn policy_compile_and_test_explain_decisions() {
     assert!(out.join("blocklist.wasm").exists());
 
     let config = config.to_str().unwrap();
+    let said = run(&["policy", "test", "ads.example", "--config", config]);
+    assert!(
+        said.contains("Block by BlockExact `ads.example` from"),
+        "{said}"
+    );
     let said = run(&["policy", "test", "x.ads.example", "--config", config]);
     assert!(
-        said.contains("Block by BlockSuffix `*.ads.example` from"),
-        "{said}"
+        said.contains("NoOpinion (no rule matches)"),
+        "a hosts line is exact: {said}"
     );
     let said = run(&["policy", "test", "ok.ads.example", "--config", config]);
     assert!(
@@ -336,7 +341,7 @@ fn bad_local_records_are_refused_with_their_name() {
 async fn downloaded_lists_refresh_and_survive_an_outage() {
     use moat_system_tests::http::ListServer;
     let upstream = TestUpstream::start().await;
-    let server = ListServer::start("0.0.0.0 first.test\n").await;
+    let server = ListServer::start("||first.test^\n").await;
     let policy = policy_for(
         &upstream,
         &format!(
@@ -362,7 +367,7 @@ async fn downloaded_lists_refresh_and_survive_an_outage() {
         "downloaded list applied; log:\n{}",
         moat.log()
     );
-    server.set("0.0.0.0 first.test\n0.0.0.0 second.test\n");
+    server.set("||first.test^\n||second.test^\n");
     assert!(blocked("x.second.test").await, "refreshed list applied");
 
     server.stop();

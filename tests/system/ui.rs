@@ -485,6 +485,9 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
     browser.click("[data-test=save]").await;
     browser.shows("[data-test=notice]", "Policy saved").await;
     browser.find("[data-test=blocklist-table]").await;
+    browser
+        .shows("[data-test=blocklist-lines]", "adblock")
+        .await;
     browser.screenshot("policy-primary-desktop").await;
     answers(p, &[&r], "tracker.ui.test", "0.0.0.0").await;
     answers(&r, &[p], "tracker.ui.test", "0.0.0.0").await;

@@ -10,7 +10,7 @@ mod sources;
 use moat_plugin_abi::{DataHeader, ORIGIN_CAPACITY, TABLES, Table, name_hash, packed_len};
 
 pub(crate) use link::{LinkError, with_data_segment};
-pub(crate) use parse::Rule;
+use parse::{Action, Rule, Scope};
 pub use sources::source_dirs;
 pub(crate) use sources::{
     SourceError, SourceReport, SourceStatus, record_compiled, record_download, source_status,
@@ -52,11 +52,7 @@ pub fn compile_policy(policy: &Policy, data: &DataDir) -> Result<CompiledPolicy,
     for source in &policy.blocklists {
         let origin = rules.origin(&source.source.to_string());
         let report = sources::load(source, data, &mut |rule, name| {
-            let table = match rule {
-                Rule::Block => Table::BlockSuffix,
-                Rule::Allow => Table::AllowSuffix,
-            };
-            rules.insert(table, name.as_bytes(), origin);
+            rules.insert(table_of(rule), name.as_bytes(), origin);
         })?;
         reports.push(report);
     }
@@ -69,6 +65,18 @@ pub fn compile_policy(policy: &Policy, data: &DataDir) -> Result<CompiledPolicy,
         summary,
         sources: reports,
     })
+}
+
+/// The table a list rule goes into.
+fn table_of(rule: Rule) -> Table {
+    match (rule.action, rule.scope) {
+        (Action::Block, Scope::Exact) => Table::BlockExact,
+        (Action::Block, Scope::Subtree) => Table::BlockSuffix,
+        (Action::Block, Scope::Below) => Table::BlockBelow,
+        (Action::Allow, Scope::Exact) => Table::AllowExact,
+        (Action::Allow, Scope::Subtree) => Table::AllowSuffix,
+        (Action::Allow, Scope::Below) => Table::AllowBelow,
+    }
 }
 
 /// A digest of everything a compiled policy depends on: this build of the
@@ -238,12 +246,16 @@ impl BlocklistRules {
 }
 
 #[cfg(test)]
+mod syntax_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
     use crate::policy::{Decision, Policy, PolicyEngine, Question, WasmPolicy};
 
-    /// A million-domain hosts file compiles, loads, and decides correctly.
+    /// A million-domain hosts file compiles, loads, and decides correctly:
+    /// each name exactly, as hosts lines mean.
     #[test]
     fn a_million_domains() {
         let root = std::env::temp_dir().join(format!("moat-million-{}", std::process::id()));
@@ -266,7 +278,7 @@ mod tests {
         let compiled = compile_policy(&config.policy, &data).unwrap();
         let took = crate::clock::now() - started;
         assert_eq!(
-            compiled.summary.entries[Table::BlockSuffix as usize],
+            compiled.summary.entries[Table::BlockExact as usize],
             1_000_000
         );
         let bytes_per_domain = compiled.blocklist.len() as f64 / 1e6;
@@ -288,8 +300,13 @@ mod tests {
             Decision::Block
         );
         assert_eq!(
-            ask(&format!("x.d12345.tracker{}.example", 12_345 % 977)),
+            ask(&format!("d12345.tracker{}.example", 12_345 % 977)),
             Decision::Block
+        );
+        assert_eq!(
+            ask(&format!("x.d12345.tracker{}.example", 12_345 % 977)),
+            Decision::NoOpinion,
+            "a hosts line does not cover the names below"
         );
         assert_eq!(ask("d12345.tracker1.example"), Decision::NoOpinion);
         assert_eq!(ask("d1000000.tracker0.example"), Decision::NoOpinion);

@@ -1,133 +1,568 @@
-//! Reading blocklist sources: hosts files, plain domain lists and
-//! Adblock-style DNS rules, detected per line. Lines that cannot be used
-//! are counted, never fatal.
+//! Reading blocklist sources in the four syntaxes AdGuard Home reads, with
+//! its meaning for each: hosts lines, plain domain lines, Adblock-style DNS
+//! rules and dnsmasq lines. Each line is read by its shape; a source's
+//! format is detected from the shapes of its lines, or configured, and then
+//! lines of a shape the format does not take are rejected. Lines that
+//! cannot be used are counted by reason, with the first such line; never
+//! fatal, never dropped unsaid.
 
-/// A rule a list gives; each covers the name and everything below it.
+use std::net::IpAddr;
+
+use crate::config::{ListFormat, ListMatch};
+
+/// A rule a list gives: what it does, to which names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Rule {
-    /// Block the name.
+pub(crate) struct Rule {
+    /// Block, or except from blocking.
+    pub action: Action,
+    /// The names it covers.
+    pub scope: Scope,
+}
+
+/// What a list rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Block the names.
     Block,
-    /// An exception (`@@||name^`).
+    /// An exception (`@@`): never block the names.
     Allow,
 }
 
-/// What one source contributed, counted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct ParsedList {
-    /// Block rules.
+/// Which names a rule covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The name only (hosts lines, domain lines, `|name^`).
+    Exact,
+    /// The name and every name below it (`||name^`, dnsmasq `/name/`).
+    Subtree,
+    /// The names below the name, not the name (`*.name`).
+    Below,
+}
+
+/// What one source contributed, counted. Serialized into the status the
+/// control API shows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ListCounts {
+    /// The syntax its lines were read in.
+    pub format: ListFormat,
+    /// Block rules taken.
     pub blocked: usize,
-    /// Exception rules.
+    /// Exception rules taken.
     pub allowed: usize,
-    /// Lines that were neither rules nor comments.
+    /// Lines (or, on a hosts line, names) that are not valid rules.
     pub rejected: usize,
-    /// Adblock rules ignored for their modifier (`$badfilter`).
-    pub ignored_modifiers: usize,
-    /// Comment and blank lines.
-    pub comments: usize,
+    /// Valid rules Moat does not apply (yet).
+    pub unsupported: usize,
+    /// Why lines were rejected or not applied: one entry per reason.
+    pub notes: Vec<LineNote>,
+}
+
+/// Lines left out for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct LineNote {
+    /// Rejected (invalid) or unsupported.
+    pub kind: NoteKind,
+    /// Why, for people.
+    pub reason: String,
+    /// How many lines.
+    pub count: usize,
+    /// The first such line's number, from 1.
+    pub line: usize,
+    /// The first such line (cut to [`EXAMPLE_LEN`] bytes).
+    pub example: String,
+}
+
+/// Whether a line was wrong or only beyond what Moat applies.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum NoteKind {
+    /// Not a valid rule.
+    Rejected,
+    /// A valid rule Moat does not apply.
+    Unsupported,
+}
+
+/// Why a line is not a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Invalid {
+    #[error("longer than {MAX_LINE} bytes")]
+    TooLong,
+    #[error("not a domain name")]
+    BadName,
+    #[error("a hosts line without names")]
+    NoNames,
+    #[error("not a rule")]
+    NotARule,
+    #[error("a dnsmasq line without /names/")]
+    BadDnsmasq,
+    #[error("not a {0} line (the source is `format = \"{0}\"`)")]
+    OtherSyntax(ListFormat),
+}
+
+/// Why a valid rule is not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Unsupported {
+    #[error("modifier ${0} (not yet supported)")]
+    Modifier(&'static str),
+    #[error("unknown modifier (the rule is ignored, as AdGuard Home does)")]
+    UnknownModifier,
+    #[error("regex rule (not yet supported)")]
+    Regex,
+    #[error("rewrite to an address (not yet supported)")]
+    Rewrite,
+    #[error("answer-IP rule (not yet supported)")]
+    AnswerIp,
+    #[error("forwarding (server=), not blocking")]
+    Forwarding,
+    #[error("browser-only rule (cosmetic or URL path)")]
+    NotDns,
+    #[error("wildcard pattern (not yet supported)")]
+    Wildcard,
+    #[error("local host name (never blocked)")]
+    LocalHost,
+    #[error("other dnsmasq option")]
+    DnsmasqOption,
+}
+
+/// What a line gives, one item per name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Rule(Rule, String),
+    Rejected(Invalid),
+    Unsupported(Unsupported),
 }
 
 /// Longest line considered; longer ones are rejected unread.
 const MAX_LINE: usize = 4096;
 
+/// Longest example line a note keeps.
+pub(crate) const EXAMPLE_LEN: usize = 200;
+
+/// Lines looked at to detect a source's format.
+const DETECT_LINES: usize = 1000;
+
+/// Adblock modifiers AdGuard Home knows whose meaning Moat does not apply.
+const UNSUPPORTED_MODIFIERS: [&str; 6] = [
+    "badfilter",
+    "client",
+    "ctag",
+    "denyallow",
+    "dnsrewrite",
+    "dnstype",
+];
+
 /// Parses a whole source, handing each rule to `visit` as it is read (a
-/// million-name list never exists as a million strings).
-pub(crate) fn parse_list(text: &str, visit: &mut dyn FnMut(Rule, &str)) -> ParsedList {
-    let mut list = ParsedList::default();
+/// million-name list never exists as a million strings). `format` and
+/// `matching` are the source's overrides.
+pub(crate) fn parse_list(
+    text: &str,
+    format: Option<ListFormat>,
+    matching: Option<ListMatch>,
+    visit: &mut dyn FnMut(Rule, &str),
+) -> ListCounts {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut emit = |rule: Rule, name: &str, list: &mut ParsedList| {
-        match rule {
-            Rule::Block => list.blocked += 1,
-            Rule::Allow => list.allowed += 1,
+    let detected = format.unwrap_or_else(|| detect(text));
+    let mut tally = Tally::new(detected);
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim_end_matches('\r').trim();
+        if is_comment(line) {
+            continue;
         }
-        visit(rule, name);
-    };
-    for line in text.lines() {
-        parse_line(line.trim_end_matches('\r').trim(), &mut list, &mut emit);
+        read_line(line, format, &mut |outcome| match outcome {
+            Outcome::Rule(rule, name) => {
+                let rule = overridden(rule, matching);
+                tally.rule(rule.action);
+                visit(rule, &name);
+            }
+            Outcome::Rejected(why) => tally.note(Why::Invalid(why), index + 1, line),
+            Outcome::Unsupported(why) => tally.note(Why::Unsupported(why), index + 1, line),
+        });
     }
-    list
+    tally.finish()
 }
 
-type Emit<'a> = dyn FnMut(Rule, &str, &mut ParsedList) + 'a;
+fn is_comment(line: &str) -> bool {
+    line.is_empty() || line.starts_with('#') || line.starts_with('!') || line.starts_with('[')
+}
 
-fn parse_line(line: &str, list: &mut ParsedList, emit: &mut Emit<'_>) {
-    if line.is_empty() || line.starts_with('#') || line.starts_with('!') || line.starts_with('[') {
-        list.comments += 1;
-        return;
+/// The scope a source's `match` gives a rule; `*.name` rules keep theirs.
+fn overridden(rule: Rule, matching: Option<ListMatch>) -> Rule {
+    let scope = match (rule.scope, matching) {
+        (Scope::Below, _) | (_, None) => rule.scope,
+        (_, Some(ListMatch::Exact)) => Scope::Exact,
+        (_, Some(ListMatch::Subtree)) => Scope::Subtree,
+    };
+    Rule { scope, ..rule }
+}
+
+/// Why a line was left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Invalid(Invalid),
+    Unsupported(Unsupported),
+}
+
+/// Counts as they are read, with a note per reason: the reasons are a
+/// closed set, so however long the list, this stays small.
+struct Tally {
+    counts: ListCounts,
+    reasons: Vec<Why>,
+}
+
+impl Tally {
+    fn new(format: ListFormat) -> Self {
+        Self {
+            counts: ListCounts {
+                format,
+                blocked: 0,
+                allowed: 0,
+                rejected: 0,
+                unsupported: 0,
+                notes: Vec::new(),
+            },
+            reasons: Vec::new(),
+        }
     }
+
+    fn rule(&mut self, action: Action) {
+        match action {
+            Action::Block => self.counts.blocked += 1,
+            Action::Allow => self.counts.allowed += 1,
+        }
+    }
+
+    fn note(&mut self, why: Why, line: usize, text: &str) {
+        let kind = match why {
+            Why::Invalid(_) => {
+                self.counts.rejected += 1;
+                NoteKind::Rejected
+            }
+            Why::Unsupported(_) => {
+                self.counts.unsupported += 1;
+                NoteKind::Unsupported
+            }
+        };
+        match self.reasons.iter().position(|seen| *seen == why) {
+            Some(at) => self.counts.notes[at].count += 1,
+            None => {
+                self.reasons.push(why);
+                self.counts.notes.push(LineNote {
+                    kind,
+                    reason: match why {
+                        Why::Invalid(invalid) => invalid.to_string(),
+                        Why::Unsupported(unsupported) => unsupported.to_string(),
+                    },
+                    count: 1,
+                    line,
+                    example: cut(text, EXAMPLE_LEN).to_owned(),
+                });
+            }
+        }
+    }
+
+    fn finish(self) -> ListCounts {
+        self.counts
+    }
+}
+
+/// `text` cut to at most `len` bytes, on a character boundary.
+fn cut(text: &str, len: usize) -> &str {
+    let mut end = text.len().min(len);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The syntax a line is written in, by its look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Hosts,
+    Domain,
+    Adblock,
+    Dnsmasq,
+}
+
+fn shape(line: &str) -> Shape {
+    let first = line.split_whitespace().next().unwrap_or("");
+    if is_dnsmasq_option(line) {
+        Shape::Dnsmasq
+    } else if line.starts_with("||")
+        || line.starts_with('|')
+        || line.starts_with("@@")
+        || line.starts_with('/')
+        || line.starts_with("*.")
+        || line.contains(['^', '$'])
+        || line.contains("##")
+    {
+        Shape::Adblock
+    } else if first.parse::<IpAddr>().is_ok() && first.len() < line.len() {
+        Shape::Hosts
+    } else {
+        Shape::Domain
+    }
+}
+
+/// `key=value` with a lower-case key: how every dnsmasq option is written.
+fn is_dnsmasq_option(line: &str) -> bool {
+    line.split_once('=').is_some_and(|(key, _)| {
+        !key.is_empty()
+            && key
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte == b'-')
+    })
+}
+
+/// The format most of the first lines are written in.
+fn detect(text: &str) -> ListFormat {
+    let mut votes = [0usize; 4];
+    let lines = text.lines().map(str::trim).filter(|line| !is_comment(line));
+    for line in lines.take(DETECT_LINES) {
+        votes[shape(line) as usize] += 1;
+    }
+    // Ties go to the format that reads the most shapes.
+    [
+        (Shape::Adblock, ListFormat::Adblock),
+        (Shape::Domain, ListFormat::Domains),
+        (Shape::Hosts, ListFormat::Hosts),
+        (Shape::Dnsmasq, ListFormat::Dnsmasq),
+    ]
+    .into_iter()
+    .rev()
+    .max_by_key(|(shape, _)| votes[*shape as usize])
+    .map_or(ListFormat::Domains, |(_, format)| format)
+}
+
+/// Whether a source configured as `format` takes lines of `shape`. As in
+/// AdGuard Home, Adblock-style lists take hosts and domain lines too, and a
+/// domain list's line that is not a name is read as an Adblock rule.
+fn takes(format: ListFormat, shape: Shape) -> bool {
+    match format {
+        ListFormat::Hosts => shape == Shape::Hosts,
+        ListFormat::Domains => matches!(shape, Shape::Domain | Shape::Adblock),
+        ListFormat::Adblock => shape != Shape::Dnsmasq,
+        ListFormat::Dnsmasq => shape == Shape::Dnsmasq,
+    }
+}
+
+fn read_line(line: &str, format: Option<ListFormat>, emit: &mut dyn FnMut(Outcome)) {
     if line.len() > MAX_LINE {
-        list.rejected += 1;
-        return;
+        return emit(Outcome::Rejected(Invalid::TooLong));
     }
-    let (exception, rule) = match line.strip_prefix("@@") {
-        Some(rule) => (true, rule),
-        None => (false, line),
-    };
-    if exception || rule.starts_with("||") || rule.starts_with("*.") || rule.contains(['^', '$']) {
-        match (adblock_rule(rule), exception) {
-            (AdblockRule::Name(name), true) => emit(Rule::Allow, &name, list),
-            (AdblockRule::Name(name), false) => emit(Rule::Block, &name, list),
-            (AdblockRule::Ignored, _) => list.ignored_modifiers += 1,
-            (AdblockRule::Unusable, _) => list.rejected += 1,
+    let shape = shape(line);
+    match format {
+        Some(format) if !takes(format, shape) => {
+            emit(Outcome::Rejected(Invalid::OtherSyntax(format)));
         }
-        return;
+        _ => match shape {
+            Shape::Hosts => hosts_line(line, emit),
+            Shape::Domain => emit(domain_line(line)),
+            Shape::Adblock => emit(adblock_rule(line)),
+            Shape::Dnsmasq => dnsmasq_line(line, emit),
+        },
     }
-    let line = line.split('#').next().unwrap_or("").trim();
+}
+
+/// `ADDRESS NAME... [# comment]`: each name exactly. A null or loopback
+/// address blocks; any other answers that address (a rewrite).
+fn hosts_line(line: &str, emit: &mut dyn FnMut(Outcome)) {
+    let line = line.split('#').next().unwrap_or("");
     let mut fields = line.split_whitespace();
-    let first = fields.next().unwrap_or("");
-    if first.parse::<std::net::IpAddr>().is_ok() {
-        let mut names = 0;
-        for name in fields {
-            names += 1;
-            if is_local_alias(&name.to_ascii_lowercase()) {
-                continue;
-            }
-            match normalize(name) {
-                Some(name) => emit(Rule::Block, &name, list),
-                None => list.rejected += 1,
-            }
-        }
-        if names == 0 {
-            list.rejected += 1;
-        }
-        return;
-    }
-    match (normalize(first), fields.next()) {
-        (Some(name), None) => emit(Rule::Block, &name, list),
-        _ => list.rejected += 1,
-    }
-}
-
-enum AdblockRule {
-    Name(String),
-    /// A rule whose modifier Moat does not apply (`$badfilter`).
-    Ignored,
-    Unusable,
-}
-
-/// Reads an Adblock DNS rule `||name^` or `*.name`. Modifiers such as
-/// `$important` are dropped (the rule applies as a plain block);
-/// `$badfilter` rules are ignored; cosmetic and path rules are unusable.
-fn adblock_rule(rule: &str) -> AdblockRule {
-    let rule = match rule.split_once('$') {
-        Some((_, modifiers))
-            if modifiers
-                .split(',')
-                .any(|modifier| modifier.trim() == "badfilter") =>
-        {
-            return AdblockRule::Ignored;
-        }
-        Some((rule, _)) => rule,
-        None => rule,
+    let Some(Ok(address)) = fields.next().map(str::parse::<IpAddr>) else {
+        return emit(Outcome::Rejected(Invalid::NotARule));
     };
-    let rule = rule
-        .strip_prefix("||")
-        .or_else(|| rule.strip_prefix("*."))
-        .unwrap_or(rule);
-    let rule = rule.strip_suffix('^').unwrap_or(rule);
-    if rule.contains(['/', '*', '^', '|', '#']) {
-        return AdblockRule::Unusable;
+    let mut names = 0;
+    for name in fields {
+        names += 1;
+        if is_local_alias(&name.to_ascii_lowercase()) {
+            emit(Outcome::Unsupported(Unsupported::LocalHost));
+            continue;
+        }
+        emit(match listed_name(name) {
+            Err(outcome) => outcome,
+            Ok(name) if is_blocking(address) => Outcome::Rule(block(Scope::Exact), name),
+            Ok(_) => Outcome::Unsupported(Unsupported::Rewrite),
+        });
     }
-    normalize(rule).map_or(AdblockRule::Unusable, AdblockRule::Name)
+    if names == 0 {
+        emit(Outcome::Rejected(Invalid::NoNames));
+    }
+}
+
+/// One name, exactly (AdGuard Home: "blocks the domain but not its
+/// subdomains"); a line that is no name is read as an Adblock rule.
+fn domain_line(line: &str) -> Outcome {
+    let line = strip_inline_comment(line);
+    if line.split_whitespace().nth(1).is_some() {
+        return Outcome::Rejected(Invalid::NotARule);
+    }
+    match listed_name(line) {
+        Ok(name) => Outcome::Rule(block(Scope::Exact), name),
+        Err(Outcome::Rejected(Invalid::BadName)) => adblock_rule(line),
+        Err(other) => other,
+    }
+}
+
+/// Text before a `#` or `!` that follows white space.
+fn strip_inline_comment(line: &str) -> &str {
+    let mut end = line.len();
+    for (at, _) in line.match_indices([' ', '\t']) {
+        if line[at..].trim_start().starts_with(['#', '!']) {
+            end = at;
+            break;
+        }
+    }
+    line[..end].trim()
+}
+
+/// An Adblock-style DNS rule: `[@@]pattern[$modifiers]`. `||name^` covers
+/// the name and below, `|name^` and a bare `name` the name only, `*.name`
+/// the names below; a bare `name^` is taken as `||name^`. A rule with a
+/// modifier Moat does not apply is left out, as AdGuard Home leaves out
+/// rules with modifiers it does not know; `$important` is taken (without
+/// its priority over exceptions).
+fn adblock_rule(line: &str) -> Outcome {
+    let rule = strip_inline_comment(line);
+    let (action, rule) = match rule.strip_prefix("@@") {
+        Some(rule) => (Action::Allow, rule),
+        None => (Action::Block, rule),
+    };
+    if rule.len() > 1 && rule.starts_with('/') && (rule.ends_with('/') || rule.contains("/$")) {
+        return Outcome::Unsupported(Unsupported::Regex);
+    }
+    let (pattern, modifiers) = match rule.split_once('$') {
+        Some((pattern, modifiers)) => (pattern, Some(modifiers)),
+        None => (rule, None),
+    };
+    if let Some(why) = modifiers.and_then(unsupported_modifier) {
+        return Outcome::Unsupported(why);
+    }
+    if pattern.contains('#') || pattern.contains('/') {
+        return Outcome::Unsupported(Unsupported::NotDns);
+    }
+    let Some((scope, name)) =
+        anchored(pattern).filter(|(_, name)| !name.is_empty() && !name.contains(['*', '|', '^']))
+    else {
+        return Outcome::Unsupported(Unsupported::Wildcard);
+    };
+    match listed_name(name) {
+        Ok(name) => Outcome::Rule(Rule { action, scope }, name),
+        Err(outcome) => outcome,
+    }
+}
+
+/// The scope a pattern's anchors give, and the name between them; `None`
+/// for a pattern that matches part of a name (`|ads`).
+fn anchored(pattern: &str) -> Option<(Scope, &str)> {
+    let end_anchored = pattern.ends_with(['^', '|']);
+    let (scope, rest) = if let Some(rest) = pattern.strip_prefix("||") {
+        (Scope::Subtree, rest)
+    } else if let Some(rest) = pattern.strip_prefix('|') {
+        (end_anchored.then_some(Scope::Exact)?, rest)
+    } else if end_anchored {
+        (Scope::Subtree, pattern)
+    } else {
+        (Scope::Exact, pattern)
+    };
+    let (scope, rest) = match rest.strip_prefix("*.") {
+        Some(below) => (Scope::Below, below),
+        None => (scope, rest),
+    };
+    let name = rest.strip_suffix('|').unwrap_or(rest);
+    Some((scope, name.strip_suffix('^').unwrap_or(name)))
+}
+
+/// The first modifier that keeps a rule out, if any.
+fn unsupported_modifier(modifiers: &str) -> Option<Unsupported> {
+    modifiers.split(',').find_map(|modifier| {
+        let name = modifier.split('=').next().unwrap_or("").trim();
+        let name = name.strip_prefix('~').unwrap_or(name);
+        match UNSUPPORTED_MODIFIERS.iter().find(|known| **known == name) {
+            Some(known) => Some(Unsupported::Modifier(known)),
+            None if name == "important" => None,
+            None => Some(Unsupported::UnknownModifier),
+        }
+    })
+}
+
+/// A dnsmasq line: `address=/name/.../[ADDRESS|#]`, `local=/name/.../`,
+/// `server=/name/.../[SERVER]`. Each name covers its subtree; no address,
+/// `#`, or a null or loopback address block (NXDOMAIN); another address is
+/// a rewrite; `server=` with a server forwards.
+fn dnsmasq_line(line: &str, emit: &mut dyn FnMut(Outcome)) {
+    let (key, value) = line.split_once('=').unwrap_or((line, ""));
+    if !matches!(key, "address" | "local" | "server") {
+        return emit(Outcome::Unsupported(Unsupported::DnsmasqOption));
+    }
+    if key == "server" && !value.starts_with('/') {
+        return emit(Outcome::Unsupported(Unsupported::Forwarding));
+    }
+    let Some((names, target)) = value.strip_prefix('/').and_then(|v| v.rsplit_once('/')) else {
+        return emit(Outcome::Rejected(Invalid::BadDnsmasq));
+    };
+    let target = target.trim();
+    let meaning = match (key, target) {
+        (_, "") | ("address", "#") => Ok(()),
+        ("address", address) => match address.parse::<IpAddr>() {
+            Ok(address) if is_blocking(address) => Ok(()),
+            Ok(_) => Err(Outcome::Unsupported(Unsupported::Rewrite)),
+            Err(_) => Err(Outcome::Rejected(Invalid::BadDnsmasq)),
+        },
+        ("server", _) => Err(Outcome::Unsupported(Unsupported::Forwarding)),
+        _ => Err(Outcome::Rejected(Invalid::BadDnsmasq)),
+    };
+    let names = names.split('/').filter(|name| !name.is_empty());
+    let mut any = false;
+    for name in names {
+        any = true;
+        emit(match (&meaning, name) {
+            (Err(outcome), _) => outcome.clone(),
+            (Ok(()), "#") => Outcome::Unsupported(Unsupported::Wildcard),
+            (Ok(()), name) => match listed_name(name) {
+                Ok(name) => Outcome::Rule(block(Scope::Subtree), name),
+                Err(outcome) => outcome,
+            },
+        });
+    }
+    if !any {
+        emit(Outcome::Rejected(Invalid::BadDnsmasq));
+    }
+}
+
+const fn block(scope: Scope) -> Rule {
+    Rule {
+        action: Action::Block,
+        scope,
+    }
+}
+
+/// A name as a rule lists it: normalized, or why it is not one (an
+/// address in a name's place is an answer-IP rule).
+fn listed_name(name: &str) -> Result<String, Outcome> {
+    if is_address(name) {
+        return Err(Outcome::Unsupported(Unsupported::AnswerIp));
+    }
+    normalize(name).ok_or(Outcome::Rejected(Invalid::BadName))
+}
+
+/// An IP address, a CIDR prefix, or the start of an IPv4 address
+/// (`||192.168.^`).
+fn is_address(text: &str) -> bool {
+    let address = text.split_once('/').map_or(text, |(address, _)| address);
+    address.parse::<IpAddr>().is_ok()
+        || (!address.is_empty()
+            && address.contains('.')
+            && address
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || byte == b'.'))
+}
+
+/// Addresses that mean "block" in a hosts or dnsmasq line: unspecified
+/// (`0.0.0.0`, `::`) and loopback (`127.0.0.1` and alike, `::1`).
+fn is_blocking(address: IpAddr) -> bool {
+    address.is_unspecified() || address.is_loopback()
 }
 
 /// Lower-cases and checks a name; an internationalized name becomes its
@@ -167,60 +602,4 @@ fn is_local_alias(name: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn collect(text: &str) -> (ParsedList, Vec<String>, Vec<String>) {
-        let (mut block, mut allow) = (Vec::new(), Vec::new());
-        let list = parse_list(text, &mut |rule, name| match rule {
-            Rule::Block => block.push(name.to_owned()),
-            Rule::Allow => allow.push(name.to_owned()),
-        });
-        (list, block, allow)
-    }
-
-    #[test]
-    fn hosts_domains_and_adblock_lines() {
-        let text = "\u{feff}# comment\r\n0.0.0.0 ads.example tracker.example\r\n127.0.0.1 localhost\n\
-                    ::1 ip6-localhost\nplain.example\n||adblock.example^\n@@||good.adblock.example^\n\
-                    ||important.example^$important\n||gone.example^$badfilter\n*.wild.example\n\
-                    ! adblock comment\n\nexample.com/path\nnot a domain line\n0.0.0.0\nxn--bcher-kva.example\n";
-        let (list, block, allow) = collect(text);
-        assert_eq!(
-            block,
-            [
-                "ads.example",
-                "tracker.example",
-                "plain.example",
-                "adblock.example",
-                "important.example",
-                "wild.example",
-                "xn--bcher-kva.example"
-            ]
-        );
-        assert_eq!(allow, ["good.adblock.example"]);
-        assert_eq!((list.blocked, list.allowed), (7, 1));
-        assert_eq!(list.ignored_modifiers, 1, "the $badfilter rule");
-        assert_eq!(list.rejected, 3, "path rule, sentence, bare address");
-        assert_eq!(list.comments, 3);
-    }
-
-    #[test]
-    fn idn_names_become_punycode_and_long_lines_are_rejected() {
-        let long = format!("{}.example", "a".repeat(5000));
-        let text = format!(
-            "Bücher.example\n0.0.0.0 münchen.de\n||xn--caf-dma.example^\n{long}\nbad\u{0}name.example\nok.example\n"
-        );
-        let (list, block, _) = collect(&text);
-        assert_eq!(
-            block,
-            [
-                "xn--bcher-kva.example",
-                "xn--mnchen-3ya.de",
-                "xn--caf-dma.example",
-                "ok.example"
-            ]
-        );
-        assert_eq!(list.rejected, 2, "the long line and the control character");
-    }
-}
+mod tests;

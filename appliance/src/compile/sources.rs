@@ -9,21 +9,16 @@ use std::path::{Component, Path, PathBuf};
 use crate::config::{BlocklistSource, Config, SourceLocation};
 use crate::store::{Access, DataDir, StoreError};
 
-use super::parse::{Rule, parse_list};
+use super::parse::{ListCounts, Rule, parse_list};
 
 /// What one source gave, for the summary.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SourceReport {
     /// The source as configured.
     pub source: String,
-    /// Names it blocks.
-    pub blocked: usize,
-    /// Exceptions it lists.
-    pub allowed: usize,
-    /// Lines it could not use.
-    pub rejected: usize,
-    /// Lines ignored for their modifier.
-    pub ignored: usize,
+    /// Its format and what its lines gave.
+    #[serde(flatten)]
+    pub lines: ListCounts,
     /// Set when the source could not be read and its last good copy was used.
     pub stale: Option<String>,
 }
@@ -80,13 +75,15 @@ pub(super) fn load(
             _ => (Vec::new(), Some("not downloaded yet".to_owned())),
         },
     };
-    let list = parse_list(&String::from_utf8_lossy(&text), visit);
+    let lines = parse_list(
+        &String::from_utf8_lossy(&text),
+        source.format,
+        source.matching,
+        visit,
+    );
     let report = SourceReport {
         source: name,
-        blocked: list.blocked,
-        allowed: list.allowed,
-        rejected: list.rejected,
-        ignored: list.ignored_modifiers,
+        lines,
         stale,
     };
     Ok(report)
@@ -214,6 +211,10 @@ pub struct SourceStatus {
     pub source: String,
     /// Names it blocked at the last compile.
     pub domains: Option<usize>,
+    /// Its format and what its lines gave at the last compile: rules
+    /// taken, lines rejected and unsupported, by reason.
+    #[serde(default)]
+    pub lines: Option<ListCounts>,
     /// When it was last compiled, Unix seconds.
     pub compiled_unix: Option<u64>,
     /// When a download last succeeded, Unix seconds (URL sources).
@@ -242,7 +243,8 @@ pub(crate) fn record_compiled(data: &DataDir, reports: &[SourceReport], now_unix
         for report in reports {
             let status = book.entry(report.source.clone()).or_default();
             status.source.clone_from(&report.source);
-            status.domains = Some(report.blocked);
+            status.domains = Some(report.lines.blocked);
+            status.lines = Some(report.lines.clone());
             status.compiled_unix = Some(now_unix);
             status.error.clone_from(&report.stale);
         }
@@ -349,10 +351,12 @@ mod tests {
             .unwrap();
         let source = |path: PathBuf| BlocklistSource {
             source: SourceLocation::Path(path),
+            format: None,
+            matching: None,
             refresh: std::time::Duration::from_secs(60),
         };
         let good = load(&source(dir.join("lists/good.txt")), &data, &mut |_, _| {}).unwrap();
-        assert_eq!(good.blocked, 1);
+        assert_eq!(good.lines.blocked, 1);
         let copy = data.path(&copy_name(
             &dir.join("lists/good.txt").display().to_string(),
         ));

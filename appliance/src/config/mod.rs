@@ -23,6 +23,7 @@ pub(crate) use values::{
     BlockedResponse, BlocklistSource, ClientRange, FailMode, NameRule, Percent, SourceLocation,
     Strategy, Transport, UpstreamUrl, is_lan, masked,
 };
+pub(crate) use values::{ListFormat, ListMatch};
 
 /// The configuration Moat runs with when no `--config` is given.
 pub(crate) const DEFAULT_TOML: &str = include_str!("default.toml");

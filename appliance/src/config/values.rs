@@ -150,12 +150,19 @@ pub enum FailMode {
     Closed,
 }
 
-/// One blocklist source (hosts, domains or Adblock syntax).
+/// One blocklist source (hosts, domains, Adblock or dnsmasq syntax).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlocklistSource {
     /// A local path or an `http(s)://` URL.
     pub source: SourceLocation,
+    /// The syntax its lines are in; detected from them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ListFormat>,
+    /// Which names each of its rules covers, whatever its syntax says
+    /// (`*.name` rules keep covering only the names below).
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matching: Option<ListMatch>,
     /// How often a URL is downloaded again (local files are read at every
     /// start and reload).
     #[serde(
@@ -164,6 +171,41 @@ pub struct BlocklistSource {
         serialize_with = "serialize_duration"
     )]
     pub refresh: Duration,
+}
+
+/// The syntax of a blocklist source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListFormat {
+    /// `/etc/hosts` lines: an address, then names.
+    Hosts,
+    /// One name a line.
+    Domains,
+    /// Adblock-style DNS rules (`||name^`, `@@||name^`), as AdGuard Home reads them.
+    Adblock,
+    /// dnsmasq `address=`, `local=` and `server=` lines.
+    Dnsmasq,
+}
+
+impl fmt::Display for ListFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Hosts => "hosts",
+            Self::Domains => "domains",
+            Self::Adblock => "adblock",
+            Self::Dnsmasq => "dnsmasq",
+        })
+    }
+}
+
+/// Which names a source's rules cover, overriding its syntax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListMatch {
+    /// The name only.
+    Exact,
+    /// The name and every name below it.
+    Subtree,
 }
 
 fn default_refresh() -> Duration {

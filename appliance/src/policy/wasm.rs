@@ -464,7 +464,7 @@ mod tests {
         (compiled, paths)
     }
 
-    const LIST: &str = "0.0.0.0 ads.example\n||tracker.example^\n@@||ok.tracker.example^\n";
+    const LIST: &str = "||ads.example^\n||tracker.example^\n@@||ok.tracker.example^\n";
 
     fn compiled(policy_toml: &str) -> Vec<u8> {
         compiled_with(policy_toml, &[LIST]).0.blocklist
@@ -578,8 +578,8 @@ mod tests {
     #[test]
     fn the_blocklist_names_the_first_source_that_lists_a_name() {
         let lists = [
-            "0.0.0.0 one.example\n0.0.0.0 shared.example\n",
-            "0.0.0.0 two.example\n0.0.0.0 shared.example\n",
+            "0.0.0.0 one.example\n||shared.example^\n",
+            "0.0.0.0 two.example\n||shared.example^\n",
             "0.0.0.0 three.example\n",
         ];
         let (compiled, paths) = compiled_with("", &lists);

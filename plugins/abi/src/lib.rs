@@ -97,12 +97,16 @@ pub enum RuleKind {
     AllowSuffix = 3,
     /// A blocked name.
     BlockExact = 4,
-    /// A list entry: the name and everything below it.
+    /// A list entry for the name and everything below it.
     BlockSuffix = 5,
     /// A local record's name.
     LocalName = 6,
     /// A local record's `*.suffix`.
     LocalWildcard = 7,
+    /// A list's exception for the names below a name (`@@*.name`).
+    AllowBelow = 8,
+    /// A list entry for the names below a name, not the name (`*.name`).
+    BlockBelow = 9,
 }
 
 impl RuleKind {
@@ -117,6 +121,8 @@ impl RuleKind {
             5 => Self::BlockSuffix,
             6 => Self::LocalName,
             7 => Self::LocalWildcard,
+            8 => Self::AllowBelow,
+            9 => Self::BlockBelow,
             _ => return None,
         })
     }
@@ -130,6 +136,8 @@ impl RuleKind {
             Table::AllowSuffix => Self::AllowSuffix,
             Table::BlockExact => Self::BlockExact,
             Table::BlockSuffix => Self::BlockSuffix,
+            Table::AllowBelow => Self::AllowBelow,
+            Table::BlockBelow => Self::BlockBelow,
         }
     }
 
@@ -137,7 +145,12 @@ impl RuleKind {
     pub fn is_suffix(self) -> bool {
         matches!(
             self,
-            Self::DenySuffix | Self::AllowSuffix | Self::BlockSuffix | Self::LocalWildcard
+            Self::DenySuffix
+                | Self::AllowSuffix
+                | Self::BlockSuffix
+                | Self::LocalWildcard
+                | Self::AllowBelow
+                | Self::BlockBelow
         )
     }
 }
@@ -219,9 +232,12 @@ pub const RECORDS_INDEX_ENTRY: usize = 16;
 pub const TYPE_CNAME: u16 = 5;
 
 /// Magic at the start of blocklist data.
-pub const BLOCKLIST_MAGIC: [u8; 8] = *b"MOATBL02";
+pub const BLOCKLIST_MAGIC: [u8; 8] = *b"MOATBL03";
 
-/// The rule tables of a blocklist, in order of precedence.
+/// The rule tables of a blocklist. Deny tables win over allow tables,
+/// allow tables over block tables. An exact table matches the name only,
+/// a suffix table the name and every name below it, a below table only
+/// the names below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Table {
@@ -237,10 +253,14 @@ pub enum Table {
     BlockExact = 4,
     /// Blocklist suffixes: the name and everything below it.
     BlockSuffix = 5,
+    /// List exceptions for the names below a name.
+    AllowBelow = 6,
+    /// Blocklist entries for the names below a name.
+    BlockBelow = 7,
 }
 
 /// Number of tables.
-pub const TABLES: usize = 6;
+pub const TABLES: usize = 8;
 
 /// Layout of blocklist data at [`DATA_BASE`]: the magic, then per table the
 /// number of entries (u32 LE), then the tables one after the other, each a

@@ -1,6 +1,8 @@
 //! The blocklist plugin. Its data (added by Moat's policy compiler at
-//! `DATA_BASE`) holds six sorted tables of name hashes; a decision walks the
-//! name's suffixes once, from the right, and binary-searches the tables.
+//! `DATA_BASE`) holds sorted tables of name hashes (`Table`); a decision
+//! walks the name's suffixes once, from the right, and binary-searches the
+//! tables: the suffix tables at every label, the exact tables for the whole
+//! name, the below tables for every shorter suffix.
 //! Precedence: deny > allow > block. The same walk explains a decision:
 //! the deciding rule is the first deny match, else the first allow match,
 //! else the first block match, shortest suffix first.
@@ -108,9 +110,9 @@ impl Tables {
         None
     }
 
-    /// The suffix table's match for `hash`, else (for the whole name) the
-    /// exact table's.
-    fn matching(&self, [suffix, exact]: [Table; 2], hash: u64, start: usize) -> Option<Match> {
+    /// The suffix table's match for `hash`, else the exact table's (for the
+    /// whole name) or the below table's (for a suffix of it).
+    fn matching(&self, class: Class, hash: u64, start: usize) -> Option<Match> {
         let found = |table: Table| {
             self.find(table, hash).map(|entry| Match {
                 table,
@@ -118,7 +120,12 @@ impl Tables {
                 entry,
             })
         };
-        found(suffix).or_else(|| if start == 0 { found(exact) } else { None })
+        let narrower = if start == 0 {
+            Some(class.exact)
+        } else {
+            class.below
+        };
+        found(class.suffix).or_else(|| narrower.and_then(found))
     }
 
     /// Where entry `entry` of `table` came from.
@@ -133,6 +140,32 @@ impl Tables {
     }
 }
 
+/// The tables of one kind of rule.
+#[derive(Clone, Copy)]
+struct Class {
+    suffix: Table,
+    exact: Table,
+    below: Option<Table>,
+}
+
+const DENY: Class = Class {
+    suffix: Table::DenySuffix,
+    exact: Table::DenyExact,
+    below: None,
+};
+
+const ALLOW: Class = Class {
+    suffix: Table::AllowSuffix,
+    exact: Table::AllowExact,
+    below: Some(Table::AllowBelow),
+};
+
+const BLOCK: Class = Class {
+    suffix: Table::BlockSuffix,
+    exact: Table::BlockExact,
+    below: Some(Table::BlockBelow),
+};
+
 /// Walks the suffixes of `name` (`com`, `example.com`, `ads.example.com`)
 /// and returns the strongest match: deny, then allow, then block.
 fn decide(name: &[u8], tables: &Tables) -> (Verdict, Option<Match>) {
@@ -144,15 +177,15 @@ fn decide(name: &[u8], tables: &Tables) -> (Verdict, Option<Match>) {
         if !at_label_start {
             continue;
         }
-        let deny = tables.matching([Table::DenySuffix, Table::DenyExact], hash, index);
+        let deny = tables.matching(DENY, hash, index);
         if deny.is_some() {
             return (Verdict::Block, deny);
         }
         if allowed.is_none() {
-            allowed = tables.matching([Table::AllowSuffix, Table::AllowExact], hash, index);
+            allowed = tables.matching(ALLOW, hash, index);
         }
         if blocked.is_none() && allowed.is_none() {
-            blocked = tables.matching([Table::BlockSuffix, Table::BlockExact], hash, index);
+            blocked = tables.matching(BLOCK, hash, index);
         }
     }
     match (allowed, blocked) {

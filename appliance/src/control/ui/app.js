@@ -679,6 +679,18 @@
       const at = info.downloaded_unix || info.updated_unix || info.compiled_unix;
       return at ? ago(at * 1000) : "–";
     };
+    // What a source's lines gave: rules taken, and lines left out by reason.
+    const linesSummary = (info) => {
+      const l = info.lines;
+      if (!l) return { text: "–", title: "" };
+      const parts = [l.format];
+      if (l.allowed) parts.push(num(l.allowed) + " exceptions");
+      if (l.rejected) parts.push(num(l.rejected) + " rejected");
+      if (l.unsupported) parts.push(num(l.unsupported) + " unsupported");
+      const title = (l.notes || []).map((n) =>
+        n.kind + ": " + n.reason + " × " + n.count + " (first at line " + n.line + ": " + n.example + ")").join("\n");
+      return { text: parts.join(", "), title };
+    };
     // Blocklist sources, one row each.
     const listBody = h("tbody");
     const addList = (entry) => {
@@ -687,6 +699,7 @@
         h("td", {}, h("input.source", { value: entry.source || "", readonly: ro, "aria-label": "Source", placeholder: "path or URL" })),
         h("td", {}, h("input.refresh.short", { value: entry.refresh || "", readonly: ro, "aria-label": "Refresh", placeholder: "1day" })),
         h("td.num", { text: info.domains === null || info.domains === undefined ? "–" : num(info.domains) }),
+        h("td.lines", Object.assign({ test: "blocklist-lines" }, linesSummary(info))),
         h("td.nowrap", { text: updated(info) }),
         h("td", { class: info.error ? "bad" : "", text: info.error || "ok" }),
         editable ? h("td", {}, h("button.small.quiet", { type: "button", text: "Remove", onclick: () => row.remove() })) : null);
@@ -766,7 +779,7 @@
         h("section.card", { test: "blocklists" },
           h("h2", { text: "Blocklist sources" }),
           h("div.table-wrap", {}, h("table", { test: "blocklist-table" },
-            h("thead", {}, h("tr", {}, ["Source", "Refresh", "Domains", "Updated", "Status"].concat(editable ? [""] : []).map((t) => h("th", { text: t })))),
+            h("thead", {}, h("tr", {}, ["Source", "Refresh", "Domains", "Lines", "Updated", "Status"].concat(editable ? [""] : []).map((t) => h("th", { text: t })))),
             listBody)),
           editable ? h("button.small", { type: "button", test: "add-blocklist", text: "Add source", onclick: () => addList({ source: "", refresh: "1day" }) }) : null),
         h("div.grid2",
