@@ -463,7 +463,7 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
     // The fleet page: a pairing code, shown once, pairs the replica for real.
     browser.hash("#/fleet").await;
     browser.click("[data-test=pairing-code-button]").await;
-    let code = browser
+    let mut code = browser
         .text_until("[data-test=pairing-code]", "a code", |text| {
             text.len() == 9 && text.as_bytes()[4] == b'-'
         })
@@ -476,6 +476,15 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
         .unwrap();
     assert!(expiry.contains("expires"), "{expiry}");
     browser.screenshot("fleet-code-desktop").await;
+    let last = code.pop().unwrap();
+    let wrong = format!("{code}{}", if last == '0' { '1' } else { '0' });
+    code.push(last);
+    let refused = Command::new(binary())
+        .args(["join", &p.sync_addr().await.to_string(), &wrong, "--config"])
+        .arg(&r.config_path)
+        .output()
+        .expect("run moat join");
+    assert!(!refused.status.success(), "a wrong code does not pair");
     join(p, &r, &code).await;
 
     // Block a name through the policy page of the primary.
@@ -537,6 +546,13 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
             text.contains(REPLICA) && text.contains("active")
         })
         .await;
+    let failed = browser
+        .shows("[data-test=failed-pairings]", "127.0.0.1")
+        .await;
+    assert!(
+        failed.contains("Failed pairings"),
+        "the wrong code's attempt is listed with its address: {failed}"
+    );
     browser.screenshot("fleet-desktop").await;
 
     // Phone width: the dashboard and the fleet fit.

@@ -52,6 +52,30 @@ pub enum PluginError {
     Engine(String),
 }
 
+/// Compiles `wasm`, again when the kernel refused for a moment to seal the
+/// memfd that holds the module's memory image (`EBUSY` while its pages are
+/// pinned): a passing refusal, not a bad module.
+fn compile(engine: &wasmtime::Engine, wasm: &[u8]) -> wasmtime::Result<Module> {
+    let busy = |err: &wasmtime::Error| {
+        err.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ResourceBusy)
+        })
+    };
+    let mut tries = 1;
+    loop {
+        match Module::new(engine, wasm) {
+            Err(err) if tries < 4 && busy(&err) => {
+                tracing::debug!(error = %err, "module memory image busy; compiling again");
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            compiled => return compiled,
+        }
+    }
+}
+
 impl PluginError {
     fn invalid(err: wasmtime::Error) -> Self {
         Self::Invalid(format!("{err:#}"))
@@ -158,7 +182,7 @@ impl WasmPolicy {
     /// Compiles `wasm` on `engine` and checks it once, by instantiating it.
     pub fn new(engine: &PolicyEngine, wasm: &[u8]) -> Result<Arc<Self>, PluginError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let module = Module::new(&engine.engine, wasm).map_err(PluginError::invalid)?;
+        let module = compile(&engine.engine, wasm).map_err(PluginError::invalid)?;
         let data_end = data_end(&module);
         let pre = Linker::new(&engine.engine)
             .instantiate_pre(&module)

@@ -283,6 +283,9 @@
     const role = $("#role-badge");
     role.textContent = s.role;
     role.className = "badge role-" + s.role;
+    const safe = $("#safe-mode-badge");
+    safe.hidden = !s.safe_mode;
+    safe.title = s.safe_mode ? "Started in safe mode: saved settings ignored, serving the last good bundle (" + s.safe_mode + ")" : "";
     const pause = s.pause || { state: "blocking" };
     const state = $("#pause-state");
     state.className = "badge pause-" + pause.state;
@@ -533,6 +536,8 @@
       ["Policy faults", num(s.policy_faults)],
       ["Query log lost", num(s.query_log_lost)],
     ];
+    if (s.safe_mode) rows.unshift(["Safe mode", "saved settings ignored, serving the last good bundle: " + s.safe_mode]);
+    if (s.query_log_disk_limit) rows.push(["Query log stopped", s.query_log_disk_limit]);
     for (const u of s.upstreams || []) {
       rows.push(["Upstream " + (u.upstream || u.address || u.url || u.name || ""), upstreamHealth(u)]);
     }
@@ -864,15 +869,20 @@
       render(h("h1", { text: "Primary" }),
         h("section.card", { test: "primary-card" },
           h("p", {}, "This appliance is a replica of ", h("strong", { text: p.name || "its primary" }), ". Its policy is synced from there; pairing and the fleet are managed on the primary."),
+          p.revoked ? h("p.bad", { test: "revoked", text: "The primary has revoked this replica: it keeps serving its last bundle and asks again only hourly. Pair it again to rejoin." }) : null,
           h("dl.facts", {}, rows)));
       return;
     }
     async function load() {
       const replicas = await attempt(() => api("GET", "/api/v1/replicas"));
+      const status = await attempt(() => api("GET", "/api/v1/status"));
       if (!current(token) || !replicas) return;
-      const table = $("#replicas-card");
-      const fresh = replicasCard(replicas, load);
-      if (table) table.replaceWith(fresh); else view().append(fresh);
+      if (status) app.status = status;
+      for (const [id, fresh] of [["#failed-pairings-card", failedPairingsCard(app.status.failed_pairings || [])],
+        ["#replicas-card", replicasCard(replicas, load)]]) {
+        const shown = $(id);
+        if (shown) shown.replaceWith(fresh); else view().append(fresh);
+      }
     }
     const valid = h("select#pairing-valid", { "aria-label": "Code valid for", test: "pairing-valid" },
       [["5m", "5 min"], ["10m", "10 min"], ["30m", "30 min"], ["1h", "1 hour"]].map(([v, t]) => h("option", { value: v, text: t, selected: v === "10m" })));
@@ -895,6 +905,15 @@
         codeBox));
     await load();
     if (current(token)) app.refresh = setInterval(load, 10000);
+  }
+
+  function failedPairingsCard(failed) {
+    const rows = failed.slice().reverse().map((f) => [h("span.nowrap", { text: ago(f.unix_ms), title: time(f.unix_ms) }),
+      h("code", { text: f.from }), h("span", { text: f.reason })]);
+    return h("section#failed-pairings-card.card", { test: "failed-pairings", hidden: !failed.length },
+      h("h2", { text: "Failed pairings" }),
+      h("p.muted", { text: "Wrong codes burn the code after three tries. If these are not yours, a device on the network is guessing." }),
+      table(["When", "From", "Why"], rows, "failed-pairings", "failed-pairings-table"));
   }
 
   function replicasCard(replicas, reload) {
