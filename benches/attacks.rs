@@ -166,7 +166,7 @@ async fn quic(attempts_per_address: usize) -> Row {
 /// on a small `/data`; then a policy change must still save its bundle.
 async fn query_log_on_small_data(count: usize, rate: u32) -> Row {
     let upstream = TestUpstream::start().await;
-    let tuning = "[tuning.query_log]\nmemory_entries = 100000\nflush_interval = \"200ms\"\n";
+    let tuning = "[tuning.query_log]\nflush_interval = \"200ms\"\n";
     let mut moat = target_in(small_data_dir(72), &upstream, tuning).await;
     let (baseline, asks) = baseline(&moat).await;
     let name = long_name();

@@ -206,7 +206,7 @@ fn a_query_log_flood_on_a_small_data_stops_before_full_and_policy_still_saves() 
 #[ignore = "run by a_query_log_flood_on_a_small_data_stops_before_full_and_policy_still_saves inside a mount namespace of its own"]
 async fn query_log_flood_on_a_small_data_inner() {
     let upstream = TestUpstream::start().await;
-    let tuning = "[tuning.query_log]\nmemory_entries = 100000\nflush_interval = \"200ms\"\n";
+    let tuning = "[tuning.query_log]\nflush_interval = \"200ms\"\n";
     let moat = target_in(small_data_dir(SMALL_DATA_MIB), &upstream, tuning).await;
     let data = moat.dir.0.join("data");
     let asks = legit_asks(&moat).await;
