@@ -669,7 +669,9 @@ async fn replica_refuses_local_policy_changes() {
 async fn heartbeats_carry_replica_stats() {
     let primary = Primary::start("").await;
     let p = &primary.moat;
-    let (r, _r_upstream) = replica().await;
+    // Its own tuning limits it to 10 queries a minute over UDP.
+    let limit = "[tuning.server]\nrate_limit_queries = 10\nrate_limit_exempt = []\n";
+    let (r, _r_upstream) = replica_named(REPLICA, limit).await;
     pair(p, &r).await;
     let version = bundle_version(&status(p).await.unwrap()).unwrap();
     runs_version(&r, p, version).await;
@@ -678,13 +680,16 @@ async fn heartbeats_carry_replica_stats() {
         r.dns.a(&format!("q{index}.stats.test")).await;
     }
     eventually(
-        "primary shows the replica's 20 queries",
+        "primary shows the replica's 20 queries, 10 of them rate-limited",
         SYNC_LIMIT,
         &[p, &r],
         async || {
             let entry = replica_entry(p, REPLICA)?;
-            let queries = entry["stats"]["queries"].as_u64().unwrap_or(0);
-            if queries >= 20 && entry["stats_updated_unix_ms"].is_u64() {
+            let stat = |key: &str| entry["stats"][key].as_u64().unwrap_or(0);
+            if stat("queries") >= 20
+                && stat("limited") >= 10
+                && entry["stats_updated_unix_ms"].is_u64()
+            {
                 Ok(())
             } else {
                 Err(entry.to_string())

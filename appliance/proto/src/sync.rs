@@ -31,7 +31,8 @@ use crate::frame::Message;
 use crate::name::ApplianceName;
 
 /// Version of this protocol; a primary refuses a replica with another one.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: heartbeats carry the shed and rate-limited counters.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame body a replica accepts from its primary (bundles can be
 /// around 10 MB).
@@ -127,6 +128,10 @@ pub struct ReplicaStats {
     pub stale_served: u64,
     /// Failed upstream attempts.
     pub upstream_errors: u64,
+    /// Misses answered stale or SERVFAIL because too many were under way.
+    pub shed: u64,
+    /// Queries over their client's rate limit.
+    pub limited: u64,
     /// Entries in the cache (set by the shell).
     pub cache_entries: u64,
     /// Seconds the daemon has run (set by the shell).

@@ -299,6 +299,8 @@ impl From<&StatsSnapshot> for ReplicaStats {
             cache_misses: snapshot.cache_misses,
             stale_served: snapshot.stale_served,
             upstream_errors: snapshot.upstream_errors,
+            shed: snapshot.shed,
+            limited: snapshot.limited,
             cache_entries: 0,
             uptime_secs: 0,
         }
@@ -314,7 +316,7 @@ mod tests {
         let snapshot: StatsSnapshot = serde_json::from_value(serde_json::json!({
             "queries": 10, "by_type": [], "by_rcode": [], "cache_hits": 4,
             "cache_misses": 6, "stale_served": 1, "forwarded": 3, "blocked": 2,
-            "rejected": 0, "failed": 1, "local": 1, "shed": 0, "limited": 0, "upstream_errors": 5,
+            "rejected": 0, "failed": 1, "local": 1, "shed": 7, "limited": 8, "upstream_errors": 5,
             "upstream_latency": {"bounds_us": [], "counts": [], "sum_us": 0},
             "top_names": [], "top_blocked": [], "top_clients": []
         }))
@@ -325,9 +327,11 @@ mod tests {
                 stats.queries,
                 stats.blocked,
                 stats.cache_hits,
-                stats.upstream_errors
+                stats.upstream_errors,
+                stats.shed,
+                stats.limited
             ),
-            (10, 2, 4, 5)
+            (10, 2, 4, 5, 7, 8)
         );
     }
 }

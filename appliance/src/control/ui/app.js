@@ -937,7 +937,8 @@
         h("td", { class: r.last_error ? "bad" : "", text: r.last_error || "–" }),
         h("td", {}, st
           ? [h("div", { text: num(st.queries) + " queries, " + num(st.blocked) + " blocked (" + pct(st.blocked, st.queries) + ")" }),
-            h("div.muted.small", { text: "cache hits " + pct(st.cache_hits, (st.cache_hits || 0) + (st.cache_misses || 0)) + " · updated " + ago(r.stats_updated_unix_ms) })]
+            h("div.muted.small", { text: "cache hits " + pct(st.cache_hits, (st.cache_hits || 0) + (st.cache_misses || 0)) + " · updated " + ago(r.stats_updated_unix_ms) }),
+            st.shed || st.limited ? h("div.small.bad", { test: "replica-load", text: num(st.shed) + " shed, " + num(st.limited) + " rate-limited" }) : null]
           : h("span.muted", { text: "no stats yet" })),
         h("td", {}, r.revoked ? null : revoke));
     });
