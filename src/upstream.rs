@@ -47,6 +47,7 @@ struct State {
     counts: HashMap<String, usize>,
     connections: usize,
     delay: Duration,
+    authentic: bool,
 }
 
 /// A running test upstream.
@@ -142,6 +143,12 @@ impl TestUpstream {
             .push(zone.to_ascii_lowercase());
     }
 
+    /// Sets AD in every answer, as a validating resolver does for signed
+    /// data.
+    pub fn set_authentic(&self, authentic: bool) {
+        self.state.lock().authentic = authentic;
+    }
+
     /// Delays every answer.
     pub fn set_delay(&self, delay: Duration) {
         self.state.lock().delay = delay;
@@ -194,7 +201,7 @@ fn answer(request: &[u8], state: &Mutex<State>, udp: bool) -> Option<(Vec<u8>, D
         .to_ascii()
         .trim_end_matches('.')
         .to_ascii_lowercase();
-    let (reply, delay) = {
+    let (reply, delay, authentic) = {
         let mut state = state.lock();
         *state.counts.entry(key.clone()).or_default() += 1;
         let silent = state.silent_zones.iter().any(|zone| {
@@ -212,7 +219,7 @@ fn answer(request: &[u8], state: &Mutex<State>, udp: bool) -> Option<(Vec<u8>, D
             .then(|| state.unchecked_replies.get(&key))
             .flatten();
         let reply = unchecked.or_else(|| state.replies.get(&key)).cloned();
-        (reply, state.delay)
+        (reply, state.delay, state.authentic)
     };
     let reply = reply.unwrap_or(Reply::Addresses {
         ttl: DEFAULT_TTL,
@@ -227,6 +234,7 @@ fn answer(request: &[u8], state: &Mutex<State>, udp: bool) -> Option<(Vec<u8>, D
         request.metadata.op_code,
     );
     response.metadata.authoritative = true;
+    response.metadata.authentic_data = authentic;
     response.metadata.recursion_desired = request.metadata.recursion_desired;
     response.add_query(query.clone());
     if let Some(edns) = &request.edns {

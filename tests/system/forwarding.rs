@@ -187,6 +187,40 @@ async fn cd_and_plain_queries_are_cached_apart() {
     );
 }
 
+#[tokio::test]
+async fn ad_comes_only_from_a_trusted_upstream_and_only_to_clients_that_ask() {
+    let (public, trusted) = (TestUpstream::start().await, TestUpstream::start().await);
+    public.set_authentic(true);
+    trusted.set_authentic(true);
+    let entries = format!(", \"[/signed.test/]udp://{}?trusted\"", trusted.addr);
+    let moat = moat(&public, &entries, "").await;
+    let ask_ad = |name: &'static str, dnssec_ok: bool, ad: bool| {
+        let mut message = query_message(name, RecordType::A, Some((1232, dnssec_ok)));
+        message.metadata.authentic_data = ad;
+        let moat = &moat;
+        async move { moat.dns.udp_query(&message).await.metadata.authentic_data }
+    };
+    for round in 0..2 {
+        assert!(ask_ad("www.signed.test", true, false).await, "DO, {round}");
+        assert!(ask_ad("www.signed.test", false, true).await, "AD, {round}");
+        assert!(
+            !ask_ad("www.signed.test", false, false).await,
+            "plain, {round}"
+        );
+        assert!(
+            !ask_ad("www.public.test", true, true).await,
+            "untrusted, {round}"
+        );
+    }
+    assert_eq!(
+        trusted.count("www.signed.test"),
+        2,
+        "DO=1 and DO=0, then the cache"
+    );
+    assert_eq!(public.count("www.public.test"), 1);
+    assert_eq!(public.count("www.signed.test"), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_forwards_as_the_bundle_it_runs_says() {
     use super::fleet::{PRIMARY, answers, pair, replica};

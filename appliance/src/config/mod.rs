@@ -709,6 +709,10 @@ retention = "3days"
         let err = Config::parse(text, "x.toml").unwrap_err().to_string();
         assert!(err.starts_with("x.toml:2: key `policy.upstreams"), "{err}");
         assert!(err.contains("gopher"), "{err}");
+        let text = "[policy]\nupstreams = [\"tls://1.1.1.1?trusted=maybe\"]\n";
+        let err = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:2: key `policy.upstreams"), "{err}");
+        assert!(err.contains("trusted=maybe"), "{err}");
     }
 
     #[test]

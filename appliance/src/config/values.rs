@@ -374,7 +374,8 @@ pub enum Transport {
 }
 
 /// An upstream resolver: `udp://IP[:PORT]`, `tcp://IP[:PORT]`,
-/// `tls://HOST[:PORT]` or `https://HOST[:PORT]/PATH`.
+/// `tls://HOST[:PORT]` or `https://HOST[:PORT]/PATH`, with `?trusted` when
+/// its AD bit is believed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
     /// Protocol.
@@ -383,8 +384,12 @@ pub struct UpstreamUrl {
     pub host: String,
     /// Port, defaulted per transport.
     pub port: u16,
+    /// Whether its AD bit is passed on (`?trusted`); otherwise AD is cleared.
+    pub trusted: bool,
     /// The URL as written.
     pub url: String,
+    /// The URL without Moat's options: where DoH requests go.
+    pub endpoint: String,
 }
 
 impl FromStr for UpstreamUrl {
@@ -397,10 +402,13 @@ impl FromStr for UpstreamUrl {
                 transport: Transport::Udp,
                 host: addr.ip().to_string(),
                 port: addr.port(),
+                trusted: false,
                 url: text.to_owned(),
+                endpoint: text.to_owned(),
             });
         }
-        let url = url::Url::parse(text).map_err(|err| format!("`{text}` is not a URL: {err}"))?;
+        let mut url =
+            url::Url::parse(text).map_err(|err| format!("`{text}` is not a URL: {err}"))?;
         let (transport, default_port) = match url.scheme() {
             "udp" => (Transport::Udp, 53),
             "tcp" => (Transport::Tcp, 53),
@@ -422,13 +430,44 @@ impl FromStr for UpstreamUrl {
                 "`{text}`: a udp or tcp upstream needs an IP address"
             ));
         }
+        let plain = url.query().is_none();
+        let trusted = take_trusted(text, transport, &mut url)?;
         Ok(Self {
             transport,
             host,
             port: url.port().unwrap_or(default_port),
+            trusted,
             url: text.to_owned(),
+            endpoint: if plain { text.to_owned() } else { url.into() },
         })
     }
+}
+
+/// Takes Moat's `trusted` option (`?trusted`, `?trusted=true`,
+/// `?trusted=false`) out of `url`'s query. Other query pairs belong to a
+/// DoH URL and are kept; on any other transport they are refused.
+fn take_trusted(text: &str, transport: Transport, url: &mut url::Url) -> Result<bool, String> {
+    let mut trusted = None;
+    let mut kept = Vec::new();
+    for (key, value) in url.query_pairs() {
+        match (&*key, &*value) {
+            ("trusted", "" | "true") if trusted.is_none() => trusted = Some(true),
+            ("trusted", "false") if trusted.is_none() => trusted = Some(false),
+            ("trusted", _) => {
+                return Err(format!(
+                    "`{text}`: write `?trusted` once (or `?trusted=false`), not `trusted={value}`"
+                ));
+            }
+            _ if transport == Transport::Https => kept.push((key.into_owned(), value.into_owned())),
+            _ => return Err(format!("`{text}`: unknown option `{key}` (only `trusted`)")),
+        }
+    }
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok(trusted.unwrap_or(false))
 }
 
 /// `IP` (port 53) or `IP:PORT`, as AdGuard Home writes a plain upstream.
@@ -608,6 +647,40 @@ mod tests {
             (Transport::Udp, "::1", 5353)
         );
         assert_eq!("192.168.1.1".parse::<UpstreamUrl>().unwrap().port, 53);
+    }
+
+    #[test]
+    fn trusted_upstreams() {
+        let plain: UpstreamUrl = "tls://1.1.1.1".parse().unwrap();
+        assert!(!plain.trusted);
+        assert_eq!(plain.endpoint, "tls://1.1.1.1");
+        let tls: UpstreamUrl = "tls://1.1.1.1?trusted".parse().unwrap();
+        assert!(tls.trusted);
+        assert_eq!((tls.port, tls.url.as_str()), (853, "tls://1.1.1.1?trusted"));
+        assert!(
+            "udp://[::1]:53?trusted=true"
+                .parse::<UpstreamUrl>()
+                .unwrap()
+                .trusted
+        );
+        assert!(
+            !"udp://[::1]:53?trusted=false"
+                .parse::<UpstreamUrl>()
+                .unwrap()
+                .trusted
+        );
+        let doh: UpstreamUrl = "https://dns.example/q?trusted&x=1".parse().unwrap();
+        assert!(doh.trusted);
+        assert_eq!(doh.endpoint, "https://dns.example/q?x=1");
+        let doh: UpstreamUrl = "https://dns.example/q?trusted".parse().unwrap();
+        assert_eq!(doh.endpoint, "https://dns.example/q");
+        for bad in [
+            "tls://1.1.1.1?trusted=yes",
+            "udp://1.1.1.1?fast",
+            "tcp://1.1.1.1?trusted&trusted",
+        ] {
+            assert!(bad.parse::<UpstreamUrl>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -46,8 +46,8 @@ mod flags_hi {
 mod flags_lo {
     /// Recursion available.
     pub(super) const RA: u8 = 0x80;
-    /// Reserved; zero.
-    pub(super) const Z: u8 = 0x40;
+    /// Authentic data (RFC 4035 §3.2.3; in a query, RFC 6840 §5.7).
+    pub(super) const AD: u8 = 0x20;
     /// Checking disabled.
     pub(super) const CD: u8 = 0x10;
     /// The low four bits of the response code.
@@ -215,6 +215,11 @@ impl<'a> Query<'a> {
             dotted,
             edns,
         })
+    }
+
+    /// Whether the client understands AD in an answer: it set DO or AD.
+    pub(crate) fn wants_ad(&self) -> bool {
+        self.key.dnssec_ok || self.bytes[3] & flags_lo::AD != 0
     }
 
     /// The question section as received (original letter case).
@@ -423,13 +428,14 @@ pub(crate) fn finish_response(query: &Query<'_>, limit: Option<usize>, out: &mut
 }
 
 /// Turns a cached response, copied into `out`, into the answer to `query`:
-/// its ID, RD and CD bits, RA set, and its question in the letter case the
-/// client wrote it.
+/// its ID, RD and CD bits, RA set, its question in the letter case the
+/// client wrote it, and the stored AD bit only if the query set DO or AD
+/// (RFC 6840 §5.8).
 pub(crate) fn readdress(query: &Query<'_>, out: &mut [u8]) {
     out[..2].copy_from_slice(&query.bytes[..2]);
     out[2] = flags_hi::QR | (query.bytes[2] & flags_hi::RD);
-    out[3] =
-        (out[3] & !(flags_lo::Z | flags_lo::CD)) | flags_lo::RA | (query.bytes[3] & flags_lo::CD);
+    let keep = flags_lo::RCODE | if query.wants_ad() { flags_lo::AD } else { 0 };
+    out[3] = (out[3] & keep) | flags_lo::RA | (query.bytes[3] & flags_lo::CD);
     let question = query.question();
     if let Some(slot) = out.get_mut(HEADER_LEN..HEADER_LEN + question.len()) {
         slot.copy_from_slice(question);

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use super::access::{Access, Gate};
 use super::cache::{Answer, Cache, Lookup};
 use super::clock::{Clock, SystemClock};
-use super::upstream::{Resolver, UpstreamError, Upstreams, upstream_query};
+use super::upstream::{Resolver, UpstreamError, Upstreamed, Upstreams, upstream_query};
 use super::verdict::VerdictMemo;
 use super::wire::{self, Query, QuestionKey, rcode};
 use super::zones::{Route, Zones};
@@ -674,7 +674,8 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
     }
 
     /// Fetches the answer for `key` from the upstreams its name is routed
-    /// to (DO and CD as the client set them) and caches it.
+    /// to (DO and CD as the client set them) and caches it, with AD only
+    /// if the upstream that answered is trusted.
     async fn fetch_upstream(&self, key: &QuestionKey) -> Resolved {
         let name = Name::read(&mut BinDecoder::new(&key.name))
             .map_err(|err| UpstreamError::BadAnswer(err.to_string()))?;
@@ -690,8 +691,12 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
                 .ok_or_else(|| UpstreamError::Setup(format!("no forwarder {index}")))?,
             Route::Local(_) => return Err(UpstreamError::Setup("a name served here".into())),
         };
-        let answer = upstreams.resolve(&message, &self.stats).await?;
-        let answer = Answer::from_upstream(answer, self.cache.ttl_rules(), self.clock.now())
+        let Upstreamed {
+            mut message,
+            trusted,
+        } = upstreams.resolve(&message, &self.stats).await?;
+        message.metadata.authentic_data &= trusted;
+        let answer = Answer::from_upstream(message, self.cache.ttl_rules(), self.clock.now())
             .map_err(|err| UpstreamError::BadAnswer(err.to_string()))?;
         let answer = Arc::new(answer);
         self.cache.insert(key, Arc::clone(&answer));

@@ -69,6 +69,8 @@ enum Upstream {
     Fail,
     /// Never answers.
     Silent,
+    /// Answers one A record with AD set, as an upstream trusted or not.
+    Authentic(Ipv4Addr, Trust),
     /// Answers one A record for CD=0 queries, another for CD=1.
     ByCheckingDisabled {
         /// The answer to CD=0.
@@ -76,6 +78,13 @@ enum Upstream {
         /// The answer to CD=1.
         unchecked: Ipv4Addr,
     },
+}
+
+/// Whether the upstream giving an answer is marked `trusted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    Trusted,
+    Untrusted,
 }
 
 /// A resolver answering from a table; names not in it fail.
@@ -100,7 +109,7 @@ impl Resolver for Table {
         &self,
         query: &Message,
         _stats: &Stats,
-    ) -> impl Future<Output = Result<Message, UpstreamError>> + Send {
+    ) -> impl Future<Output = Result<Upstreamed, UpstreamError>> + Send {
         self.asked.fetch_add(1, Ordering::Relaxed);
         let question = query.queries[0].clone();
         let upstream = self
@@ -120,17 +129,29 @@ impl Resolver for Table {
             ),
             other => other,
         };
+        let answer = move |ip, ttl| {
+            let mut answer = Message::new(id, MessageType::Response, OpCode::Query);
+            answer.add_answer(Record::from_rdata(
+                question.name.clone(),
+                ttl,
+                RData::A(A(ip)),
+            ));
+            answer.add_query(question);
+            answer
+        };
         async move {
             match upstream {
-                Upstream::Answer(ip, ttl) => {
-                    let mut answer = Message::new(id, MessageType::Response, OpCode::Query);
-                    answer.add_answer(Record::from_rdata(
-                        question.name.clone(),
-                        ttl,
-                        RData::A(A(ip)),
-                    ));
-                    answer.add_query(question);
-                    Ok(answer)
+                Upstream::Answer(ip, ttl) => Ok(Upstreamed {
+                    message: answer(ip, ttl),
+                    trusted: false,
+                }),
+                Upstream::Authentic(ip, trust) => {
+                    let mut message = answer(ip, 300);
+                    message.metadata.authentic_data = true;
+                    Ok(Upstreamed {
+                        message,
+                        trusted: trust == Trust::Trusted,
+                    })
                 }
                 Upstream::Fail => Err(UpstreamError::Failed(ResponseCode::ServFail)),
                 Upstream::Silent | Upstream::ByCheckingDisabled { .. } => {
@@ -961,4 +982,107 @@ fn concurrent_misses_with_and_without_cd_do_not_share_a_fetch() {
     }
     let fetches: Vec<bool> = held.iter().map(|(_, fetch)| fetch.is_some()).collect();
     assert_eq!(fetches, [true, true, false], "CD=0 joins CD=0 only");
+}
+
+/// How a client asks about AD: plain, with EDNS DO, or with AD in the query.
+#[derive(Debug, Clone, Copy)]
+enum Asks {
+    Plain,
+    Do,
+    Ad,
+}
+
+/// The AD bit of the answer to `asks`'s query for `name`.
+fn authentic(harness: &Harness, id: u16, name: &str, asks: Asks) -> bool {
+    let mut message = query_message(id, name, RecordType::A);
+    match asks {
+        Asks::Plain => {}
+        Asks::Do => {
+            let mut edns = Edns::new();
+            edns.set_dnssec_ok(true);
+            message.set_edns(edns);
+        }
+        Asks::Ad => message.metadata.authentic_data = true,
+    }
+    let answer = harness.answer(&message.to_vec().unwrap());
+    assert_answers(&answer, id, name);
+    answer.metadata.authentic_data
+}
+
+const SIGNED: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
+
+#[test]
+fn ad_from_an_untrusted_upstream_is_cleared_before_it_is_cached() {
+    let harness = Setup::default().build();
+    harness.upstream.set(
+        "signed.example.",
+        Upstream::Authentic(SIGNED, Trust::Untrusted),
+    );
+    assert!(!authentic(&harness, 1, "signed.example.", Asks::Do));
+    assert!(!authentic(&harness, 2, "signed.example.", Asks::Do), "hit");
+    assert!(!authentic(&harness, 3, "signed.example.", Asks::Ad));
+    assert!(!authentic(&harness, 4, "signed.example.", Asks::Ad), "hit");
+    assert_eq!(harness.upstream.asked(), 2, "DO=1 and DO=0 cached apart");
+}
+
+#[test]
+fn ad_from_a_trusted_upstream_reaches_only_clients_that_set_do_or_ad() {
+    let harness = Setup::default().build();
+    harness.upstream.set(
+        "signed.example.",
+        Upstream::Authentic(SIGNED, Trust::Trusted),
+    );
+    assert!(authentic(&harness, 1, "signed.example.", Asks::Do));
+    assert!(authentic(&harness, 2, "signed.example.", Asks::Do), "hit");
+    assert!(!authentic(&harness, 3, "signed.example.", Asks::Plain));
+    assert_eq!(harness.upstream.asked(), 2);
+    assert!(
+        authentic(&harness, 4, "signed.example.", Asks::Ad),
+        "the DO=0 entry a plain client got AD=0 from keeps AD"
+    );
+    assert!(
+        !authentic(&harness, 5, "signed.example.", Asks::Plain),
+        "hit"
+    );
+    assert_eq!(
+        harness.upstream.asked(),
+        2,
+        "AD and plain clients share an entry"
+    );
+}
+
+#[test]
+fn an_ad_client_missing_first_does_not_give_ad_to_plain_hits() {
+    let harness = Setup::default().build();
+    harness.upstream.set(
+        "signed.example.",
+        Upstream::Authentic(SIGNED, Trust::Trusted),
+    );
+    assert!(authentic(&harness, 1, "signed.example.", Asks::Ad));
+    assert!(
+        !authentic(&harness, 2, "signed.example.", Asks::Plain),
+        "hit"
+    );
+    assert!(authentic(&harness, 3, "signed.example.", Asks::Ad), "hit");
+    assert_eq!(harness.upstream.asked(), 1);
+}
+
+#[test]
+fn local_and_blocked_answers_never_set_ad() {
+    let harness = Setup::default().build();
+    harness
+        .upstream
+        .set("example.com.", Upstream::Authentic(SIGNED, Trust::Trusted));
+    for asks in [Asks::Do, Asks::Ad] {
+        assert!(!authentic(&harness, 1, "nas.lan.", asks), "local");
+        assert!(!authentic(&harness, 2, "ads.example.", asks), "blocked");
+        assert!(
+            !authentic(&harness, 3, "www.lan.", asks),
+            "local CNAME joined"
+        );
+    }
+    assert!(
+        authentic(&harness, 4, "example.com.", Asks::Ad),
+        "the target's own answer"
+    );
 }

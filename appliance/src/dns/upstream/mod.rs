@@ -50,6 +50,16 @@ impl From<std::io::Error> for UpstreamError {
     }
 }
 
+/// An upstream's response, with whether that upstream is trusted: only a
+/// trusted upstream's AD bit is passed on.
+#[derive(Debug)]
+pub(crate) struct Upstreamed {
+    /// The response.
+    pub message: Message,
+    /// Whether the upstream that gave it is marked `trusted`.
+    pub trusted: bool,
+}
+
 /// What the query path sends a miss to: `Upstreams` in service, a table
 /// in tests.
 pub(crate) trait Resolver: Send + Sync + std::fmt::Debug + 'static {
@@ -59,7 +69,7 @@ pub(crate) trait Resolver: Send + Sync + std::fmt::Debug + 'static {
         &self,
         query: &Message,
         stats: &Stats,
-    ) -> impl Future<Output = Result<Message, UpstreamError>> + Send;
+    ) -> impl Future<Output = Result<Upstreamed, UpstreamError>> + Send;
 }
 
 impl<R: Resolver> Resolver for Arc<R> {
@@ -67,7 +77,7 @@ impl<R: Resolver> Resolver for Arc<R> {
         &self,
         query: &Message,
         stats: &Stats,
-    ) -> impl Future<Output = Result<Message, UpstreamError>> + Send {
+    ) -> impl Future<Output = Result<Upstreamed, UpstreamError>> + Send {
         (**self).resolve(query, stats)
     }
 }
@@ -184,7 +194,7 @@ impl Upstreams {
         upstream: &Upstream,
         query: &Message,
         stats: &Stats,
-    ) -> Result<Message, UpstreamError> {
+    ) -> Result<Upstreamed, UpstreamError> {
         let started = clock::now();
         let result = self.exchange(upstream, query).await;
         let elapsed = clock::now().saturating_duration_since(started);
@@ -209,7 +219,10 @@ impl Upstreams {
                 tracing::debug!(upstream = %upstream.url, error = %err, "upstream failed");
             }
         }
-        result
+        result.map(|message| Upstreamed {
+            message,
+            trusted: upstream.url.trusted,
+        })
     }
 
     async fn exchange(
@@ -235,7 +248,7 @@ impl Upstreams {
 
 impl Resolver for Upstreams {
     /// Tries upstreams in the strategy's order until one gives a good answer.
-    async fn resolve(&self, query: &Message, stats: &Stats) -> Result<Message, UpstreamError> {
+    async fn resolve(&self, query: &Message, stats: &Stats) -> Result<Upstreamed, UpstreamError> {
         let order = self.order();
         let width = if self.strategy == Strategy::Parallel {
             2

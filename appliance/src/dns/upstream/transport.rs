@@ -75,7 +75,7 @@ impl Connector {
                     .map_err(|err| UpstreamError::Setup(format!("{url}: {err}")))?;
                 Self::Https {
                     client,
-                    url: url.url.clone(),
+                    url: url.endpoint.clone(),
                 }
             }
         })
