@@ -24,9 +24,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use moat_system_tests::attack::{
-    Ask, Observed, Served, available_bytes, during, in_mount_namespace, legit_asks, long_name,
-    never_reading_clients, quic_flood, random_label, rerun_in_mount_namespace, small_data_dir,
-    target, target_config, target_in, udp_flood,
+    Ask, Observed, QUERY_LOG_FLOOD_TUNING, SMALL_DATA_MIB, Served, add_record_and_reload,
+    available_bytes, during, in_mount_namespace, legit_asks, long_name, never_reading_clients,
+    quic_flood, random_label, rerun_in_mount_namespace, small_data_dir, target, target_in,
+    udp_flood,
 };
 use moat_system_tests::{MoatProcess, TestUpstream};
 
@@ -166,8 +167,12 @@ async fn quic(attempts_per_address: usize) -> Row {
 /// on a small `/data`; then a policy change must still save its bundle.
 async fn query_log_on_small_data(count: usize, rate: u32) -> Row {
     let upstream = TestUpstream::start().await;
-    let tuning = "[tuning.query_log]\nflush_interval = \"200ms\"\n";
-    let mut moat = target_in(small_data_dir(72), &upstream, tuning).await;
+    let mut moat = target_in(
+        small_data_dir(SMALL_DATA_MIB),
+        &upstream,
+        QUERY_LOG_FLOOD_TUNING,
+    )
+    .await;
     let (baseline, asks) = baseline(&moat).await;
     let name = long_name();
     let attack = udp_flood(
@@ -181,13 +186,11 @@ async fn query_log_on_small_data(count: usize, rate: u32) -> Row {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = moat.status().await.expect("status");
     let free_mib = available_bytes(&moat.dir.0.join("data")) >> 20;
-    let added =
-        "[[policy.local_records]]\nname = \"added.lan\"\ntype = \"A\"\nvalue = \"10.0.0.9\"\n";
-    moat.rewrite_config("", &target_config(&upstream, &format!("{added}{tuning}")));
-    let saved = moat.control().unwrap().reload().await.is_ok()
-        && moat.status().await.expect("status").bundle_version > status.bundle_version;
+    let saved = add_record_and_reload(&moat, &upstream, QUERY_LOG_FLOOD_TUNING)
+        .await
+        .is_ok_and(|after| after > status.bundle_version);
     Row {
-        attack: format!("query-log flood on a 72 MiB /data, {count} logged queries"),
+        attack: format!("query-log flood on a {SMALL_DATA_MIB} MiB /data, {count} logged queries"),
         rate: format!(
             "{:.0} q/s; log stopped: {}; {free_mib} MiB left free; bundle saved after: {}",
             flood.rate(),

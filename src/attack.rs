@@ -388,7 +388,7 @@ pub async fn target_in(dir: Scratch, upstream: &TestUpstream, tuning: &str) -> M
 }
 
 /// The policy of [`target`], then `more` (tables, or more local records).
-pub fn target_config(upstream: &TestUpstream, more: &str) -> String {
+fn target_config(upstream: &TestUpstream, more: &str) -> String {
     format!(
         "[policy]\nupstreams = [\"udp://{}\"]\n[[policy.local_records]]\nname = \"nas.lan\"\ntype = \"A\"\nvalue = \"{NAS}\"\n{more}",
         upstream.addr
@@ -559,6 +559,39 @@ pub fn available_bytes(path: &std::path::Path) -> u64 {
         .nth(1)
         .and_then(|line| line.trim().parse().ok())
         .unwrap_or_else(|| panic!("df of {}: {text}", path.display()))
+}
+
+/// The size of the small `/data` a query-log flood fills, MiB: past the
+/// log's 64 MiB free-space reserve, about 8 MiB is the log's.
+pub const SMALL_DATA_MIB: u64 = 72;
+
+/// The tuning of a query-log flood's target: flushes often enough that the
+/// default in-memory ring loses nothing at 20,000 queries a second.
+pub const QUERY_LOG_FLOOD_TUNING: &str = "[tuning.query_log]\nflush_interval = \"200ms\"\n";
+
+/// The local record [`add_record_and_reload`] adds: name and address.
+pub const ADDED_RECORD: (&str, &str) = ("added.lan", "10.0.0.9");
+
+/// Gives [`target`]'s policy one more local record ([`ADDED_RECORD`]),
+/// then `more` tables, and has `moat` reload it; the bundle version in
+/// force after.
+pub async fn add_record_and_reload(
+    moat: &MoatProcess,
+    upstream: &TestUpstream,
+    more: &str,
+) -> Result<Option<u64>, String> {
+    let (name, address) = ADDED_RECORD;
+    let added = format!(
+        "[[policy.local_records]]\nname = \"{name}\"\ntype = \"A\"\nvalue = \"{address}\"\n{more}"
+    );
+    moat.rewrite_config("", &target_config(upstream, &added));
+    let client = moat.control()?;
+    client.reload().await.map_err(|err| err.to_string())?;
+    Ok(client
+        .status()
+        .await
+        .map_err(|err| err.to_string())?
+        .bundle_version)
 }
 
 /// The name a query-log flood asks: one name, so every query is a cache

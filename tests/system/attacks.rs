@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use moat_system_tests::TestUpstream;
 use moat_system_tests::attack::{
-    Observed, Served, available_bytes, during, legit_asks, legit_tcp, long_name,
-    never_reading_clients, quic_flood, random_label, rerun_in_mount_namespace, small_data_dir,
-    target, target_config, target_in, udp_flood,
+    ADDED_RECORD, Observed, QUERY_LOG_FLOOD_TUNING, SMALL_DATA_MIB, Served, add_record_and_reload,
+    available_bytes, during, legit_asks, legit_tcp, long_name, never_reading_clients, quic_flood,
+    random_label, rerun_in_mount_namespace, small_data_dir, target, target_in, udp_flood,
 };
 
 /// A legitimate query not answered correctly within this counts as failed.
@@ -181,10 +181,6 @@ async fn clients_outside_the_acl_are_refused_and_a_flooding_client_is_limited_al
     assert!(stats.limited >= 3_000, "{stats:?}");
 }
 
-/// The size of the small `/data` of the query-log flood, MiB: with the
-/// log's 64 MiB free-space reserve, about 8 MiB is the log's to fill.
-const SMALL_DATA_MIB: u64 = 72;
-
 #[test]
 fn a_query_log_flood_on_a_small_data_stops_before_full_and_policy_still_saves() {
     let said = rerun_in_mount_namespace(&[
@@ -206,7 +202,7 @@ fn a_query_log_flood_on_a_small_data_stops_before_full_and_policy_still_saves() 
 #[ignore = "run by a_query_log_flood_on_a_small_data_stops_before_full_and_policy_still_saves inside a mount namespace of its own"]
 async fn query_log_flood_on_a_small_data_inner() {
     let upstream = TestUpstream::start().await;
-    let tuning = "[tuning.query_log]\nflush_interval = \"200ms\"\n";
+    let tuning = QUERY_LOG_FLOOD_TUNING;
     let moat = target_in(small_data_dir(SMALL_DATA_MIB), &upstream, tuning).await;
     let data = moat.dir.0.join("data");
     let asks = legit_asks(&moat).await;
@@ -226,17 +222,12 @@ async fn query_log_flood_on_a_small_data_inner() {
 
     let status = moat.status().await.unwrap();
     let limit = status.query_log_disk_limit.clone();
+    let free = available_bytes(&data);
     assert!(
         limit.as_deref().is_some_and(|why| why.contains("free")),
-        "status says the log stopped for free space: {limit:?}; {} MiB free; {:?}",
-        available_bytes(&data) >> 20,
-        std::process::Command::new("du")
-            .arg("-ab")
-            .arg(&data)
-            .output()
-            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        "status says the log stopped for free space: {limit:?}; {} MiB free",
+        free >> 20
     );
-    let free = available_bytes(&data);
     assert!(
         free >= 63 << 20,
         "the log stopped with its reserve still free: {} MiB",
@@ -245,15 +236,14 @@ async fn query_log_flood_on_a_small_data_inner() {
 
     // A policy change still compiles, seals and saves its bundle.
     let before = status.bundle_version;
-    let added =
-        "[[policy.local_records]]\nname = \"added.lan\"\ntype = \"A\"\nvalue = \"10.0.0.9\"\n";
-    moat.rewrite_config("", &target_config(&upstream, &format!("{added}{tuning}")));
-    moat.control().unwrap().reload().await.expect("reload");
-    let after = moat.status().await.unwrap().bundle_version;
+    let after = add_record_and_reload(&moat, &upstream, tuning)
+        .await
+        .expect("reload");
     assert!(after > before, "a new bundle: {before:?} → {after:?}");
+    let (name, address) = ADDED_RECORD;
     assert_eq!(
-        crate::ips(&moat.dns.a("added.lan").await),
-        ["10.0.0.9"],
+        crate::ips(&moat.dns.a(name).await),
+        [address],
         "the new policy answers{}",
         moat.log()
     );

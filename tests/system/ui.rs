@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use fantoccini::wd::WebDriverCompatibleCommand;
@@ -355,9 +355,9 @@ fn number(text: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// `moat join` of `replica` with `code` to `primary`.
-async fn join(primary: &MoatProcess, replica: &MoatProcess, code: &str) {
-    let output = Command::new(binary())
+/// What `moat join` of `replica` with `code` to `primary` did.
+async fn try_join(primary: &MoatProcess, replica: &MoatProcess, code: &str) -> Output {
+    Command::new(binary())
         .args([
             "join",
             &primary.sync_addr().await.to_string(),
@@ -366,7 +366,12 @@ async fn join(primary: &MoatProcess, replica: &MoatProcess, code: &str) {
         ])
         .arg(&replica.config_path)
         .output()
-        .expect("run moat join");
+        .expect("run moat join")
+}
+
+/// `moat join` of `replica` with `code` to `primary`, which must pair.
+async fn join(primary: &MoatProcess, replica: &MoatProcess, code: &str) {
+    let output = try_join(primary, replica, code).await;
     assert!(
         output.status.success(),
         "moat join with the code read from the UI: {}{}",
@@ -479,11 +484,7 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
     let last = code.pop().unwrap();
     let wrong = format!("{code}{}", if last == '0' { '1' } else { '0' });
     code.push(last);
-    let refused = Command::new(binary())
-        .args(["join", &p.sync_addr().await.to_string(), &wrong, "--config"])
-        .arg(&r.config_path)
-        .output()
-        .expect("run moat join");
+    let refused = try_join(p, &r, &wrong).await;
     assert!(!refused.status.success(), "a wrong code does not pair");
     join(p, &r, &code).await;
 
