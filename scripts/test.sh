@@ -15,7 +15,7 @@ for tool in dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-li
     promtool:prometheus chromium:chromium chromedriver:chromium-driver \
     qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm mksquashfs:squashfs-tools \
     mcopy:mtools mkfs.fat:dosfstools sfdisk:fdisk mkfs.ext4:e2fsprogs xz:xz-utils ip:iproute2 \
-    cpio:cpio depmod:kmod file:file musl-gcc:musl-tools aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
+    cpio:cpio depmod:kmod file:file openssl:openssl xxd:xxd musl-gcc:musl-tools aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
     /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf /usr/share/qemu-efi-aarch64/QEMU_EFI.fd:qemu-efi-aarch64 \
     /usr/aarch64-linux-gnu/include/stdio.h:libc6-dev-arm64-cross; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || [ -e "${tool%%:*}" ] ||

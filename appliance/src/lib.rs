@@ -9,8 +9,8 @@
 //! `sync` (identity, pairing, the QUIC shell around `moat-proto`), `fleet`
 //! (the primary's view of its replicas), `lists` (blocklist downloads),
 //! `limits` (bounded connection places keyed by peer),
-//! `daemon` (the composition root) and `init` (process 1 on the appliance
-//! image). `ARCHITECTURE.md` at the repository root is the map.
+//! `daemon` (the composition root), `init` (process 1 on the appliance
+//! image) and `update` (signed image updates). `ARCHITECTURE.md` at the repository root is the map.
 
 pub mod bundle;
 pub mod clock;
@@ -27,6 +27,7 @@ pub mod policy;
 mod stats;
 pub mod store;
 pub mod sync;
+pub mod update;
 
 /// The request path as one function over bytes, for `cargo fuzz`.
 #[cfg(any(fuzzing, test))]

@@ -108,6 +108,26 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Check a signed image update.
+    #[command(subcommand)]
+    Update(UpdateCommand),
+}
+
+#[derive(Subcommand)]
+enum UpdateCommand {
+    /// Check FILE against the running slot: signed by a release key it pins,
+    /// for its target, newer, every part intact. Exits non-zero with the
+    /// reason otherwise.
+    Verify {
+        /// The update (`moat-TARGET.update` from `image/build`).
+        file: PathBuf,
+        /// The root slot to check against (where init mounts the running one).
+        #[arg(long, default_value = moat::update::RUNNING_SLOT)]
+        slot: PathBuf,
+        /// Accept a version not newer than the slot's.
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -228,6 +248,7 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Resume(target) => show(&target, &client(&target)?.resume().await?),
         Command::Policy(command) => policy_tool(command),
+        Command::Update(command) => update_tool(command),
         Command::Code { valid, target } => {
             let issued = client(&target)?.pairing_code(valid).await?;
             if target.json {
@@ -326,6 +347,30 @@ fn policy_tool(command: PolicyCommand) -> Result<()> {
 }
 
 /// A decision as `moat policy test` prints it.
+fn update_tool(command: UpdateCommand) -> Result<()> {
+    let UpdateCommand::Verify {
+        file,
+        slot,
+        allow_downgrade,
+    } = command;
+    let installed = moat::update::Installed::load(&slot)?;
+    let verified = moat::update::verify(&file, &installed, allow_downgrade)
+        .with_context(|| format!("{}: refused", file.display()))?;
+    let manifest = &verified.manifest;
+    println!(
+        "{}: {} version {} (running {}), signed by release key {}",
+        file.display(),
+        manifest.target,
+        manifest.version,
+        installed.version,
+        verified.signed_by
+    );
+    for part in &manifest.parts {
+        println!("  {} {} bytes, SHA-256 checked", part.name, part.size);
+    }
+    Ok(())
+}
+
 fn decision_label(decision: &Decision) -> String {
     match decision {
         Decision::Answer(answer) => format!("Answer ({} records)", answer.records().count()),

@@ -567,3 +567,43 @@ upstreams = ["udp://10.0.2.2:5300"]
         after_power_cut.as_secs_f64()
     );
 }
+
+/// Offline, `image/build` stops at the package lists and says so, and marks
+/// nothing updated: the next build with the network back fetches them.
+#[test]
+fn an_offline_image_build_fails_at_the_package_lists_and_marks_nothing_updated() {
+    let ns = Netns::new("offline-build");
+    let cache = fresh_dir("moat-boot-offline-build-cache");
+    let out = fresh_dir("moat-boot-offline-build-out");
+    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("image/build");
+    for attempt in ["first", "second"] {
+        let output = ns
+            .exec(build.to_str().expect("a UTF-8 path"))
+            .arg("x86_64")
+            .env("MOAT_BINARY", moat_binary())
+            .env("MOAT_IMAGE_CACHE", &cache)
+            .env("MOAT_IMAGE_OUT", &out)
+            .env("MOAT_IMAGE_XZ", "0")
+            .output()
+            .expect("image/build runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{attempt} offline build succeeded: {stderr}"
+        );
+        assert!(
+            stderr.contains("updating the package lists from deb.debian.org failed"),
+            "{attempt} offline build did not say why it failed: {stderr}"
+        );
+        assert!(
+            !cache.join("apt/updated").exists(),
+            "{attempt} offline build marked its package lists updated"
+        );
+    }
+    assert!(
+        !out.join("moat-x86_64.img").exists(),
+        "an image was written offline"
+    );
+    let _ = fs::remove_dir_all(&cache);
+    let _ = fs::remove_dir_all(&out);
+}

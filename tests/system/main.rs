@@ -17,6 +17,7 @@ mod robustness;
 mod safe_mode;
 mod serving;
 mod ui;
+mod update;
 mod upstreams;
 
 use moat_system_tests::{MoatProcess, TestUpstream};
