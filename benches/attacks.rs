@@ -24,10 +24,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use moat_system_tests::attack::{
-    Ask, Observed, QUERY_LOG_FLOOD_TUNING, SMALL_DATA_MIB, Served, add_record_and_reload,
-    available_bytes, during, in_mount_namespace, legit_asks, long_name, never_reading_clients,
-    quic_flood, random_label, rerun_in_mount_namespace, small_data_dir, target, target_in,
-    udp_flood,
+    Ask, Isolation, Observed, QUERY_LOG_FLOOD_TUNING, SMALL_DATA_MIB, Served,
+    add_record_and_reload, available_bytes, during, in_mount_namespace, legit_asks, long_name,
+    never_reading_clients, quic_flood, random_label, rerun_isolated, small_data_dir, target,
+    target_in, udp_flood,
 };
 use moat_system_tests::{MoatProcess, TestUpstream};
 
@@ -239,7 +239,7 @@ async fn main() {
     if !in_mount_namespace() {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        print!("{}", rerun_in_mount_namespace(&args));
+        print!("{}", rerun_isolated(Isolation::Mounts, &args));
         return;
     }
     let smoke = std::env::var_os("MOAT_BENCH_SMOKE").is_some();

@@ -486,34 +486,83 @@ pub async fn quic_flood(sync: SocketAddr, source: IpAddr, attempts: usize) -> us
     completed
 }
 
-/// Set in the copy of a test or bench executable that runs inside a mount
-/// namespace of its own.
-const IN_MOUNT_NAMESPACE: &str = "MOAT_TEST_MOUNT_NAMESPACE";
+/// Set, to the [`Isolation`]'s name, in the copy of a test or bench
+/// executable that [`rerun_isolated`] started.
+const ISOLATED: &str = "MOAT_TEST_ISOLATED";
 
-/// Whether this process is the copy [`rerun_in_mount_namespace`] started.
-pub fn in_mount_namespace() -> bool {
-    std::env::var_os(IN_MOUNT_NAMESPACE).is_some()
+/// What a re-run of a test gets of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// A mount namespace: what it mounts vanishes with it.
+    Mounts,
+    /// A network namespace with only its loopback, up: it may bind the
+    /// unspecified address and use all of 127.0.0.0/8.
+    Network,
 }
 
-/// Runs this executable again with `args`, inside a mount namespace of its
-/// own (`unshare -m`: root or user namespaces), so that what it mounts
-/// vanishes with it; panics saying why when that fails. Returns what it
-/// printed, stdout then stderr.
-pub fn rerun_in_mount_namespace(args: &[&str]) -> String {
+impl Isolation {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Mounts => "mounts",
+            Self::Network => "network",
+        }
+    }
+}
+
+/// Whether this process is the copy [`rerun_isolated`] started with
+/// `isolation`.
+pub fn isolated(isolation: Isolation) -> bool {
+    std::env::var_os(ISOLATED).is_some_and(|name| name == isolation.name())
+}
+
+/// Whether this process is the copy [`rerun_isolated`] started in a mount
+/// namespace of its own.
+pub fn in_mount_namespace() -> bool {
+    isolated(Isolation::Mounts)
+}
+
+/// Runs this executable again with `args` inside a namespace of its own
+/// (`unshare -m` or `unshare -n`: root or user namespaces); panics saying
+/// why when that fails. Returns what it printed, stdout then stderr.
+pub fn rerun_isolated(isolation: Isolation, args: &[&str]) -> String {
     let exe = std::env::current_exe().expect("this executable's path");
-    let output = std::process::Command::new("unshare")
-        .arg("-m")
-        .arg(&exe)
+    let mut command = std::process::Command::new("unshare");
+    match isolation {
+        Isolation::Mounts => command.arg("-m").arg(&exe),
+        Isolation::Network => command
+            .args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+            .arg(&exe),
+    };
+    let output = command
         .args(args)
-        .env(IN_MOUNT_NAMESPACE, "1")
+        .env(ISOLATED, isolation.name())
         .output()
-        .unwrap_or_else(|err| panic!("a mount namespace needs `unshare -m` (util-linux): {err}"));
+        .unwrap_or_else(|err| panic!("a namespace of its own needs `unshare` (util-linux): {err}"));
     let said = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "the run in a mount namespace of its own failed (mounting needs root or user namespaces): {said}"
+        "the run in a {} namespace of its own failed (it needs root or user namespaces, and `ip`): {said}",
+        isolation.name()
     );
+    said
+}
+
+/// Runs the ignored test `test` (its full path) of this test executable
+/// again with `isolation`, and asserts that it ran and passed; what it
+/// printed.
+pub fn run_test_isolated(isolation: Isolation, test: &str) -> String {
+    let said = rerun_isolated(
+        isolation,
+        &[
+            "--exact",
+            test,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ],
+    );
+    assert!(said.contains("1 passed"), "{test} ran and passed: {said}");
     said
 }
 
@@ -523,7 +572,7 @@ pub fn rerun_in_mount_namespace(args: &[&str]) -> String {
 pub fn small_data_dir(mib: u64) -> Scratch {
     assert!(
         in_mount_namespace(),
-        "a small /data is mounted only inside rerun_in_mount_namespace"
+        "a small /data is mounted only inside rerun_isolated(Isolation::Mounts, …)"
     );
     let dir = Scratch::new("small-data");
     let data = dir.0.join("data");

@@ -331,8 +331,11 @@ fn write_config(path: &Path, dir: &Path, extra_instance: &str, rest: &str) {
         let temp = std::env::temp_dir();
         text.push_str(&format!("source_dirs = [\"{}\"]\n", temp.display()));
     }
+    if !sets_key(extra_instance, "listen") {
+        text.push_str("listen = [\"127.0.0.1:0\", \"[::1]:0\"]\n");
+    }
     text.push_str(&format!(
-        "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\ncontrol = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra_instance}\n\n{rest}\n",
+        "control = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra_instance}\n\n{rest}\n",
         dir.join("data").display()
     ));
     std::fs::write(path, text).unwrap();

@@ -10,6 +10,7 @@ mod control;
 mod fleet;
 mod forwarding;
 mod hostile;
+mod listen;
 mod lists;
 mod owner;
 mod policy;

@@ -233,6 +233,9 @@ impl Default for UpstreamTuning {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerTuning {
+    /// UDP sockets (and threads serving them) per listen address, sharing
+    /// its port; the number of CPUs unless given, at most 64. Read at start.
+    pub threads: usize,
     /// Largest UDP answer sent, whatever the client advertises.
     pub udp_max_payload: u16,
     /// A TCP connection with no query for this long is closed.
@@ -275,9 +278,14 @@ pub struct ServerTuning {
     pub rate_limit_exempt: Vec<ClientRange>,
 }
 
+/// The most UDP threads per listen address.
+const MAX_THREADS: usize = 64;
+
 impl Default for ServerTuning {
     fn default() -> Self {
         Self {
+            threads: std::thread::available_parallelism()
+                .map_or(1, |cpus| cpus.get().min(MAX_THREADS)),
             udp_max_payload: 1232,
             tcp_idle_timeout: (Duration::from_secs(10)),
             tcp_max_connections: 512,
@@ -484,6 +492,12 @@ impl Config {
             return Err(
                 "keys `tuning.cache.max_entries` and `max_bytes`: set one bound, not both".into(),
             );
+        }
+        if !(1..=MAX_THREADS).contains(&self.tuning.server.threads) {
+            return Err(format!(
+                "key `tuning.server.threads`: {} is not between 1 and {MAX_THREADS}",
+                self.tuning.server.threads
+            ));
         }
         if self.tuning.query_log.memory_entries == 0 && self.tuning.query_log.enabled {
             return Err("key `tuning.query_log.memory_entries`: must be above 0".into());

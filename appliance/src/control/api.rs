@@ -534,6 +534,15 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
             &metrics::Extra {
                 logins: state.auth.login_stats(),
                 query_log_dropped: state.daemon.handler().query_log().dropped_for_disk(),
+                udp_threads: state
+                    .daemon
+                    .udp_threads()
+                    .iter()
+                    .map(|thread| {
+                        let queries = thread.queries.load(std::sync::atomic::Ordering::Relaxed);
+                        (thread.addr.to_string(), thread.index, queries)
+                    })
+                    .collect(),
             },
         ),
     )

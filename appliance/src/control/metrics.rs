@@ -17,6 +17,8 @@ pub(super) struct Extra {
     pub(super) logins: LoginStats,
     /// Query log entries a disk bound kept off disk.
     pub(super) query_log_dropped: u64,
+    /// Datagrams each UDP thread received: its address, its index, the count.
+    pub(super) udp_threads: Vec<(String, usize, u64)>,
 }
 
 /// Renders every metric of `status`, `stats` and `extra`.
@@ -131,7 +133,24 @@ pub(super) fn render(status: &Status, stats: &StatsSnapshot, extra: &Extra) -> S
     replicas(&mut out, status);
     query_log_disk(&mut out, status, extra.query_log_dropped);
     login_metrics(&mut out, &extra.logins);
+    udp_threads(&mut out, &extra.udp_threads);
     out.text
+}
+
+fn udp_threads(out: &mut Exposition, threads: &[(String, usize, u64)]) {
+    out.family(
+        "moat_udp_thread_queries_total",
+        "counter",
+        "Datagrams each UDP listener thread received (tuning.server.threads per address).",
+    );
+    for (addr, index, queries) in threads {
+        let index = index.to_string();
+        out.sample(
+            "moat_udp_thread_queries_total",
+            &[("listen", addr), ("thread", &index)],
+            *queries,
+        );
+    }
 }
 
 fn query_log_disk(out: &mut Exposition, status: &Status, dropped: u64) {

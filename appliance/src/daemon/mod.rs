@@ -37,7 +37,7 @@ use crate::control;
 use crate::dns::cache::Cache;
 use crate::dns::clock::SystemClock;
 use crate::dns::handler::QueryHandler;
-use crate::dns::listen::{ListenError, Listeners, Serving};
+use crate::dns::listen::{ListenError, Listeners, Serving, UdpThread};
 use crate::dns::upstream::{UpstreamError, UpstreamStatus};
 use crate::policy::{Chain, Pause, PauseState, PluginError, PolicyEngine};
 use crate::stats::QueryLog;
@@ -214,6 +214,7 @@ pub struct Daemon {
     data: DataDir,
     started: Instant,
     udp: Vec<SocketAddr>,
+    udp_threads: Vec<Arc<UdpThread>>,
     tcp: Vec<SocketAddr>,
     query_log_loss_reported: AtomicBool,
     safe_mode: Option<String>,
@@ -228,6 +229,11 @@ impl Daemon {
     /// The data directory.
     pub fn data(&self) -> &DataDir {
         &self.data
+    }
+
+    /// The UDP listener threads, for their counters.
+    pub(crate) fn udp_threads(&self) -> &[Arc<UdpThread>] {
+        &self.udp_threads
     }
 
     /// The query path.
@@ -397,7 +403,7 @@ impl App {
             QueryLog::new(config.tuning.query_log.memory_entries),
             SystemClock,
         );
-        let listeners = Listeners::bind(&config.instance.listen)?;
+        let listeners = Listeners::bind(&config.instance.listen, config.tuning.server.threads)?;
         let control = control::bind(config.instance.control)?;
         let (commands, inbox) = Commands::channel();
         let daemon = Arc::new_cyclic(|daemon| Daemon {
@@ -409,6 +415,7 @@ impl App {
             data,
             started: clock::now(),
             udp: listeners.udp_addrs(),
+            udp_threads: listeners.udp_threads(),
             tcp: listeners.tcp_addrs(),
             query_log_loss_reported: AtomicBool::new(false),
             safe_mode,

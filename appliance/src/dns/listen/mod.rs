@@ -1,12 +1,15 @@
 //! Listeners: bind every `listen` address on UDP and TCP and feed the
-//! query handler.
+//! query handler. Each UDP address gets `threads` sockets sharing its port
+//! (`SO_REUSEPORT`: the kernel spreads clients over them), each served by a
+//! thread of its own; a socket bound to the unspecified address learns each
+//! datagram's destination (`IP_PKTINFO`) and answers from it.
 
 mod tcp;
 mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
 
@@ -28,34 +31,79 @@ pub enum ListenError {
     },
 }
 
+/// One UDP socket's thread: where it listens and what it has taken.
+#[derive(Debug)]
+pub(crate) struct UdpThread {
+    /// The address it serves.
+    pub(crate) addr: SocketAddr,
+    /// Its place among the threads of that address, from 0.
+    pub(crate) index: usize,
+    /// Datagrams it has received.
+    pub(crate) queries: AtomicU64,
+}
+
 /// Bound sockets, before serving starts.
 #[derive(Debug)]
 pub(crate) struct Listeners {
-    udp: Vec<std::net::UdpSocket>,
+    udp: Vec<(std::net::UdpSocket, Arc<UdpThread>)>,
     tcp: Vec<std::net::TcpListener>,
 }
 
 impl Listeners {
-    /// Binds UDP and TCP on every address. Port 0 binds the same free port
-    /// for both protocols where it can.
-    pub(crate) fn bind(addrs: &[SocketAddr]) -> Result<Self, ListenError> {
+    /// Binds TCP and `threads` UDP sockets on every address. Port 0 binds
+    /// the same free port for both protocols where it can.
+    pub(crate) fn bind(addrs: &[SocketAddr], threads: usize) -> Result<Self, ListenError> {
         let mut listeners = Self {
             udp: Vec::new(),
             tcp: Vec::new(),
         };
+        let shared = threads > 1;
         for &addr in addrs {
-            let (udp, tcp) = bind_pair(addr)?;
-            listeners.udp.push(udp.into());
+            let (udp, tcp) = bind_pair(addr, shared)?;
+            let bound = tcp
+                .local_addr()
+                .ok()
+                .and_then(|bound| bound.as_socket())
+                .unwrap_or(addr);
+            listeners.add_udp(udp, bound, 0);
+            for index in 1..threads {
+                let udp = bind_socket(bound, Type::DGRAM, shared).map_err(|source| {
+                    ListenError::Bind {
+                        protocol: "udp",
+                        addr: bound,
+                        source,
+                    }
+                })?;
+                listeners.add_udp(udp, bound, index);
+            }
             listeners.tcp.push(tcp.into());
         }
         Ok(listeners)
     }
 
-    /// Bound UDP addresses.
+    fn add_udp(&mut self, socket: Socket, addr: SocketAddr, index: usize) {
+        let thread = UdpThread {
+            addr,
+            index,
+            queries: AtomicU64::new(0),
+        };
+        self.udp.push((socket.into(), Arc::new(thread)));
+    }
+
+    /// Bound UDP addresses, each once.
     pub(crate) fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp
             .iter()
-            .filter_map(|socket| socket.local_addr().ok())
+            .filter(|(_, thread)| thread.index == 0)
+            .map(|(_, thread)| thread.addr)
+            .collect()
+    }
+
+    /// The UDP threads that will serve, for their counters.
+    pub(crate) fn udp_threads(&self) -> Vec<Arc<UdpThread>> {
+        self.udp
+            .iter()
+            .map(|(_, thread)| Arc::clone(thread))
             .collect()
     }
 
@@ -81,9 +129,10 @@ impl Listeners {
             udp: Vec::new(),
             tcp: Vec::new(),
         };
-        for socket in self.udp {
+        for (socket, counters) in self.udp {
             let thread = udp::spawn(
                 socket,
+                counters,
                 Arc::clone(handler),
                 runtime.clone(),
                 Arc::clone(&stop),
@@ -129,13 +178,14 @@ impl Serving {
     }
 }
 
-/// Binds UDP and TCP on `addr`. With port 0 the kernel picks a UDP port,
-/// which may be taken on TCP: then it tries another, a bounded number of times.
-fn bind_pair(addr: SocketAddr) -> Result<(Socket, Socket), ListenError> {
+/// Binds UDP (shared by port if `shared`) and TCP on `addr`. With port 0
+/// the kernel picks a UDP port, which may be taken on TCP: then it tries
+/// another, a bounded number of times.
+fn bind_pair(addr: SocketAddr, shared: bool) -> Result<(Socket, Socket), ListenError> {
     let attempts = if addr.port() == 0 { 100 } else { 1 };
     let mut last_error = None;
     for _ in 0..attempts {
-        let udp = bind_socket(addr, Type::DGRAM).map_err(|source| ListenError::Bind {
+        let udp = bind_socket(addr, Type::DGRAM, shared).map_err(|source| ListenError::Bind {
             protocol: "udp",
             addr,
             source,
@@ -145,7 +195,7 @@ fn bind_pair(addr: SocketAddr) -> Result<(Socket, Socket), ListenError> {
             .ok()
             .and_then(|bound| bound.as_socket())
             .unwrap_or(addr);
-        match bind_socket(bound, Type::STREAM)
+        match bind_socket(bound, Type::STREAM, false)
             .and_then(|socket| socket.listen(1024).map(|()| socket))
         {
             Ok(tcp) => return Ok((udp, tcp)),
@@ -161,7 +211,7 @@ fn bind_pair(addr: SocketAddr) -> Result<(Socket, Socket), ListenError> {
     Err(last_error.expect("at least one attempt"))
 }
 
-fn bind_socket(addr: SocketAddr, kind: Type) -> std::io::Result<Socket> {
+fn bind_socket(addr: SocketAddr, kind: Type, shared: bool) -> std::io::Result<Socket> {
     let protocol = if kind == Type::DGRAM {
         SocketProtocol::UDP
     } else {
@@ -173,6 +223,12 @@ fn bind_socket(addr: SocketAddr, kind: Type) -> std::io::Result<Socket> {
     }
     if kind == Type::STREAM {
         socket.set_reuse_address(true)?;
+    }
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
+    if kind == Type::DGRAM && addr.ip().is_unspecified() {
+        udp::learn_destinations(&socket, addr.is_ipv6())?;
     }
     socket.bind(&addr.into())?;
     Ok(socket)
