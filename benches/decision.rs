@@ -52,6 +52,7 @@ fn ask(policy: &dyn Policy, name: &str) -> Decision {
         name: black_box(name.as_bytes()),
         qtype: 1,
         client: [192, 168, 1, 7].into(),
+        unix_time: 0,
     })
 }
 

@@ -300,6 +300,7 @@ fn policy_tool(command: PolicyCommand) -> Result<()> {
                 name: lower.as_bytes(),
                 qtype: 1,
                 client: [127, 0, 0, 1].into(),
+                unix_time: moat::clock::unix_now(),
             };
             // The query path's order: local records, then the blocklist.
             let mut said = None;
