@@ -12,6 +12,7 @@ mod forwarding;
 mod hostile;
 mod lists;
 mod owner;
+mod plugins;
 mod policy;
 mod robustness;
 mod safe_mode;
