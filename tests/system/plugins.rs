@@ -228,4 +228,9 @@ async fn a_schedule_decides_on_the_replica_at_the_time_it_is_fed() {
         blocked(&r, "a.ads.test").await,
         "the blocklist keeps deciding"
     );
+    let metrics = api.get("/metrics").await.text;
+    assert!(
+        metrics.contains("moat_plugin_switched_off{plugin=\"trapping\"} 1"),
+        "{metrics}"
+    );
 }

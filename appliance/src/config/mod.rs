@@ -19,7 +19,8 @@ use moat_proto::ApplianceName;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use forward::{DomainSuffix, ForwardTable, ForwardTarget, ForwardZone, UpstreamEntry};
-pub(crate) use plugins::{PluginFailMode, PluginName, PluginPlace, PluginSpec, PluginTuning};
+pub(crate) use plugins::PluginTuning;
+pub use plugins::{PluginFailMode, PluginName, PluginPlace, PluginSpec};
 pub(crate) use records::{LocalRecord, RecordData, RecordName};
 pub(crate) use values::{
     BlockedResponse, BlocklistSource, ClientRange, FailMode, NameRule, Percent, SourceLocation,
