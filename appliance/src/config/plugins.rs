@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// Longest plugin name.
 pub(crate) const PLUGIN_NAME_MAX: usize = 32;
 
+/// Most plugins a policy may configure (a bundle carries at most 64 parts).
+pub(crate) const MAX_PLUGINS: usize = 16;
+
 /// Most bytes a plugin's configuration lines may take.
 pub(crate) const PLUGIN_CONFIG_MAX: usize = 64 << 10;
 
@@ -191,8 +194,14 @@ fn write_scalar(out: &mut String, key: &str, value: &toml::Value) -> Result<(), 
     Ok(())
 }
 
-/// Plugin names must be distinct.
+/// At most [`MAX_PLUGINS`], with distinct names.
 pub(super) fn check_names(plugins: &[PluginSpec]) -> Result<(), String> {
+    if plugins.len() > MAX_PLUGINS {
+        return Err(format!(
+            "key `policy.plugins`: {} plugins; a policy may have at most {MAX_PLUGINS}",
+            plugins.len()
+        ));
+    }
     let mut seen = std::collections::HashSet::new();
     for plugin in plugins {
         if !seen.insert(plugin.name) {
@@ -282,6 +291,11 @@ note = "kids"
         let twice = "[[policy.plugins]]\nname = \"a\"\nmodule = \"a.wasm\"\n".repeat(2);
         let err = Config::parse(&twice, "x.toml").unwrap_err().to_string();
         assert!(err.contains("configured twice"), "{err}");
+        let many: String = (0..=super::MAX_PLUGINS)
+            .map(|index| format!("[[policy.plugins]]\nname = \"p{index}\"\nmodule = \"a.wasm\"\n"))
+            .collect();
+        let err = Config::parse(&many, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("at most 16"), "{err}");
         let big = format!(
             "[[policy.plugins]]\nname = \"a\"\nmodule = \"a.wasm\"\nconfig = {{ a = \"{}\" }}\n",
             "x".repeat(super::PLUGIN_CONFIG_MAX)
