@@ -81,6 +81,9 @@ enum Command {
     /// Compile or try out a policy offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Policy plugins of your own (`[[policy.plugins]]`).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// On the primary: print a one-time code a replica pairs with.
     Code {
         /// How long the code stays valid ("10m" unless given).
@@ -107,6 +110,16 @@ enum Command {
         name: String,
         #[command(flatten)]
         target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Check a module as the primary does before signing: no imports, the
+    /// memory limit, this ABI version, the smoke set.
+    Check {
+        /// The `.wasm` file.
+        file: PathBuf,
     },
 }
 
@@ -228,6 +241,14 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Resume(target) => show(&target, &client(&target)?.resume().await?),
         Command::Policy(command) => policy_tool(command),
+        Command::Plugin(PluginCommand::Check { file }) => {
+            let module =
+                std::fs::read(&file).map_err(|err| anyhow::anyhow!("{}: {err}", file.display()))?;
+            moat::compile::check_plugin(&module, &PolicyEngine::start()?)
+                .map_err(|reason| anyhow::anyhow!("{}: refused: {reason}", file.display()))?;
+            println!("{}: accepted", file.display());
+            Ok(())
+        }
         Command::Code { valid, target } => {
             let issued = client(&target)?.pairing_code(valid).await?;
             if target.json {

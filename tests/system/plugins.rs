@@ -74,6 +74,15 @@ async fn set_plugins(primary: &MoatProcess, plugins: Value) -> moat_system_tests
     api.put("/api/v1/policy", &policy).await
 }
 
+/// `moat plugin check FILE`.
+fn plugin_check(file: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(moat_system_tests::moat::binary())
+        .args(["plugin", "check"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 /// Whether the replica answers `name` with the blocked answer.
 async fn blocked(replica: &MoatProcess, name: &str) -> bool {
     ips(&replica.dns.a(name).await) == ["0.0.0.0"]
@@ -174,7 +183,19 @@ async fn a_schedule_decides_on_the_replica_at_the_time_it_is_fed() {
         );
         let now = bundle_version(&status(p).await.unwrap()).unwrap();
         assert_eq!(now, changed, "{name}: the primary sealed nothing");
+        let checked = plugin_check(&file);
+        let said = String::from_utf8_lossy(&checked.stderr);
+        assert!(
+            !checked.status.success() && said.contains(says),
+            "moat plugin check {name}: {said}"
+        );
     }
+    let checked = plugin_check(&dir.0.join("schedule.wasm"));
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
     let replica_status = status(&r).await.unwrap();
     assert_eq!(
         bundle_version(&replica_status).unwrap(),

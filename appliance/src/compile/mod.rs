@@ -12,7 +12,7 @@ use moat_plugin_abi::{DataHeader, ORIGIN_CAPACITY, TABLES, Table, name_hash, pac
 
 pub(crate) use link::{LinkError, with_data_segment};
 use parse::{Action, Rule, Scope};
-pub use plugins::PluginRefused;
+pub use plugins::{PluginRefused, check_plugin};
 pub use sources::source_dirs;
 pub(crate) use sources::{
     SourceError, SourceReport, SourceStatus, record_compiled, record_download, source_status,

@@ -11,6 +11,7 @@ use wasmparser::{Parser, Payload, Validator};
 use super::link::with_data_segment;
 use super::sources::allowed;
 use crate::config::{PluginName, PluginSpec};
+use crate::policy::{PolicyEngine, WasmPolicy};
 use crate::store::DataDir;
 
 /// Largest module file read.
@@ -36,6 +37,24 @@ pub(crate) fn build(spec: &PluginSpec, data: &DataDir) -> Result<Vec<u8>, Plugin
     check_module(&module).map_err(refuse)?;
     with_data_segment(&module, &config_data(spec))
         .map_err(|err| refuse(format!("cannot add its configuration: {err}")))
+}
+
+/// Checks `module` as the primary does before signing (with an empty
+/// configuration): what [`build`] checks, then its ABI version, exports
+/// and the smoke set; gives the reason it is refused.
+pub fn check_plugin(module: &[u8], engine: &PolicyEngine) -> Result<(), String> {
+    check_module(module)?;
+    let empty = PluginSpec {
+        name: "check".parse()?,
+        module: Default::default(),
+        place: Default::default(),
+        fail_mode: Default::default(),
+        config: Default::default(),
+    };
+    let module = with_data_segment(module, &config_data(&empty))
+        .map_err(|err| format!("cannot add a configuration: {err}"))?;
+    let loaded = WasmPolicy::new(engine, &module).map_err(|err| err.to_string())?;
+    loaded.smoke().map_err(|err| err.to_string())
 }
 
 /// The bytes of `spec`'s module file, at most [`MAX_MODULE_BYTES`].
@@ -157,6 +176,15 @@ mod tests {
                 (func (export "moat_decide") (param i32 i32) (result i32) {body}))"#
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn check_plugin_says_what_the_primary_would() {
+        assert_eq!(check_plugin(SCHEDULE_EXAMPLE, engine()), Ok(()));
+        let err = check_plugin(&module("", 1, "unreachable"), engine()).unwrap_err();
+        assert!(err.contains("plugin fault"), "{err}");
+        let err = check_plugin(&module_of(1, "", 1, "i32.const 0"), engine()).unwrap_err();
+        assert!(err.contains("ABI 1"), "{err}");
     }
 
     fn refusal(module: &[u8]) -> String {
