@@ -35,6 +35,9 @@ done
 # sockets, clocks or OS randomness: proof that the crate does no I/O.
 cargo build -p moat-proto --target wasm32-unknown-unknown --locked
 
+# The example plugins' own tests, on the host (their decisions are pure).
+cargo test --manifest-path plugins/Cargo.toml --locked --lib -p moat-schedule
+
 # Everything runs on the static musl build that the x86_64 image ships, so CI
 # compiles the x86_64 side once: the tests, the benchmark and the image all
 # use the same `moat`. Nested cargo runs (tests/system's harness, the

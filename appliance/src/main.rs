@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use moat::compile::{compile_policy, source_dirs};
-use moat::config::Config;
+use moat::config::{Config, PluginPlace};
 use moat::control::{ClientError, ControlClient, LogQuery};
 use moat::daemon::{App, ConfigSource, join_offline};
 use moat::policy::{Decision, Policy, PolicyEngine, Question, WasmPolicy};
@@ -81,6 +81,9 @@ enum Command {
     /// Compile or try out a policy offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Policy plugins of your own (`[[policy.plugins]]`).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// On the primary: print a one-time code a replica pairs with.
     Code {
         /// How long the code stays valid ("10m" unless given).
@@ -127,6 +130,16 @@ enum UpdateCommand {
         /// Accept a version not newer than the slot's.
         #[arg(long)]
         allow_downgrade: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Check a module as the primary does before signing: no imports, the
+    /// memory limit, this ABI version, the smoke set.
+    Check {
+        /// The `.wasm` file.
+        file: PathBuf,
     },
 }
 
@@ -249,6 +262,14 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Resume(target) => show(&target, &client(&target)?.resume().await?),
         Command::Policy(command) => policy_tool(command),
         Command::Update(command) => update_tool(command),
+        Command::Plugin(PluginCommand::Check { file }) => {
+            let module =
+                std::fs::read(&file).map_err(|err| anyhow::anyhow!("{}: {err}", file.display()))?;
+            moat::compile::check_plugin(&module, &PolicyEngine::start()?)
+                .map_err(|reason| anyhow::anyhow!("{}: refused: {reason}", file.display()))?;
+            println!("{}: accepted", file.display());
+            Ok(())
+        }
         Command::Code { valid, target } => {
             let issued = client(&target)?.pairing_code(valid).await?;
             if target.json {
@@ -321,23 +342,41 @@ fn policy_tool(command: PolicyCommand) -> Result<()> {
                 name: lower.as_bytes(),
                 qtype: 1,
                 client: [127, 0, 0, 1].into(),
+                unix_time: moat::clock::unix_now(),
             };
-            // The query path's order: local records, then the blocklist.
+            // The query path's order: configured plugins placed first, local
+            // records, plugins before the blocklist, the blocklist, the rest.
+            let placed = |place: PluginPlace| {
+                compiled
+                    .plugins
+                    .iter()
+                    .zip(&config.policy.plugins)
+                    .filter(move |(_, spec)| spec.place == place)
+                    .map(|((plugin, module), _)| (format!(" (plugin `{plugin}`)"), module))
+            };
+            let chain = placed(PluginPlace::First)
+                .chain([(String::new(), &compiled.local_records)])
+                .chain(placed(PluginPlace::BeforeBlocklist))
+                .chain([(String::new(), &compiled.blocklist)])
+                .chain(placed(PluginPlace::Last));
             let mut said = None;
-            for module in [&compiled.local_records, &compiled.blocklist] {
+            for (by, module) in chain {
                 let plugin = WasmPolicy::new(&engine, module)?;
                 let decision = plugin.decide(&question);
                 if decision != Decision::NoOpinion {
-                    said = Some((decision, plugin.explain(&question)?));
+                    said = Some((decision, plugin.explain(&question)?, by));
                     break;
                 }
             }
             match said {
-                Some((decision, Some(rule))) => {
-                    println!("{name}: {} by {rule}", decision_label(&decision))
+                Some((decision, Some(rule), by)) => {
+                    println!("{name}: {}{by} by {rule}", decision_label(&decision))
                 }
-                Some((decision, None)) => {
-                    println!("{name}: {} (no rule matches)", decision_label(&decision))
+                Some((decision, None, by)) => {
+                    println!(
+                        "{name}: {}{by} (no rule matches)",
+                        decision_label(&decision)
+                    )
                 }
                 None => println!("{name}: NoOpinion (no rule matches)"),
             }

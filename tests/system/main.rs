@@ -13,6 +13,7 @@ mod hostile;
 mod listen;
 mod lists;
 mod owner;
+mod plugins;
 mod policy;
 mod robustness;
 mod safe_mode;

@@ -11,8 +11,10 @@
 //! an envelope holding the manifest bytes, the signature over exactly those
 //! bytes, and the named parts.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
+use crate::config::PluginName;
 use crate::store::StoreError;
 
 mod key;
@@ -38,25 +40,32 @@ pub enum Part {
     LocalRecords,
     /// The synced policy settings (TOML).
     Settings,
+    /// A module of `[[policy.plugins]]`, its configuration included.
+    Plugin(PluginName),
 }
 
 impl Part {
-    /// Every part, in the order they are sealed.
+    /// Every part of a fixed name, in the order they are sealed; plugins
+    /// follow.
     pub const ALL: [Self; 3] = [Self::LocalRecords, Self::Blocklist, Self::Settings];
 
-    /// The part's name on the wire.
-    pub fn name(self) -> &'static str {
+    /// Where a plugin's part name starts.
+    const PLUGIN_PREFIX: &str = "plugins/";
+
+    /// The part's name on the wire (`plugins/NAME.wasm` for a plugin).
+    pub fn name(self) -> Cow<'static, str> {
         match self {
-            Self::Blocklist => "blocklist.wasm",
-            Self::LocalRecords => "local-records.wasm",
-            Self::Settings => "policy.toml",
+            Self::Blocklist => "blocklist.wasm".into(),
+            Self::LocalRecords => "local-records.wasm".into(),
+            Self::Settings => "policy.toml".into(),
+            Self::Plugin(name) => format!("{}{name}.wasm", Self::PLUGIN_PREFIX).into(),
         }
     }
 }
 
 impl std::fmt::Display for Part {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.write_str(&self.name())
     }
 }
 
@@ -64,9 +73,15 @@ impl std::str::FromStr for Part {
     type Err = BundleError;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let plugin = name
+            .strip_prefix(Self::PLUGIN_PREFIX)
+            .and_then(|rest| rest.strip_suffix(".wasm"))
+            .and_then(|plugin| plugin.parse().ok())
+            .map(Self::Plugin);
         Self::ALL
             .into_iter()
             .find(|part| part.name() == name)
+            .or(plugin)
             .ok_or_else(|| BundleError::UnknownPart {
                 name: name.to_owned(),
             })

@@ -54,12 +54,12 @@ impl Bundle {
             expires_unix: created_unix.saturating_add(lifetime.as_secs()),
             parts: parts
                 .iter()
-                .map(|(part, bytes)| PartDigest::of(part.name(), bytes))
+                .map(|(part, bytes)| PartDigest::of(&part.name(), bytes))
                 .collect(),
         };
         let parts = parts
             .into_iter()
-            .map(|(part, bytes)| (part.name().to_owned(), bytes))
+            .map(|(part, bytes)| (part.name().into_owned(), bytes))
             .collect();
         Self::sign(&manifest, parts, key)
     }
@@ -203,7 +203,7 @@ impl VerifiedBundle {
             .parts
             .0
             .iter()
-            .find(|(name, _)| name == part.name())
+            .find(|(name, _)| *name == part.name())
             .map(|(_, bytes)| bytes.0.as_slice())
     }
 

@@ -25,7 +25,7 @@ fn parts() -> Vec<(Part, Vec<u8>)> {
 fn named() -> Vec<(String, Vec<u8>)> {
     parts()
         .into_iter()
-        .map(|(part, bytes)| (part.name().to_owned(), bytes))
+        .map(|(part, bytes)| (part.name().into_owned(), bytes))
         .collect()
 }
 
@@ -50,7 +50,7 @@ fn manifest(key: &SigningKey) -> Manifest {
         expires_unix: NOW + 60,
         parts: parts()
             .iter()
-            .map(|(part, bytes)| PartDigest::of(part.name(), bytes))
+            .map(|(part, bytes)| PartDigest::of(&part.name(), bytes))
             .collect(),
     }
 }
@@ -174,7 +174,7 @@ fn missing_extra_or_repeated_parts_are_refused() {
     );
     let err = check(&Bundle::sign(&manifest, repeated, &key).to_bytes(), &key).unwrap_err();
     assert!(
-        matches!(&err, BundleError::UnexpectedPart { part } if part == Part::Blocklist.name()),
+        matches!(&err, BundleError::UnexpectedPart { part } if *part == Part::Blocklist.name()),
         "{err}"
     );
 }
@@ -197,6 +197,17 @@ fn an_unknown_part_is_a_typed_error() {
     ));
     for part in Part::ALL {
         assert_eq!(part.name().parse::<Part>().unwrap(), part);
+    }
+    let plugin = Part::Plugin("bed-time".parse().unwrap());
+    assert_eq!(plugin.name(), "plugins/bed-time.wasm");
+    assert_eq!(plugin.name().parse::<Part>().unwrap(), plugin);
+    for bad in [
+        "plugins/Bad.wasm",
+        "plugins/.wasm",
+        "plugins/a",
+        "plugins/../a.wasm",
+    ] {
+        assert!(bad.parse::<Part>().is_err(), "{bad}");
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod link;
 mod parse;
+mod plugins;
 mod records;
 mod sources;
 
@@ -11,13 +12,14 @@ use moat_plugin_abi::{DataHeader, ORIGIN_CAPACITY, TABLES, Table, name_hash, pac
 
 pub(crate) use link::{LinkError, with_data_segment};
 use parse::{Action, Rule, Scope};
+pub use plugins::{PluginRefused, check_plugin};
 pub use sources::source_dirs;
 pub(crate) use sources::{
     SourceError, SourceReport, SourceStatus, record_compiled, record_download, source_status,
     store_download,
 };
 
-use crate::config::{NameRule, Policy};
+use crate::config::{NameRule, PluginName, Policy};
 use crate::store::DataDir;
 
 /// Why a policy could not be compiled.
@@ -29,6 +31,9 @@ pub enum CompileError {
     /// The module could not be built.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// A configured plugin was refused.
+    #[error(transparent)]
+    Plugin(#[from] PluginRefused),
 }
 
 /// A compiled policy: the blocklist module and what went into it.
@@ -38,6 +43,9 @@ pub struct CompiledPolicy {
     pub blocklist: Vec<u8>,
     /// The local-records module, data included.
     pub local_records: Vec<u8>,
+    /// Each configured plugin's module, its configuration included, in
+    /// the order of `[[policy.plugins]]`.
+    pub plugins: Vec<(PluginName, Vec<u8>)>,
     /// Totals.
     pub summary: CompileSummary,
     /// Per source.
@@ -59,9 +67,15 @@ pub fn compile_policy(policy: &Policy, data: &DataDir) -> Result<CompiledPolicy,
     let (blocklist, summary) = rules.compile()?;
     let records = records::encode(&policy.local_records, policy.local_ptr);
     let local_records = with_data_segment(LOCAL_RECORDS_TEMPLATE, &records)?;
+    let plugins = policy
+        .plugins
+        .iter()
+        .map(|spec| Ok((spec.name, plugins::build(spec, data)?)))
+        .collect::<Result<_, PluginRefused>>()?;
     Ok(CompiledPolicy {
         blocklist,
         local_records,
+        plugins,
         summary,
         sources: reports,
     })
@@ -97,9 +111,16 @@ pub(crate) fn inputs_digest(policy: &Policy, data: &DataDir) -> [u8; 32] {
         policy.deny,
         policy.blocklists,
         policy.local_records,
-        policy.local_ptr
+        policy.local_ptr,
+        policy.plugins
     ]);
     add(rules.to_string().as_bytes());
+    for spec in &policy.plugins {
+        match plugins::read_module(spec, data) {
+            Ok(bytes) => add(&bytes),
+            Err(_) => add(b"\0missing"),
+        }
+    }
     for source in &policy.blocklists {
         match sources::current_bytes(source, data) {
             Some(bytes) => add(&bytes),
@@ -114,6 +135,10 @@ pub(crate) fn inputs_digest(policy: &Policy, data: &DataDir) -> [u8; 32] {
 /// The blocklist plugin as built from `plugins/blocklist`, without data.
 pub(crate) const BLOCKLIST_TEMPLATE: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/moat_blocklist.wasm"));
+
+/// The example schedule plugin as built from `plugins/examples/schedule`:
+/// for tests, benchmarks and people who want a module to start from.
+pub const SCHEDULE_EXAMPLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/moat_schedule.wasm"));
 
 /// The local-records plugin as built from `plugins/local-records`, without data.
 pub(crate) const LOCAL_RECORDS_TEMPLATE: &[u8] =
@@ -293,6 +318,7 @@ mod tests {
                 name: name.as_bytes(),
                 qtype: 1,
                 client: [127, 0, 0, 1].into(),
+                unix_time: 0,
             })
         };
         assert_eq!(

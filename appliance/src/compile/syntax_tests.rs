@@ -53,6 +53,7 @@ fn verdicts(policy: &dyn Policy, names: &[&str]) -> Vec<Decision> {
                 name: name.as_bytes(),
                 qtype: 1,
                 client: [127, 0, 0, 1].into(),
+                unix_time: 0,
             })
         })
         .collect()
@@ -143,6 +144,7 @@ fn adblock_anchors_exceptions_and_modifiers() {
             name: name.as_bytes(),
             qtype: 1,
             client: [127, 0, 0, 1].into(),
+            unix_time: 0,
         };
         let rule = policy.explain(&question).unwrap().unwrap();
         (rule.kind, rule.pattern)

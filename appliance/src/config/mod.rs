@@ -6,6 +6,7 @@
 //! key and the reason.
 
 mod forward;
+mod plugins;
 mod records;
 mod values;
 
@@ -18,6 +19,8 @@ use moat_proto::ApplianceName;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use forward::{DomainSuffix, ForwardTable, ForwardTarget, ForwardZone, UpstreamEntry};
+pub(crate) use plugins::PluginTuning;
+pub use plugins::{PluginFailMode, PluginName, PluginPlace, PluginSpec};
 pub(crate) use records::{LocalRecord, RecordData, RecordName};
 pub(crate) use values::{
     BlockedResponse, BlocklistSource, ClientRange, FailMode, NameRule, Percent, SourceLocation,
@@ -91,6 +94,8 @@ pub struct Tuning {
     pub server: ServerTuning,
     /// The query log.
     pub query_log: QueryLogTuning,
+    /// The policy plugins.
+    pub plugins: PluginTuning,
 }
 
 /// Cache sizing, TTL clamping, serve-stale and refresh of hot names.
@@ -375,6 +380,8 @@ pub struct Policy {
     pub local_records: Vec<LocalRecord>,
     /// Make PTR records from local A and AAAA records.
     pub local_ptr: bool,
+    /// Policy plugins of the user's own (`[[policy.plugins]]`).
+    pub plugins: Vec<PluginSpec>,
 }
 
 impl Default for Policy {
@@ -395,6 +402,7 @@ impl Default for Policy {
             fail_mode: FailMode::Open,
             local_records: Vec::new(),
             local_ptr: true,
+            plugins: Vec::new(),
         }
     }
 }
@@ -481,6 +489,7 @@ impl Config {
             );
         }
         self.policy.check_forward_zones()?;
+        plugins::check_names(&self.policy.plugins)?;
         let cache = &self.tuning.cache;
         if cache.min_ttl > cache.max_ttl {
             return Err(format!(

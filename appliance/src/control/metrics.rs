@@ -110,6 +110,7 @@ pub(super) fn render(status: &Status, stats: &StatsSnapshot, extra: &Extra) -> S
         "Policy plugin faults since the policy in force was loaded.",
         status.policy_faults,
     );
+    plugins(&mut out, status);
     out.single(
         "moat_query_log_lost_total",
         "counter",
@@ -207,6 +208,34 @@ fn upstream_latency(out: &mut Exposition, stats: &StatsSnapshot) {
     out.sample(&format!("{NAME}_bucket"), &[("le", "+Inf")], total);
     let _ = writeln!(out.text, "{NAME}_sum {}", histogram.sum_us as f64 / 1e6);
     out.sample(&format!("{NAME}_count"), &[], total);
+}
+
+/// Per configured plugin (`[[policy.plugins]]`): faults and whether it is switched off.
+fn plugins(out: &mut Exposition, status: &Status) {
+    if status.plugins.is_empty() {
+        return;
+    }
+    let each = |value: fn(&crate::policy::PluginStatus) -> u64| -> Vec<(String, u64)> {
+        status
+            .plugins
+            .iter()
+            .map(|plugin| (plugin.name.clone(), value(plugin)))
+            .collect()
+    };
+    out.labelled(
+        "moat_plugin_faults_total",
+        "counter",
+        "Faults of each configured policy plugin since the policy in force was loaded.",
+        "plugin",
+        &each(|plugin| plugin.faults),
+    );
+    out.labelled(
+        "moat_plugin_switched_off",
+        "gauge",
+        "1 while a configured policy plugin is switched off after repeated faults.",
+        "plugin",
+        &each(|plugin| u64::from(plugin.switched_off)),
+    );
 }
 
 fn replicas(out: &mut Exposition, status: &Status) {

@@ -65,6 +65,7 @@ impl LiveBuilder {
                 per_client: config.tuning.server.max_misses_per_client.max(1),
             },
             gate: self.gate(&config.tuning.server),
+            plugin_clock_offset_secs: config.tuning.plugins.clock_offset_secs,
         })
     }
 

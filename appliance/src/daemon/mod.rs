@@ -178,6 +178,9 @@ pub struct Status {
     pub query_log_lost: u64,
     /// Policy plugin faults since the policy in force was loaded.
     pub policy_faults: u64,
+    /// Each configured plugin (`[[policy.plugins]]`) of the policy in force.
+    #[serde(default)]
+    pub plugins: Vec<crate::policy::PluginStatus>,
     /// `primary` or `replica`.
     pub role: String,
     /// Version of the policy bundle in force.
@@ -295,6 +298,7 @@ impl Daemon {
             config_generation: snapshot.generation,
             query_log_lost: self.handler.query_log().lost(),
             policy_faults: live.policy.faults(),
+            plugins: live.policy.plugins(),
             safe_mode: self.safe_mode.clone(),
             query_log_disk_limit: self
                 .handler
@@ -585,11 +589,11 @@ fn policy_for(
     let now = clock::unix_now();
     let bundle = match role {
         RoleSetup::Primary { key, .. } if safe => {
-            Some(policy::last_sealed(config, data, key, now)?)
+            Some(policy::last_sealed(config, data, key, engine, now)?)
         }
-        RoleSetup::Primary { key, .. } => {
-            Some(policy::seal_for_primary(config, data, key, true, now)?)
-        }
+        RoleSetup::Primary { key, .. } => Some(policy::seal_for_primary(
+            config, data, key, engine, true, now,
+        )?),
         RoleSetup::Replica(pin) => {
             policy::stored(data, &crate::bundle::PublicKey(pin.signing_key), now)
                 .inspect_err(|err| tracing::error!(error = %err, "stored bundle unusable"))

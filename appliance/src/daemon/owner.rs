@@ -290,7 +290,14 @@ impl PolicyOwner {
     /// Seals `config`'s policy with the primary's key.
     fn seal(&self, config: &Config) -> Result<VerifiedBundle, DaemonError> {
         let key = self.daemon.role.lock().signing_key()?;
-        policy::seal_for_primary(config, self.data(), &key, false, clock::unix_now())
+        policy::seal_for_primary(
+            config,
+            self.data(),
+            &key,
+            &self.engine,
+            false,
+            clock::unix_now(),
+        )
     }
 
     /// Opens `bundle` and builds the query path's settings for it under

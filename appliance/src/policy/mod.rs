@@ -3,6 +3,7 @@
 //! `compile`), hosted by `wasm`.
 
 mod pause;
+mod plugin;
 mod wasm;
 
 use std::net::IpAddr;
@@ -10,6 +11,10 @@ use std::sync::Arc;
 
 pub(crate) use moat_plugin_abi::RuleKind;
 pub(crate) use pause::{Pause, PauseState};
+pub(crate) use plugin::Configured;
+pub use plugin::PluginStatus;
+#[cfg(test)]
+pub(crate) use plugin::SWITCH_OFF_FAULTS;
 pub(crate) use wasm::PluginError;
 pub use wasm::{PolicyEngine, WasmPolicy};
 
@@ -22,6 +27,9 @@ pub struct Question<'a> {
     pub qtype: u16,
     /// Who asked.
     pub client: IpAddr,
+    /// When, in Unix seconds, as plugins are told (the clock plus
+    /// `tuning.plugins.clock_offset_secs`).
+    pub unix_time: u64,
 }
 
 /// What policy decided for a question.
@@ -39,6 +47,9 @@ pub enum Decision {
     Fault,
     /// Answer locally with these records (see `LocalAnswer`).
     Answer(LocalAnswer),
+    /// A plugin whose fail mode is `closed` faulted: SERVFAIL, whatever
+    /// the policy's fail mode.
+    FailClosed,
 }
 
 /// Which rule decided a question, as the plugin that holds it tells it.
@@ -119,6 +130,10 @@ impl Policy for Chain {
     fn reads_client(&self) -> bool {
         self.0.iter().any(|policy| policy.reads_client())
     }
+
+    fn plugins(&self) -> Vec<PluginStatus> {
+        self.0.iter().flat_map(|policy| policy.plugins()).collect()
+    }
 }
 
 /// Decides what happens to each question. Implementations are called on
@@ -132,8 +147,13 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
         0
     }
 
-    /// Whether decisions depend on who asks. When they do not, a decision
-    /// to let a question through is kept with its cached answer until the
-    /// policy changes, and cache hits skip the policy.
+    /// Whether decisions depend on who asks or when. When they do not, a
+    /// decision to let a question through is kept with its cached answer
+    /// until the policy changes, and cache hits skip the policy.
     fn reads_client(&self) -> bool;
+
+    /// The state of each configured plugin (`[[policy.plugins]]`) in it.
+    fn plugins(&self) -> Vec<PluginStatus> {
+        Vec::new()
+    }
 }

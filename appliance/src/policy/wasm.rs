@@ -11,8 +11,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use moat_plugin_abi::{
-    ABI_VERSION, ANSWER_CAPACITY, CLIENT_LEN, DECIDES_BY_CLIENT_EXPORT, NAME_CAPACITY,
-    QUERY_CAPACITY, Verdict,
+    ABI_VERSION, ANSWER_CAPACITY, DECIDES_BY_CLIENT_EXPORT, DECIDES_BY_TIME_EXPORT, QUERY_CAPACITY,
+    Query, Verdict,
 };
 use wasmtime::{
     Engine, InstancePre, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
@@ -191,7 +191,8 @@ impl WasmPolicy {
             pre,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             memory_limit: data_end + MEMORY_HEADROOM,
-            reads_client: module.get_export(DECIDES_BY_CLIENT_EXPORT).is_some(),
+            reads_client: module.get_export(DECIDES_BY_CLIENT_EXPORT).is_some()
+                || module.get_export(DECIDES_BY_TIME_EXPORT).is_some(),
             faults: AtomicU64::new(0),
             fault_logged: AtomicBool::new(false),
             instances: AtomicU64::new(0),
@@ -235,6 +236,35 @@ impl WasmPolicy {
             pattern: String::from_utf8_lossy(pattern).into_owned(),
             origin: String::from_utf8_lossy(origin).into_owned(),
         }))
+    }
+
+    /// Asks the plugin the smoke set (names, types, clients and times a
+    /// plugin meets) on an instance of its own; the first trap, timeout or
+    /// bad verdict is the error.
+    pub(crate) fn smoke(&self) -> Result<(), PluginError> {
+        let long = format!("{}.example", "a".repeat(200));
+        let names = ["example.com", "a.b.c.example.org", "", "localhost", &long];
+        let clients: [std::net::IpAddr; 3] = [
+            [127, 0, 0, 1].into(),
+            [192, 168, 1, 23].into(),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ];
+        let times = [0, 1_700_000_000, crate::clock::unix_now(), u64::MAX];
+        let mut worker = self.instantiate()?;
+        for (index, name) in names.iter().enumerate() {
+            for (qtype, client) in [(1, clients[index % 3]), (28, clients[(index + 1) % 3])] {
+                let question = Question {
+                    name: name.as_bytes(),
+                    qtype,
+                    client,
+                    unix_time: times[index % times.len()],
+                };
+                self.call(&mut worker, &question).map_err(|err| {
+                    PluginError::Fault(format!("asked {name:?} (type {qtype}): {err:#}"))
+                })?;
+            }
+        }
+        Ok(())
     }
 
     fn instantiate(&self) -> Result<Worker, PluginError> {
@@ -357,22 +387,26 @@ impl Policy for WasmPolicy {
     }
 }
 
-/// Writes the client and name of `question` into the query buffer; gives
-/// the name's length as the plugin takes it.
+/// Writes `question` into the query buffer (the client group empty until
+/// there are client groups); gives the name's length as the plugin takes it.
 fn write_question(worker: &mut Worker, question: &Question<'_>) -> wasmtime::Result<i32> {
-    let name = &question.name[..question.name.len().min(NAME_CAPACITY)];
-    let mut input = [0u8; QUERY_CAPACITY];
     let client = match question.client {
         std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         std::net::IpAddr::V6(v6) => v6,
     };
-    input[..CLIENT_LEN].copy_from_slice(&client.octets());
-    input[CLIENT_LEN..CLIENT_LEN + name.len()].copy_from_slice(name);
-    let input = &input[..CLIENT_LEN + name.len()];
+    let mut input = [0u8; QUERY_CAPACITY];
+    let len = Query {
+        client: client.octets(),
+        unix_time: question.unix_time,
+        group: b"",
+        name: question.name,
+    }
+    .write(&mut input);
+    let input = &input[..moat_plugin_abi::NAME_AT + len as usize];
     worker
         .memory
         .write(&mut worker.store, worker.query_buffer, input)?;
-    Ok(name.len() as i32)
+    Ok(len)
 }
 
 /// Copies a plugin's answer out of its answer buffer, checking its form.
@@ -423,6 +457,7 @@ mod tests {
             name: name.as_bytes(),
             qtype: 1,
             client: [127, 0, 0, 1].into(),
+            unix_time: 0,
         }
     }
 
@@ -756,10 +791,104 @@ mod tests {
                 name: b"a.example",
                 qtype: 1,
                 client: client.into(),
+                unix_time: 0,
             })
         };
         assert_eq!(from([127, 0, 0, 7]), Decision::Block);
         assert_eq!(from([127, 0, 0, 1]), Decision::NoOpinion);
+    }
+
+    #[test]
+    fn the_time_reaches_the_plugin_and_marks_it_as_deciding_by_time() {
+        // Blocks when the time in the query buffer is 12345.
+        let body = "(select (i32.const 2) (i32.const 0) (i64.eq (i64.load (i32.const 1040)) (i64.const 12345)))";
+        let policy = load(&fixture_with(
+            body,
+            r#"(func (export "moat_decides_by_time") (result i32) i32.const 1)"#,
+        ))
+        .unwrap();
+        assert!(
+            policy.reads_client(),
+            "the export keeps its verdicts out of the memo"
+        );
+        let at = |unix_time| {
+            policy.decide(&Question {
+                unix_time,
+                ..question("a.example")
+            })
+        };
+        assert_eq!(at(12_345), Decision::Block);
+        assert_eq!(at(12_345 + 3600), Decision::NoOpinion);
+    }
+
+    #[test]
+    fn a_configured_plugin_faults_by_its_fail_mode_and_is_switched_off() {
+        use crate::config::PluginFailMode;
+        use crate::policy::{Chain, Configured, SWITCH_OFF_FAULTS};
+        for (fail_mode, expected) in [
+            (PluginFailMode::Skip, Decision::Block),
+            (PluginFailMode::Open, Decision::Allow),
+            (PluginFailMode::Closed, Decision::FailClosed),
+        ] {
+            let trapping = load(&fixture("unreachable")).unwrap();
+            let plugin = Arc::new(Configured::new(
+                "trap".parse().unwrap(),
+                fail_mode,
+                Arc::clone(&trapping),
+            ));
+            // The built-in after it blocks everything.
+            let chain = Chain(vec![
+                plugin as Arc<dyn Policy>,
+                load(&fixture("i32.const 2")).unwrap(),
+            ]);
+            for asked in 1..=SWITCH_OFF_FAULTS + 5 {
+                assert_eq!(
+                    ask(&chain, "a.example"),
+                    expected,
+                    "{fail_mode:?}, query {asked}"
+                );
+            }
+            assert_eq!(
+                trapping.faults(),
+                u64::from(SWITCH_OFF_FAULTS),
+                "{fail_mode:?}: not called once switched off"
+            );
+            let status = chain.plugins();
+            assert_eq!(status.len(), 1);
+            assert!(status[0].switched_off, "{status:?}");
+            assert_eq!(status[0].name, "trap");
+        }
+        let fine = Configured::new(
+            "fine".parse().unwrap(),
+            PluginFailMode::Skip,
+            load(&fixture("i32.const 2")).unwrap(),
+        );
+        assert_eq!(ask(&fine, "a.example"), Decision::Block);
+        assert!(!fine.plugins()[0].switched_off);
+    }
+
+    #[test]
+    fn a_runaway_plugin_is_contained_and_switched_off_while_the_others_decide() {
+        use crate::config::PluginFailMode;
+        use crate::policy::{Chain, Configured, SWITCH_OFF_FAULTS};
+        let looping = WasmPolicy::new(
+            &PolicyEngine::start().unwrap(),
+            &fixture("(loop (br 0)) i32.const 0"),
+        )
+        .unwrap();
+        let chain = Chain(vec![
+            Arc::new(Configured::new(
+                "loops".parse().unwrap(),
+                PluginFailMode::Skip,
+                looping.clone(),
+            )) as Arc<dyn Policy>,
+            load(&fixture("i32.const 2")).unwrap(),
+        ]);
+        for _ in 0..SWITCH_OFF_FAULTS + 2 {
+            assert_eq!(ask(&chain, "a.example"), Decision::Block);
+        }
+        assert_eq!(looping.faults(), u64::from(SWITCH_OFF_FAULTS));
+        assert!(chain.plugins()[0].switched_off);
     }
 
     #[test]
@@ -809,7 +938,7 @@ mod tests {
         let err = load(module).unwrap_err();
         assert!(matches!(err, PluginError::AbiVersion { found: 1 }), "{err}");
         let said = err.to_string();
-        assert!(said.contains("ABI 1,") && said.contains("ABI 2"), "{said}");
+        assert!(said.contains("ABI 1,") && said.contains("ABI 3"), "{said}");
         let without_explain = String::from_utf8(fixture("i32.const 0")).unwrap().replace(
             r#"(func (export "moat_explain") (param i32 i32) (result i32) i32.const 0)"#,
             "",

@@ -1,44 +1,223 @@
-//! The ABI between Moat (the host) and its WASM policy plugins (guests).
+//! The SDK of Moat's WASM policy plugins: the ABI between Moat (the host)
+//! and a plugin (the guest), shared by both sides. Everything a plugin
+//! author needs is on this page; `plugins/examples/schedule` is a plugin
+//! written against it, with its tests.
 //!
-//! A plugin is a core WASM module that exports `memory` and:
-//! - `moat_abi_version() -> i32`: must equal [`ABI_VERSION`];
-//! - `moat_query_buffer() -> i32`: address of a [`QUERY_CAPACITY`]-byte
-//!   buffer the host writes the question into: the client's address
-//!   ([`CLIENT_LEN`] bytes, IPv6, IPv4 as `::ffff:a.b.c.d`), then the name
-//!   (lower case, dotted, no trailing dot);
-//! - `moat_answer_buffer() -> i32`: address of an [`ANSWER_CAPACITY`]-byte
+//! # What a plugin is
+//!
+//! A core WASM module (`wasm32-unknown-unknown`; any language that targets
+//! it) that **imports nothing** and exports one linear `memory` and these
+//! functions:
+//!
+//! - `moat_abi_version() -> i32`: must return [`ABI_VERSION`]; a module of
+//!   another version is refused, naming the plugin;
+//! - `moat_query_buffer() -> i32`: the address of a [`QUERY_CAPACITY`]-byte
+//!   buffer the host writes each question into (layout below);
+//! - `moat_answer_buffer() -> i32`: the address of an [`ANSWER_CAPACITY`]-byte
 //!   buffer the plugin writes answers and explanations into;
-//! - `moat_decide(len: i32, qtype: i32) -> i32`: decides for the `len`-byte
-//!   name in the buffer; returns a [`Verdict`] code;
+//! - `moat_decide(len: i32, qtype: i32) -> i32`: decides the question in
+//!   the query buffer, whose name is `len` bytes; `qtype` is the DNS query
+//!   type (1 A, 28 AAAA, ...). Returns a [`Verdict`] code;
 //! - `moat_explain(len: i32, qtype: i32) -> i32`: for the same question,
 //!   writes which rule decides it into the answer buffer ([`Explanation`])
 //!   and returns the bytes written; 0 when no rule decides.
 //!
-//! The plugin's data (the compiled domain set) is a data segment the policy
-//! compiler adds at [`DATA_BASE`]; it starts with a [`DataHeader`]. Nothing
-//! is allocated per call.
+//! In Rust, [`plugin_glue!`] defines the buffers, the panic handler and
+//! the first three exports; a plugin writes `moat_decide` and `moat_explain`.
 //!
-//! A plugin whose verdicts depend on the client's address also exports a
-//! function named [`DECIDES_BY_CLIENT_EXPORT`]; without it, the host may
-//! keep a verdict per name and type until the policy changes.
+//! # The query buffer
+//!
+//! | bytes | what |
+//! |---|---|
+//! | `0..16` ([`CLIENT_LEN`]) | the client's address, IPv6 (IPv4 as `::ffff:a.b.c.d`) |
+//! | `16..24` ([`TIME_AT`]) | the current time, Unix seconds, u64 LE (UTC) |
+//! | `24..56` ([`GROUP_AT`], [`GROUP_LEN`]) | the client's group name, zero-padded: **reserved**, all zero (the empty group) until Moat has client groups |
+//! | `56..` ([`NAME_AT`]) | the name: lower case, dotted, no trailing dot, at most [`NAME_CAPACITY`] bytes; `len` says how many |
+//!
+//! The time is what the appliance's clock says (plus
+//! `tuning.plugins.clock_offset_secs`, which is 0 in service and lets a
+//! test feed any time), so a schedule needs no host import.
+//! [`Query::read`] reads the buffer into its fields.
+//!
+//! # Verdicts
+//!
+//! [`Verdict`]: no opinion (the next plugin in the chain decides), allow
+//! (resolve, and no later plugin blocks), block (answer with the policy's
+//! blocked response), answer (with records the plugin wrote into the answer
+//! buffer, in the form of [`RECORDS_HEADER_LEN`]'s doc). Any other code is
+//! a fault.
+//!
+//! # The plugin's configuration
+//!
+//! A plugin configured in `[[policy.plugins]]` receives its `config` table
+//! as bytes the policy compiler places in a data segment at [`DATA_BASE`]:
+//! the magic [`CONFIG_MAGIC`], the length (u32 LE), then one line per
+//! value, `key=value\n`: strings as written, numbers and booleans in their
+//! TOML form, an array as one line per element under the same key, a
+//! nested table's keys dotted (`days.mon=...`). [`ConfigLines`] reads them.
+//! The plugin's statics and stack must stay below [`DATA_BASE`]
+//! (`-C link-arg=-zstack-size=65536` keeps a Rust plugin's stack small).
+//!
+//! # Whether verdicts depend on the client or the time
+//!
+//! Moat keeps a verdict with a cached answer (the verdict memo) and does
+//! not ask the plugins again on a cache hit, unless a plugin says its
+//! verdicts depend on who asks or when: a plugin exports a function named
+//! [`DECIDES_BY_CLIENT_EXPORT`] when they depend on the client (address or
+//! group), [`DECIDES_BY_TIME_EXPORT`] when they depend on the time. With
+//! either, every query asks the chain. Nothing is allocated per call.
+//!
+//! # Limits
+//!
+//! - no imports: a module that imports anything is refused before signing;
+//! - memory: the module may declare at most [`MAX_DECLARED_MEMORY`] bytes
+//!   (with its configuration) and grow 16 MiB beyond what it declares;
+//! - time: each call gets 20–30 ms, then it is stopped;
+//! - before a policy with the plugin is signed, the primary asks it a small
+//!   smoke set of questions (several names, types, clients and times): a
+//!   trap, a timeout or a bad verdict there refuses the plugin;
+//! - at run time a trap, a timeout or a bad verdict is a fault, handled by
+//!   the plugin's fail mode (`open`, `closed` or `skip`); a plugin that
+//!   keeps faulting is switched off and reported in status, and the other
+//!   plugins keep deciding.
 #![no_std]
 #![forbid(unsafe_code)]
 
 /// Version of this ABI; a plugin built for another is refused. Version 2
-/// added `moat_explain` and made `moat_answer_buffer` required.
-pub const ABI_VERSION: i32 = 2;
+/// added `moat_explain` and made `moat_answer_buffer` required; version 3
+/// added the time and the client group to the query buffer.
+pub const ABI_VERSION: i32 = 3;
 
 /// The export that marks a plugin whose verdicts depend on the client.
 pub const DECIDES_BY_CLIENT_EXPORT: &str = "moat_decides_by_client";
 
+/// The export that marks a plugin whose verdicts depend on the time.
+pub const DECIDES_BY_TIME_EXPORT: &str = "moat_decides_by_time";
+
 /// Bytes of the client address at the start of the query buffer.
 pub const CLIENT_LEN: usize = 16;
+
+/// Where the time (Unix seconds, u64 LE) is in the query buffer.
+pub const TIME_AT: usize = CLIENT_LEN;
+
+/// Where the client's group name is in the query buffer.
+pub const GROUP_AT: usize = TIME_AT + 8;
+
+/// Bytes of the client's group name (zero-padded; empty until client groups exist).
+pub const GROUP_LEN: usize = 32;
+
+/// Where the name is in the query buffer.
+pub const NAME_AT: usize = GROUP_AT + GROUP_LEN;
 
 /// Longest dotted name.
 pub const NAME_CAPACITY: usize = 256;
 
-/// Size of the query buffer: client address, then name.
-pub const QUERY_CAPACITY: usize = CLIENT_LEN + NAME_CAPACITY;
+/// Size of the query buffer: client address, time, group, then name.
+pub const QUERY_CAPACITY: usize = NAME_AT + NAME_CAPACITY;
+
+/// Most memory a configured plugin's module may declare, its
+/// configuration included (32 MiB).
+pub const MAX_DECLARED_MEMORY: u64 = 32 << 20;
+
+/// A question as the query buffer holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Query<'a> {
+    /// The client's address (IPv4 mapped into IPv6).
+    pub client: [u8; CLIENT_LEN],
+    /// Unix seconds, UTC.
+    pub unix_time: u64,
+    /// The client's group, empty when it has none.
+    pub group: &'a [u8],
+    /// The name: lower case, dotted, without the trailing dot.
+    pub name: &'a [u8],
+}
+
+impl<'a> Query<'a> {
+    /// Reads the query buffer, whose name is `len` bytes.
+    pub fn read(buffer: &'a [u8; QUERY_CAPACITY], len: i32) -> Self {
+        let mut client = [0; CLIENT_LEN];
+        client.copy_from_slice(&buffer[..CLIENT_LEN]);
+        let mut time = [0; 8];
+        time.copy_from_slice(&buffer[TIME_AT..TIME_AT + 8]);
+        let group = &buffer[GROUP_AT..GROUP_AT + GROUP_LEN];
+        let group_len = group
+            .iter()
+            .position(|&byte| byte == 0)
+            .unwrap_or(GROUP_LEN);
+        let len = (len.max(0) as usize).min(NAME_CAPACITY);
+        Self {
+            client,
+            unix_time: u64::from_le_bytes(time),
+            group: &group[..group_len],
+            name: &buffer[NAME_AT..NAME_AT + len],
+        }
+    }
+
+    /// Writes the question into a query buffer (what the host does);
+    /// gives the name's length as `moat_decide` takes it. A longer name or
+    /// group is cut.
+    pub fn write(&self, buffer: &mut [u8; QUERY_CAPACITY]) -> i32 {
+        buffer[..CLIENT_LEN].copy_from_slice(&self.client);
+        buffer[TIME_AT..TIME_AT + 8].copy_from_slice(&self.unix_time.to_le_bytes());
+        let group = &self.group[..self.group.len().min(GROUP_LEN)];
+        buffer[GROUP_AT..GROUP_AT + GROUP_LEN].fill(0);
+        buffer[GROUP_AT..GROUP_AT + group.len()].copy_from_slice(group);
+        let name = &self.name[..self.name.len().min(NAME_CAPACITY)];
+        buffer[NAME_AT..NAME_AT + name.len()].copy_from_slice(name);
+        name.len() as i32
+    }
+}
+
+/// Magic at the start of a configured plugin's data.
+pub const CONFIG_MAGIC: [u8; 8] = *b"MOATPC01";
+
+/// Bytes before the configuration lines: the magic and their length.
+pub const CONFIG_HEADER_LEN: usize = 12;
+
+/// The `key=value` lines of a plugin's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigLines<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> ConfigLines<'a> {
+    /// The lines of configuration data (header included), if the magic is
+    /// there; `data` may run past the lines.
+    pub fn new(data: &'a [u8]) -> Option<Self> {
+        let header = data.get(..CONFIG_HEADER_LEN)?;
+        if header[..8] != CONFIG_MAGIC {
+            return None;
+        }
+        let len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
+        let rest = data.get(CONFIG_HEADER_LEN..CONFIG_HEADER_LEN + len)?;
+        Some(Self { rest })
+    }
+
+    /// The bytes of the lines.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.rest
+    }
+}
+
+impl<'a> Iterator for ConfigLines<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.rest.is_empty() {
+            let end = self
+                .rest
+                .iter()
+                .position(|&byte| byte == b'\n')
+                .unwrap_or(self.rest.len());
+            let line = &self.rest[..end];
+            self.rest = self.rest.get(end + 1..).unwrap_or(&[]);
+            if let Some(equals) = line.iter().position(|&byte| byte == b'=') {
+                return Some((&line[..equals], &line[equals + 1..]));
+            }
+        }
+        None
+    }
+}
 
 /// Where the compiler places the plugin's data in linear memory (4 MiB);
 /// guests keep their own stack and statics below it.
@@ -107,6 +286,9 @@ pub enum RuleKind {
     AllowBelow = 8,
     /// A list entry for the names below a name, not the name (`*.name`).
     BlockBelow = 9,
+    /// A rule of a configured plugin (`[[policy.plugins]]`): the pattern
+    /// and origin are the plugin's to choose.
+    Plugin = 10,
 }
 
 impl RuleKind {
@@ -123,6 +305,7 @@ impl RuleKind {
             7 => Self::LocalWildcard,
             8 => Self::AllowBelow,
             9 => Self::BlockBelow,
+            10 => Self::Plugin,
             _ => return None,
         })
     }

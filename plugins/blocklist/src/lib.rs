@@ -9,7 +9,7 @@
 #![no_std]
 
 use moat_plugin_abi::{
-    ANSWER_CAPACITY, CLIENT_LEN, DATA_BASE, DataHeader, Explanation, FNV_OFFSET, NAME_CAPACITY,
+    ANSWER_CAPACITY, DATA_BASE, DataHeader, Explanation, FNV_OFFSET, NAME_AT, NAME_CAPACITY,
     Origins, QUERY_CAPACITY, RuleKind, TABLES, Table, Verdict, fnv_step,
 };
 
@@ -45,7 +45,7 @@ pub extern "C" fn moat_explain(len: i32, _qtype: i32) -> i32 {
 fn query_name(len: i32) -> &'static [u8] {
     // SAFETY: the host wrote the buffer before this call; nothing else runs.
     let query: &[u8; QUERY_CAPACITY] = unsafe { &*QUERY.0.get() };
-    &query[CLIENT_LEN..CLIENT_LEN + (len.max(0) as usize).min(NAME_CAPACITY)]
+    &query[NAME_AT..NAME_AT + (len.max(0) as usize).min(NAME_CAPACITY)]
 }
 
 struct Tables {

@@ -7,7 +7,7 @@
 #![no_std]
 
 use moat_plugin_abi::{
-    ANSWER_CAPACITY, CLIENT_LEN, DATA_BASE, Explanation, FNV_OFFSET, LOCAL_RECORDS_ORIGIN,
+    ANSWER_CAPACITY, DATA_BASE, Explanation, FNV_OFFSET, LOCAL_RECORDS_ORIGIN, NAME_AT,
     NAME_CAPACITY, QUERY_CAPACITY, RECORDS_HEADER_LEN, RECORDS_INDEX_ENTRY, RECORDS_MAGIC,
     RuleKind, TYPE_CNAME, Verdict, fnv_step,
 };
@@ -51,7 +51,7 @@ pub extern "C" fn moat_explain(len: i32, _qtype: i32) -> i32 {
 fn query_name(len: i32) -> &'static [u8] {
     // SAFETY: the host wrote the buffer before this call; nothing else runs.
     let query: &[u8; QUERY_CAPACITY] = unsafe { &*QUERY.0.get() };
-    &query[CLIENT_LEN..CLIENT_LEN + (len.max(0) as usize).min(NAME_CAPACITY)]
+    &query[NAME_AT..NAME_AT + (len.max(0) as usize).min(NAME_CAPACITY)]
 }
 
 fn answer_buffer() -> &'static mut [u8; ANSWER_CAPACITY] {

@@ -30,7 +30,7 @@ pub(super) fn write_local(
     query: &Query<'_>,
     answer: &LocalAnswer,
     policy: &dyn Policy,
-    client: IpAddr,
+    asked: &Question<'_>,
     out: &mut Vec<u8>,
 ) -> Option<usize> {
     wire::begin_response(query, rcode::NOERROR, out);
@@ -45,8 +45,7 @@ pub(super) fn write_local(
         let (_, dotted, _) = wire::read_name(out, at)?;
         let question = Question {
             name: &dotted,
-            qtype,
-            client,
+            ..*asked
         };
         match policy.decide(&question) {
             Decision::Answer(next) => target = push_local(out, at, &next, qtype).1,

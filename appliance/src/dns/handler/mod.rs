@@ -66,6 +66,8 @@ pub(crate) struct Live<R = Arc<Upstreams>> {
     pub miss_limits: MissLimits,
     /// Who may ask, and how fast.
     pub gate: Arc<Gate>,
+    /// Seconds added to the time plugins are fed (`tuning.plugins`).
+    pub plugin_clock_offset_secs: i64,
 }
 
 /// The settings in force, with the verdict memo of their policy.
@@ -404,6 +406,8 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
             name: &query.dotted,
             qtype: query.key.qtype,
             client,
+            unix_time: (self.clock.unix_now_ms() / 1000)
+                .saturating_add_signed(installed.plugin_clock_offset_secs),
         };
         let decision = installed.policy.decide(&question);
         if self.pause.is_paused() && !matches!(decision, Decision::Answer(_)) {
@@ -419,12 +423,16 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
                 );
                 Outcome::Blocked
             }
+            Decision::FailClosed => {
+                wire::begin_response(query, rcode::SERVFAIL, out);
+                Outcome::Failed
+            }
             Decision::Fault if installed.fail_mode == FailMode::Closed => {
                 wire::begin_response(query, rcode::SERVFAIL, out);
                 Outcome::Failed
             }
             Decision::Answer(answer) => {
-                match local::write_local(query, &answer, &*installed.policy, client, out) {
+                match local::write_local(query, &answer, &*installed.policy, &question, out) {
                     Some(target) => return Step::Chase(target),
                     None => Outcome::Local,
                 }

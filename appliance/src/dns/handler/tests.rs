@@ -256,6 +256,7 @@ fn live(
         query_log: true,
         miss_limits: MISS_LIMITS,
         gate: Arc::new(Gate::open()),
+        plugin_clock_offset_secs: 0,
     }
 }
 
@@ -795,6 +796,7 @@ fn the_gate_refuses_clients_outside_the_acl_and_sends_rate_limited_ones_to_tcp()
     .unwrap();
     let gated = Live {
         gate: Arc::new(Gate::new(&tuning)),
+        plugin_clock_offset_secs: 0,
         ..live(
             Arc::clone(&POLICY),
             FailMode::Open,

@@ -1,0 +1,368 @@
+//! An example plugin: a schedule. It blocks the configured names (each
+//! covers itself and every name below it) for the configured clients
+//! between two times of day, on the configured weekdays. Its
+//! `[[policy.plugins]]` config:
+//!
+//! ```toml
+//! names = ["social.example", "video.example"]
+//! clients = ["192.168.1.0/24", "fd00::23"]  # none: every client
+//! groups = ["kids"]                          # matched with the client's group
+//! days = ["mon", "tue", "wed", "thu", "fri"] # none: every day
+//! from = "21:00"
+//! until = "07:00"                            # before `from`: past midnight
+//! utc_offset_minutes = 60                    # the local time zone
+//! ```
+//!
+//! A window past midnight belongs to the day it starts on (Friday
+//! 21:00–07:00 blocks Saturday 02:00). A client is covered when it is in
+//! `clients` or its group in `groups`; with neither list, every client is.
+//! Everything is read from the configuration lines on each call: nothing
+//! is allocated. The decision itself is [`decide`], pure, tested on the host.
+#![cfg_attr(not(test), no_std)]
+
+use moat_plugin_abi::{ConfigLines, Query};
+
+#[cfg(target_arch = "wasm32")]
+mod exports;
+
+/// Whether the configuration blocks `query`.
+pub fn decide(config: ConfigLines<'_>, query: &Query<'_>) -> bool {
+    names_cover(config, query.name) && covers_client(config, query) && in_window(config, query)
+}
+
+/// Whether the name (or a name above it) is listed; gives the listed one.
+pub fn listed_name<'a>(config: ConfigLines<'a>, name: &[u8]) -> Option<&'a [u8]> {
+    values(config, b"names").find(|listed| {
+        name == *listed
+            || (name.len() > listed.len()
+                && name.ends_with(listed)
+                && name[name.len() - listed.len() - 1] == b'.')
+    })
+}
+
+fn names_cover(config: ConfigLines<'_>, name: &[u8]) -> bool {
+    listed_name(config, name).is_some()
+}
+
+fn values<'a>(config: ConfigLines<'a>, key: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    config
+        .filter(move |(k, _)| *k == key)
+        .map(|(_, value)| value)
+}
+
+fn covers_client(config: ConfigLines<'_>, query: &Query<'_>) -> bool {
+    let mut any = false;
+    for range in values(config, b"clients") {
+        any = true;
+        if in_range(range, &query.client) {
+            return true;
+        }
+    }
+    for group in values(config, b"groups") {
+        any = true;
+        if !query.group.is_empty() && group == query.group {
+            return true;
+        }
+    }
+    !any
+}
+
+fn in_window(config: ConfigLines<'_>, query: &Query<'_>) -> bool {
+    let one = |key: &'static [u8]| values(config, key).next();
+    let (Some(from), Some(until)) = (
+        one(b"from").and_then(minute_of_day),
+        one(b"until").and_then(minute_of_day),
+    ) else {
+        return false;
+    };
+    let offset = one(b"utc_offset_minutes")
+        .and_then(parse_i64)
+        .unwrap_or(0)
+        .clamp(-24 * 60, 24 * 60);
+    let local = query.unix_time as i64 / 60 + offset;
+    let minute = local.rem_euclid(24 * 60) as u32;
+    // 1970-01-01 was a Thursday; 0 is Sunday.
+    let day = (local.div_euclid(24 * 60) + 4).rem_euclid(7) as u32;
+    let day_listed = |day: u32| {
+        let mut any = false;
+        for name in values(config, b"days") {
+            any = true;
+            if weekday(name) == Some(day) {
+                return true;
+            }
+        }
+        !any
+    };
+    if from <= until {
+        from <= minute && minute < until && day_listed(day)
+    } else {
+        (minute >= from && day_listed(day)) || (minute < until && day_listed((day + 6) % 7))
+    }
+}
+
+/// `HH:MM` as minutes since midnight.
+fn minute_of_day(text: &[u8]) -> Option<u32> {
+    let colon = text.iter().position(|&byte| byte == b':')?;
+    let hours = parse_u32(&text[..colon])?;
+    let minutes = parse_u32(&text[colon + 1..])?;
+    (hours <= 24 && minutes < 60 && hours * 60 + minutes <= 24 * 60).then_some(hours * 60 + minutes)
+}
+
+fn weekday(name: &[u8]) -> Option<u32> {
+    const DAYS: [&[u8]; 7] = [b"sun", b"mon", b"tue", b"wed", b"thu", b"fri", b"sat"];
+    DAYS.iter()
+        .position(|day| day.eq_ignore_ascii_case(name))
+        .map(|day| day as u32)
+}
+
+fn parse_u32(text: &[u8]) -> Option<u32> {
+    if text.is_empty() || text.len() > 9 {
+        return None;
+    }
+    text.iter().try_fold(0u32, |value, &byte| {
+        byte.is_ascii_digit()
+            .then(|| value * 10 + u32::from(byte - b'0'))
+    })
+}
+
+fn parse_i64(text: &[u8]) -> Option<i64> {
+    match text.split_first()? {
+        (b'-', rest) => parse_u32(rest).map(|value| -i64::from(value)),
+        (b'+', rest) => parse_u32(rest).map(i64::from),
+        _ => parse_u32(text).map(i64::from),
+    }
+}
+
+/// Whether `client` (IPv6, IPv4 mapped) is in `range`: an address, or an
+/// address and a prefix length (`192.168.1.0/24`, `fd00::/8`).
+fn in_range(range: &[u8], client: &[u8; 16]) -> bool {
+    let (address, prefix) = match range.iter().position(|&byte| byte == b'/') {
+        Some(slash) => (&range[..slash], parse_u32(&range[slash + 1..])),
+        None => (range, None),
+    };
+    let (network, bits) = if let Some(v4) = parse_v4(address) {
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&v4);
+        (mapped, 96 + prefix.unwrap_or(32).min(32))
+    } else if let Some(v6) = parse_v6(address) {
+        (v6, prefix.unwrap_or(128).min(128))
+    } else {
+        return false;
+    };
+    (0..bits as usize).all(|bit| {
+        let mask = 0x80 >> (bit % 8);
+        network[bit / 8] & mask == client[bit / 8] & mask
+    })
+}
+
+fn parse_v4(text: &[u8]) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = text.split(|&byte| byte == b'.');
+    for byte in &mut out {
+        let value = parse_u32(parts.next()?)?;
+        *byte = u8::try_from(value).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+fn parse_v6(text: &[u8]) -> Option<[u8; 16]> {
+    let groups = |part: &[u8], out: &mut [u16; 8]| -> Option<usize> {
+        if part.is_empty() {
+            return Some(0);
+        }
+        let mut count = 0;
+        for group in part.split(|&byte| byte == b':') {
+            if count == 8 || group.is_empty() || group.len() > 4 {
+                return None;
+            }
+            out[count] = group.iter().try_fold(0u16, |value, &byte| {
+                let digit = (byte as char).to_digit(16)?;
+                Some(value * 16 + digit as u16)
+            })?;
+            count += 1;
+        }
+        Some(count)
+    };
+    let mut head = [0u16; 8];
+    let mut tail = [0u16; 8];
+    let joined = text.windows(2).position(|pair| pair == b"::");
+    let (head_len, tail_len) = match joined {
+        Some(at) => (
+            groups(&text[..at], &mut head)?,
+            groups(&text[at + 2..], &mut tail)?,
+        ),
+        None => (groups(text, &mut head)?, 0),
+    };
+    if (joined.is_none() && head_len != 8) || head_len + tail_len > 8 {
+        return None;
+    }
+    let mut all = head;
+    all[8 - tail_len..].copy_from_slice(&tail[..tail_len]);
+    let mut out = [0u8; 16];
+    for (index, group) in all.iter().enumerate() {
+        out[index * 2..index * 2 + 2].copy_from_slice(&group.to_be_bytes());
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moat_plugin_abi::{CONFIG_MAGIC, GROUP_LEN};
+
+    fn config(lines: &str) -> Vec<u8> {
+        let mut data = CONFIG_MAGIC.to_vec();
+        data.extend_from_slice(&(lines.len() as u32).to_le_bytes());
+        data.extend_from_slice(lines.as_bytes());
+        data
+    }
+
+    /// Unix seconds of 2026-11-27 (a Friday) at `hour`:`minute` UTC, plus `days`.
+    fn friday(days: u64, hour: u64, minute: u64) -> u64 {
+        1_795_737_600 + days * 86_400 + hour * 3600 + minute * 60
+    }
+
+    fn query<'a>(name: &'a str, client: [u8; 4], group: &'a str, unix_time: u64) -> Query<'a> {
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&client);
+        assert!(group.len() <= GROUP_LEN);
+        Query {
+            client: mapped,
+            unix_time,
+            group: group.as_bytes(),
+            name: name.as_bytes(),
+        }
+    }
+
+    const KIDS: &str = "names=social.example\nnames=video.example\nclients=192.168.1.0/24\n\
+        groups=kids\ndays=fri\ndays=sat\nfrom=21:00\nuntil=07:00\n";
+
+    fn blocks(lines: &str, query: &Query<'_>) -> bool {
+        let data = config(lines);
+        decide(ConfigLines::new(&data).unwrap(), query)
+    }
+
+    #[test]
+    fn the_epoch_day_used_here_is_a_friday() {
+        // 2026-11-27 is 20_784 days after 1970-01-01 (a Thursday).
+        assert_eq!(friday(0, 0, 0) % 86_400, 0);
+        assert_eq!((friday(0, 0, 0) / 86_400 + 4) % 7, 5);
+    }
+
+    #[test]
+    fn blocks_listed_names_and_names_below_in_the_window() {
+        let kid = [192, 168, 1, 40];
+        assert!(blocks(
+            KIDS,
+            &query("social.example", kid, "", friday(0, 21, 0))
+        ));
+        assert!(blocks(
+            KIDS,
+            &query("m.social.example", kid, "", friday(0, 23, 59))
+        ));
+        assert!(!blocks(
+            KIDS,
+            &query("notsocial.example", kid, "", friday(0, 22, 0))
+        ));
+        assert!(!blocks(KIDS, &query("example", kid, "", friday(0, 22, 0))));
+        assert!(!blocks(
+            KIDS,
+            &query("social.example", kid, "", friday(0, 20, 59))
+        ));
+    }
+
+    #[test]
+    fn a_window_past_midnight_belongs_to_the_day_it_starts() {
+        let kid = [192, 168, 1, 40];
+        let at = |days, hour| {
+            blocks(
+                KIDS,
+                &query("video.example", kid, "", friday(days, hour, 0)),
+            )
+        };
+        assert!(at(1, 2), "Saturday 02:00 is in Friday's window");
+        assert!(at(1, 6));
+        assert!(!at(1, 7), "until is exclusive");
+        assert!(
+            !at(0, 2),
+            "Friday 02:00 is Thursday's window, and Thursday is not listed"
+        );
+        assert!(at(1, 22), "Saturday evening");
+        assert!(at(2, 3), "Sunday morning, Saturday's window");
+        assert!(!at(2, 22), "Sunday is not listed");
+    }
+
+    #[test]
+    fn only_the_listed_clients_and_groups() {
+        let late = friday(0, 22, 0);
+        assert!(!blocks(
+            KIDS,
+            &query("social.example", [192, 168, 2, 1], "", late)
+        ));
+        assert!(blocks(
+            KIDS,
+            &query("social.example", [192, 168, 2, 1], "kids", late)
+        ));
+        assert!(!blocks(
+            KIDS,
+            &query("social.example", [192, 168, 2, 1], "adults", late)
+        ));
+        let everyone = "names=social.example\nfrom=21:00\nuntil=22:00\n";
+        assert!(blocks(
+            everyone,
+            &query("social.example", [10, 0, 0, 1], "", friday(3, 21, 30))
+        ));
+        let v6 = "names=a.example\nclients=fd00::/16\nfrom=00:00\nuntil=24:00\n";
+        let mut client = query("a.example", [0; 4], "", late);
+        client.client = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x23];
+        assert!(blocks(v6, &client));
+        client.client[1] = 1;
+        assert!(!blocks(v6, &client));
+    }
+
+    #[test]
+    fn the_utc_offset_moves_the_window() {
+        let plus_two = format!("{KIDS}utc_offset_minutes=120\n");
+        let kid = [192, 168, 1, 40];
+        // 19:30 UTC is 21:30 at UTC+2.
+        assert!(blocks(
+            &plus_two,
+            &query("social.example", kid, "", friday(0, 19, 30))
+        ));
+        assert!(!blocks(
+            KIDS,
+            &query("social.example", kid, "", friday(0, 19, 30))
+        ));
+        let minus = format!("{KIDS}utc_offset_minutes=-60\n");
+        assert!(!blocks(
+            &minus,
+            &query("social.example", kid, "", friday(0, 21, 30))
+        ));
+        assert!(blocks(
+            &minus,
+            &query("social.example", kid, "", friday(0, 22, 30))
+        ));
+    }
+
+    #[test]
+    fn a_broken_configuration_blocks_nothing() {
+        let kid = [192, 168, 1, 40];
+        let late = friday(0, 22, 0);
+        for broken in [
+            "names=social.example\nfrom=25:00\nuntil=07:00\n",
+            "names=social.example\nfrom=21:00\n",
+            "names=social.example\nfrom=21:00\nuntil=07:00\nclients=not-an-address\n",
+            "",
+        ] {
+            assert!(
+                !blocks(broken, &query("social.example", kid, "", late)),
+                "{broken}"
+            );
+        }
+        assert!(ConfigLines::new(b"MOATXX01\0\0\0\0").is_none());
+    }
+}
