@@ -34,8 +34,16 @@
 //!    follow the same number of compiles. With the small policy, and with
 //!    the 1M-domain policy.
 //!
+//! 4. **The fleet simulator** (`fleet/sim.rs`): one real primary process
+//!    and 1, 10, 100, 1000 replica sessions in this process over real QUIC
+//!    and mutual TLS, each paired with its own code and verifying every
+//!    bundle, without a DNS daemon per replica: change → applied / acked
+//!    latency, the primary's RSS and CPU per change and per replica.
+//!
 //! Run:   cargo bench --bench fleet                     (full, a few minutes)
 //!        MOAT_BENCH_SMOKE=1 cargo bench --bench fleet  (1 and 3 replicas, 2 changes, no 1M list)
+//! Optional: MOAT_BENCH_FLEET_SIM_ONLY=1 runs only the simulator (full sizes);
+//! smoke runs the simulator with 1 and 10 sessions.
 //! Optional: MOAT_BENCH_FLEET_1M=0 skips the 1M-domain part of a full run.
 //! Output: a table on stdout and in bench-results/fleet-MODE-TIMESTAMP.txt.
 
@@ -55,6 +63,9 @@ use moat_system_tests::{MoatProcess, TestUpstream, query_message};
 use serde_json::Value;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
+
+#[path = "fleet/sim.rs"]
+mod sim;
 
 /// Gap between two polls of one replica.
 const POLL_EVERY: Duration = Duration::from_millis(5);
@@ -79,6 +90,11 @@ struct Settings {
     changes: usize,
     million: bool,
     million_changes: usize,
+    /// Fleet sizes of the simulator (`fleet/sim.rs`).
+    sim_sizes: Vec<usize>,
+    sim_changes: usize,
+    /// Only the simulator (`MOAT_BENCH_FLEET_SIM_ONLY=1`).
+    sim_only: bool,
 }
 
 impl Settings {
@@ -90,6 +106,9 @@ impl Settings {
                 changes: 2,
                 million: false,
                 million_changes: 0,
+                sim_sizes: vec![1, 10],
+                sim_changes: 2,
+                sim_only: false,
             }
         } else {
             Self {
@@ -98,6 +117,9 @@ impl Settings {
                 changes: 10,
                 million: std::env::var("MOAT_BENCH_FLEET_1M").map_or(true, |v| v != "0"),
                 million_changes: 3,
+                sim_sizes: vec![1, 10, 100, 1000],
+                sim_changes: 5,
+                sim_only: std::env::var("MOAT_BENCH_FLEET_SIM_ONLY").is_ok_and(|v| v == "1"),
             }
         }
     }
@@ -142,12 +164,20 @@ async fn run(settings: &Settings, started: Instant) -> Res<()> {
         }
     );
 
+    if settings.sim_only {
+        let sim = sim::run(&settings.sim_sizes, settings.sim_changes).await?;
+        let mut report = String::new();
+        sim::report(&mut report, &sim);
+        println!("{report}");
+        return save(settings, &report);
+    }
     let small = small_policy_part(settings).await?;
     let large = if settings.million {
         Some(million_part(settings).await?)
     } else {
         None
     };
+    let sim = sim::run(&settings.sim_sizes, settings.sim_changes).await?;
     let elapsed = started.elapsed();
     let mut failures: Vec<&String> = small
         .sizes
@@ -156,13 +186,10 @@ async fn run(settings: &Settings, started: Instant) -> Res<()> {
         .chain(large.iter().flat_map(|l| l.changes.iter()))
         .flat_map(|c| c.failures.iter())
         .collect();
-    let report = report(settings, &small, large.as_ref(), elapsed);
+    let mut report = report(settings, &small, large.as_ref(), elapsed);
+    sim::report(&mut report, &sim);
     println!("\n{report}");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let file = dir.join(format!("fleet-{}-{}.txt", settings.mode, timestamp()));
-    std::fs::write(&file, &report).map_err(|e| format!("write {}: {e}", file.display()))?;
-    println!("saved to {}", file.display());
+    save(settings, &report)?;
     if failures.is_empty() {
         Ok(())
     } else {
@@ -171,6 +198,16 @@ async fn run(settings: &Settings, started: Instant) -> Res<()> {
             "some replica never answered a change (see FAILURE above); first ones: {failures:#?}"
         ))
     }
+}
+
+/// Writes `report` to bench-results/fleet-MODE-TIMESTAMP.txt.
+fn save(settings: &Settings, report: &str) -> Res<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let file = dir.join(format!("fleet-{}-{}.txt", settings.mode, timestamp()));
+    std::fs::write(&file, report).map_err(|e| format!("write {}: {e}", file.display()))?;
+    println!("saved to {}", file.display());
+    Ok(())
 }
 
 // ---------------------------------------------------------------- results

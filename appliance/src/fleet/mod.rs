@@ -158,14 +158,21 @@ impl Fleet {
         }
     }
 
-    /// Replica `name` put bundle `version` in force.
+    /// Replica `name` put bundle `version` in force. Saved only when it
+    /// clears a failure: every replica acknowledges every change, and a
+    /// save per acknowledgement rewrites the whole file a thousand times
+    /// per change in a fleet of a thousand (the version is saved with the
+    /// next save, and a replica's hello says it again after a restart).
     pub(crate) fn applied(&mut self, name: &str, version: u64) -> Result<(), StoreError> {
         let Some(replica) = self.replicas.get_mut(name) else {
             return Ok(());
         };
         replica.stored.bundle_version = Some(version);
-        replica.stored.failing = false;
-        self.save()
+        if std::mem::replace(&mut replica.stored.failing, false) {
+            self.save()
+        } else {
+            Ok(())
+        }
     }
 
     /// Replica `name` refused bundle `version`.
@@ -594,6 +601,23 @@ mod tests {
         assert_eq!(view.stats_updated_unix_ms, Some(T0));
         assert_eq!(view.last_seen_unix_ms, Some(T0));
         assert_eq!(view.bundle_version, Some(2));
+    }
+
+    #[test]
+    fn a_recovery_from_a_rejected_bundle_survives_a_restart() {
+        let dir = TempDir::new("recovered");
+        let mut fleet = fleet_with_kitchen(&dir);
+        fleet.set_published(2);
+        fleet.rejected("kitchen", 2, "expired").unwrap();
+        assert!(
+            Fleet::load(&dir.data_dir()).unwrap().replicas["kitchen"]
+                .stored
+                .failing
+        );
+        fleet.applied("kitchen", 2).unwrap();
+        let reloaded = Fleet::load(&dir.data_dir()).unwrap();
+        assert!(!reloaded.replicas["kitchen"].stored.failing);
+        assert_eq!(reloaded.replicas["kitchen"].stored.bundle_version, Some(2));
     }
 
     #[test]

@@ -89,6 +89,18 @@ impl ReplicaLink {
         name: ApplianceName,
         replica: Arc<dyn Replica>,
     ) -> Self {
+        Self::start_from(pin, identity, name, replica, None)
+    }
+
+    /// As [`Self::start`], dialing from `local` when given (the fleet
+    /// simulator gives each replica its own loopback address).
+    pub(crate) fn start_from(
+        pin: PrimaryPin,
+        identity: Identity,
+        name: ApplianceName,
+        replica: Arc<dyn Replica>,
+        local: Option<std::net::IpAddr>,
+    ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let health = Arc::new(Mutex::new(LinkHealth::default()));
         let link = Link {
@@ -97,6 +109,7 @@ impl ReplicaLink {
             name,
             replica,
             health: Arc::clone(&health),
+            local,
         };
         tokio::spawn(link.run(stopped));
         Self { stop, health }
@@ -125,6 +138,7 @@ struct Link {
     name: ApplianceName,
     replica: Arc<dyn Replica>,
     health: Arc<Mutex<LinkHealth>>,
+    local: Option<std::net::IpAddr>,
 }
 
 impl Link {
@@ -161,7 +175,10 @@ impl Link {
             .await?
             .next()
             .ok_or_else(|| LinkError::Resolve(self.pin.address.clone()))?;
-        let endpoint = tls::client_endpoint(address)?;
+        let endpoint = match self.local {
+            Some(local) => quinn::Endpoint::client(std::net::SocketAddr::new(local, 0))?,
+            None => tls::client_endpoint(address)?,
+        };
         let config = tls::client_config(&self.identity, Pins::only(self.pin.fingerprint))?;
         let connection = endpoint
             .connect_with(config, address, tls::SERVER_NAME)?

@@ -5,6 +5,7 @@
 //! driver that runs every session over a stream pair.
 
 mod driver;
+pub mod headless;
 pub mod identity;
 pub(crate) mod link;
 pub(crate) mod pairing;
