@@ -1,5 +1,6 @@
 //! Nanoseconds per policy decision inside the real WASM plugins: the
-//! blocklist module compiled from a generated list (1,000,000 domains, or
+//! blocklist module compiled from a generated hosts list read as subtrees
+//! (`match = "subtree"`; 1,000,000 domains, or
 //! 10,000 with `MOAT_BENCH_SMOKE=1`), asked about a listed name, a name
 //! below a listed one, and a name it does not list; and the local-records
 //! module asked about a record and a name it does not have; and the example
@@ -41,7 +42,7 @@ fn modules() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     std::fs::write(&schedule_path, SCHEDULE_EXAMPLE).expect("write the schedule module");
     let config = Config::parse(
         &format!(
-            "[policy]\n[[policy.blocklists]]\nsource = \"{}\"\n[[policy.local_records]]\nname = \"nas.lan\"\ntype = \"A\"\nvalue = \"192.168.1.20\"\n\
+            "[policy]\n[[policy.blocklists]]\nsource = \"{}\"\nmatch = \"subtree\"\n[[policy.local_records]]\nname = \"nas.lan\"\ntype = \"A\"\nvalue = \"192.168.1.20\"\n\
              [[policy.plugins]]\nname = \"schedule\"\nmodule = \"{}\"\n[policy.plugins.config]\n\
              names = [\"a.example\", \"b.example\", \"c.example\", \"social.example\", \"video.example\"]\n\
              clients = [\"192.168.1.0/24\"]\nfrom = \"00:00\"\nuntil = \"24:00\"\n",
