@@ -8,6 +8,7 @@
 //! `target/ui-screenshots/`. No browser: the test fails, it never skips.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -58,6 +59,7 @@ impl Browser {
         let port = free_tcp_port();
         let log = profile.0.join("chromedriver.log");
         let mut driver = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
             .stdin(Stdio::null())
@@ -275,11 +277,53 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // chromedriver takes its Chromium with it when killed; the session
-        // is not closed politely because that needs the runtime.
+        // Killing chromedriver alone orphans its Chromium: chromedriver
+        // leads its own process group, which Chromium's processes join, so
+        // the whole group is killed (also on a panic's unwinding). The
+        // session is not closed politely because that needs the runtime.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// Processes whose command line names `path`.
+fn processes_using(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&needle))
+        })
+        .collect()
+}
+
+/// Ends `browser` and checks that no Chromium it started lives on and that
+/// its profile is gone.
+fn close(browser: Browser) {
+    let profile = browser._profile.0.clone();
+    drop(browser);
+    let deadline = moat::clock::now() + Duration::from_secs(10);
+    let mut left = processes_using(&profile);
+    while !left.is_empty() && moat::clock::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = processes_using(&profile);
+    }
+    assert!(
+        left.is_empty(),
+        "Chromium processes outlived the test: {left:?}"
+    );
+    assert!(
+        !profile.exists(),
+        "the browser profile {} is left",
+        profile.display()
+    );
 }
 
 /// chromedriver's `POST /session/{id}/se/log {"type": "browser"}`: the
@@ -568,6 +612,7 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
     browser.screenshot("fleet-phone").await;
 
     browser.assert_no_console_errors().await;
+    close(browser);
     eventually(
         "the primary still answers",
         SYNC_LIMIT,
@@ -625,4 +670,5 @@ async fn pause_and_tuning_from_the_header_and_tuning_page() {
     browser.assert_fits_width("tuning on a phone").await;
     browser.screenshot("tuning-phone").await;
     browser.assert_no_console_errors().await;
+    close(browser);
 }
