@@ -252,6 +252,12 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
             self.reply(&installed, &query, protocol, client, outcome, received, out);
             return Handled::Reply;
         }
+        if not_for_a_resolver(&query.key) {
+            wire::begin_response(&query, rcode::REFUSED, out);
+            let outcome = Outcome::Rejected;
+            self.reply(&installed, &query, protocol, client, outcome, received, out);
+            return Handled::Reply;
+        }
         let lookup = self.cache.lookup(&query.key, received);
         let arrived = Arrived {
             client,
@@ -737,6 +743,18 @@ impl<R: Resolver, C: Clock> Drop for Flight<R, C> {
             self.handler.inflight.lock().land(&self.key);
         }
     }
+}
+
+/// Questions no upstream is asked and nothing here answers, so REFUSED:
+/// zone transfers (AXFR, IXFR: a resolver serves no zones to copy) and
+/// every class but IN and ANY, which also keeps CHAOS `version.bind` and
+/// `id.server` from telling a scanner what answers.
+fn not_for_a_resolver(key: &QuestionKey) -> bool {
+    const CLASS_IN: u16 = 1;
+    const CLASS_ANY: u16 = 255;
+    const IXFR: u16 = 251;
+    const AXFR: u16 = 252;
+    !matches!(key.qclass, CLASS_IN | CLASS_ANY) || matches!(key.qtype, IXFR | AXFR)
 }
 
 /// Answers a query the gate did not let in: REFUSED from outside the ACL,

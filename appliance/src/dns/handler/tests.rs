@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as HQuery, ResponseCode};
 use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use parking_lot::Mutex;
 
 use super::local::LOCAL_NODATA_TTL;
@@ -1086,5 +1086,41 @@ fn local_and_blocked_answers_never_set_ad() {
     assert!(
         authentic(&harness, 4, "example.com.", Asks::Ad),
         "the target's own answer"
+    );
+}
+
+#[test]
+fn zone_transfers_and_chaos_questions_are_refused_without_asking_upstream() {
+    let harness = Setup::default().build();
+    let mut chaos = query_message(21, "version.bind.", RecordType::TXT);
+    chaos.queries[0].set_query_class(DNSClass::CH);
+    let questions = [
+        (chaos.to_vec().unwrap(), "version.bind."),
+        (
+            request(22, "example.com.", RecordType::AXFR),
+            "example.com.",
+        ),
+        (
+            request(23, "example.com.", RecordType::IXFR),
+            "example.com.",
+        ),
+    ];
+    for (index, (question, name)) in questions.iter().enumerate() {
+        let answer = harness.answer(question);
+        assert_answers(&answer, 21 + index as u16, name);
+        assert_eq!(
+            answer.metadata.response_code,
+            ResponseCode::Refused,
+            "{name}"
+        );
+        assert!(answer.answers.is_empty());
+    }
+    assert_eq!(harness.upstream.asked(), 0);
+    let plain = harness.answer(&request(24, "example.com.", RecordType::A));
+    assert_ne!(plain.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(
+        harness.upstream.asked(),
+        1,
+        "an IN question still goes upstream"
     );
 }
