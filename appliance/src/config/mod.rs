@@ -808,6 +808,17 @@ upstreams = ["udp://192.168.178.1"]
     }
 
     #[test]
+    fn udp_threads_outside_one_to_sixty_four_are_refused_naming_the_key() {
+        for threads in [0, 65] {
+            let text = format!("[tuning.server]\nthreads = {threads}\n");
+            let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+            assert!(err.contains("tuning.server.threads"), "{err}");
+        }
+        let config = Config::parse("[tuning.server]\nthreads = 64\n", "x.toml").unwrap();
+        assert_eq!(config.tuning.server.threads, 64);
+    }
+
+    #[test]
     fn min_above_max_ttl_is_refused() {
         let text = "[tuning.cache]\nmin_ttl = \"2h\"\nmax_ttl = \"1h\"\n";
         let err = Config::parse(text, "x.toml").unwrap_err().to_string();
