@@ -54,16 +54,7 @@ fn schedule(dir: &Scratch, from: &str) -> Value {
 /// A module speaking this ABI (or `abi`), with `extra` fields, whose
 /// `moat_decide` is `body`.
 fn module(abi: i32, extra: &str, pages: u32, body: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module {extra}
-            (memory (export "memory") {pages})
-            (func (export "moat_abi_version") (result i32) i32.const {abi})
-            (func (export "moat_query_buffer") (result i32) i32.const 1024)
-            (func (export "moat_answer_buffer") (result i32) i32.const 2048)
-            (func (export "moat_explain") (param i32 i32) (result i32) i32.const 0)
-            (func (export "moat_decide") (param i32 i32) (result i32) {body}))"#
-    ))
-    .unwrap()
+    wat::parse_str(moat::policy::plugin_module_wat(abi, pages, extra, body)).unwrap()
 }
 
 /// Replaces the primary's `[[policy.plugins]]` with `plugins`; the answer.

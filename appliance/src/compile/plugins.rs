@@ -166,14 +166,11 @@ mod tests {
 
     /// Like `module`, saying it speaks ABI `abi`.
     fn module_of(abi: i32, extra: &str, memory_pages: u32, body: &str) -> Vec<u8> {
-        wat::parse_str(format!(
-            r#"(module {extra}
-                (memory (export "memory") {memory_pages})
-                (func (export "moat_abi_version") (result i32) i32.const {abi})
-                (func (export "moat_query_buffer") (result i32) i32.const 1024)
-                (func (export "moat_answer_buffer") (result i32) i32.const 2048)
-                (func (export "moat_explain") (param i32 i32) (result i32) i32.const 0)
-                (func (export "moat_decide") (param i32 i32) (result i32) {body}))"#
+        wat::parse_str(crate::policy::plugin_module_wat(
+            abi,
+            memory_pages,
+            extra,
+            body,
         ))
         .unwrap()
     }

@@ -18,6 +18,22 @@ pub(crate) use plugin::SWITCH_OFF_FAULTS;
 pub(crate) use wasm::PluginError;
 pub use wasm::{PolicyEngine, WasmPolicy};
 
+/// The text (WAT) of the smallest module that says it speaks plugin ABI
+/// `abi`: `pages` of exported memory, every export a plugin must have,
+/// `extra` fields, and `decide` as the body of `moat_decide`. What the
+/// tests load in place of a plugin someone else wrote.
+pub fn plugin_module_wat(abi: i32, pages: u32, extra: &str, decide: &str) -> String {
+    format!(
+        r#"(module {extra}
+            (memory (export "memory") {pages})
+            (func (export "moat_abi_version") (result i32) i32.const {abi})
+            (func (export "moat_query_buffer") (result i32) i32.const 1024)
+            (func (export "moat_answer_buffer") (result i32) i32.const 2048)
+            (func (export "moat_explain") (param i32 i32) (result i32) i32.const 0)
+            (func (export "moat_decide") (param i32 i32) (result i32) {decide}))"#
+    )
+}
+
 /// A question as policy sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Question<'a> {

@@ -473,16 +473,7 @@ mod tests {
 
     /// Like `fixture`, with `extra` exports.
     fn fixture_with(body: &str, extra: &str) -> Vec<u8> {
-        (format!(
-            r#"(module
-                (memory (export "memory") 1) {extra}
-                (func (export "moat_abi_version") (result i32) i32.const {ABI_VERSION})
-                (func (export "moat_query_buffer") (result i32) i32.const 1024)
-                (func (export "moat_answer_buffer") (result i32) i32.const 2048)
-                (func (export "moat_explain") (param i32 i32) (result i32) i32.const 0)
-                (func (export "moat_decide") (param i32 i32) (result i32) {body}))"#
-        ))
-        .into_bytes()
+        crate::policy::plugin_module_wat(ABI_VERSION, 1, extra, body).into_bytes()
     }
 
     /// Like `fixture` (deciding nothing), with `body` as `moat_explain`'s.

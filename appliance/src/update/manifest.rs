@@ -195,14 +195,10 @@ fn part(text: &str) -> Result<PartDigest, String> {
     })
 }
 
-/// 64 hex digits as 32 bytes.
+/// 64 hex digits (either case) as 32 bytes: written as a fingerprint is,
+/// so its parser reads them.
 pub(super) fn hex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut bytes = [0; 32];
-    for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(bytes)
+    moat_proto::Fingerprint::from_hex(text)
+        .ok()
+        .map(|digits| digits.0)
 }

@@ -67,14 +67,7 @@ impl Listeners {
                 .unwrap_or(addr);
             listeners.add_udp(udp, bound, 0);
             for index in 1..threads {
-                let udp = bind_socket(bound, Type::DGRAM, shared).map_err(|source| {
-                    ListenError::Bind {
-                        protocol: "udp",
-                        addr: bound,
-                        source,
-                    }
-                })?;
-                listeners.add_udp(udp, bound, index);
+                listeners.add_udp(bind_udp(bound, shared)?, bound, index);
             }
             listeners.tcp.push(tcp.into());
         }
@@ -185,11 +178,7 @@ fn bind_pair(addr: SocketAddr, shared: bool) -> Result<(Socket, Socket), ListenE
     let attempts = if addr.port() == 0 { 100 } else { 1 };
     let mut last_error = None;
     for _ in 0..attempts {
-        let udp = bind_socket(addr, Type::DGRAM, shared).map_err(|source| ListenError::Bind {
-            protocol: "udp",
-            addr,
-            source,
-        })?;
+        let udp = bind_udp(addr, shared)?;
         let bound = udp
             .local_addr()
             .ok()
@@ -209,6 +198,15 @@ fn bind_pair(addr: SocketAddr, shared: bool) -> Result<(Socket, Socket), ListenE
         }
     }
     Err(last_error.expect("at least one attempt"))
+}
+
+/// A UDP socket bound to `addr`, sharing its port if `shared`.
+fn bind_udp(addr: SocketAddr, shared: bool) -> Result<Socket, ListenError> {
+    bind_socket(addr, Type::DGRAM, shared).map_err(|source| ListenError::Bind {
+        protocol: "udp",
+        addr,
+        source,
+    })
 }
 
 fn bind_socket(addr: SocketAddr, kind: Type, shared: bool) -> std::io::Result<Socket> {
