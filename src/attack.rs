@@ -496,9 +496,15 @@ pub enum Isolation {
     /// A mount namespace: what it mounts vanishes with it.
     Mounts,
     /// A network namespace with only its loopback, up: it may bind the
-    /// unspecified address and use all of 127.0.0.0/8.
+    /// unspecified address and use all of 127.0.0.0/8, and multicast on
+    /// it (the mDNS group is routed there).
     Network,
 }
+
+/// Brings a new network namespace's loopback up with multicast, then runs
+/// the command after it.
+const MULTICAST_LOOPBACK: &str = "ip link set lo up multicast on && \
+    ip route add 224.0.0.0/4 dev lo && exec \"$0\" \"$@\"";
 
 impl Isolation {
     fn name(self) -> &'static str {
@@ -530,7 +536,7 @@ pub fn rerun_isolated(isolation: Isolation, args: &[&str]) -> String {
     match isolation {
         Isolation::Mounts => command.arg("-m").arg(&exe),
         Isolation::Network => command
-            .args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+            .args(["-n", "sh", "-c", MULTICAST_LOOPBACK])
             .arg(&exe),
     };
     let output = command

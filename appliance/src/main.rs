@@ -95,10 +95,11 @@ enum Command {
     /// Pair this appliance (running or not) with a primary and become its
     /// replica.
     Join {
-        /// The primary's sync address, HOST:PORT.
-        address: String,
-        /// The code `moat code` printed on the primary.
-        code: String,
+        /// `[ADDRESS] CODE`: the primary's sync address, HOST:PORT (when
+        /// left out, the one primary on the LAN, found by mDNS), and the
+        /// code `moat code` printed on it.
+        #[arg(required = true, num_args = 1..=2, value_names = ["ADDRESS", "CODE"])]
+        args: Vec<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -282,18 +283,18 @@ async fn dispatch(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Join {
-            address,
-            code,
-            target,
-        } => join(&address, &code, &target).await,
+        Command::Join { args, target } => match args.as_slice() {
+            [code] => join(None, code, &target).await,
+            [address, code] => join(Some(address), code, &target).await,
+            _ => anyhow::bail!("join takes [ADDRESS] CODE"),
+        },
         Command::Replicas(target) => show(&target, &client(&target)?.replicas().await?),
         Command::Revoke { name, target } => show(&target, &client(&target)?.revoke(&name).await?),
     }
 }
 
 /// Pairs through the running daemon, or directly when it is not running.
-async fn join(address: &str, code: &str, target: &Target) -> Result<()> {
+async fn join(address: Option<&str>, code: &str, target: &Target) -> Result<()> {
     let config = match &target.config {
         Some(path) => Config::load(path)?,
         None => Config::embedded(),

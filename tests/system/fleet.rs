@@ -192,7 +192,7 @@ pub(super) fn bundle_version(status: &Value) -> Result<u64, String> {
 }
 
 /// Issues a pairing code on the primary.
-fn issue_code(primary: &MoatProcess) -> String {
+pub(super) fn issue_code(primary: &MoatProcess) -> String {
     issue_code_with(primary, &[])
 }
 

@@ -12,6 +12,7 @@ mod forwarding;
 mod hostile;
 mod listen;
 mod lists;
+mod mdns;
 mod owner;
 mod plugins;
 mod policy;

@@ -63,6 +63,9 @@ pub struct Instance {
     /// Directories local blocklist sources may be read from, besides the
     /// data directory and the configuration file's own (read at start).
     pub source_dirs: Vec<PathBuf>,
+    /// Whether to answer mDNS on every link (`<name>.local`) and advertise
+    /// the control plane and, on a primary, the sync endpoint by DNS-SD.
+    pub mdns: bool,
 }
 
 impl Default for Instance {
@@ -78,6 +81,7 @@ impl Default for Instance {
             data_dir: PathBuf::from("moat-data"),
             upstream_ca_file: None,
             source_dirs: Vec::new(),
+            mdns: false,
         }
     }
 }

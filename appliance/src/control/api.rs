@@ -471,7 +471,10 @@ fn parse_duration(text: &str, what: &str, max: Duration) -> Result<Duration, Api
 /// Where the primary is and the code it issued.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub(super) struct JoinBody {
-    pub(super) address: String,
+    /// The primary's sync address; when absent, the one primary found on
+    /// the LAN by mDNS.
+    #[serde(default)]
+    pub(super) address: Option<String>,
     pub(super) code: String,
 }
 
@@ -485,7 +488,10 @@ async fn join(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<JoinBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let pin = state.daemon.join(&body.address, &body.code).await?;
+    let pin = state
+        .daemon
+        .join(body.address.as_deref(), &body.code)
+        .await?;
     Ok(Json(pin))
 }
 

@@ -202,10 +202,11 @@ impl ControlClient {
         self.post("/api/v1/pairing-code", &CodeBody { valid }).await
     }
 
-    /// Pairs the daemon with the primary at `address`; the primary it pinned.
-    pub async fn join(&self, address: &str, code: &str) -> Result<PrimaryPin, ClientError> {
+    /// Pairs the daemon with the primary at `address` (the one on the LAN,
+    /// found by mDNS, when none); the primary it pinned.
+    pub async fn join(&self, address: Option<&str>, code: &str) -> Result<PrimaryPin, ClientError> {
         let body = JoinBody {
-            address: address.to_owned(),
+            address: address.map(str::to_owned),
             code: code.to_owned(),
         };
         self.post("/api/v1/join", &body).await

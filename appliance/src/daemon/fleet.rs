@@ -1,6 +1,7 @@
 //! The daemon's side of the fleet: pairing codes, joining, revoking, and
 //! the hooks the replica link calls.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use super::owner::Command;
 use super::{Cause, Daemon, DaemonError};
 use crate::clock;
 use crate::config::Config;
+use crate::mdns;
 use crate::store::{Access, DataDir, StoreError, files};
 use crate::sync::identity::{Identity, IdentityError};
 use crate::sync::link::{LinkHealth, Replica};
@@ -42,6 +44,9 @@ pub enum FleetError {
     /// The primary's address cannot be used.
     #[error("primary address `{0}`: {1}")]
     Address(String, String),
+    /// No address was given and mDNS found no single primary to pair with.
+    #[error("no primary address given, and {0}; give the primary's HOST:PORT")]
+    Discovery(String),
 }
 
 impl FleetError {
@@ -128,9 +133,9 @@ impl Daemon {
         Ok(server.revoke(name).map_err(FleetError::from)?)
     }
 
-    /// Pairs this running appliance with the primary at `address` and
-    /// becomes its replica at once.
-    pub async fn join(&self, address: &str, code: &str) -> Result<PrimaryPin, DaemonError> {
+    /// Pairs this running appliance with the primary at `address` (found
+    /// by mDNS when none is given) and becomes its replica at once.
+    pub async fn join(&self, address: Option<&str>, code: &str) -> Result<PrimaryPin, DaemonError> {
         let fleet = &self.fleet;
         let pin = pair(&fleet.identity, &fleet.name, address, code).await?;
         let owned = Box::new(pin.clone());
@@ -142,10 +147,11 @@ impl Daemon {
 }
 
 /// Pairs the stopped appliance configured by `config` with the primary at
-/// `address`; its next start runs as that primary's replica.
+/// `address` (found by mDNS when none is given); its next start runs as
+/// that primary's replica.
 pub async fn join_offline(
     config: &Config,
-    address: &str,
+    address: Option<&str>,
     code: &str,
 ) -> Result<PrimaryPin, DaemonError> {
     let data = DataDir::open(&config.instance.data_dir)?;
@@ -159,10 +165,18 @@ pub async fn join_offline(
 async fn pair(
     identity: &Identity,
     name: &ApplianceName,
-    address: &str,
+    address: Option<&str>,
     code: &str,
 ) -> Result<PrimaryPin, FleetError> {
     let code = PairingCode::parse(code)?;
+    let discovered;
+    let address = match address {
+        Some(address) => address,
+        None => {
+            discovered = discover_primary(identity.fingerprint()).await?;
+            discovered.as_str()
+        }
+    };
     let bad_address = |reason: String| FleetError::Address(address.to_owned(), reason);
     let primary = tokio::net::lookup_host(address)
         .await
@@ -173,6 +187,36 @@ async fn pair(
     let pin = pairing::pair_as_replica(&endpoint, primary, address, &code, identity, name).await?;
     endpoint.close(0u32.into(), b"paired");
     Ok(pin)
+}
+
+/// How long a join without an address listens for primaries.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(2);
+
+/// The address of the one primary other than this appliance that
+/// advertises its sync endpoint on the LAN (`_moat-sync._udp`).
+async fn discover_primary(own: Fingerprint) -> Result<String, FleetError> {
+    let own = own.to_string();
+    let found = mdns::browse(mdns::SYNC_SERVICE, DISCOVERY_WAIT)
+        .await
+        .map_err(|err| FleetError::Discovery(err.to_string()))?;
+    let primaries: Vec<_> = found
+        .into_iter()
+        .filter(|primary| primary.txt("fp") != Some(own.as_str()))
+        .collect();
+    match primaries.as_slice() {
+        [] => Err(FleetError::Discovery(
+            "no primary with a pairing code answered on the LAN by mDNS".into(),
+        )),
+        [primary] => Ok(SocketAddr::new(primary.addrs[0], primary.port).to_string()),
+        many => Err(FleetError::Discovery(format!(
+            "{} primaries answered ({})",
+            many.len(),
+            many.iter()
+                .map(|primary| primary.instance.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// Pins the primary and forgets this appliance's own bundle: from now on

@@ -55,7 +55,7 @@ impl LiveBuilder {
             fail_mode: policy.fail_mode,
             upstreams,
             forwarders,
-            zones: Zones::new(policy),
+            zones: Zones::new(policy).with_own_name(&config.instance.name),
             blocked_response: policy.blocked_response.clone(),
             blocked_ttl: u32::try_from(policy.blocked_ttl.as_secs()).unwrap_or(u32::MAX),
             udp_max_payload: config.tuning.server.udp_max_payload,

@@ -308,6 +308,21 @@ impl Daemon {
         }
     }
 
+    /// What mDNS advertises now: the control plane on `control`, and the
+    /// sync endpoint while this appliance is a primary with it bound.
+    fn advertised(&self, control: SocketAddr) -> crate::mdns::Advertised {
+        let sync_port = self.role.lock().sync_port();
+        crate::mdns::Advertised {
+            name: self.fleet.name.clone(),
+            control_port: control.port(),
+            control_tls: false,
+            sync: sync_port.map(|port| crate::mdns::SyncEndpoint {
+                port,
+                fingerprint: self.fleet.identity.fingerprint(),
+            }),
+        }
+    }
+
     /// On the primary: its replicas, their status and their pushed stats.
     pub fn replicas(&self) -> Vec<crate::fleet::ReplicaView> {
         self.role.lock().replicas()
@@ -477,6 +492,7 @@ impl App {
                 owner.run(inbox);
             })?;
         let dns = listeners.serve(&daemon.handler, &tuning)?;
+        let control_addr = control.local_addr()?;
         tracing::info!(name = %daemon.config().instance.name, udp = ?daemon.udp, tcp = ?daemon.tcp, "serving DNS");
         let (stop_control, control_stopped) = oneshot::channel::<()>();
         let control = control::serve(Arc::clone(&daemon), control, async {
@@ -487,6 +503,16 @@ impl App {
         background.spawn(tasks::reseal_periodically(Arc::clone(&daemon)));
         background.spawn(tasks::close_idle_sync_periodically(Arc::clone(&daemon)));
         background.spawn(tasks::download_lists_periodically(Arc::clone(&daemon))?);
+        background.spawn(tasks::follow_own_addrs(Arc::clone(&daemon)));
+        if daemon.config().instance.mdns {
+            let advertising = Arc::clone(&daemon);
+            background.spawn(async move {
+                let advertised = move || advertising.advertised(control_addr);
+                if let Err(err) = crate::mdns::serve(advertised).await {
+                    tracing::error!(error = %err, "mDNS is off");
+                }
+            });
+        }
         Ok(Running {
             daemon,
             owner,

@@ -169,6 +169,14 @@ impl Role {
     }
 
     /// Whether this is the primary.
+    /// On a primary whose sync endpoint is bound: its port.
+    pub(super) fn sync_port(&self) -> Option<u16> {
+        match self {
+            Self::Primary { server, .. } => server.bound_addr().map(|addr| addr.port()),
+            Self::Replica { .. } => None,
+        }
+    }
+
     pub(super) fn is_primary(&self) -> bool {
         matches!(self, Self::Primary { .. })
     }

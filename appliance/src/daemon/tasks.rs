@@ -1,6 +1,7 @@
 //! The daemon's background work: query-log flushes, re-sealing the
-//! primary's bundle before it expires, keeping the URL lists fresh, and
-//! closing a sync port nothing needs.
+//! primary's bundle before it expires, keeping the URL lists fresh,
+//! closing a sync port nothing needs, and following the host's addresses
+//! for its own name.
 //! Each task sends the policy owner only the change it is about.
 
 use std::future::Future;
@@ -40,6 +41,19 @@ pub(super) fn flush_query_log(daemon: &Daemon) {
         Err(err) => {
             tracing::warn!(error = %err, dir = %dir.display(), "query log flush failed")
         }
+    }
+}
+
+/// How often the host's addresses are looked at again.
+const OWN_ADDRS_RESCAN: Duration = Duration::from_secs(10);
+
+/// Keeps the addresses the appliance's own name answers (over DNS) those
+/// of its links: DHCP may change them at any time.
+pub(super) async fn follow_own_addrs(daemon: Arc<Daemon>) {
+    loop {
+        let addrs = crate::links::all_addrs(&crate::links::scan());
+        daemon.handler.set_own_addrs(addrs);
+        tokio::time::sleep(OWN_ADDRS_RESCAN).await;
     }
 }
 

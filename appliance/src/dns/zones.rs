@@ -1,9 +1,11 @@
 //! Where a question goes by the longest suffix of its name: the general
 //! upstreams, a forward zone's upstreams, or nowhere (a local domain or a
-//! private reverse zone with no forwarder, answered here). Pure: a table
-//! built from the policy, read on the miss path.
+//! private reverse zone with no forwarder, answered here; the appliance's
+//! own name). Pure: a table built from the policy, read on the miss path.
 
 use std::collections::HashMap;
+
+use moat_proto::ApplianceName;
 
 use crate::config::{DomainSuffix, ForwardTarget, Policy};
 
@@ -77,6 +79,9 @@ pub(crate) enum LocalKind {
     Empty,
     /// `localhost` and below: the loopback addresses (RFC 6761 §6.3).
     Loopback,
+    /// The appliance's own name, `<name>` and `<name>.local` (not below):
+    /// its addresses, the way Pi-hole answers `pi.hole`.
+    OwnHost,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +95,7 @@ enum Entry {
 #[derive(Debug, Default)]
 pub(crate) struct Zones {
     suffixes: HashMap<Box<[u8]>, Entry>,
+    own_names: Vec<Box<[u8]>>,
 }
 
 impl Zones {
@@ -128,6 +134,18 @@ impl Zones {
         zones
     }
 
+    /// This table, answering `name` and `name.local` with the appliance's
+    /// own addresses.
+    pub(crate) fn with_own_name(mut self, name: &ApplianceName) -> Self {
+        let label = name.as_str().to_ascii_lowercase();
+        for own in [label.clone(), format!("{label}.local")] {
+            if let Ok(suffix) = own.parse::<DomainSuffix>() {
+                self.own_names.push(suffix.to_wire().into());
+            }
+        }
+        self
+    }
+
     fn insert(&mut self, suffix: &DomainSuffix, entry: Entry) {
         self.suffixes.insert(suffix.to_wire().into(), entry);
     }
@@ -135,6 +153,10 @@ impl Zones {
     /// Where `name` (lower-case wire form) goes: its longest listed
     /// suffix decides, the general upstreams when none is listed.
     pub(crate) fn route(&self, name: &[u8]) -> Route {
+        if self.own_names.iter().any(|own| **own == *name) {
+            let kind = LocalKind::OwnHost;
+            return Route::Local(LocalZone { apex_at: 0, kind });
+        }
         let mut at = 0;
         while let Some(&len) = name.get(at)
             && len != 0
@@ -213,5 +235,18 @@ mod tests {
                 kind: LocalKind::Loopback
             })
         );
+    }
+
+    #[test]
+    fn the_own_name_and_its_local_form_answer_here_but_not_names_below() {
+        let zones = zones(", \"[/local/]udp://192.168.1.1\"").with_own_name(&"HQ".parse().unwrap());
+        let own = Route::Local(LocalZone {
+            apex_at: 0,
+            kind: LocalKind::OwnHost,
+        });
+        assert_eq!(zones.route(&wire("hq")), own);
+        assert_eq!(zones.route(&wire("hq.local")), own);
+        assert_eq!(zones.route(&wire("printer.hq.local")), Route::Forward(0));
+        assert_eq!(zones.route(&wire("hqx.local")), Route::Forward(0));
     }
 }

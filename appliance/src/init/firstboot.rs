@@ -6,7 +6,8 @@
 //! "IP/PREFIX"`, `gateway`, `ntp = ["IP[:PORT]", …]`) and, for a replica,
 //! `[join]` (`primary = "HOST:PORT"`, `code`). Both are taken out before the
 //! rest becomes the daemon's configuration, whose data directory is forced
-//! to `/data/moat` and which listens on port 53 unless it says otherwise.
+//! to `/data/moat` and which listens on port 53 and answers mDNS unless it
+//! says otherwise.
 //! On the image the DNS rate limit defaults to Pi-hole's, 1,000 queries a
 //! minute per client, unless `[tuning.server]` says otherwise.
 
@@ -171,6 +172,7 @@ impl Settings {
         instance
             .entry("listen")
             .or_insert_with(|| toml::Value::Array(vec!["0.0.0.0:53".into()]));
+        instance.entry("mdns").or_insert(true.into());
         image_rate_limit(&mut table)?;
         let daemon_config = toml::to_string(&table).map_err(|err| invalid("", err.to_string()))?;
         let config = Config::parse(&daemon_config, "moat.toml")?;

@@ -144,6 +144,12 @@ impl SyncServer {
         })
     }
 
+    /// The address the endpoint is bound to, while it is.
+    pub(crate) fn bound_addr(&self) -> Option<SocketAddr> {
+        let endpoint = self.endpoint.lock();
+        endpoint.as_ref()?.local_addr().ok()
+    }
+
     /// Closes the endpoint when nothing needs it any more: no replica, no
     /// pairing code that can still be tried, no pairing under way. True
     /// when it was bound and is closed now.

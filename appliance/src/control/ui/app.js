@@ -896,15 +896,37 @@
       codeBox.replaceChildren(
         h("div.code", { id: "pairing-code", test: "pairing-code", text: code.code }),
         h("p.muted", { test: "pairing-expiry", text: "Single use; expires at " + clock(expires) + " (in " + duration(code.valid_secs) + "). It is shown only once." }),
-        h("p.muted", {}, "On the replica: ", h("code", { text: "moat join <this appliance's sync address> " + code.code })));
+        h("p.muted", {}, "On the replica: ", h("code", { text: "moat join " + code.code }),
+          " (it finds this primary on the LAN by mDNS), or its web UI's “Join a primary”."));
     } });
     render(h("h1", { text: "Fleet" }),
       h("section.card", { test: "pairing" },
         h("h2", { text: "Add a replica" }),
         h("div.row", {}, button, h("label.inline", {}, "valid for", valid)),
-        codeBox));
+        codeBox),
+      joinCard());
     await load();
     if (current(token)) app.refresh = setInterval(load, 10000);
+  }
+
+  function joinCard() {
+    const address = h("input#join-address", { type: "text", placeholder: "found on the LAN when empty", "aria-label": "Primary address", test: "join-address" });
+    const code = h("input#join-code", { type: "text", placeholder: "XXXX-XXXX", "aria-label": "Pairing code", test: "join-code" });
+    const button = h("button#join-button", { type: "button", test: "join-button", text: "Join", onclick: async () => {
+      button.disabled = true;
+      const body = { code: code.value.trim() };
+      if (address.value.trim()) body.address = address.value.trim();
+      const pin = await attempt(() => api("POST", "/api/v1/join", body));
+      button.disabled = false;
+      if (!pin) return;
+      notice("Paired with " + pin.name + " at " + pin.address + "; now its replica");
+      app.status = await attempt(() => api("GET", "/api/v1/status")) || app.status;
+      route();
+    } });
+    return h("section.card", { test: "join" },
+      h("h2", { text: "Join a primary" }),
+      h("p.muted", { text: "Make this appliance a replica of another: its policy is then the primary's, and its own is set aside. Get a code on the primary's Fleet page." }),
+      h("div.row", {}, h("label.inline", {}, "Primary (HOST:PORT)", address), h("label.inline", {}, "Code", code), button));
   }
 
   function failedPairingsCard(failed) {

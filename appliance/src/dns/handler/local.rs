@@ -80,7 +80,12 @@ fn push_local(
 /// Writes the answer of a zone served here: loopback addresses under
 /// `localhost`, else NXDOMAIN below the apex and NODATA at it, with the
 /// zone's SOA.
-pub(super) fn write_zone(query: &Query<'_>, zone: LocalZone, out: &mut Vec<u8>) {
+pub(super) fn write_zone(
+    query: &Query<'_>,
+    zone: LocalZone,
+    own_addrs: &[IpAddr],
+    out: &mut Vec<u8>,
+) {
     const LOOPBACK: [IpAddr; 2] = [
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -88,12 +93,13 @@ pub(super) fn write_zone(query: &Query<'_>, zone: LocalZone, out: &mut Vec<u8>) 
     let apex = wire::HEADER_LEN + zone.apex_at;
     let code = match zone.kind {
         LocalKind::Empty if zone.apex_at > 0 => rcode::NXDOMAIN,
-        LocalKind::Empty | LocalKind::Loopback => rcode::NOERROR,
+        LocalKind::Empty | LocalKind::Loopback | LocalKind::OwnHost => rcode::NOERROR,
     };
     wire::begin_response(query, code, out);
     wire::set_authoritative(out);
     let addresses = match zone.kind {
         LocalKind::Loopback => &LOOPBACK[..],
+        LocalKind::OwnHost => own_addrs,
         LocalKind::Empty => &[],
     };
     if wire::push_addresses(out, query.key.qtype, LOCAL_NODATA_TTL, addresses) == 0 {

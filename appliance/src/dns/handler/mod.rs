@@ -171,6 +171,7 @@ pub(crate) struct QueryHandler<R = Arc<Upstreams>, C = SystemClock> {
     stats: Stats,
     query_log: QueryLog,
     inflight: Arc<Mutex<InFlight<Resolved>>>,
+    own_addrs: ArcSwap<Vec<IpAddr>>,
     clock: C,
 }
 
@@ -191,8 +192,16 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
             stats: Stats::default(),
             query_log,
             inflight: Arc::default(),
+            own_addrs: ArcSwap::default(),
             clock,
         })
+    }
+
+    /// Sets the addresses the appliance's own name answers.
+    pub(crate) fn set_own_addrs(&self, addrs: Vec<IpAddr>) {
+        if **self.own_addrs.load() != addrs {
+            self.own_addrs.store(Arc::new(addrs));
+        }
     }
 
     /// Replaces policy, upstreams and answer settings at once; cached
@@ -310,7 +319,7 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
         out: &mut Vec<u8>,
     ) -> Handled {
         if let Route::Local(zone) = installed.zones.route(&query.key.name) {
-            local::write_zone(&query, zone, out);
+            local::write_zone(&query, zone, &self.own_addrs.load(), out);
             return self.answered(installed, &query, arrived, Outcome::Local, out);
         }
         if stale.is_none() {
