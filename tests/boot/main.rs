@@ -185,6 +185,8 @@ struct Vm {
     /// QEMU's program and arguments but the serial console's.
     command: Vec<String>,
     ns: Netns,
+    /// The disk.
+    image: PathBuf,
     /// This boot's serial console.
     serial: PathBuf,
     boots: u32,
@@ -253,6 +255,7 @@ impl Vm {
             qemu,
             command,
             ns,
+            image,
             serial,
             boots: 1,
             started,
@@ -262,8 +265,18 @@ impl Vm {
 
     /// Cuts the power (kills QEMU) and boots the same disk again.
     fn power_cycle(&mut self) {
+        self.power_off();
+        self.power_on();
+    }
+
+    /// Cuts the power: QEMU is killed, the disk left as it is.
+    fn power_off(&mut self) {
         let _ = self.qemu.kill();
         let _ = self.qemu.wait();
+    }
+
+    /// Boots the disk again after [`Vm::power_off`].
+    fn power_on(&mut self) {
         self.boots += 1;
         self.serial = self.dir.join(format!("serial-{}.log", self.boots));
         self.started = moat::clock::now();
@@ -565,6 +578,45 @@ upstreams = ["udp://10.0.2.2:5300"]
         vm.name,
         synced.as_secs_f64(),
         after_power_cut.as_secs_f64()
+    );
+
+    // A forgotten password: the documented file on the boot partition
+    // wipes /data at the next boot, once, and the appliance starts over
+    // from its first-boot settings, as freshly flashed.
+    vm.power_off();
+    let boot_partition = format!("{}@@1M", vm.image.display());
+    let reset_file = vm.dir.join("moat-factory-reset");
+    fs::write(&reset_file, "").unwrap();
+    run(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&boot_partition)
+        .arg(&reset_file)
+        .arg("::moat-factory-reset"));
+    vm.power_on();
+    vm.wait_for("the first-boot settings read again after the reset", |vm| {
+        vm.console()
+            .contains("first boot: /boot/moat.toml kept in /data")
+            .then_some(())
+    });
+    let console = vm.console();
+    assert!(
+        console.contains("factory reset (asked by /boot/moat-factory-reset): /data wiped")
+            && console.contains("was blank: formatted ext4"),
+        "the reset wiped and formatted /data; console:\n{console}"
+    );
+    vm.power_off();
+    let listing = Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i"])
+        .arg(&boot_partition)
+        .arg("::")
+        .output()
+        .expect("run mdir (mtools)");
+    let listing = String::from_utf8_lossy(&listing.stdout).to_lowercase();
+    assert!(
+        listing.contains("moat.toml") && !listing.contains("moat-factory-reset"),
+        "init removed the reset file and kept the settings: {listing}"
     );
 }
 

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use moat::control::{ClientError, LogQuery};
-use moat_system_tests::{ControlClient, Credentials, MoatProcess, RawApi};
+use moat_system_tests::{ControlClient, Credentials, MoatProcess, RawApi, RawResponse};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -19,16 +19,21 @@ const PASSWORD: &str = "correct horse battery";
 /// message naming `key`.
 async fn assert_refused_naming(api: &ControlClient, path: &str, body: &Value, key: &str) {
     let refused = api.put(path, body).await;
-    assert_eq!(
-        refused.status,
+    assert_refused(
+        &refused,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "PUT {path}: {}",
-        refused.text
+        &format!("PUT {path}"),
+        key,
     );
+}
+
+/// Checks `response` (to `what`) has `status` and its text says `words`.
+fn assert_refused(response: &RawResponse, status: StatusCode, what: &str, words: &str) {
+    assert_eq!(response.status, status, "{what}: {}", response.text);
     assert!(
-        refused.text.contains(key),
-        "PUT {path} names the key `{key}`: {}",
-        refused.text
+        response.text.contains(words),
+        "{what} says `{words}`: {}",
+        response.text
     );
 }
 
@@ -48,6 +53,8 @@ async fn every_route_needs_a_login_and_wrong_passwords_are_throttled() {
         ("PUT", "/api/v1/policy"),
         ("POST", "/api/v1/pause"),
         ("POST", "/api/v1/pairing-code"),
+        ("POST", "/api/v1/reboot"),
+        ("POST", "/api/v1/factory-reset"),
     ] {
         let response = anonymous
             .send(method.parse().unwrap(), path, Some(&json!({})))
@@ -174,6 +181,42 @@ async fn the_openapi_document_lists_every_route() {
         let response = client.get(path).await;
         assert_ne!(response.status, StatusCode::NOT_FOUND, "{path}");
     }
+}
+
+/// Off the image no init can reboot or wipe: both say so and erase
+/// nothing (the boot tests reset a real image).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_and_factory_reset_are_refused_off_the_image_and_erase_nothing() {
+    let (moat, _upstream) = moat_with_upstream("").await;
+    let client = moat.control().unwrap();
+    let unconfirmed = client
+        .post("/api/v1/factory-reset", &json!({ "confirm": "yes" }))
+        .await;
+    let status = StatusCode::UNPROCESSABLE_ENTITY;
+    assert_refused(
+        &unconfirmed,
+        status,
+        "an unconfirmed reset",
+        "erase everything",
+    );
+    let confirmed = json!({ "confirm": "erase everything" });
+    for (path, body, what) in [
+        ("/api/v1/reboot", json!({}), "reboot"),
+        ("/api/v1/factory-reset", confirmed, "factory reset"),
+    ] {
+        let refused = client.post(path, &body).await;
+        let why = format!("{what} works on the appliance image only");
+        assert_refused(&refused, StatusCode::CONFLICT, path, &why);
+    }
+    assert!(
+        !moat.dir.0.join("data/factory-reset").exists(),
+        "no reset asked for"
+    );
+    assert!(
+        moat.dir.0.join("data/control.token").exists(),
+        "nothing erased"
+    );
+    assert_eq!(client.get("/api/v1/status").await.status, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

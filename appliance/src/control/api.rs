@@ -39,6 +39,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(join))
         .routes(routes!(replicas))
         .routes(routes!(revoke))
+        .routes(routes!(reboot))
+        .routes(routes!(factory_reset))
 }
 
 /// The routes that let a person in.
@@ -369,6 +371,45 @@ async fn put_tuning(
 async fn reload(State(state): State<AppState>) -> Result<Json<Applied>, ApiError> {
     let config_generation = state.daemon.reload().await?;
     Ok(Json(Applied { config_generation }))
+}
+
+#[utoipa::path(post, path = "/api/v1/reboot", tag = "appliance",
+    description = "Reboots the appliance a second from now (on the image only).",
+    responses((status = 202), (status = 409, body = super::ApiErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+async fn reboot(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
+    state.daemon.reboot()?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// What a factory reset must be sent with, so no stray request erases.
+const FACTORY_RESET_CONFIRMATION: &str = "erase everything";
+
+/// The confirmation of a factory reset.
+#[derive(Deserialize, ToSchema)]
+struct FactoryResetBody {
+    /// Exactly `"erase everything"`.
+    confirm: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/factory-reset", tag = "appliance",
+    description = "Erases every setting, key, pairing and log and reboots as a freshly flashed appliance (on the image only).",
+    request_body = FactoryResetBody,
+    responses((status = 202), (status = 409, body = super::ApiErrorBody),
+        (status = 422, body = super::ApiErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+async fn factory_reset(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<FactoryResetBody>,
+) -> Result<StatusCode, ApiError> {
+    if body.confirm != FACTORY_RESET_CONFIRMATION {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("confirm: must be \"{FACTORY_RESET_CONFIRMATION}\""),
+        ));
+    }
+    state.daemon.factory_reset()?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 /// How long to pause blocking.

@@ -8,6 +8,7 @@ mod fleet;
 mod live;
 mod owner;
 mod policy;
+mod power;
 mod role;
 mod settings;
 mod tasks;
@@ -121,6 +122,9 @@ pub enum DaemonError {
     /// The daemon is shutting down.
     #[error("the daemon is shutting down")]
     Stopped,
+    /// Only the appliance image, where init supervises the daemon, can.
+    #[error("{0} works on the appliance image only, where Moat's init runs the daemon")]
+    NotOnImage(&'static str),
 }
 
 /// What kind of failure an error is, for whoever answers for it (the
@@ -144,7 +148,7 @@ impl DaemonError {
             Self::Config(_) | Self::Upstream(_) | Self::UpstreamCa { .. } | Self::Compile(_) => {
                 Cause::Invalid
             }
-            Self::Role(_) => Cause::WrongRole,
+            Self::Role(_) | Self::NotOnImage(_) => Cause::WrongRole,
             Self::Fleet(err) => err.cause(),
             _ => Cause::Internal,
         }

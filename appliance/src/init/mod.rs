@@ -48,6 +48,9 @@ use moat_netproto::{dhcp, sntp};
 
 /// The environment variable that tells the second stage it is one.
 const STAGE_VAR: &str = "MOAT_INIT_STAGE";
+/// The environment variable init starts the daemon with: it may ask init
+/// to reboot (and to wipe `/data` at the next boot).
+pub(crate) const SUPERVISED_VAR: &str = "MOAT_SUPERVISED_BY_INIT";
 /// Where stage 1 mounts the root slot.
 const SLOT_DIR: &str = "/slot";
 /// The stored first-boot settings.
@@ -56,6 +59,13 @@ const STORED_SETTINGS: &str = "/data/settings.toml";
 const DAEMON_CONFIG: &str = "/data/moat.toml";
 /// Written once a replica has paired.
 const JOINED_MARK: &str = "/data/joined";
+/// The file a user puts on the boot partition to have `/data` wiped at
+/// the next boot (a forgotten password): init removes it and starts over.
+const RESET_FILE: &str = "/boot/moat-factory-reset";
+/// Flags of the boot partition's mount.
+const BOOT_FLAGS: MsFlags = MsFlags::MS_NODEV
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NOEXEC);
 
 /// Children a thread of init waits for, by PID. The supervisor reaps every
 /// child (orphans included), so `Command::status` would lose the race for
@@ -177,14 +187,15 @@ fn stage_root() -> Result<(), InitError> {
         &boot.to_string_lossy(),
         "/boot",
         "vfat",
-        MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        MsFlags::MS_RDONLY | BOOT_FLAGS,
         Some("codepage=437,iocharset=ascii"),
     ) {
         eprintln!("moat init: boot partition: {err}; no first-boot settings");
     }
+    let reset_asked = Path::new(RESET_FILE).exists() && remove_reset_file();
     // Before the data partition, which a first boot formats with the time.
     clock_floor();
-    mount_data()?;
+    mount_data(reset_asked)?;
 
     let settings = settings();
     let _ = nix::unistd::sethostname(&settings.name);
@@ -227,10 +238,63 @@ fn supervised_signals() -> SigSet {
 /// Mounts the data partition, first making its file system if it is blank
 /// (images ship it so, to be formatted at its real size). If it does
 /// not mount, the appliance still runs, on a RAM disk that forgets at power
-/// off: a partition holding anything else is never formatted.
-fn mount_data() -> Result<(), InitError> {
+/// off: a partition holding anything else is never formatted. A factory
+/// reset (`reset`, or asked by the control plane in `/data`) blanks it
+/// first, so nothing but the image is kept.
+fn mount_data(reset: bool) -> Result<(), InitError> {
     let data = system::partition(4, Duration::from_secs(10))?;
-    match format_if_blank(&data) {
+    if reset {
+        factory_reset(&data, RESET_FILE);
+    }
+    format_and_mount(&data)?;
+    let asked = Path::new(firstboot::DAEMON_DATA_DIR).join(crate::store::files::FACTORY_RESET);
+    if asked.exists() {
+        if let Err(err) = nix::mount::umount("/data") {
+            eprintln!("moat init: factory reset: cannot unmount /data: {err}; nothing wiped");
+            let _ = fs::remove_file(&asked);
+            return Ok(());
+        }
+        factory_reset(&data, "the control plane");
+        format_and_mount(&data)?;
+    }
+    Ok(())
+}
+
+/// Blanks the data partition, saying who asked.
+fn factory_reset(data: &Path, asked_by: &str) {
+    let blanked = File::options()
+        .write(true)
+        .open(data)
+        .map_err(Box::<dyn Error>::from)
+        .and_then(|device| Ok(moat_mkfs::blank(&device)?));
+    match blanked {
+        Ok(()) => eprintln!("moat init: factory reset (asked by {asked_by}): /data wiped"),
+        Err(err) => eprintln!("moat init: factory reset (asked by {asked_by}) failed: {err}"),
+    }
+}
+
+/// Removes [`RESET_FILE`] from the boot partition (briefly writable), so
+/// the reset happens once; false, and no reset, when it cannot be.
+fn remove_reset_file() -> bool {
+    let remount = |flags: MsFlags| {
+        let flags = MsFlags::MS_REMOUNT | BOOT_FLAGS | flags;
+        nix::mount::mount(None::<&str>, "/boot", None::<&str>, flags, None::<&str>)
+    };
+    let removed = remount(MsFlags::empty())
+        .map_err(std::io::Error::from)
+        .and_then(|()| fs::remove_file(RESET_FILE));
+    let _ = remount(MsFlags::MS_RDONLY);
+    match removed {
+        Ok(()) => true,
+        Err(err) => {
+            eprintln!("moat init: {RESET_FILE} cannot be removed ({err}); no factory reset");
+            false
+        }
+    }
+}
+
+fn format_and_mount(data: &Path) -> Result<(), InitError> {
+    match format_if_blank(data) {
         Ok(Some(layout)) => eprintln!(
             "moat init: data partition {} was blank: formatted ext4, {} MiB",
             data.display(),
@@ -441,7 +505,11 @@ fn spawn_daemon(mode: supervisor::Mode) -> std::io::Result<Child> {
             supervisor::Supervisor::safe_mode_reason()
         ));
     }
-    command.env_remove(STAGE_VAR).current_dir("/data").spawn()
+    command
+        .env_remove(STAGE_VAR)
+        .env(SUPERVISED_VAR, "1")
+        .current_dir("/data")
+        .spawn()
 }
 
 /// A replica pairs with its primary once, retrying until it works.

@@ -75,6 +75,9 @@ pub(crate) mod files {
     pub(crate) const QUERY_LOG: &str = "querylog";
     /// A replica's pinned primary; its presence makes this appliance a replica.
     pub(crate) const PRIMARY: &str = "primary.json";
+    /// Left by the control plane to ask init for a factory reset at the
+    /// next boot (on the image).
+    pub(crate) const FACTORY_RESET: &str = "factory-reset";
     /// Address the sync endpoint actually bound (primary).
     pub(crate) const SYNC_ADDR: &str = "sync.addr";
     /// The last bundle version the primary sealed.

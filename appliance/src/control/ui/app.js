@@ -855,7 +855,38 @@
     render(h("h1", { text: "Tuning" }),
       h("p.muted", { text: "Cache, refresh and query-log settings of this appliance only; they are never synced." }),
       h("form#tuning-form", { test: "tuning-form", onsubmit: save }, sections,
-        h("div.actions", {}, h("button#tuning-save.primary", { type: "submit", test: "tuning-save", text: "Save tuning" }))));
+        h("div.actions", {}, h("button#tuning-save.primary", { type: "submit", test: "tuning-save", text: "Save tuning" }))),
+      applianceCard());
+  }
+
+  /** A button that asks once more before it acts. */
+  function confirmed(label, again, test, action) {
+    const button = h("button.danger", { type: "button", test, text: label, onclick: async () => {
+      if (button.dataset.armed !== "1") {
+        button.dataset.armed = "1";
+        button.textContent = again;
+        return;
+      }
+      button.disabled = true;
+      await action();
+      button.disabled = false;
+    } });
+    return button;
+  }
+
+  function applianceCard() {
+    const reboot = confirmed("Reboot", "Confirm reboot", "reboot", async () => {
+      if (await attempt(() => api("POST", "/api/v1/reboot")) !== undefined) notice("Rebooting; this page comes back in a minute");
+    });
+    const reset = confirmed("Factory reset", "Erase everything and reboot", "factory-reset", async () => {
+      if (await attempt(() => api("POST", "/api/v1/factory-reset", { confirm: "erase everything" })) !== undefined) {
+        notice("Erasing and rebooting: the appliance comes back as freshly flashed, with a new setup code on its console");
+      }
+    });
+    return h("section.card", { test: "appliance" },
+      h("h2", { text: "Appliance" }),
+      h("p.muted", { text: "A factory reset erases every setting, key, pairing and log; only the image stays. Without the web UI, put a file named moat-factory-reset on the boot partition instead." }),
+      h("div.row", {}, reboot, reset));
   }
 
   // ----- fleet -------------------------------------------------------------
@@ -941,15 +972,12 @@
   function replicasCard(replicas, reload) {
     const rows = replicas.map((r) => {
       const st = r.stats;
-      const revoke = h("button.small.danger", { type: "button", test: "revoke", text: "Revoke", disabled: r.revoked, onclick: async () => {
-        if (revoke.dataset.armed !== "1") {
-          revoke.dataset.armed = "1";
-          revoke.textContent = "Confirm revoke";
-          return;
-        }
+      const revoke = confirmed("Revoke", "Confirm revoke", "revoke", async () => {
         const done = await attempt(() => api("POST", "/api/v1/replicas/" + encodeURIComponent(r.name) + "/revoke"));
         if (done !== undefined) { notice("Revoked " + r.name); reload(); }
-      } });
+      });
+      revoke.classList.add("small");
+      revoke.disabled = r.revoked;
       return h("tr", { "data-replica": r.name },
         h("td", {}, h("strong", { text: r.name }), h("div.muted.small", { text: r.address || "" })),
         h("td", {}, h("span.badge.status-" + (r.revoked ? "revoked" : r.status), { test: "replica-status", text: r.revoked ? "revoked" : r.status }),
