@@ -26,6 +26,7 @@ mod links;
 mod lists;
 mod mdns;
 pub mod policy;
+pub mod recent_log;
 mod stats;
 pub mod store;
 pub mod sync;

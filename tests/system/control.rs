@@ -219,6 +219,33 @@ async fn reboot_and_factory_reset_are_refused_off_the_image_and_erase_nothing() 
     assert_eq!(client.get("/api/v1/status").await.status, StatusCode::OK);
 }
 
+/// The support bundle: status and the recent log, and no secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_support_bundle_holds_status_and_the_log_but_no_secret() {
+    let (moat, _upstream) = moat_with_upstream("").await;
+    let anonymous = open_client(&moat).get("/api/v1/support-bundle").await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let response = moat.control().unwrap().get("/api/v1/support-bundle").await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    let bundle = response.json();
+    assert_eq!(bundle["status"]["name"], "test", "{bundle}");
+    let log: Vec<&str> = bundle["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        log.iter().any(|line| line.contains("serving DNS")),
+        "the start is in the log: {log:?}"
+    );
+    let token = std::fs::read_to_string(moat.dir.0.join("data/control.token")).unwrap();
+    assert!(
+        !response.text.contains(token.trim()),
+        "the control token is not in the bundle"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tuning_and_policy_writes_persist_across_restart_and_bad_ones_change_nothing() {
     let (moat, upstream) = moat_with_upstream("").await;

@@ -39,6 +39,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(join))
         .routes(routes!(replicas))
         .routes(routes!(revoke))
+        .routes(routes!(support_bundle))
         .routes(routes!(reboot))
         .routes(routes!(factory_reset))
 }
@@ -371,6 +372,39 @@ async fn put_tuning(
 async fn reload(State(state): State<AppState>) -> Result<Json<Applied>, ApiError> {
     let config_generation = state.daemon.reload().await?;
     Ok(Json(Applied { config_generation }))
+}
+
+/// What a user sends along when asking for help: no keys, tokens,
+/// passwords or codes, only what the appliance says about itself.
+#[derive(Serialize, ToSchema)]
+struct SupportBundle {
+    /// When it was made, Unix milliseconds.
+    generated_unix_ms: u64,
+    /// The status, every error in it.
+    status: Status,
+    /// The last lines logged, oldest first.
+    log: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/support-bundle", tag = "appliance",
+    description = "Status, versions and the recent log lines, as a file to download; no secrets.",
+    responses((status = 200, body = SupportBundle)),
+    security(("bearer" = []), ("session" = [])))]
+async fn support_bundle(State(state): State<AppState>) -> impl IntoResponse {
+    let status = state.daemon.status();
+    let generated_unix_ms = clock::unix_now_ms();
+    let file = format!(
+        "attachment; filename=\"moat-support-{}-{generated_unix_ms}.json\"",
+        status.name
+    );
+    let bundle = SupportBundle {
+        generated_unix_ms,
+        status,
+        log: crate::recent_log::lines(),
+    };
+    let disposition =
+        HeaderValue::from_str(&file).unwrap_or(HeaderValue::from_static("attachment"));
+    ([(header::CONTENT_DISPOSITION, disposition)], Json(bundle))
 }
 
 #[utoipa::path(post, path = "/api/v1/reboot", tag = "appliance",

@@ -886,7 +886,7 @@
     return h("section.card", { test: "appliance" },
       h("h2", { text: "Appliance" }),
       h("p.muted", { text: "A factory reset erases every setting, key, pairing and log; only the image stays. Without the web UI, put a file named moat-factory-reset on the boot partition instead." }),
-      h("div.row", {}, reboot, reset));
+      h("div.row", {}, h("a.button", { href: "/api/v1/support-bundle", download: "", test: "support-bundle", text: "Download support bundle" }), reboot, reset));
   }
 
   // ----- fleet -------------------------------------------------------------
