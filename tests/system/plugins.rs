@@ -11,7 +11,7 @@
 //! what its client may not reach, and only for that client.
 
 use moat::compile::SCHEDULE_EXAMPLE;
-use moat_plugin_abi::ABI_VERSION as ABI;
+use moat::policy::ABI_VERSION as ABI;
 use moat_system_tests::api::RawApi;
 use moat_system_tests::moat::Scratch;
 use moat_system_tests::{MoatProcess, TestUpstream};
@@ -439,20 +439,27 @@ fn plugin_tool(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .unwrap()
 }
 
+/// What `moat plugin ARGS...` prints, which must succeed.
+fn plugin_says(args: &[&std::ffi::OsStr]) -> String {
+    let done = plugin_tool(args);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    String::from_utf8(done.stdout).unwrap()
+}
+
 #[test]
 fn a_new_plugin_builds_as_written_and_the_check_accepts_it() {
     let dir = Scratch::new("plugin-new");
-    let made = plugin_tool(&[
+    let new = [
         "new".as_ref(),
         "no-ads".as_ref(),
         "--dir".as_ref(),
         dir.0.as_os_str(),
-    ]);
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    ];
+    plugin_says(&new);
     let root = dir.0.join("no-ads");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let built = std::process::Command::new(cargo)
@@ -475,28 +482,18 @@ fn a_new_plugin_builds_as_written_and_the_check_accepts_it() {
         String::from_utf8_lossy(&built.stderr)
     );
     let module = root.join("target/wasm32-unknown-unknown/release/no_ads.wasm");
-    let checked = plugin_tool(&["check".as_ref(), module.as_os_str()]);
-    assert!(
-        checked.status.success(),
-        "{}",
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    plugin_says(&["check".as_ref(), module.as_os_str()]);
     let config = dir.0.join("config.toml");
     std::fs::write(&config, "names = [\"ads.example\"]\n").unwrap();
     let said = |name: &str| {
-        let tested = plugin_tool(&[
-            "test".as_ref(),
-            module.as_os_str(),
-            name.as_ref(),
-            "--config".as_ref(),
-            config.as_os_str(),
-        ]);
-        assert!(
-            tested.status.success(),
-            "{}",
-            String::from_utf8_lossy(&tested.stderr)
-        );
-        String::from_utf8(tested.stdout).unwrap()
+        let config = ["--config".as_ref(), config.as_os_str()];
+        plugin_says(
+            &[
+                &["test".as_ref(), module.as_os_str(), name.as_ref()],
+                &config[..],
+            ]
+            .concat(),
+        )
     };
     assert!(
         said("x.ads.example").starts_with("x.ads.example: Block"),
@@ -508,12 +505,7 @@ fn a_new_plugin_builds_as_written_and_the_check_accepts_it() {
         "{}",
         said("example.org")
     );
-    let again = plugin_tool(&[
-        "new".as_ref(),
-        "no-ads".as_ref(),
-        "--dir".as_ref(),
-        dir.0.as_os_str(),
-    ]);
+    let again = plugin_tool(&new);
     assert!(
         !again.status.success()
             && String::from_utf8_lossy(&again.stderr).contains("exists already"),
@@ -534,7 +526,7 @@ fn plugin_test_prints_the_schedules_verdict_at_two_times() {
     )
     .unwrap();
     let at = |time: &str, client: &str| {
-        let tested = plugin_tool(&[
+        plugin_says(&[
             "test".as_ref(),
             module.as_os_str(),
             "m.social.test".as_ref(),
@@ -544,13 +536,7 @@ fn plugin_test_prints_the_schedules_verdict_at_two_times() {
             time.as_ref(),
             "--config".as_ref(),
             config.as_os_str(),
-        ]);
-        assert!(
-            tested.status.success(),
-            "{}",
-            String::from_utf8_lossy(&tested.stderr)
-        );
-        String::from_utf8(tested.stdout).unwrap()
+        ])
     };
     let nine_thirty = at("2026-11-27T21:30:00Z", "192.168.1.7");
     assert!(

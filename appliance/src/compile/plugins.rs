@@ -5,7 +5,7 @@
 //! checked when the host loads it, before the policy is signed
 //! (`daemon/policy.rs`).
 
-use moat_plugin_abi::{CONFIG_MAGIC, MAX_DECLARED_MEMORY};
+use moat_plugin_abi::{MAX_DECLARED_MEMORY, config_header};
 use wasmparser::{Parser, Payload, Validator};
 
 use super::link::with_data_segment;
@@ -88,10 +88,7 @@ pub(crate) fn read_module(spec: &PluginSpec, data: &DataDir) -> Result<Vec<u8>, 
 /// The configuration as the plugin finds it at `DATA_BASE`.
 fn config_data(spec: &PluginSpec) -> Vec<u8> {
     let lines = spec.config_lines();
-    let mut data = CONFIG_MAGIC.to_vec();
-    data.extend_from_slice(&(lines.len() as u32).to_le_bytes());
-    data.extend_from_slice(lines.as_bytes());
-    data
+    [&config_header(lines.len())[..], lines.as_bytes()].concat()
 }
 
 /// A valid module that imports nothing and declares one 32-bit memory of

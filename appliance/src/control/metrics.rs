@@ -259,12 +259,8 @@ fn plugins(out: &mut Exposition, status: &Status) {
         "Seconds each configured policy plugin spent deciding; divided by its calls, the time per decision.",
     );
     for plugin in &status.plugins {
-        let _ = writeln!(
-            out.text,
-            "{SECONDS}{{plugin=\"{}\"}} {}",
-            escape(&plugin.name),
-            plugin.decision_ns as f64 / 1e9
-        );
+        let seconds = plugin.decision_ns as f64 / 1e9;
+        out.sample(SECONDS, &[("plugin", plugin.name.as_str())], seconds);
     }
     out.labelled(
         "moat_plugin_switched_off",
@@ -338,7 +334,7 @@ impl Exposition {
         let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.text.push_str(name);
         if !labels.is_empty() {
             self.text.push('{');

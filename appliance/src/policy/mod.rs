@@ -10,6 +10,7 @@ mod wasm;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use moat_plugin_abi::ABI_VERSION;
 pub(crate) use moat_plugin_abi::RuleKind;
 pub(crate) use pause::{Pause, PauseState};
 pub(crate) use plugin::Configured;

@@ -201,6 +201,24 @@ pub const CONFIG_MAGIC: [u8; 8] = *b"MOATPC01";
 /// Bytes before the configuration lines: the magic and their length.
 pub const CONFIG_HEADER_LEN: usize = 12;
 
+/// The bytes before configuration lines of `len` bytes: the magic and
+/// the length (what the compiler writes; a plugin's host tests too).
+pub fn config_header(len: usize) -> [u8; CONFIG_HEADER_LEN] {
+    let mut header = [0; CONFIG_HEADER_LEN];
+    header[..8].copy_from_slice(&CONFIG_MAGIC);
+    header[8..].copy_from_slice(&(len as u32).to_le_bytes());
+    header
+}
+
+/// An IPv4 address as the query buffer holds it (`::ffff:a.b.c.d`).
+pub fn mapped_v4(v4: [u8; 4]) -> [u8; CLIENT_LEN] {
+    let mut mapped = [0; CLIENT_LEN];
+    mapped[10] = 0xff;
+    mapped[11] = 0xff;
+    mapped[12..].copy_from_slice(&v4);
+    mapped
+}
+
 /// The `key=value` lines of a plugin's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct ConfigLines<'a> {
@@ -259,11 +277,7 @@ pub fn in_range(range: &[u8], client: &[u8; CLIENT_LEN]) -> bool {
         None => (range, None),
     };
     let (network, bits) = if let Some(v4) = parse_v4(address) {
-        let mut mapped = [0u8; 16];
-        mapped[10] = 0xff;
-        mapped[11] = 0xff;
-        mapped[12..].copy_from_slice(&v4);
-        (mapped, 96 + prefix.unwrap_or(32).min(32))
+        (mapped_v4(v4), 96 + prefix.unwrap_or(32).min(32))
     } else if let Some(v6) = parse_v6(address) {
         (v6, prefix.unwrap_or(128).min(128))
     } else {

@@ -101,22 +101,15 @@ pub fn write_answer(config: ConfigLines<'_>, qtype: u16, out: &mut [u8]) -> usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moat_plugin_abi::CONFIG_MAGIC;
+    use moat_plugin_abi::{config_header, mapped_v4};
 
     fn config(lines: &str) -> Vec<u8> {
-        let mut data = CONFIG_MAGIC.to_vec();
-        data.extend_from_slice(&(lines.len() as u32).to_le_bytes());
-        data.extend_from_slice(lines.as_bytes());
-        data
+        [&config_header(lines.len())[..], lines.as_bytes()].concat()
     }
 
     fn query(name: &str, client: [u8; 4]) -> Query<'_> {
-        let mut mapped = [0u8; 16];
-        mapped[10] = 0xff;
-        mapped[11] = 0xff;
-        mapped[12..].copy_from_slice(&client);
         Query {
-            client: mapped,
+            client: mapped_v4(client),
             unix_time: 0,
             group: b"",
             name: name.as_bytes(),

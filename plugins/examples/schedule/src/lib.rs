@@ -147,13 +147,10 @@ fn parse_i64(text: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moat_plugin_abi::{CONFIG_MAGIC, GROUP_LEN};
+    use moat_plugin_abi::{GROUP_LEN, config_header, mapped_v4};
 
     fn config(lines: &str) -> Vec<u8> {
-        let mut data = CONFIG_MAGIC.to_vec();
-        data.extend_from_slice(&(lines.len() as u32).to_le_bytes());
-        data.extend_from_slice(lines.as_bytes());
-        data
+        [&config_header(lines.len())[..], lines.as_bytes()].concat()
     }
 
     /// Unix seconds of 2026-11-27 (a Friday) at `hour`:`minute` UTC, plus `days`.
@@ -162,13 +159,9 @@ mod tests {
     }
 
     fn query<'a>(name: &'a str, client: [u8; 4], group: &'a str, unix_time: u64) -> Query<'a> {
-        let mut mapped = [0u8; 16];
-        mapped[10] = 0xff;
-        mapped[11] = 0xff;
-        mapped[12..].copy_from_slice(&client);
         assert!(group.len() <= GROUP_LEN);
         Query {
-            client: mapped,
+            client: mapped_v4(client),
             unix_time,
             group: group.as_bytes(),
             name: name.as_bytes(),
