@@ -20,6 +20,7 @@
 
 use std::fmt::Write as _;
 use std::hint::black_box;
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use moat::compile::{KIOSK_EXAMPLE, SCHEDULE_EXAMPLE, compile_policy};

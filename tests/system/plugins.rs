@@ -307,11 +307,9 @@ async fn a_kept_schedule_verdict_is_decided_again_at_the_boundary_it_named() {
         "the test ran past the boundary before it could look"
     );
 
-    let boundary = std::time::UNIX_EPOCH + std::time::Duration::from_secs((started + LEAD) as u64);
-    let wait = boundary
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    tokio::time::sleep(wait + std::time::Duration::from_millis(300)).await;
+    let boundary_ms = (started + LEAD) as u64 * 1000;
+    let wait = boundary_ms.saturating_sub(moat::clock::unix_now_ms()) + 300;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
     assert!(
         blocked(p, "social.test").await,
         "decided again at 21:00{}",
