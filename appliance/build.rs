@@ -5,7 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-unknown-unknown";
-const PLUGINS: [&str; 3] = ["moat_blocklist", "moat_local_records", "moat_schedule"];
+const PLUGINS: [&str; 4] = [
+    "moat_blocklist",
+    "moat_local_records",
+    "moat_schedule",
+    "moat_kiosk",
+];
 
 fn main() {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -36,7 +36,7 @@ done
 cargo build -p moat-proto --target wasm32-unknown-unknown --locked
 
 # The example plugins' own tests, on the host (their decisions are pure).
-cargo test --manifest-path plugins/Cargo.toml --locked --lib -p moat-schedule
+cargo test --manifest-path plugins/Cargo.toml --locked --lib -p moat-schedule -p moat-kiosk
 
 # Everything runs on the static musl build that the x86_64 image ships, so CI
 # compiles the x86_64 side once: the tests, the benchmark and the image all

@@ -44,12 +44,23 @@ impl DnsClient {
             .await
     }
 
+    /// Asks an A question over UDP from `source`, a loopback address.
+    pub async fn a_from(&self, source: std::net::IpAddr, name: &str) -> Message {
+        let message = query_message(name, RecordType::A, Some((1232, false)));
+        self.udp_query_from(SocketAddr::new(source, 0), &message)
+            .await
+    }
+
     /// Sends a message over UDP and returns the parsed answer; panics with
     /// a clear message if none comes after three tries.
     pub async fn udp_query(&self, message: &Message) -> Message {
+        self.udp_query_from(self.local(), message).await
+    }
+
+    async fn udp_query_from(&self, local: SocketAddr, message: &Message) -> Message {
         let bytes = message.to_vec().unwrap();
         let answer = self
-            .udp_raw(&bytes)
+            .udp_raw_from(local, &bytes)
             .await
             .unwrap_or_else(|| panic!("no UDP answer from {} after 3 tries", self.udp));
         let answer = Message::from_vec(&answer).expect("answer parses");
@@ -62,11 +73,20 @@ impl DnsClient {
 
     /// Sends raw bytes over UDP; the raw answer, or `None` after three tries.
     pub async fn udp_raw(&self, bytes: &[u8]) -> Option<Vec<u8>> {
-        let local = if self.udp.is_ipv6() {
-            "[::1]:0"
+        self.udp_raw_from(self.local(), bytes).await
+    }
+
+    /// The loopback address of the server's family, any port.
+    fn local(&self) -> SocketAddr {
+        let ip: std::net::IpAddr = if self.udp.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
         } else {
-            "127.0.0.1:0"
+            std::net::Ipv4Addr::LOCALHOST.into()
         };
+        SocketAddr::new(ip, 0)
+    }
+
+    async fn udp_raw_from(&self, local: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
         let socket = UdpSocket::bind(local).await.unwrap();
         socket.connect(self.udp).await.unwrap();
         let mut buffer = vec![0u8; 65_535];

@@ -9,7 +9,7 @@ use moat::compile::{compile_policy, source_dirs};
 use moat::config::{Config, PluginPlace};
 use moat::control::{ClientError, ControlClient, LogQuery};
 use moat::daemon::{App, ConfigSource, join_offline};
-use moat::policy::{Decision, Policy, PolicyEngine, Question, WasmPolicy};
+use moat::policy::{Decision, Policy, PolicyEngine, Question, Ruling, WasmPolicy};
 use moat::store::{Access, DataDir};
 use serde_json::{Value, json};
 
@@ -142,6 +142,32 @@ enum PluginCommand {
         /// The `.wasm` file.
         file: PathBuf,
     },
+    /// Write a plugin crate from the template (with this build's SDK) that
+    /// builds for wasm32-unknown-unknown as is.
+    New {
+        /// The crate's name.
+        name: String,
+        /// Where its directory goes (here unless given).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Ask a module about NAME and print its verdict.
+    Test {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// The name to ask about.
+        name: String,
+        /// Who asks (127.0.0.1 unless given).
+        #[arg(long, default_value = "127.0.0.1")]
+        client: std::net::IpAddr,
+        /// When: Unix seconds or RFC 3339 (now unless given).
+        #[arg(long)]
+        time: Option<String>,
+        /// A TOML file holding the plugin's configuration (the body of
+        /// its `[policy.plugins.config]`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -263,14 +289,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Resume(target) => show(&target, &client(&target)?.resume().await?),
         Command::Policy(command) => policy_tool(command),
         Command::Update(command) => update_tool(command),
-        Command::Plugin(PluginCommand::Check { file }) => {
-            let module =
-                std::fs::read(&file).map_err(|err| anyhow::anyhow!("{}: {err}", file.display()))?;
-            moat::compile::check_plugin(&module, &PolicyEngine::start()?)
-                .map_err(|reason| anyhow::anyhow!("{}: refused: {reason}", file.display()))?;
-            println!("{}: accepted", file.display());
-            Ok(())
-        }
+        Command::Plugin(command) => plugin_tool(command),
         Command::Code { valid, target } => {
             let issued = client(&target)?.pairing_code(valid).await?;
             if target.json {
@@ -386,7 +405,75 @@ fn policy_tool(command: PolicyCommand) -> Result<()> {
     Ok(())
 }
 
-/// A decision as `moat policy test` prints it.
+fn plugin_tool(command: PluginCommand) -> Result<()> {
+    let read = |file: &PathBuf| {
+        std::fs::read(file).map_err(|err| anyhow::anyhow!("{}: {err}", file.display()))
+    };
+    match command {
+        PluginCommand::Check { file } => {
+            moat::compile::check_plugin(&read(&file)?, &PolicyEngine::start()?)
+                .map_err(|reason| anyhow::anyhow!("{}: refused: {reason}", file.display()))?;
+            println!("{}: accepted", file.display());
+        }
+        PluginCommand::New { name, dir } => {
+            let root = moat::policy::new_plugin(&name, &dir)?;
+            println!(
+                "{}: a plugin crate; build it with `cargo build --release --target wasm32-unknown-unknown` there",
+                root.display()
+            );
+        }
+        PluginCommand::Test {
+            file,
+            name,
+            client,
+            time,
+            config,
+        } => {
+            let config = match &config {
+                Some(path) => {
+                    std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?
+                }
+                None => String::new(),
+            };
+            let module = moat::compile::with_config(&read(&file)?, &config)
+                .map_err(|reason| anyhow::anyhow!("{}: refused: {reason}", file.display()))?;
+            let plugin = WasmPolicy::new(&PolicyEngine::start()?, &module)?;
+            let unix_time = match time.as_deref() {
+                None => moat::clock::unix_now(),
+                Some(text) => text.parse().or_else(|_| {
+                    humantime::parse_rfc3339(text)
+                        .ok()
+                        .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|since| since.as_secs())
+                        .with_context(|| format!("--time `{text}`: Unix seconds or RFC 3339"))
+                })?,
+            };
+            let lower = name.trim_end_matches('.').to_ascii_lowercase();
+            let question = Question {
+                name: lower.as_bytes(),
+                qtype: 1,
+                client,
+                unix_time,
+            };
+            let ruling = plugin.rule(&question);
+            let rule = match plugin.explain(&question)? {
+                Some(rule) => format!(" by {rule}"),
+                None => String::new(),
+            };
+            let holds = match ruling.holds_until {
+                Ruling::FOREVER => "until the policy changes".to_owned(),
+                0 => "for this query only".to_owned(),
+                until => format!("until {until}"),
+            };
+            println!(
+                "{name}: {}{rule} (asked by {client} at {unix_time}; holds {holds})",
+                decision_label(&ruling.decision)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn update_tool(command: UpdateCommand) -> Result<()> {
     let UpdateCommand::Verify {
         file,
@@ -411,6 +498,7 @@ fn update_tool(command: UpdateCommand) -> Result<()> {
     Ok(())
 }
 
+/// A decision as `moat policy test` and `moat plugin test` print it.
 fn decision_label(decision: &Decision) -> String {
     match decision {
         Decision::Answer(answer) => format!("Answer ({} records)", answer.records().count()),

@@ -12,7 +12,7 @@ use moat_plugin_abi::{DataHeader, ORIGIN_CAPACITY, TABLES, Table, name_hash, pac
 
 pub(crate) use link::{LinkError, with_data_segment};
 use parse::{Action, Rule, Scope};
-pub use plugins::{PluginRefused, check_plugin};
+pub use plugins::{PluginRefused, check_plugin, with_config};
 pub use sources::source_dirs;
 pub(crate) use sources::{
     SourceError, SourceReport, SourceStatus, record_compiled, record_download, source_status,
@@ -139,6 +139,10 @@ pub(crate) const BLOCKLIST_TEMPLATE: &[u8] =
 /// The example schedule plugin as built from `plugins/examples/schedule`:
 /// for tests, benchmarks and people who want a module to start from.
 pub const SCHEDULE_EXAMPLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/moat_schedule.wasm"));
+
+/// The example kiosk plugin as built from `plugins/examples/kiosk`: for
+/// tests, benchmarks and people who want a module to start from.
+pub const KIOSK_EXAMPLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/moat_kiosk.wasm"));
 
 /// The local-records plugin as built from `plugins/local-records`, without data.
 pub(crate) const LOCAL_RECORDS_TEMPLATE: &[u8] =

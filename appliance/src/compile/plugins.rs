@@ -5,7 +5,7 @@
 //! checked when the host loads it, before the policy is signed
 //! (`daemon/policy.rs`).
 
-use moat_plugin_abi::{CONFIG_MAGIC, MAX_DECLARED_MEMORY};
+use moat_plugin_abi::{MAX_DECLARED_MEMORY, config_header};
 use wasmparser::{Parser, Payload, Validator};
 
 use super::link::with_data_segment;
@@ -34,25 +34,37 @@ pub(crate) fn build(spec: &PluginSpec, data: &DataDir) -> Result<Vec<u8>, Plugin
         reason,
     };
     let module = read_module(spec, data).map_err(refuse)?;
-    check_module(&module).map_err(refuse)?;
-    with_data_segment(&module, &config_data(spec))
-        .map_err(|err| refuse(format!("cannot add its configuration: {err}")))
+    configured(&module, spec).map_err(refuse)
+}
+
+/// `module`, checked as [`build`] checks it, with `spec`'s configuration.
+fn configured(module: &[u8], spec: &PluginSpec) -> Result<Vec<u8>, String> {
+    check_module(module)?;
+    with_data_segment(module, &config_data(spec))
+        .map_err(|err| format!("cannot add its configuration: {err}"))
+}
+
+/// `module` with the configuration `config_toml` (the body of a
+/// `[policy.plugins.config]` table), checked as the compiler checks a
+/// configured plugin: what `moat plugin test` runs.
+pub fn with_config(module: &[u8], config_toml: &str) -> Result<Vec<u8>, String> {
+    let config: toml::Table =
+        toml::from_str(config_toml).map_err(|err| format!("its configuration: {err}"))?;
+    let mut spec = toml::Table::new();
+    spec.insert("name".into(), "test".into());
+    spec.insert("module".into(), "test.wasm".into());
+    spec.insert("config".into(), config.into());
+    let spec: PluginSpec = toml::Value::Table(spec)
+        .try_into()
+        .map_err(|err| format!("its configuration: {err}"))?;
+    configured(module, &spec)
 }
 
 /// Checks `module` as the primary does before signing (with an empty
 /// configuration): what [`build`] checks, then its ABI version, exports
 /// and the smoke set; gives the reason it is refused.
 pub fn check_plugin(module: &[u8], engine: &PolicyEngine) -> Result<(), String> {
-    check_module(module)?;
-    let empty = PluginSpec {
-        name: "check".parse()?,
-        module: Default::default(),
-        place: Default::default(),
-        fail_mode: Default::default(),
-        config: Default::default(),
-    };
-    let module = with_data_segment(module, &config_data(&empty))
-        .map_err(|err| format!("cannot add a configuration: {err}"))?;
+    let module = with_config(module, "")?;
     let loaded = WasmPolicy::new(engine, &module).map_err(|err| err.to_string())?;
     loaded.smoke().map_err(|err| err.to_string())
 }
@@ -76,10 +88,7 @@ pub(crate) fn read_module(spec: &PluginSpec, data: &DataDir) -> Result<Vec<u8>, 
 /// The configuration as the plugin finds it at `DATA_BASE`.
 fn config_data(spec: &PluginSpec) -> Vec<u8> {
     let lines = spec.config_lines();
-    let mut data = CONFIG_MAGIC.to_vec();
-    data.extend_from_slice(&(lines.len() as u32).to_le_bytes());
-    data.extend_from_slice(lines.as_bytes());
-    data
+    [&config_header(lines.len())[..], lines.as_bytes()].concat()
 }
 
 /// A valid module that imports nothing and declares one 32-bit memory of
@@ -129,9 +138,9 @@ mod tests {
     use std::sync::OnceLock;
 
     use super::*;
-    use crate::compile::{SCHEDULE_EXAMPLE, compile_policy};
+    use crate::compile::{KIOSK_EXAMPLE, SCHEDULE_EXAMPLE, compile_policy};
     use crate::config::Config;
-    use crate::policy::{Decision, Policy, PolicyEngine, Question, WasmPolicy};
+    use crate::policy::{Decision, Policy, PolicyEngine, Question, Ruling, WasmPolicy};
 
     fn engine() -> &'static PolicyEngine {
         static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
@@ -255,10 +264,7 @@ mod tests {
         .unwrap();
         let policy = WasmPolicy::new(engine(), &module).unwrap();
         policy.smoke().unwrap();
-        assert!(
-            policy.reads_client(),
-            "verdicts by client and time are not memoized"
-        );
+        assert!(policy.reads_client(), "verdicts are kept per client");
         let ask = |name: &str, client: [u8; 4], unix_time: u64| {
             policy.decide(&Question {
                 name: name.as_bytes(),
@@ -291,6 +297,70 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(explained.pattern, "social.example");
+        let holds = |name: &str, unix_time: u64| {
+            policy
+                .rule(&Question {
+                    name: name.as_bytes(),
+                    qtype: 1,
+                    client: kid.into(),
+                    unix_time,
+                })
+                .holds_until
+        };
+        assert_eq!(holds("social.example", at_nine), FRIDAY + 22 * 3600);
+        assert_eq!(
+            holds("social.example", FRIDAY + 20 * 3600),
+            FRIDAY + 21 * 3600,
+            "the boundary it names"
+        );
+        assert_eq!(holds("other.example", at_nine), Ruling::FOREVER);
         assert_eq!(policy.faults(), 0);
+    }
+
+    #[test]
+    fn the_kiosk_example_refuses_or_answers_for_its_clients_only() {
+        let config = r#"clients = ["127.0.0.2"], names = ["kiosk.example"]"#;
+        let refusing =
+            WasmPolicy::new(engine(), &compiled(KIOSK_EXAMPLE, config).unwrap()).unwrap();
+        refusing.smoke().unwrap();
+        assert_eq!(check_plugin(KIOSK_EXAMPLE, engine()), Ok(()));
+        let ask = |policy: &WasmPolicy, name: &str, client: [u8; 4], qtype: u16| {
+            policy.decide(&Question {
+                name: name.as_bytes(),
+                qtype,
+                client: client.into(),
+                unix_time: FRIDAY,
+            })
+        };
+        let kiosk = [127, 0, 0, 2];
+        assert_eq!(ask(&refusing, "other.example", kiosk, 1), Decision::Refuse);
+        assert_eq!(
+            ask(&refusing, "www.kiosk.example", kiosk, 1),
+            Decision::NoOpinion
+        );
+        assert_eq!(
+            ask(&refusing, "other.example", [127, 0, 0, 3], 1),
+            Decision::NoOpinion
+        );
+        let answering = WasmPolicy::new(
+            engine(),
+            &compiled(
+                KIOSK_EXAMPLE,
+                &format!(r#"{config}, answer = ["10.0.0.9"]"#),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let Decision::Answer(answer) = ask(&answering, "other.example", kiosk, 1) else {
+            panic!("an answer");
+        };
+        assert_eq!(
+            answer.records().collect::<Vec<_>>(),
+            [(1, 60, [10, 0, 0, 9].as_slice())]
+        );
+        let Decision::Answer(nodata) = ask(&answering, "other.example", kiosk, 28) else {
+            panic!("an answer");
+        };
+        assert_eq!(nodata.records().count(), 0, "no AAAA configured");
     }
 }

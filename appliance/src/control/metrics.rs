@@ -210,7 +210,8 @@ fn upstream_latency(out: &mut Exposition, stats: &StatsSnapshot) {
     out.sample(&format!("{NAME}_count"), &[], total);
 }
 
-/// Per configured plugin (`[[policy.plugins]]`): faults and whether it is switched off.
+/// Per configured plugin (`[[policy.plugins]]`): calls, verdicts by kind,
+/// time spent deciding, faults and whether it is switched off.
 fn plugins(out: &mut Exposition, status: &Status) {
     if status.plugins.is_empty() {
         return;
@@ -229,6 +230,38 @@ fn plugins(out: &mut Exposition, status: &Status) {
         "plugin",
         &each(|plugin| plugin.faults),
     );
+    out.labelled(
+        "moat_plugin_calls_total",
+        "counter",
+        "Questions each configured policy plugin was asked since the policy in force was loaded.",
+        "plugin",
+        &each(|plugin| plugin.calls),
+    );
+    const VERDICTS: &str = "moat_plugin_verdicts_total";
+    out.family(
+        VERDICTS,
+        "counter",
+        "Verdicts of each configured policy plugin, by kind, since the policy in force was loaded.",
+    );
+    for plugin in &status.plugins {
+        for (kind, count) in plugin.verdicts.by_kind() {
+            out.sample(
+                VERDICTS,
+                &[("plugin", plugin.name.as_str()), ("verdict", kind)],
+                count,
+            );
+        }
+    }
+    const SECONDS: &str = "moat_plugin_decision_seconds_total";
+    out.family(
+        SECONDS,
+        "counter",
+        "Seconds each configured policy plugin spent deciding; divided by its calls, the time per decision.",
+    );
+    for plugin in &status.plugins {
+        let seconds = plugin.decision_ns as f64 / 1e9;
+        out.sample(SECONDS, &[("plugin", plugin.name.as_str())], seconds);
+    }
     out.labelled(
         "moat_plugin_switched_off",
         "gauge",
@@ -301,7 +334,7 @@ impl Exposition {
         let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.text.push_str(name);
         if !labels.is_empty() {
             self.text.push('{');

@@ -4,19 +4,24 @@
 
 mod pause;
 mod plugin;
+mod template;
 mod wasm;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use moat_plugin_abi::ABI_VERSION;
 pub(crate) use moat_plugin_abi::RuleKind;
 pub(crate) use pause::{Pause, PauseState};
 pub(crate) use plugin::Configured;
-pub use plugin::PluginStatus;
 #[cfg(test)]
 pub(crate) use plugin::SWITCH_OFF_FAULTS;
+pub use plugin::{PluginStatus, PluginVerdicts};
+pub use template::{TemplateError, new_plugin};
 pub(crate) use wasm::PluginError;
 pub use wasm::{PolicyEngine, WasmPolicy};
+
+use crate::config::PluginName;
 
 /// The text (WAT) of the smallest module that says it speaks plugin ABI
 /// `abi`: `pages` of exported memory, every export a plugin must have,
@@ -66,6 +71,35 @@ pub enum Decision {
     /// A plugin whose fail mode is `closed` faulted: SERVFAIL, whatever
     /// the policy's fail mode.
     FailClosed,
+    /// Refused by a plugin: answer REFUSED.
+    Refuse,
+}
+
+/// A decision, how long it holds and who made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruling {
+    /// What was decided.
+    pub decision: Decision,
+    /// The plugins' Unix second from which the same question may be
+    /// decided otherwise: [`Ruling::FOREVER`] until the policy changes, a
+    /// time not after the question's for this question only.
+    pub holds_until: u64,
+    /// The configured plugin (`[[policy.plugins]]`) that decided, if one did.
+    pub by: Option<PluginName>,
+}
+
+impl Ruling {
+    /// `holds_until` of a decision that holds until the policy changes.
+    pub const FOREVER: u64 = u64::MAX;
+
+    /// A decision of a built-in policy, holding until the policy changes.
+    pub(crate) fn lasting(decision: Decision) -> Self {
+        Self {
+            decision,
+            holds_until: Self::FOREVER,
+            by: None,
+        }
+    }
 }
 
 /// Which rule decided a question, as the plugin that holds it tells it.
@@ -129,14 +163,23 @@ impl LocalAnswer {
 pub(crate) struct Chain(pub Vec<Arc<dyn Policy>>);
 
 impl Policy for Chain {
-    fn decide(&self, question: &Question<'_>) -> Decision {
+    /// The first opinion, holding as long as every verdict asked for it.
+    fn rule(&self, question: &Question<'_>) -> Ruling {
+        let mut holds_until = Ruling::FOREVER;
         for policy in &self.0 {
-            match policy.decide(question) {
-                Decision::NoOpinion => {}
-                decided => return decided,
+            let ruling = policy.rule(question);
+            holds_until = holds_until.min(ruling.holds_until);
+            if ruling.decision != Decision::NoOpinion {
+                return Ruling {
+                    holds_until,
+                    ..ruling
+                };
             }
         }
-        Decision::NoOpinion
+        Ruling {
+            holds_until,
+            ..Ruling::lasting(Decision::NoOpinion)
+        }
     }
 
     fn faults(&self) -> u64 {
@@ -155,17 +198,23 @@ impl Policy for Chain {
 /// Decides what happens to each question. Implementations are called on
 /// the hot path from several threads and must not block.
 pub trait Policy: Send + Sync + std::fmt::Debug {
+    /// Decides for one question, saying how long the decision holds.
+    fn rule(&self, question: &Question<'_>) -> Ruling;
+
     /// Decides for one question.
-    fn decide(&self, question: &Question<'_>) -> Decision;
+    fn decide(&self, question: &Question<'_>) -> Decision {
+        self.rule(question).decision
+    }
 
     /// Faults (traps, timeouts, bad verdicts) since this policy was loaded.
     fn faults(&self) -> u64 {
         0
     }
 
-    /// Whether decisions depend on who asks or when. When they do not, a
-    /// decision to let a question through is kept with its cached answer
-    /// until the policy changes, and cache hits skip the policy.
+    /// Whether decisions depend on who asks. A decision to let a question
+    /// through is kept with its cached answer while it holds (see
+    /// [`Ruling::holds_until`]), and cache hits skip the policy; when
+    /// decisions depend on who asks, only for the client that asked.
     fn reads_client(&self) -> bool;
 
     /// The state of each configured plugin (`[[policy.plugins]]`) in it.

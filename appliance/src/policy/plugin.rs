@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Decision, Policy, Question, WasmPolicy};
+use super::{Decision, Policy, Question, Ruling, WasmPolicy};
 use crate::config::{PluginFailMode, PluginName};
 
 /// Faults, each within [`STRIKE_WINDOW`] of the one before, that switch a
@@ -27,6 +27,60 @@ pub struct PluginStatus {
     /// Switched off after repeated faults: its fail mode decides every
     /// question until the next policy.
     pub switched_off: bool,
+    /// Times it was asked since the policy in force was loaded.
+    pub calls: u64,
+    /// What it answered, by kind, since then.
+    pub verdicts: PluginVerdicts,
+    /// Nanoseconds its calls took in all.
+    pub decision_ns: u64,
+}
+
+/// A plugin's verdicts counted by kind.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct PluginVerdicts {
+    /// No opinion: the next in the chain decided.
+    pub no_opinion: u64,
+    /// Allowed.
+    pub allow: u64,
+    /// Blocked.
+    pub block: u64,
+    /// Answered with records.
+    pub answer: u64,
+    /// Refused.
+    pub refuse: u64,
+    /// Faulted (a trap, a timeout, a bad verdict), or decided by its fail
+    /// mode while switched off.
+    pub fault: u64,
+}
+
+impl PluginVerdicts {
+    /// Each kind's name (as `/metrics` labels it) and count.
+    pub fn by_kind(&self) -> [(&'static str, u64); 6] {
+        [
+            ("no_opinion", self.no_opinion),
+            ("allow", self.allow),
+            ("block", self.block),
+            ("answer", self.answer),
+            ("refuse", self.refuse),
+            ("fault", self.fault),
+        ]
+    }
+}
+
+/// The kinds of [`PluginVerdicts`], as indices of a counter array.
+const VERDICT_KINDS: usize = 6;
+
+fn kind_index(decision: &Decision) -> usize {
+    match decision {
+        Decision::NoOpinion => 0,
+        Decision::Allow => 1,
+        Decision::Block => 2,
+        Decision::Answer(_) => 3,
+        Decision::Refuse => 4,
+        Decision::Fault | Decision::FailClosed => 5,
+    }
 }
 
 /// A configured plugin: its module, its name and its fail mode.
@@ -40,6 +94,9 @@ pub(crate) struct Configured {
     last_fault_ms: AtomicU64,
     strikes: AtomicU32,
     switched_off: AtomicBool,
+    calls: AtomicU64,
+    verdicts: [AtomicU64; VERDICT_KINDS],
+    decision_ns: AtomicU64,
 }
 
 impl Configured {
@@ -57,15 +114,43 @@ impl Configured {
             last_fault_ms: AtomicU64::new(0),
             strikes: AtomicU32::new(0),
             switched_off: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+            verdicts: Default::default(),
+            decision_ns: AtomicU64::new(0),
         }
     }
 
-    /// What the fail mode makes of a fault.
-    fn failed(&self) -> Decision {
-        match self.fail_mode {
+    /// What the fail mode makes of a fault: a ruling for this question only.
+    fn failed(&self) -> Ruling {
+        let decision = match self.fail_mode {
             PluginFailMode::Open => Decision::Allow,
             PluginFailMode::Closed => Decision::FailClosed,
             PluginFailMode::Skip => Decision::NoOpinion,
+        };
+        Ruling {
+            decision,
+            holds_until: 0,
+            by: Some(self.name),
+        }
+    }
+
+    /// Asks the module, or its fail mode when it faults or is switched off.
+    fn ask(&self, question: &Question<'_>) -> (Ruling, usize) {
+        if self.switched_off.load(Ordering::Relaxed) {
+            return (self.failed(), kind_index(&Decision::Fault));
+        }
+        let ruling = self.module.rule(question);
+        match ruling.decision {
+            Decision::Fault => {
+                self.strike();
+                (self.failed(), kind_index(&Decision::Fault))
+            }
+            Decision::NoOpinion => (ruling, kind_index(&Decision::NoOpinion)),
+            _ => {
+                let kind = kind_index(&ruling.decision);
+                let by = Some(self.name);
+                (Ruling { by, ..ruling }, kind)
+            }
         }
     }
 
@@ -93,17 +178,15 @@ impl Configured {
 }
 
 impl Policy for Configured {
-    fn decide(&self, question: &Question<'_>) -> Decision {
-        if self.switched_off.load(Ordering::Relaxed) {
-            return self.failed();
-        }
-        match self.module.decide(question) {
-            Decision::Fault => {
-                self.strike();
-                self.failed()
-            }
-            decided => decided,
-        }
+    fn rule(&self, question: &Question<'_>) -> Ruling {
+        let started = crate::clock::now();
+        let (ruling, kind) = self.ask(question);
+        let took = crate::clock::now().saturating_duration_since(started);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.verdicts[kind].fetch_add(1, Ordering::Relaxed);
+        self.decision_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        ruling
     }
 
     fn faults(&self) -> u64 {
@@ -125,6 +208,19 @@ impl Policy for Configured {
             fail_mode: fail_mode.to_owned(),
             faults: self.module.faults(),
             switched_off: self.switched_off.load(Ordering::Relaxed),
+            calls: self.calls.load(Ordering::Relaxed),
+            verdicts: {
+                let count = |kind: usize| self.verdicts[kind].load(Ordering::Relaxed);
+                PluginVerdicts {
+                    no_opinion: count(0),
+                    allow: count(1),
+                    block: count(2),
+                    answer: count(3),
+                    refuse: count(4),
+                    fault: count(5),
+                }
+            },
+            decision_ns: self.decision_ns.load(Ordering::Relaxed),
         }]
     }
 }

@@ -11,14 +11,14 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use moat_plugin_abi::{
-    ABI_VERSION, ANSWER_CAPACITY, DECIDES_BY_CLIENT_EXPORT, DECIDES_BY_TIME_EXPORT, QUERY_CAPACITY,
-    Query, Verdict,
+    ABI_VERSION, ANSWER_CAPACITY, DECIDES_BY_CLIENT_EXPORT, DECIDES_BY_TIME_EXPORT, HOLDS_FOREVER,
+    QUERY_CAPACITY, Query, VALID_UNTIL_EXPORT, Verdict,
 };
 use wasmtime::{
     Engine, InstancePre, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
 };
 
-use super::{Decision, Explanation, LocalAnswer, Policy, Question};
+use super::{Decision, Explanation, LocalAnswer, Policy, Question, Ruling};
 
 /// How often the epoch advances.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -142,6 +142,7 @@ pub struct WasmPolicy {
     id: u64,
     memory_limit: usize,
     reads_client: bool,
+    time: ByTime,
     faults: AtomicU64,
     fault_logged: AtomicBool,
     instances: AtomicU64,
@@ -158,6 +159,17 @@ impl std::fmt::Debug for WasmPolicy {
     }
 }
 
+/// How a module's verdicts depend on the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByTime {
+    /// They do not: a verdict holds until the policy changes.
+    Never,
+    /// Each names when it may change (`moat_valid_until`).
+    Until,
+    /// They do, at any moment: a verdict holds for its question only.
+    Always,
+}
+
 /// A worker's instance of one module.
 struct Worker {
     policy_id: u64,
@@ -168,6 +180,7 @@ struct Worker {
     answer_buffer: usize,
     decide: TypedFunc<(i32, i32), i32>,
     explain: TypedFunc<(i32, i32), i32>,
+    valid_until: Option<TypedFunc<(), i64>>,
 }
 
 /// Instances a worker thread keeps: every module of the chain in force,
@@ -191,8 +204,14 @@ impl WasmPolicy {
             pre,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             memory_limit: data_end + MEMORY_HEADROOM,
-            reads_client: module.get_export(DECIDES_BY_CLIENT_EXPORT).is_some()
-                || module.get_export(DECIDES_BY_TIME_EXPORT).is_some(),
+            reads_client: module.get_export(DECIDES_BY_CLIENT_EXPORT).is_some(),
+            time: if module.get_export(VALID_UNTIL_EXPORT).is_some() {
+                ByTime::Until
+            } else if module.get_export(DECIDES_BY_TIME_EXPORT).is_some() {
+                ByTime::Always
+            } else {
+                ByTime::Never
+            },
             faults: AtomicU64::new(0),
             fault_logged: AtomicBool::new(false),
             instances: AtomicU64::new(0),
@@ -309,6 +328,14 @@ impl WasmPolicy {
         let explain = instance
             .get_typed_func(&mut store, "moat_explain")
             .map_err(PluginError::invalid)?;
+        let valid_until = match self.time {
+            ByTime::Until => Some(
+                instance
+                    .get_typed_func(&mut store, VALID_UNTIL_EXPORT)
+                    .map_err(PluginError::invalid)?,
+            ),
+            ByTime::Never | ByTime::Always => None,
+        };
         Ok(Worker {
             policy_id: self.id,
             policy_alive: Arc::downgrade(&self.alive),
@@ -318,30 +345,49 @@ impl WasmPolicy {
             answer_buffer,
             decide,
             explain,
+            valid_until,
         })
     }
 
-    fn call(&self, worker: &mut Worker, question: &Question<'_>) -> wasmtime::Result<Decision> {
+    fn call(&self, worker: &mut Worker, question: &Question<'_>) -> wasmtime::Result<Ruling> {
         let len = write_question(worker, question)?;
         worker.store.set_epoch_deadline(CALL_TICKS);
         let code = worker
             .decide
             .call(&mut worker.store, (len, i32::from(question.qtype)))?;
-        match Verdict::from_code(code) {
-            Some(Verdict::NoOpinion) => Ok(Decision::NoOpinion),
-            Some(Verdict::Allow) => Ok(Decision::Allow),
-            Some(Verdict::Block) => Ok(Decision::Block),
-            Some(Verdict::Answer) => read_answer(worker).map(Decision::Answer),
-            None => Err(wasmtime::Error::msg(format!("bad verdict code {code}"))),
-        }
+        let decision = match Verdict::from_code(code) {
+            Some(Verdict::NoOpinion) => Decision::NoOpinion,
+            Some(Verdict::Allow) => Decision::Allow,
+            Some(Verdict::Block) => Decision::Block,
+            Some(Verdict::Answer) => read_answer(worker).map(Decision::Answer)?,
+            Some(Verdict::Refuse) => Decision::Refuse,
+            None => return Err(wasmtime::Error::msg(format!("bad verdict code {code}"))),
+        };
+        let holds_until = match &worker.valid_until {
+            Some(valid_until) => match valid_until.call(&mut worker.store, ())? {
+                HOLDS_FOREVER => Ruling::FOREVER,
+                until => u64::try_from(until).unwrap_or(0),
+            },
+            None if self.time == ByTime::Always => 0,
+            None => Ruling::FOREVER,
+        };
+        Ok(Ruling {
+            decision,
+            holds_until,
+            by: None,
+        })
     }
 
-    fn fault(&self, err: &dyn std::fmt::Display) -> Decision {
+    fn fault(&self, err: &dyn std::fmt::Display) -> Ruling {
         self.faults.fetch_add(1, Ordering::Relaxed);
         if !self.fault_logged.swap(true, Ordering::Relaxed) {
             tracing::error!(module = self.id, error = %err, "policy plugin fault (logged once per module)");
         }
-        Decision::Fault
+        Ruling {
+            decision: Decision::Fault,
+            holds_until: 0,
+            by: None,
+        }
     }
 }
 
@@ -354,7 +400,7 @@ impl Policy for WasmPolicy {
         self.reads_client
     }
 
-    fn decide(&self, question: &Question<'_>) -> Decision {
+    fn rule(&self, question: &Question<'_>) -> Ruling {
         WORKERS.with(|workers| {
             let mut workers = workers.borrow_mut();
             let index = match workers
@@ -376,7 +422,7 @@ impl Policy for WasmPolicy {
                 },
             };
             match self.call(&mut workers[index], question) {
-                Ok(decision) => decision,
+                Ok(ruling) => ruling,
                 Err(err) => {
                     // The instance may be half-way through anything: start afresh next time.
                     workers.remove(index);
@@ -798,18 +844,53 @@ mod tests {
             r#"(func (export "moat_decides_by_time") (result i32) i32.const 1)"#,
         ))
         .unwrap();
-        assert!(
-            policy.reads_client(),
-            "the export keeps its verdicts out of the memo"
-        );
+        assert!(!policy.reads_client(), "by time, not by client");
         let at = |unix_time| {
-            policy.decide(&Question {
+            policy.rule(&Question {
                 unix_time,
                 ..question("a.example")
             })
         };
-        assert_eq!(at(12_345), Decision::Block);
-        assert_eq!(at(12_345 + 3600), Decision::NoOpinion);
+        assert_eq!(at(12_345).decision, Decision::Block);
+        assert_eq!(at(12_345 + 3600).decision, Decision::NoOpinion);
+        assert_eq!(
+            at(12_345 + 3600).holds_until,
+            0,
+            "without a boundary its verdicts hold for their question only"
+        );
+    }
+
+    #[test]
+    fn a_plugin_names_the_boundary_of_each_verdict() {
+        // Refuses; its verdicts hold until the time asked plus 60 s.
+        let policy = load(&fixture_with(
+            "i32.const 4",
+            r#"(func (export "moat_valid_until") (result i64)
+                (i64.add (i64.load (i32.const 1040)) (i64.const 60)))"#,
+        ))
+        .unwrap();
+        let ruling = policy.rule(&Question {
+            unix_time: 1_000,
+            ..question("a.example")
+        });
+        assert_eq!(
+            (ruling.decision, ruling.holds_until),
+            (Decision::Refuse, 1_060)
+        );
+        let lasting = load(&fixture_with(
+            "i32.const 0",
+            r#"(func (export "moat_valid_until") (result i64) i64.const 0x7fffffffffffffff)"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            lasting.rule(&question("a.example")).holds_until,
+            Ruling::FOREVER
+        );
+        let plain = load(&fixture("i32.const 0")).unwrap();
+        assert_eq!(
+            plain.rule(&question("a.example")).holds_until,
+            Ruling::FOREVER
+        );
     }
 
     #[test]
@@ -929,7 +1010,7 @@ mod tests {
         let err = load(module).unwrap_err();
         assert!(matches!(err, PluginError::AbiVersion { found: 1 }), "{err}");
         let said = err.to_string();
-        assert!(said.contains("ABI 1,") && said.contains("ABI 3"), "{said}");
+        assert!(said.contains("ABI 1,") && said.contains("ABI 4"), "{said}");
         let without_explain = String::from_utf8(fixture("i32.const 0")).unwrap().replace(
             r#"(func (export "moat_explain") (param i32 i32) (result i32) i32.const 0)"#,
             "",

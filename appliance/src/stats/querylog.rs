@@ -45,6 +45,10 @@ pub struct LogEntry {
     pub outcome: Outcome,
     /// Time spent, microseconds.
     pub elapsed_us: u32,
+    /// The configured plugin (`[[policy.plugins]]`) that decided, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub plugin: Option<crate::config::PluginName>,
 }
 
 fn serialize_name<S: serde::Serializer>(
@@ -489,6 +493,7 @@ mod tests {
             rcode: 0,
             outcome: Outcome::Cached,
             elapsed_us: 1,
+            plugin: None,
         }
     }
 

@@ -44,8 +44,8 @@
 //! [`Verdict`]: no opinion (the next plugin in the chain decides), allow
 //! (resolve, and no later plugin blocks), block (answer with the policy's
 //! blocked response), answer (with records the plugin wrote into the answer
-//! buffer, in the form of [`RECORDS_HEADER_LEN`]'s doc). Any other code is
-//! a fault.
+//! buffer, in the form of [`RECORDS_HEADER_LEN`]'s doc; no records is
+//! NODATA), refuse (answer REFUSED). Any other code is a fault.
 //!
 //! # The plugin's configuration
 //!
@@ -60,12 +60,30 @@
 //!
 //! # Whether verdicts depend on the client or the time
 //!
-//! Moat keeps a verdict with a cached answer (the verdict memo) and does
-//! not ask the plugins again on a cache hit, unless a plugin says its
-//! verdicts depend on who asks or when: a plugin exports a function named
-//! [`DECIDES_BY_CLIENT_EXPORT`] when they depend on the client (address or
-//! group), [`DECIDES_BY_TIME_EXPORT`] when they depend on the time. With
-//! either, every query asks the chain. Nothing is allocated per call.
+//! Moat keeps a verdict that lets a question through with its cached
+//! answer (the verdict memo) and does not ask the plugins again on a cache
+//! hit while it holds. A plugin says how long its verdicts hold:
+//!
+//! - a plugin exports a function named [`DECIDES_BY_CLIENT_EXPORT`] when
+//!   they depend on who asks (address or group): a kept verdict then holds
+//!   for the client that asked only (each cached answer remembers the last
+//!   client that passed; another client asks the chain again). Since the
+//!   group comes from the client, this keeps verdicts per group too;
+//! - a plugin exports [`VALID_UNTIL_EXPORT`] (`moat_valid_until() -> i64`)
+//!   when they depend on the time: the host calls it right after each
+//!   `moat_decide`, and it returns the Unix second at which the verdict
+//!   just given may change (the next boundary of a schedule, say). The
+//!   verdict is kept until then and decided again after. [`HOLDS_FOREVER`]
+//!   (`i64::MAX`) keeps it until the policy changes; a time not after the
+//!   query's keeps it not at all;
+//! - a plugin that exports [`DECIDES_BY_TIME_EXPORT`] but not
+//!   [`VALID_UNTIL_EXPORT`] has its verdicts never kept: every query asks
+//!   the chain.
+//!
+//! Without any of these, a verdict holds until the policy changes. A
+//! verdict must be a function of the question, the client, its group, the
+//! time and the plugin's configuration: an instance's memory is not kept
+//! between calls on every thread. Nothing is allocated per call.
 //!
 //! # Limits
 //!
@@ -85,14 +103,23 @@
 
 /// Version of this ABI; a plugin built for another is refused. Version 2
 /// added `moat_explain` and made `moat_answer_buffer` required; version 3
-/// added the time and the client group to the query buffer.
-pub const ABI_VERSION: i32 = 3;
+/// added the time and the client group to the query buffer; version 4
+/// added the refuse verdict and `moat_valid_until`.
+pub const ABI_VERSION: i32 = 4;
 
 /// The export that marks a plugin whose verdicts depend on the client.
 pub const DECIDES_BY_CLIENT_EXPORT: &str = "moat_decides_by_client";
 
 /// The export that marks a plugin whose verdicts depend on the time.
 pub const DECIDES_BY_TIME_EXPORT: &str = "moat_decides_by_time";
+
+/// The export (`moat_valid_until() -> i64`) a time-dependent plugin
+/// names, after each decision, the Unix second its verdict may change at.
+pub const VALID_UNTIL_EXPORT: &str = "moat_valid_until";
+
+/// What `moat_valid_until` returns for a verdict that holds until the
+/// policy changes.
+pub const HOLDS_FOREVER: i64 = i64::MAX;
 
 /// Bytes of the client address at the start of the query buffer.
 pub const CLIENT_LEN: usize = 16;
@@ -174,6 +201,24 @@ pub const CONFIG_MAGIC: [u8; 8] = *b"MOATPC01";
 /// Bytes before the configuration lines: the magic and their length.
 pub const CONFIG_HEADER_LEN: usize = 12;
 
+/// The bytes before configuration lines of `len` bytes: the magic and
+/// the length (what the compiler writes; a plugin's host tests too).
+pub fn config_header(len: usize) -> [u8; CONFIG_HEADER_LEN] {
+    let mut header = [0; CONFIG_HEADER_LEN];
+    header[..8].copy_from_slice(&CONFIG_MAGIC);
+    header[8..].copy_from_slice(&(len as u32).to_le_bytes());
+    header
+}
+
+/// An IPv4 address as the query buffer holds it (`::ffff:a.b.c.d`).
+pub fn mapped_v4(v4: [u8; 4]) -> [u8; CLIENT_LEN] {
+    let mut mapped = [0; CLIENT_LEN];
+    mapped[10] = 0xff;
+    mapped[11] = 0xff;
+    mapped[12..].copy_from_slice(&v4);
+    mapped
+}
+
 /// The `key=value` lines of a plugin's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct ConfigLines<'a> {
@@ -197,6 +242,103 @@ impl<'a> ConfigLines<'a> {
     pub fn bytes(&self) -> &'a [u8] {
         self.rest
     }
+
+    /// The values of every line of `key`, in order.
+    pub fn values(self, key: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.filter(move |(k, _)| *k == key).map(|(_, value)| value)
+    }
+}
+
+/// Whether `listed` covers `name`: it is the name or a name above it
+/// (`example.com` covers `www.example.com`, not `badexample.com`).
+pub fn name_covers(listed: &[u8], name: &[u8]) -> bool {
+    name == listed
+        || (name.len() > listed.len()
+            && name.ends_with(listed)
+            && name[name.len() - listed.len() - 1] == b'.')
+}
+
+/// A decimal of at most nine digits.
+pub fn parse_u32(text: &[u8]) -> Option<u32> {
+    if text.is_empty() || text.len() > 9 {
+        return None;
+    }
+    text.iter().try_fold(0u32, |value, &byte| {
+        byte.is_ascii_digit()
+            .then(|| value * 10 + u32::from(byte - b'0'))
+    })
+}
+
+/// Whether `client` (IPv6, IPv4 mapped) is in `range`: an address, or an
+/// address and a prefix length (`192.168.1.0/24`, `fd00::/8`).
+pub fn in_range(range: &[u8], client: &[u8; CLIENT_LEN]) -> bool {
+    let (address, prefix) = match range.iter().position(|&byte| byte == b'/') {
+        Some(slash) => (&range[..slash], parse_u32(&range[slash + 1..])),
+        None => (range, None),
+    };
+    let (network, bits) = if let Some(v4) = parse_v4(address) {
+        (mapped_v4(v4), 96 + prefix.unwrap_or(32).min(32))
+    } else if let Some(v6) = parse_v6(address) {
+        (v6, prefix.unwrap_or(128).min(128))
+    } else {
+        return false;
+    };
+    (0..bits as usize).all(|bit| {
+        let mask = 0x80 >> (bit % 8);
+        network[bit / 8] & mask == client[bit / 8] & mask
+    })
+}
+
+/// A dotted IPv4 address.
+pub fn parse_v4(text: &[u8]) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = text.split(|&byte| byte == b'.');
+    for byte in &mut out {
+        let value = parse_u32(parts.next()?)?;
+        *byte = u8::try_from(value).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// An IPv6 address (with `::`, without an embedded IPv4 part).
+pub fn parse_v6(text: &[u8]) -> Option<[u8; 16]> {
+    let groups = |part: &[u8], out: &mut [u16; 8]| -> Option<usize> {
+        if part.is_empty() {
+            return Some(0);
+        }
+        let mut count = 0;
+        for group in part.split(|&byte| byte == b':') {
+            if count == 8 || group.is_empty() || group.len() > 4 {
+                return None;
+            }
+            out[count] = group.iter().try_fold(0u16, |value, &byte| {
+                let digit = (byte as char).to_digit(16)?;
+                Some(value * 16 + digit as u16)
+            })?;
+            count += 1;
+        }
+        Some(count)
+    };
+    let mut head = [0u16; 8];
+    let mut tail = [0u16; 8];
+    let joined = text.windows(2).position(|pair| pair == b"::");
+    let (head_len, tail_len) = match joined {
+        Some(at) => (
+            groups(&text[..at], &mut head)?,
+            groups(&text[at + 2..], &mut tail)?,
+        ),
+        None => (groups(text, &mut head)?, 0),
+    };
+    if (joined.is_none() && head_len != 8) || head_len + tail_len > 8 {
+        return None;
+    }
+    let mut all = head;
+    all[8 - tail_len..].copy_from_slice(&tail[..tail_len]);
+    let mut out = [0u8; 16];
+    for (index, group) in all.iter().enumerate() {
+        out[index * 2..index * 2 + 2].copy_from_slice(&group.to_be_bytes());
+    }
+    Some(out)
 }
 
 impl<'a> Iterator for ConfigLines<'a> {
@@ -235,6 +377,8 @@ pub enum Verdict {
     Block = 2,
     /// The plugin answers: records are in the answer buffer.
     Answer = 3,
+    /// Answer REFUSED.
+    Refuse = 4,
 }
 
 impl Verdict {
@@ -245,6 +389,7 @@ impl Verdict {
             1 => Some(Self::Allow),
             2 => Some(Self::Block),
             3 => Some(Self::Answer),
+            4 => Some(Self::Refuse),
             _ => None,
         }
     }
@@ -618,6 +763,48 @@ macro_rules! plugin_glue {
         #[unsafe(no_mangle)]
         pub extern "C" fn moat_answer_buffer() -> i32 {
             ANSWER.address()
+        }
+    };
+}
+
+/// [`plugin_glue!`] and what a plugin configured in `[[policy.plugins]]`
+/// reads and writes with: `query(len)`, the question in the query buffer;
+/// `config()`, its configuration lines at [`DATA_BASE`]; `answer()`, the
+/// answer buffer, to write records or an explanation into.
+#[macro_export]
+macro_rules! configured_plugin_glue {
+    () => {
+        $crate::plugin_glue!();
+
+        /// The question the host wrote into the query buffer.
+        #[allow(dead_code, reason = "not every plugin reads the question")]
+        fn query(len: i32) -> $crate::Query<'static> {
+            // SAFETY: the host wrote the buffer before this call; nothing else runs.
+            let buffer: &[u8; $crate::QUERY_CAPACITY] = unsafe { &*QUERY.0.get() };
+            $crate::Query::read(buffer, len)
+        }
+
+        /// The answer buffer, which the host reads after this call.
+        #[allow(dead_code, reason = "not every plugin answers or explains")]
+        fn answer() -> &'static mut [u8; $crate::ANSWER_CAPACITY] {
+            // SAFETY: the host reads the answer buffer after this call;
+            // nothing else runs meanwhile, and each call takes it once.
+            unsafe { &mut *ANSWER.0.get() }
+        }
+
+        /// The plugin's configuration, if the compiler placed one.
+        #[allow(dead_code, reason = "not every plugin is configured")]
+        fn config() -> Option<$crate::ConfigLines<'static>> {
+            // SAFETY: the compiler placed the configuration at DATA_BASE and
+            // sized the memory to hold it; the memory's end bounds what is read.
+            let data = unsafe {
+                let end = core::arch::wasm32::memory_size(0) * 65_536;
+                core::slice::from_raw_parts(
+                    $crate::DATA_BASE as *const u8,
+                    end.saturating_sub($crate::DATA_BASE as usize),
+                )
+            };
+            $crate::ConfigLines::new(data)
         }
     };
 }

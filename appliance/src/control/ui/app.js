@@ -541,8 +541,18 @@
     for (const u of s.upstreams || []) {
       rows.push(["Upstream " + (u.upstream || u.address || u.url || u.name || ""), upstreamHealth(u)]);
     }
+    for (const p of s.plugins || []) rows.push(["Plugin " + p.name, pluginSummary(p)]);
     return h("section.card", { test: "status" }, h("h2", { text: "This appliance" }),
       h("dl.facts", {}, rows.map(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })])));
+  }
+
+  // A configured plugin: calls, time per decision, verdicts that said something, faults.
+  function pluginSummary(p) {
+    const v = p.verdicts || {};
+    const said = ["allow", "block", "answer", "refuse"].filter((k) => v[k]).map((k) => k + " " + num(v[k]));
+    return [num(p.calls) + " calls", p.calls ? Math.round(p.decision_ns / p.calls) + " ns per decision" : null,
+      said.length ? said.join(", ") : "no verdicts yet", num(p.faults) + " faults (" + p.fail_mode + ")",
+      p.switched_off ? "SWITCHED OFF" : null].filter(Boolean).join(" · ");
   }
 
   function upstreamHealth(u) {

@@ -34,7 +34,7 @@ use super::upstream::{Resolver, UpstreamError, Upstreamed, Upstreams, upstream_q
 use super::verdict::VerdictMemo;
 use super::wire::{self, Query, QuestionKey, rcode};
 use super::zones::{Route, Zones};
-use crate::config::{BlockedResponse, FailMode};
+use crate::config::{BlockedResponse, FailMode, PluginName};
 use crate::policy::{Decision, Pause, Policy, Question as PolicyQuestion};
 use crate::stats::{LogEntry, Outcome, QueryLog, QueryRecord, Stats};
 pub(crate) use inflight::MissLimits;
@@ -274,8 +274,8 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
             received,
         };
         match self.apply_policy(&installed, &query, client, &lookup, out) {
-            Step::Answered(outcome) => {
-                self.reply(&installed, &query, protocol, client, outcome, received, out);
+            Step::Answered(outcome, by) => {
+                self.reply_by(&installed, &query, &arrived, outcome, by, out);
                 return Handled::Reply;
             }
             Step::Chase(target) => return self.chase(&installed, query, arrived, target, out),
@@ -389,15 +389,14 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
             wire::Rejection::Ignore => rcode::FORMERR,
         };
         let installed = self.installed.load();
-        self.record(
-            &installed,
-            b"",
-            0,
+        let record = QueryRecord {
+            name: b"",
+            qtype: 0,
             client,
             rcode,
-            Outcome::Rejected,
-            received,
-        );
+            outcome: Outcome::Rejected,
+        };
+        self.record(&installed, &record, received, None);
         Handled::Reply
     }
 
@@ -414,21 +413,26 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
         out: &mut Vec<u8>,
     ) -> Step {
         let cached = lookup.answer();
-        if cached.is_some_and(|answer| installed.verdicts.passed(answer.verdict())) {
+        let unix_time = (self.clock.unix_now_ms() / 1000)
+            .saturating_add_signed(installed.plugin_clock_offset_secs);
+        if cached.is_some_and(|answer| {
+            installed
+                .verdicts
+                .passed(answer.verdict(), client, unix_time)
+        }) {
             return Step::Resolve;
         }
         let question = PolicyQuestion {
             name: &query.dotted,
             qtype: query.key.qtype,
             client,
-            unix_time: (self.clock.unix_now_ms() / 1000)
-                .saturating_add_signed(installed.plugin_clock_offset_secs),
+            unix_time,
         };
-        let decision = installed.policy.decide(&question);
-        if self.pause.is_paused() && !matches!(decision, Decision::Answer(_)) {
+        let ruling = installed.policy.rule(&question);
+        if self.pause.is_paused() && !matches!(ruling.decision, Decision::Answer(_)) {
             return Step::Resolve;
         }
-        let outcome = match decision {
+        let outcome = match ruling.decision {
             Decision::Block => {
                 write_blocked(
                     query,
@@ -436,6 +440,10 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
                     installed.blocked_ttl,
                     out,
                 );
+                Outcome::Blocked
+            }
+            Decision::Refuse => {
+                wire::begin_response(query, rcode::REFUSED, out);
                 Outcome::Blocked
             }
             Decision::FailClosed => {
@@ -455,12 +463,14 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
             Decision::Fault => return Step::Resolve,
             Decision::Allow | Decision::NoOpinion => {
                 if let Some(answer) = cached {
-                    installed.verdicts.mark_passed(answer.verdict());
+                    installed
+                        .verdicts
+                        .mark_passed(answer.verdict(), client, &ruling);
                 }
                 return Step::Resolve;
             }
         };
-        Step::Answered(outcome)
+        Step::Answered(outcome, ruling.by)
     }
 
     /// Puts `query` in line for the answer to `miss.key`, starting the
@@ -634,47 +644,57 @@ impl<R: Resolver, C: Clock> QueryHandler<R, C> {
         received: Instant,
         out: &mut Vec<u8>,
     ) {
-        let limit = (protocol == Protocol::Udp).then(|| query.udp_limit(live.udp_max_payload));
-        wire::finish_response(query, limit, out);
-        self.record(
-            live,
-            &query.dotted,
-            query.key.qtype,
+        let arrived = Arrived {
             client,
-            wire::response_code(out),
-            outcome,
+            protocol,
             received,
-        );
+        };
+        self.reply_by(live, query, &arrived, outcome, None, out);
     }
 
-    #[allow(clippy::too_many_arguments, reason = "the fields of one log record")]
+    /// Finishes the answer in `out` and records it, naming the configured
+    /// plugin that decided, if one did.
+    fn reply_by(
+        &self,
+        live: &Live<R>,
+        query: &Query<'_>,
+        arrived: &Arrived,
+        outcome: Outcome,
+        by: Option<PluginName>,
+        out: &mut Vec<u8>,
+    ) {
+        let limit =
+            (arrived.protocol == Protocol::Udp).then(|| query.udp_limit(live.udp_max_payload));
+        wire::finish_response(query, limit, out);
+        let record = QueryRecord {
+            name: &query.dotted,
+            qtype: query.key.qtype,
+            client: arrived.client,
+            rcode: wire::response_code(out),
+            outcome,
+        };
+        self.record(live, &record, arrived.received, by);
+    }
+
     fn record(
         &self,
         live: &Live<R>,
-        name: &[u8],
-        qtype: u16,
-        client: IpAddr,
-        rcode: u16,
-        outcome: Outcome,
+        record: &QueryRecord<'_>,
         received: Instant,
+        plugin: Option<PluginName>,
     ) {
         let elapsed = self.clock.now().saturating_duration_since(received);
-        self.stats.record(&QueryRecord {
-            name,
-            qtype,
-            client,
-            rcode,
-            outcome,
-        });
+        self.stats.record(record);
         if live.query_log {
             self.query_log.push(LogEntry {
                 unix_ms: self.clock.unix_now_ms(),
-                client,
-                name: heapless::Vec::from_slice(name).unwrap_or_default(),
-                qtype,
-                rcode,
-                outcome,
+                client: record.client,
+                name: heapless::Vec::from_slice(record.name).unwrap_or_default(),
+                qtype: record.qtype,
+                rcode: record.rcode,
+                outcome: record.outcome,
                 elapsed_us: u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX),
+                plugin,
             });
         }
     }
@@ -788,8 +808,8 @@ struct Arrived {
 
 /// What the policy made of a question.
 enum Step {
-    /// The answer is written.
-    Answered(Outcome),
+    /// The answer is written; the configured plugin that decided, if one did.
+    Answered(Outcome, Option<PluginName>),
     /// A local CNAME answer is written; its target, the name at this
     /// offset of it, is resolved next.
     Chase(usize),

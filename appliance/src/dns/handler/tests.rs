@@ -167,8 +167,8 @@ impl Resolver for Table {
 struct Fixed(Decision);
 
 impl Policy for Fixed {
-    fn decide(&self, _: &PolicyQuestion<'_>) -> Decision {
-        self.0.clone()
+    fn rule(&self, _: &PolicyQuestion<'_>) -> crate::policy::Ruling {
+        crate::policy::Ruling::lasting(self.0.clone())
     }
 
     fn reads_client(&self) -> bool {
@@ -269,10 +269,15 @@ impl Harness {
     /// when nothing is sent. Upstream work is polled once: the table
     /// answers at once.
     fn ask(&self, request: &[u8]) -> Option<Vec<u8>> {
+        self.ask_from(CLIENT, request)
+    }
+
+    /// `ask`, from `client`.
+    fn ask_from(&self, client: IpAddr, request: &[u8]) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         match self
             .handler
-            .handle(request, CLIENT, Protocol::Udp, &mut out)
+            .handle(request, client, Protocol::Udp, &mut out)
         {
             Handled::Reply => Some(out),
             Handled::ReplyAndRefresh(mut fetch) => {
@@ -484,6 +489,155 @@ fn a_cached_name_is_checked_again_under_a_new_policy() {
     let blocked = harness.answer(&request(3, "www.example.", RecordType::A));
     assert_eq!(blocked.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(harness.upstream.asked(), 1);
+}
+
+/// A policy that blocks from `blocks_from` (the plugins' Unix seconds)
+/// on and names that time as the boundary of its passes; counts its calls.
+#[derive(Debug)]
+struct Bedtime {
+    blocks_from: u64,
+    by_client: bool,
+    asked: AtomicUsize,
+}
+
+impl Policy for Bedtime {
+    fn rule(&self, question: &PolicyQuestion<'_>) -> crate::policy::Ruling {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        match question.unix_time >= self.blocks_from {
+            true => crate::policy::Ruling::lasting(Decision::Block),
+            false => crate::policy::Ruling {
+                holds_until: self.blocks_from,
+                ..crate::policy::Ruling::lasting(Decision::NoOpinion)
+            },
+        }
+    }
+
+    fn reads_client(&self) -> bool {
+        self.by_client
+    }
+}
+
+/// The manual clock's Unix seconds at its start.
+const CLOCK_START: u64 = 1_700_000_000;
+
+fn bedtime(after_secs: u64, by_client: bool) -> Arc<Bedtime> {
+    Arc::new(Bedtime {
+        blocks_from: CLOCK_START + after_secs,
+        by_client,
+        asked: AtomicUsize::new(0),
+    })
+}
+
+#[test]
+fn a_kept_verdict_is_decided_again_at_the_boundary_the_policy_named() {
+    let policy = bedtime(100, false);
+    let harness = Setup {
+        policy: policy.clone(),
+        ..Setup::default()
+    }
+    .build();
+    let ip = Ipv4Addr::new(192, 0, 2, 9);
+    harness
+        .upstream
+        .set("www.example.", Upstream::Answer(ip, 3600));
+    let rcode = |id| {
+        harness
+            .answer(&request(id, "www.example.", RecordType::A))
+            .metadata
+            .response_code
+    };
+    let asked = || policy.asked.load(Ordering::Relaxed);
+    assert_eq!(rcode(1), ResponseCode::NoError);
+    assert_eq!(rcode(2), ResponseCode::NoError);
+    assert_eq!(
+        asked(),
+        2,
+        "the miss and the first hit ask; the hit keeps the pass"
+    );
+    harness.clock.advance(Duration::from_secs(99));
+    assert_eq!(rcode(3), ResponseCode::NoError);
+    assert_eq!(asked(), 2, "before the boundary the kept pass answers");
+    harness.clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        rcode(4),
+        ResponseCode::NXDomain,
+        "re-decided at the boundary"
+    );
+    assert_eq!(asked(), 3);
+    assert_eq!(harness.upstream.asked(), 1, "the answer stayed cached");
+}
+
+#[test]
+fn a_verdict_by_client_is_kept_for_the_client_that_asked() {
+    let policy = bedtime(100, true);
+    let harness = Setup {
+        policy: policy.clone(),
+        ..Setup::default()
+    }
+    .build();
+    harness.upstream.set(
+        "www.example.",
+        Upstream::Answer(Ipv4Addr::new(192, 0, 2, 9), 3600),
+    );
+    let other = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 8));
+    let asked = || policy.asked.load(Ordering::Relaxed);
+    let www = request(1, "www.example.", RecordType::A);
+    for client in [CLIENT, CLIENT, CLIENT] {
+        harness.ask_from(client, &www).unwrap();
+    }
+    assert_eq!(asked(), 2, "kept for the client that asked");
+    harness.ask_from(other, &www).unwrap();
+    assert_eq!(asked(), 3, "another client is asked about");
+    harness.ask_from(other, &www).unwrap();
+    assert_eq!(asked(), 3, "and then kept for it");
+}
+
+/// A configured plugin that refuses everything.
+#[derive(Debug)]
+struct Kiosk;
+
+impl Policy for Kiosk {
+    fn rule(&self, _: &PolicyQuestion<'_>) -> crate::policy::Ruling {
+        crate::policy::Ruling {
+            by: Some("kiosk".parse().unwrap()),
+            ..crate::policy::Ruling::lasting(Decision::Refuse)
+        }
+    }
+
+    fn reads_client(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_refusal_is_refused_and_the_query_log_names_the_plugin() {
+    let harness = Setup {
+        policy: Arc::new(Kiosk),
+        ..Setup::default()
+    }
+    .build();
+    let refused = harness.answer(&request(1, "www.example.", RecordType::A));
+    assert_answers(&refused, 1, "www.example.");
+    assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(harness.upstream.asked(), 0);
+    let page = harness
+        .handler
+        .query_log()
+        .search(&crate::stats::LogFilter::default(), 0, 10);
+    let entry = &page.entries[0];
+    assert_eq!(
+        entry.plugin.map(|name| name.to_string()).as_deref(),
+        Some("kiosk")
+    );
+    assert_eq!(entry.outcome, Outcome::Blocked);
+    let page = Setup::default().build();
+    page.answer(&request(2, "ads.example.", RecordType::A));
+    let entries = page
+        .handler
+        .query_log()
+        .search(&Default::default(), 0, 10)
+        .entries;
+    assert_eq!(entries[0].plugin, None, "a built-in plugin decided");
 }
 
 #[test]

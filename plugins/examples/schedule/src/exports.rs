@@ -1,15 +1,26 @@
 //! The plugin's exports: the ABI's glue around [`crate::decide`].
 
-use moat_plugin_abi::{
-    ANSWER_CAPACITY, ConfigLines, DATA_BASE, Explanation, QUERY_CAPACITY, Query, RuleKind, Verdict,
-};
+use core::sync::atomic::{AtomicI64, Ordering};
 
-moat_plugin_abi::plugin_glue!();
+use moat_plugin_abi::{Explanation, HOLDS_FOREVER, RuleKind, Verdict};
+
+moat_plugin_abi::configured_plugin_glue!();
+
+/// When the last verdict may change, for `moat_valid_until`.
+static VALID_UNTIL: AtomicI64 = AtomicI64::new(0);
 
 /// Blocks the question in the query buffer when the schedule says so.
 #[unsafe(no_mangle)]
 pub extern "C" fn moat_decide(len: i32, _qtype: i32) -> i32 {
-    let blocked = config().is_some_and(|config| crate::decide(config, &query(len)));
+    let query = query(len);
+    let config = config();
+    let until = config
+        .and_then(|config| crate::holds_until(config, &query))
+        .map_or(HOLDS_FOREVER, |until| {
+            i64::try_from(until).unwrap_or(HOLDS_FOREVER)
+        });
+    VALID_UNTIL.store(until, Ordering::Relaxed);
+    let blocked = config.is_some_and(|config| crate::decide(config, &query));
     (if blocked {
         Verdict::Block
     } else {
@@ -30,10 +41,7 @@ pub extern "C" fn moat_explain(len: i32, _qtype: i32) -> i32 {
         name,
         origin: b"schedule",
     };
-    // SAFETY: the host reads the answer buffer after this call; nothing
-    // else runs meanwhile.
-    let answer: &mut [u8; ANSWER_CAPACITY] = unsafe { &mut *ANSWER.0.get() };
-    explanation.encode(answer) as i32
+    explanation.encode(answer()) as i32
 }
 
 /// Verdicts depend on the client.
@@ -48,21 +56,8 @@ pub extern "C" fn moat_decides_by_time() -> i32 {
     1
 }
 
-fn query(len: i32) -> Query<'static> {
-    // SAFETY: the host wrote the buffer before this call; nothing else runs.
-    let buffer: &[u8; QUERY_CAPACITY] = unsafe { &*QUERY.0.get() };
-    Query::read(buffer, len)
-}
-
-fn config() -> Option<ConfigLines<'static>> {
-    // SAFETY: the compiler placed the configuration at DATA_BASE and sized
-    // the memory to hold it; the memory's end bounds what is read.
-    let data = unsafe {
-        let end = core::arch::wasm32::memory_size(0) * 65_536;
-        core::slice::from_raw_parts(
-            DATA_BASE as *const u8,
-            end.saturating_sub(DATA_BASE as usize),
-        )
-    };
-    ConfigLines::new(data)
+/// When the last verdict may change: the schedule's next edge.
+#[unsafe(no_mangle)]
+pub extern "C" fn moat_valid_until() -> i64 {
+    VALID_UNTIL.load(Ordering::Relaxed)
 }

@@ -17,10 +17,12 @@
 //! 21:00–07:00 blocks Saturday 02:00). A client is covered when it is in
 //! `clients` or its group in `groups`; with neither list, every client is.
 //! Everything is read from the configuration lines on each call: nothing
-//! is allocated. The decision itself is [`decide`], pure, tested on the host.
+//! is allocated. The decision itself is [`decide`], pure, tested on the
+//! host; [`holds_until`] says when it may change (the next `from` or
+//! `until`), so Moat keeps a verdict with its cached answer until then.
 #![cfg_attr(not(test), no_std)]
 
-use moat_plugin_abi::{ConfigLines, Query};
+use moat_plugin_abi::{ConfigLines, Query, in_range, name_covers, parse_u32};
 
 #[cfg(target_arch = "wasm32")]
 mod exports;
@@ -30,35 +32,47 @@ pub fn decide(config: ConfigLines<'_>, query: &Query<'_>) -> bool {
     names_cover(config, query.name) && covers_client(config, query) && in_window(config, query)
 }
 
+/// The Unix second from which [`decide`] may decide `query` otherwise:
+/// the next `from` or `until` for a listed name and a covered client,
+/// `None` (never) for the others or a broken window.
+pub fn holds_until(config: ConfigLines<'_>, query: &Query<'_>) -> Option<u64> {
+    if !(names_cover(config, query.name) && covers_client(config, query)) {
+        return None;
+    }
+    let (from, until) = window(config)?;
+    let local = query.unix_time as i64 + utc_offset_minutes(config) * 60;
+    let second = local.rem_euclid(86_400);
+    let next = |minute: u32| {
+        let delta = (i64::from(minute) * 60 - second).rem_euclid(86_400);
+        if delta == 0 { 86_400 } else { delta }
+    };
+    Some(
+        query
+            .unix_time
+            .saturating_add(next(from).min(next(until)) as u64),
+    )
+}
+
 /// Whether the name (or a name above it) is listed; gives the listed one.
 pub fn listed_name<'a>(config: ConfigLines<'a>, name: &[u8]) -> Option<&'a [u8]> {
-    values(config, b"names").find(|listed| {
-        name == *listed
-            || (name.len() > listed.len()
-                && name.ends_with(listed)
-                && name[name.len() - listed.len() - 1] == b'.')
-    })
+    config
+        .values(b"names")
+        .find(|listed| name_covers(listed, name))
 }
 
 fn names_cover(config: ConfigLines<'_>, name: &[u8]) -> bool {
     listed_name(config, name).is_some()
 }
 
-fn values<'a>(config: ConfigLines<'a>, key: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-    config
-        .filter(move |(k, _)| *k == key)
-        .map(|(_, value)| value)
-}
-
 fn covers_client(config: ConfigLines<'_>, query: &Query<'_>) -> bool {
     let mut any = false;
-    for range in values(config, b"clients") {
+    for range in config.values(b"clients") {
         any = true;
         if in_range(range, &query.client) {
             return true;
         }
     }
-    for group in values(config, b"groups") {
+    for group in config.values(b"groups") {
         any = true;
         if !query.group.is_empty() && group == query.group {
             return true;
@@ -68,24 +82,16 @@ fn covers_client(config: ConfigLines<'_>, query: &Query<'_>) -> bool {
 }
 
 fn in_window(config: ConfigLines<'_>, query: &Query<'_>) -> bool {
-    let one = |key: &'static [u8]| values(config, key).next();
-    let (Some(from), Some(until)) = (
-        one(b"from").and_then(minute_of_day),
-        one(b"until").and_then(minute_of_day),
-    ) else {
+    let Some((from, until)) = window(config) else {
         return false;
     };
-    let offset = one(b"utc_offset_minutes")
-        .and_then(parse_i64)
-        .unwrap_or(0)
-        .clamp(-24 * 60, 24 * 60);
-    let local = query.unix_time as i64 / 60 + offset;
+    let local = query.unix_time as i64 / 60 + utc_offset_minutes(config);
     let minute = local.rem_euclid(24 * 60) as u32;
     // 1970-01-01 was a Thursday; 0 is Sunday.
     let day = (local.div_euclid(24 * 60) + 4).rem_euclid(7) as u32;
     let day_listed = |day: u32| {
         let mut any = false;
-        for name in values(config, b"days") {
+        for name in config.values(b"days") {
             any = true;
             if weekday(name) == Some(day) {
                 return true;
@@ -98,6 +104,21 @@ fn in_window(config: ConfigLines<'_>, query: &Query<'_>) -> bool {
     } else {
         (minute >= from && day_listed(day)) || (minute < until && day_listed((day + 6) % 7))
     }
+}
+
+/// `from` and `until` as minutes since midnight, if both are valid.
+fn window(config: ConfigLines<'_>) -> Option<(u32, u32)> {
+    let minute = |key: &'static [u8]| config.values(key).next().and_then(minute_of_day);
+    Some((minute(b"from")?, minute(b"until")?))
+}
+
+fn utc_offset_minutes(config: ConfigLines<'_>) -> i64 {
+    config
+        .values(b"utc_offset_minutes")
+        .next()
+        .and_then(parse_i64)
+        .unwrap_or(0)
+        .clamp(-24 * 60, 24 * 60)
 }
 
 /// `HH:MM` as minutes since midnight.
@@ -115,16 +136,6 @@ fn weekday(name: &[u8]) -> Option<u32> {
         .map(|day| day as u32)
 }
 
-fn parse_u32(text: &[u8]) -> Option<u32> {
-    if text.is_empty() || text.len() > 9 {
-        return None;
-    }
-    text.iter().try_fold(0u32, |value, &byte| {
-        byte.is_ascii_digit()
-            .then(|| value * 10 + u32::from(byte - b'0'))
-    })
-}
-
 fn parse_i64(text: &[u8]) -> Option<i64> {
     match text.split_first()? {
         (b'-', rest) => parse_u32(rest).map(|value| -i64::from(value)),
@@ -133,90 +144,13 @@ fn parse_i64(text: &[u8]) -> Option<i64> {
     }
 }
 
-/// Whether `client` (IPv6, IPv4 mapped) is in `range`: an address, or an
-/// address and a prefix length (`192.168.1.0/24`, `fd00::/8`).
-fn in_range(range: &[u8], client: &[u8; 16]) -> bool {
-    let (address, prefix) = match range.iter().position(|&byte| byte == b'/') {
-        Some(slash) => (&range[..slash], parse_u32(&range[slash + 1..])),
-        None => (range, None),
-    };
-    let (network, bits) = if let Some(v4) = parse_v4(address) {
-        let mut mapped = [0u8; 16];
-        mapped[10] = 0xff;
-        mapped[11] = 0xff;
-        mapped[12..].copy_from_slice(&v4);
-        (mapped, 96 + prefix.unwrap_or(32).min(32))
-    } else if let Some(v6) = parse_v6(address) {
-        (v6, prefix.unwrap_or(128).min(128))
-    } else {
-        return false;
-    };
-    (0..bits as usize).all(|bit| {
-        let mask = 0x80 >> (bit % 8);
-        network[bit / 8] & mask == client[bit / 8] & mask
-    })
-}
-
-fn parse_v4(text: &[u8]) -> Option<[u8; 4]> {
-    let mut out = [0u8; 4];
-    let mut parts = text.split(|&byte| byte == b'.');
-    for byte in &mut out {
-        let value = parse_u32(parts.next()?)?;
-        *byte = u8::try_from(value).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
-fn parse_v6(text: &[u8]) -> Option<[u8; 16]> {
-    let groups = |part: &[u8], out: &mut [u16; 8]| -> Option<usize> {
-        if part.is_empty() {
-            return Some(0);
-        }
-        let mut count = 0;
-        for group in part.split(|&byte| byte == b':') {
-            if count == 8 || group.is_empty() || group.len() > 4 {
-                return None;
-            }
-            out[count] = group.iter().try_fold(0u16, |value, &byte| {
-                let digit = (byte as char).to_digit(16)?;
-                Some(value * 16 + digit as u16)
-            })?;
-            count += 1;
-        }
-        Some(count)
-    };
-    let mut head = [0u16; 8];
-    let mut tail = [0u16; 8];
-    let joined = text.windows(2).position(|pair| pair == b"::");
-    let (head_len, tail_len) = match joined {
-        Some(at) => (
-            groups(&text[..at], &mut head)?,
-            groups(&text[at + 2..], &mut tail)?,
-        ),
-        None => (groups(text, &mut head)?, 0),
-    };
-    if (joined.is_none() && head_len != 8) || head_len + tail_len > 8 {
-        return None;
-    }
-    let mut all = head;
-    all[8 - tail_len..].copy_from_slice(&tail[..tail_len]);
-    let mut out = [0u8; 16];
-    for (index, group) in all.iter().enumerate() {
-        out[index * 2..index * 2 + 2].copy_from_slice(&group.to_be_bytes());
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moat_plugin_abi::{CONFIG_MAGIC, GROUP_LEN};
+    use moat_plugin_abi::{GROUP_LEN, config_header, mapped_v4};
 
     fn config(lines: &str) -> Vec<u8> {
-        let mut data = CONFIG_MAGIC.to_vec();
-        data.extend_from_slice(&(lines.len() as u32).to_le_bytes());
-        data.extend_from_slice(lines.as_bytes());
-        data
+        [&config_header(lines.len())[..], lines.as_bytes()].concat()
     }
 
     /// Unix seconds of 2026-11-27 (a Friday) at `hour`:`minute` UTC, plus `days`.
@@ -225,13 +159,9 @@ mod tests {
     }
 
     fn query<'a>(name: &'a str, client: [u8; 4], group: &'a str, unix_time: u64) -> Query<'a> {
-        let mut mapped = [0u8; 16];
-        mapped[10] = 0xff;
-        mapped[11] = 0xff;
-        mapped[12..].copy_from_slice(&client);
         assert!(group.len() <= GROUP_LEN);
         Query {
-            client: mapped,
+            client: mapped_v4(client),
             unix_time,
             group: group.as_bytes(),
             name: name.as_bytes(),
@@ -346,6 +276,52 @@ mod tests {
             &minus,
             &query("social.example", kid, "", friday(0, 22, 30))
         ));
+    }
+
+    #[test]
+    fn a_verdict_holds_until_the_next_edge_of_the_window() {
+        let data = config(KIDS);
+        let config = ConfigLines::new(&data).unwrap();
+        let kid = [192, 168, 1, 40];
+        let at = |name, time| holds_until(config, &query(name, kid, "", time));
+        assert_eq!(
+            at("social.example", friday(0, 20, 59) + 30),
+            Some(friday(0, 21, 0)),
+            "before the window: its start"
+        );
+        assert_eq!(
+            at("social.example", friday(0, 21, 0)),
+            Some(friday(1, 7, 0)),
+            "in it: its end, past midnight"
+        );
+        assert_eq!(at("other.example", friday(0, 20, 0)), None, "not listed");
+        assert_eq!(
+            holds_until(
+                config,
+                &query("social.example", [10, 0, 0, 1], "", friday(0, 20, 0))
+            ),
+            None,
+            "not covered"
+        );
+        // At each boundary named, the verdict may change; just before, it has not.
+        let mut time = friday(0, 12, 0);
+        for _ in 0..6 {
+            let edge = at("video.example", time).unwrap();
+            let before = decide(config, &query("video.example", kid, "", time));
+            assert_eq!(
+                decide(config, &query("video.example", kid, "", edge - 1)),
+                before
+            );
+            time = edge;
+        }
+        let plus_two = format!("{KIDS}utc_offset_minutes=120\n");
+        let data = self::config(&plus_two);
+        let shifted = ConfigLines::new(&data).unwrap();
+        assert_eq!(
+            holds_until(shifted, &query("social.example", kid, "", friday(0, 18, 0))),
+            Some(friday(0, 19, 0)),
+            "21:00 at UTC+2"
+        );
     }
 
     #[test]
