@@ -9,7 +9,9 @@ mod records;
 mod regex;
 mod sources;
 
-use moat_plugin_abi::{DataHeader, ORIGIN_CAPACITY, TABLES, Table, name_hash, packed_len};
+use moat_plugin_abi::{
+    DataHeader, ORIGIN_CAPACITY, RuleKind, TABLES, Table, name_hash, packed_len,
+};
 
 pub(crate) use link::{LinkError, with_data_segment};
 use parse::{Action, Invalid, Listed, Rule, Scope};
@@ -23,6 +25,7 @@ pub(crate) use sources::{
 };
 
 use crate::config::{NameRule, PluginName, Policy};
+use crate::policy::Explanation;
 use crate::store::DataDir;
 
 /// Why a policy could not be compiled.
@@ -111,6 +114,79 @@ fn table_of(action: Action, scope: Scope) -> Option<Table> {
     })
 }
 
+/// The line (from 1) of the blocklist source an explanation names that
+/// gives its rule, read again from the source's current copy (the first
+/// such line, as the compiler keeps the first of equal rules). `None` for
+/// a rule of the configuration or of a plugin, or one the source no
+/// longer has. For people: it reads the whole source.
+pub fn rule_line(policy: &Policy, data: &DataDir, explanation: &Explanation) -> Option<usize> {
+    let source = policy
+        .blocklists
+        .iter()
+        .find(|source| cut_origin(&source.source.to_string()) == explanation.origin)?;
+    let bytes = sources::current_bytes(source, data)?;
+    let mut found = None;
+    let wanted = (explanation.kind, explanation.pattern.as_str());
+    parse::parse_list(
+        &String::from_utf8_lossy(&bytes),
+        source.format,
+        source.matching,
+        &mut |listed, line| {
+            if found.is_none()
+                && explains(listed)
+                    .iter()
+                    .any(|(kind, pattern)| (*kind, pattern.as_str()) == wanted)
+            {
+                found = Some(line);
+            }
+            Ok(())
+        },
+    );
+    found
+}
+
+/// How the blocklist plugin explains the questions a listed rule decides:
+/// its kind and pattern, per kind of name it covers.
+fn explains(listed: Listed<'_>) -> Vec<(RuleKind, String)> {
+    let below = |name: &str| format!("*.{name}");
+    match listed {
+        Listed::Regex(rule) => {
+            let kind = match rule.action {
+                Action::Allow => RuleKind::AllowRegex,
+                _ => RuleKind::BlockRegex,
+            };
+            vec![(kind, rule.written.clone())]
+        }
+        Listed::Name(
+            Rule {
+                action: Action::Answer(_),
+                scope,
+            },
+            name,
+        ) => {
+            let exact = (RuleKind::LocalName, name.to_owned());
+            let wildcard = (RuleKind::LocalWildcard, below(name));
+            match scope {
+                Scope::Exact => vec![exact],
+                Scope::Subtree => vec![exact, wildcard],
+                Scope::Below => vec![wildcard],
+            }
+        }
+        Listed::Name(rule, name) => table_of(rule.action, rule.scope)
+            .map(RuleKind::of_table)
+            .map(|kind| {
+                let pattern = if kind.is_suffix() {
+                    below(name)
+                } else {
+                    name.to_owned()
+                };
+                (kind, pattern)
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
 /// A digest of everything a compiled policy depends on: this build of the
 /// compiler and plugins, the rules in the configuration, and the bytes of
 /// every source. Equal digests compile to equal modules, so modules kept
@@ -179,6 +255,15 @@ struct BlocklistRules {
     origins: Vec<String>,
 }
 
+/// An origin cut to what an explanation carries.
+fn cut_origin(origin: &str) -> &str {
+    let mut end = origin.len().min(ORIGIN_CAPACITY);
+    while !origin.is_char_boundary(end) {
+        end -= 1;
+    }
+    &origin[..end]
+}
+
 /// What the compiler did, for people.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CompileSummary {
@@ -222,11 +307,7 @@ impl BlocklistRules {
 
     /// Registers an origin (cut to what an explanation carries); gives its index.
     fn origin(&mut self, origin: &str) -> u16 {
-        let mut end = origin.len().min(ORIGIN_CAPACITY);
-        while !origin.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.origins.push(origin[..end].to_owned());
+        self.origins.push(cut_origin(origin).to_owned());
         u16::try_from(self.origins.len() - 1).unwrap_or(u16::MAX)
     }
 

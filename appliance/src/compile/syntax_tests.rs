@@ -19,6 +19,22 @@ const DNSMASQ: &str = include_str!("fixtures/dnsmasq.txt");
 /// The blocklist compiled from one source per `(text, keys)`, `keys` being
 /// extra lines of its `[[policy.blocklists]]` table.
 fn compile(lists: &[(&str, &str)]) -> (Arc<WasmPolicy>, CompiledPolicy) {
+    let (policy, compiled, _, _, root) = compile_kept(lists);
+    std::fs::remove_dir_all(root).unwrap();
+    (policy, compiled)
+}
+
+/// Like `compile`, keeping the sources, the configuration, the data
+/// directory and the directory that holds them (for the caller to remove).
+fn compile_kept(
+    lists: &[(&str, &str)],
+) -> (
+    Arc<WasmPolicy>,
+    CompiledPolicy,
+    Config,
+    DataDir,
+    std::path::PathBuf,
+) {
     let root = std::env::temp_dir().join(format!(
         "moat-syntax-{}-{}",
         std::process::id(),
@@ -36,12 +52,9 @@ fn compile(lists: &[(&str, &str)]) -> (Arc<WasmPolicy>, CompiledPolicy) {
     }
     let config = Config::parse(&toml, "test").unwrap();
     let compiled = compile_policy(&config.policy, &data).unwrap();
-    std::fs::remove_dir_all(root).unwrap();
     let engine = PolicyEngine::unticked().unwrap();
-    (
-        WasmPolicy::new(&engine, &compiled.blocklist).unwrap(),
-        compiled,
-    )
+    let policy = WasmPolicy::new(&engine, &compiled.blocklist).unwrap();
+    (policy, compiled, config, data, root)
 }
 
 /// A question from 127.0.0.1 at time 0.
@@ -424,4 +437,46 @@ fn inverted_regexes_exceptions_and_a_configured_regex_format() {
         Block,
         "a regex list's name is a regex, matched anywhere"
     );
+}
+
+#[test]
+fn explanations_name_the_line_of_their_rule() {
+    let (policy, _, config, data, root) =
+        compile_kept(&[(HOSTS, ""), (ADBLOCK, ""), (REGEX, ""), (DNSMASQ, "")]);
+    let line = |name: &str| {
+        let rule = explained(&policy, name);
+        let line = rule_line(&config.policy, &data, &rule);
+        (
+            rule.origin.rsplit('/').next().unwrap_or("").to_owned(),
+            line,
+        )
+    };
+    let at = |list: usize, line: usize| (format!("list-{list}.txt"), Some(line));
+    for (name, want) in [
+        ("tracker.example", at(0, 5)),
+        ("loop6.example", at(0, 7)),
+        ("rewrite.example", at(0, 9)),
+        ("rewritten.test", at(0, 11)),
+        ("x.ads.example", at(1, 2)),
+        ("exact-ok.ads.example", at(1, 5)),
+        ("x.below.example", at(1, 7)),
+        ("ad7.example", at(1, 17)),
+        ("x.doubleclick.net", at(2, 2)),
+        ("ad1.x.example", at(2, 3)),
+        ("x.dm-two.example", at(3, 6)),
+        ("x.dm-rewrite.example", at(3, 9)),
+    ] {
+        assert_eq!(line(name), want, "{name}");
+    }
+    let denied = Config::parse("[policy]\ndeny = [\"d.example\"]\n", "test").unwrap();
+    let compiled = compile_policy(&denied.policy, &data).unwrap();
+    let engine = PolicyEngine::unticked().unwrap();
+    let policy = WasmPolicy::new(&engine, &compiled.blocklist).unwrap();
+    let rule = explained(&policy, "d.example");
+    assert_eq!(
+        rule_line(&denied.policy, &data, &rule),
+        None,
+        "not from a list"
+    );
+    std::fs::remove_dir_all(root).unwrap();
 }
