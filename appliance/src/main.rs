@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use moat::compile::{compile_policy, source_dirs};
+use moat::compile::{compile_policy, rule_line, source_dirs};
 use moat::config::{Config, PluginPlace};
 use moat::control::{ClientError, ControlClient, LogQuery};
 use moat::daemon::{App, ConfigSource, join_offline};
@@ -390,7 +390,10 @@ fn policy_tool(command: PolicyCommand) -> Result<()> {
             }
             match said {
                 Some((decision, Some(rule), by)) => {
-                    println!("{name}: {}{by} by {rule}", decision_label(&decision))
+                    let line = rule_line(&config.policy, &data, &rule)
+                        .map(|line| format!(", line {line}"))
+                        .unwrap_or_default();
+                    println!("{name}: {}{by} by {rule}{line}", decision_label(&decision))
                 }
                 Some((decision, None, by)) => {
                     println!(

@@ -1,6 +1,7 @@
 //! Every list syntax downloaded from list servers and answered by a real
-//! `moat`: hosts lines exact, `||name^` subtrees, `@@` exceptions, dnsmasq
-//! subtrees; and each source's counts in the policy status.
+//! `moat`: hosts lines exact, a hosts line's address answered (a rewrite),
+//! `||name^` subtrees, `@@` exceptions, dnsmasq subtrees, Pi-hole regexes;
+//! and each source's counts in the policy status.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use moat_system_tests::{MoatProcess, TestUpstream};
 use super::{ips, policy_for};
 
 /// The fixtures the compiler's unit tests read too.
-const FIXTURES: [(&str, &str); 4] = [
+const FIXTURES: [(&str, &str); 5] = [
     (
         "hosts",
         include_str!("../../appliance/src/compile/fixtures/hosts.txt"),
@@ -26,6 +27,10 @@ const FIXTURES: [(&str, &str); 4] = [
     (
         "dnsmasq",
         include_str!("../../appliance/src/compile/fixtures/dnsmasq.txt"),
+    ),
+    (
+        "regex",
+        include_str!("../../appliance/src/compile/fixtures/regex.txt"),
     ),
 ];
 
@@ -56,7 +61,8 @@ async fn every_list_syntax_answers_as_adguard_home_reads_it() {
         applied = answer("dm-null.example").await == [BLOCKED]
             && answer("metrics.example").await == [BLOCKED]
             && answer("ads2.example").await == [BLOCKED]
-            && answer("plain.example").await == [BLOCKED];
+            && answer("plain.example").await == [BLOCKED]
+            && answer("ad1.example").await == [BLOCKED];
         if applied {
             break;
         }
@@ -97,14 +103,23 @@ async fn every_list_syntax_answers_as_adguard_home_reads_it() {
         ("x.dm-null.example", BLOCKED, "address=/name/# covers below"),
         ("x.dm-local.example", BLOCKED, "local=/name/ covers below"),
         ("dm-forward.example", FORWARDED, "server=/name/IP forwards"),
-        (
-            "rewrite.example",
-            FORWARDED,
-            "hosts rewrites are not applied",
-        ),
+        ("x.doubleclick.net", BLOCKED, "(\\.|^)doubleclick\\.net$"),
+        ("ad7.example", BLOCKED, "^ad[[:digit:]]+\\."),
+        ("x.ad7.example", FORWARDED, "a regex anchored at the start"),
+        ("trackme.example", FORWARDED, "a ;querytype=AAAA regex"),
     ] {
         assert_eq!(answer(name).await, [expected], "{name}: {why}");
     }
+    assert_eq!(
+        answer("rewritten.test").await,
+        ["1.2.3.4"],
+        "a hosts line with another address answers it"
+    );
+    assert_eq!(
+        answer("rewrite.example").await,
+        ["192.0.2.7", "192.0.2.8"],
+        "one record per line naming it"
+    );
 
     let view = moat.control().unwrap().policy().await.unwrap();
     let sources = serde_json::to_value(&view.sources).unwrap();
@@ -122,10 +137,22 @@ async fn every_list_syntax_answers_as_adguard_home_reads_it() {
     for (index, (format, _)) in FIXTURES.iter().enumerate() {
         assert_eq!(lines(index)["format"], *format, "{sources:#}");
     }
-    assert_eq!(counts(0), [5, 0, 1, 4], "hosts: {sources:#}");
+    assert_eq!(counts(0), [5, 0, 1, 3], "hosts: {sources:#}");
+    assert_eq!(lines(0)["rewritten"], 4, "hosts: {sources:#}");
     assert_eq!(counts(1), [5, 0, 1, 1], "domains: {sources:#}");
-    assert_eq!(counts(2), [8, 2, 1, 9], "adblock: {sources:#}");
-    assert_eq!(counts(3), [8, 0, 1, 5], "dnsmasq: {sources:#}");
+    assert_eq!(counts(2), [9, 2, 1, 8], "adblock: {sources:#}");
+    assert_eq!(counts(3), [8, 0, 1, 4], "dnsmasq: {sources:#}");
+    assert_eq!(lines(3)["rewritten"], 1, "dnsmasq: {sources:#}");
+    assert_eq!(counts(4), [5, 0, 2, 2], "regex: {sources:#}");
+    assert_eq!(lines(4)["regexes"], 5, "regex: {sources:#}");
+    let refused = lines(4)["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|note| note["example"] == "a(a|b){24}x$")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(refused["line"], 10, "the over-cap regex named: {sources:#}");
     let client = &lines(2)["notes"][0];
     assert_eq!(client["kind"], "unsupported");
     assert_eq!(client["reason"], "modifier $client (not yet supported)");

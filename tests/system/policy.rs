@@ -202,6 +202,10 @@ fn policy_compile_and_test_explain_decisions() {
         said.contains("Block by BlockExact `ads.example` from"),
         "{said}"
     );
+    assert!(
+        said.trim_end().ends_with("list.txt, line 1"),
+        "the rule's line: {said}"
+    );
     let said = run(&["policy", "test", "x.ads.example", "--config", config]);
     assert!(
         said.contains("NoOpinion (no rule matches)"),
@@ -209,7 +213,7 @@ fn policy_compile_and_test_explain_decisions() {
     );
     let said = run(&["policy", "test", "ok.ads.example", "--config", config]);
     assert!(
-        said.contains("Allow by AllowSuffix `*.ok.ads.example`"),
+        said.contains("Allow by AllowSuffix `*.ok.ads.example`") && said.contains(", line 3"),
         "{said}"
     );
     let said = run(&[

@@ -6,13 +6,18 @@ mod link;
 mod parse;
 mod plugins;
 mod records;
+mod regex;
 mod sources;
 
-use moat_plugin_abi::{DataHeader, ORIGIN_CAPACITY, TABLES, Table, name_hash, packed_len};
+use moat_plugin_abi::{
+    DataHeader, ORIGIN_CAPACITY, RuleKind, TABLES, Table, name_hash, packed_len,
+};
 
 pub(crate) use link::{LinkError, with_data_segment};
-use parse::{Action, Rule, Scope};
+use parse::{Action, Invalid, Listed, Rule, Scope};
 pub use plugins::{PluginRefused, check_plugin, with_config};
+use records::Owners;
+use regex::{RegexRefused, RegexSet};
 pub use sources::source_dirs;
 pub(crate) use sources::{
     SourceError, SourceReport, SourceStatus, record_compiled, record_download, source_status,
@@ -20,6 +25,7 @@ pub(crate) use sources::{
 };
 
 use crate::config::{NameRule, PluginName, Policy};
+use crate::policy::Explanation;
 use crate::store::DataDir;
 
 /// Why a policy could not be compiled.
@@ -56,11 +62,25 @@ pub struct CompiledPolicy {
 pub fn compile_policy(policy: &Policy, data: &DataDir) -> Result<CompiledPolicy, CompileError> {
     let mut rules = BlocklistRules::default();
     rules.add_config(&policy.allow, &policy.deny);
+    let ttl = u32::try_from(policy.blocked_ttl.as_secs()).unwrap_or(u32::MAX);
     let mut reports = Vec::new();
     for source in &policy.blocklists {
-        let origin = rules.origin(&source.source.to_string());
-        let report = sources::load(source, data, &mut |rule, name| {
-            rules.insert(table_of(rule), name.as_bytes(), origin);
+        let name = source.source.to_string();
+        let origin = rules.origin(&name);
+        let report = sources::load(source, data, &mut |listed, line| {
+            match listed {
+            Listed::Name(rule, listed) => {
+                rules.add(rule, listed, origin, ttl);
+                Ok(())
+            }
+            Listed::Regex(rule) => rules.regexes.add(rule, origin).map_err(|err| {
+                tracing::warn!(source = %name, line, rule = %rule.written, error = %err, "regex rule refused");
+                match err {
+                    RegexRefused::Syntax(_) => Invalid::BadRegex,
+                    RegexRefused::TooBig { .. } => Invalid::RegexTooBig,
+                }
+            }),
+        }
         })?;
         reports.push(report);
     }
@@ -81,15 +101,89 @@ pub fn compile_policy(policy: &Policy, data: &DataDir) -> Result<CompiledPolicy,
     })
 }
 
-/// The table a list rule goes into.
-fn table_of(rule: Rule) -> Table {
-    match (rule.action, rule.scope) {
+/// The table a list's block or exception rule goes into.
+fn table_of(action: Action, scope: Scope) -> Option<Table> {
+    Some(match (action, scope) {
         (Action::Block, Scope::Exact) => Table::BlockExact,
         (Action::Block, Scope::Subtree) => Table::BlockSuffix,
         (Action::Block, Scope::Below) => Table::BlockBelow,
         (Action::Allow, Scope::Exact) => Table::AllowExact,
         (Action::Allow, Scope::Subtree) => Table::AllowSuffix,
         (Action::Allow, Scope::Below) => Table::AllowBelow,
+        (Action::Answer(_), _) => return None,
+    })
+}
+
+/// The line (from 1) of the blocklist source an explanation names that
+/// gives its rule, read again from the source's current copy (the first
+/// such line, as the compiler keeps the first of equal rules). `None` for
+/// a rule of the configuration or of a plugin, or one the source no
+/// longer has. For people: it reads the whole source.
+pub fn rule_line(policy: &Policy, data: &DataDir, explanation: &Explanation) -> Option<usize> {
+    let source = policy
+        .blocklists
+        .iter()
+        .find(|source| cut_origin(&source.source.to_string()) == explanation.origin)?;
+    let bytes = sources::current_bytes(source, data)?;
+    let mut found = None;
+    let wanted = (explanation.kind, explanation.pattern.as_str());
+    parse::parse_list(
+        &String::from_utf8_lossy(&bytes),
+        source.format,
+        source.matching,
+        &mut |listed, line| {
+            if found.is_none()
+                && explains(listed)
+                    .iter()
+                    .any(|(kind, pattern)| (*kind, pattern.as_str()) == wanted)
+            {
+                found = Some(line);
+            }
+            Ok(())
+        },
+    );
+    found
+}
+
+/// How the blocklist plugin explains the questions a listed rule decides:
+/// its kind and pattern, per kind of name it covers.
+fn explains(listed: Listed<'_>) -> Vec<(RuleKind, String)> {
+    let below = |name: &str| format!("*.{name}");
+    match listed {
+        Listed::Regex(rule) => {
+            let kind = match rule.action {
+                Action::Allow => RuleKind::AllowRegex,
+                _ => RuleKind::BlockRegex,
+            };
+            vec![(kind, rule.written.clone())]
+        }
+        Listed::Name(
+            Rule {
+                action: Action::Answer(_),
+                scope,
+            },
+            name,
+        ) => {
+            let exact = (RuleKind::LocalName, name.to_owned());
+            let wildcard = (RuleKind::LocalWildcard, below(name));
+            match scope {
+                Scope::Exact => vec![exact],
+                Scope::Subtree => vec![exact, wildcard],
+                Scope::Below => vec![wildcard],
+            }
+        }
+        Listed::Name(rule, name) => table_of(rule.action, rule.scope)
+            .map(RuleKind::of_table)
+            .map(|kind| {
+                let pattern = if kind.is_suffix() {
+                    below(name)
+                } else {
+                    name.to_owned()
+                };
+                (kind, pattern)
+            })
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -148,14 +242,30 @@ pub const KIOSK_EXAMPLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/moat_
 pub(crate) const LOCAL_RECORDS_TEMPLATE: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/moat_local_records.wasm"));
 
+/// Most bytes the DFAs of all regex rules may take (8 MiB).
+const REGEX_LIMIT: usize = 8 << 20;
+
 /// Rules gathered from every source, by table: name hashes and where each
 /// came from, sorted and deduplicated once at the end (16 bytes per rule
 /// while compiling). A rule in several origins keeps the first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct BlocklistRules {
     tables: [Vec<(u64, u16)>; TABLES],
+    /// Names lists answer with an address, as records.
+    rewrites: Owners,
+    /// Regex rules, compiled.
+    regexes: RegexSet,
     /// `policy.deny`, `policy.allow`, then each source, as people read them.
     origins: Vec<String>,
+}
+
+/// An origin cut to what an explanation carries.
+fn cut_origin(origin: &str) -> &str {
+    let mut end = origin.len().min(ORIGIN_CAPACITY);
+    while !origin.is_char_boundary(end) {
+        end -= 1;
+    }
+    &origin[..end]
 }
 
 /// What the compiler did, for people.
@@ -163,10 +273,25 @@ struct BlocklistRules {
 pub struct CompileSummary {
     /// Distinct entries per table, in `Table` order.
     pub entries: [usize; TABLES],
+    /// Names (and `*.` suffixes) answered with an address by a list.
+    pub rewrites: usize,
+    /// Regex rules compiled.
+    pub regexes: usize,
     /// Rules seen more than once.
     pub duplicates: usize,
     /// Bytes of the module, data included.
     pub module_bytes: usize,
+}
+
+impl Default for BlocklistRules {
+    fn default() -> Self {
+        Self {
+            tables: Default::default(),
+            rewrites: Owners::default(),
+            regexes: RegexSet::new(REGEX_LIMIT),
+            origins: Vec::new(),
+        }
+    }
 }
 
 impl BlocklistRules {
@@ -186,12 +311,29 @@ impl BlocklistRules {
 
     /// Registers an origin (cut to what an explanation carries); gives its index.
     fn origin(&mut self, origin: &str) -> u16 {
-        let mut end = origin.len().min(ORIGIN_CAPACITY);
-        while !origin.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.origins.push(origin[..end].to_owned());
+        self.origins.push(cut_origin(origin).to_owned());
         u16::try_from(self.origins.len() - 1).unwrap_or(u16::MAX)
+    }
+
+    /// Adds a list's rule for `name` from `origin`; a rewrite answers with
+    /// records of `ttl` seconds.
+    fn add(&mut self, rule: Rule, name: &str, origin: u16, ttl: u32) {
+        let Action::Answer(address) = rule.action else {
+            if let Some(table) = table_of(rule.action, rule.scope) {
+                self.insert(table, name.as_bytes(), origin);
+            }
+            return;
+        };
+        let (kind, ttl, rdata) = records::address_record(&address, ttl);
+        let owners = match rule.scope {
+            Scope::Exact => &[false][..],
+            Scope::Subtree => &[false, true],
+            Scope::Below => &[true],
+        };
+        for &wildcard in owners {
+            self.rewrites
+                .push(name, wildcard, (kind, ttl, &rdata), origin);
+        }
     }
 
     fn insert(&mut self, table: Table, name: &[u8], origin: u16) {
@@ -213,17 +355,30 @@ impl BlocklistRules {
     }
 
     /// The data segment contents (layout in `moat_plugin_abi::DataHeader`):
-    /// header, each table sorted, then the origins.
+    /// header, each table sorted, the rewrites, then the origins.
     fn encode(&self) -> Vec<u8> {
         let counts = self.tables.each_ref().map(|table| table.len() as u32);
         let total: usize = self.tables.iter().map(Vec::len).sum();
-        let mut data = Vec::with_capacity(DataHeader::LEN + total * 8);
-        data.extend_from_slice(&DataHeader { counts }.encode());
+        let (mut rewrites, origins) = self.rewrites.encode();
+        for origin in origins {
+            rewrites.extend_from_slice(&origin.to_le_bytes());
+        }
+        let regexes = self.regexes.encode();
+        let mut data =
+            Vec::with_capacity(DataHeader::LEN + total * 8 + rewrites.len() + regexes.len());
+        let header = DataHeader {
+            counts,
+            rewrites: rewrites.len() as u32,
+            regexes: regexes.len() as u32,
+        };
+        data.extend_from_slice(&header.encode());
         for table in &self.tables {
             for (hash, _) in table {
                 data.extend_from_slice(&hash.to_le_bytes());
             }
         }
+        data.extend_from_slice(&rewrites);
+        data.extend_from_slice(&regexes);
         self.encode_origins(&mut data);
         data
     }
@@ -267,6 +422,8 @@ impl BlocklistRules {
         let module = with_data_segment(BLOCKLIST_TEMPLATE, &self.encode())?;
         let summary = CompileSummary {
             entries: self.tables.each_ref().map(Vec::len),
+            rewrites: self.rewrites.len(),
+            regexes: self.regexes.len(),
             duplicates,
             module_bytes: module.len(),
         };

@@ -1,6 +1,7 @@
-//! Reading blocklist sources in the four syntaxes AdGuard Home reads, with
-//! its meaning for each: hosts lines, plain domain lines, Adblock-style DNS
-//! rules and dnsmasq lines. Each line is read by its shape; a source's
+//! Reading blocklist sources in the syntaxes AdGuard Home reads, with its
+//! meaning for each: hosts lines, plain domain lines, Adblock-style DNS
+//! rules (`/regex/` ones included) and dnsmasq lines; and Pi-hole regex
+//! lists (`regex.rs`). Each line is read by its shape; a source's
 //! format is detected from the shapes of its lines, or configured, and then
 //! lines of a shape the format does not take are rejected. Lines that
 //! cannot be used are counted by reason, with the first such line; never
@@ -9,6 +10,8 @@
 use std::net::IpAddr;
 
 use crate::config::{ListFormat, ListMatch};
+
+use super::regex::{self, RegexRule};
 
 /// A rule a list gives: what it does, to which names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +29,18 @@ pub(crate) enum Action {
     Block,
     /// An exception (`@@`): never block the names.
     Allow,
+    /// Answer the names with this address (a hosts or dnsmasq line with
+    /// an address other than a null or loopback one).
+    Answer(IpAddr),
+}
+
+/// What a list gives for one rule, as `parse_list` hands it on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Listed<'a> {
+    /// A rule for a name.
+    Name(Rule, &'a str),
+    /// A regex rule.
+    Regex(&'a RegexRule),
 }
 
 /// Which names a rule covers.
@@ -49,6 +64,12 @@ pub struct ListCounts {
     pub blocked: usize,
     /// Exception rules taken.
     pub allowed: usize,
+    /// Names answered with an address (rewrites) taken.
+    #[serde(default)]
+    pub rewritten: usize,
+    /// Regex rules taken (counted in `blocked` or `allowed` too).
+    #[serde(default)]
+    pub regexes: usize,
     /// Lines (or, on a hosts line, names) that are not valid rules.
     pub rejected: usize,
     /// Valid rules Moat does not apply (yet).
@@ -99,6 +120,10 @@ pub(crate) enum Invalid {
     BadDnsmasq,
     #[error("not a {0} line (the source is `format = \"{0}\"`)")]
     OtherSyntax(ListFormat),
+    #[error("not a regex Moat reads")]
+    BadRegex,
+    #[error("regex too big: its automaton passes the cap on all regex rules")]
+    RegexTooBig,
 }
 
 /// Why a valid rule is not applied.
@@ -108,10 +133,10 @@ pub(crate) enum Unsupported {
     Modifier(&'static str),
     #[error("unknown modifier (the rule is ignored, as AdGuard Home does)")]
     UnknownModifier,
-    #[error("regex rule (not yet supported)")]
-    Regex,
-    #[error("rewrite to an address (not yet supported)")]
-    Rewrite,
+    #[error("collating element or equivalence class in a regex")]
+    Collating,
+    #[error("Pi-hole ;reply= option (not yet supported)")]
+    Reply,
     #[error("answer-IP rule (not yet supported)")]
     AnswerIp,
     #[error("forwarding (server=), not blocking")]
@@ -130,6 +155,7 @@ pub(crate) enum Unsupported {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
     Rule(Rule, String),
+    Regex(RegexRule),
     Rejected(Invalid),
     Unsupported(Unsupported),
 }
@@ -153,38 +179,55 @@ const UNSUPPORTED_MODIFIERS: [&str; 6] = [
     "dnstype",
 ];
 
-/// Parses a whole source, handing each rule to `visit` as it is read (a
-/// million-name list never exists as a million strings). `format` and
-/// `matching` are the source's overrides.
+/// Parses a whole source, handing each rule and its line number (from 1)
+/// to `visit` as it is read (a million-name list never exists as a
+/// million strings); `visit` may refuse a rule, which is then counted as
+/// rejected. `format` and `matching` are the source's overrides. A source
+/// detected as a regex list is read as one: every line a regex.
 pub(crate) fn parse_list(
     text: &str,
     format: Option<ListFormat>,
     matching: Option<ListMatch>,
-    visit: &mut dyn FnMut(Rule, &str),
+    visit: &mut dyn FnMut(Listed<'_>, usize) -> Result<(), Invalid>,
 ) -> ListCounts {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let detected = format.unwrap_or_else(|| detect(text));
+    let format = format.or((detected == ListFormat::Regex).then_some(detected));
     let mut tally = Tally::new(detected);
     for (index, raw) in text.lines().enumerate() {
         let line = raw.trim_end_matches('\r').trim();
-        if is_comment(line) {
+        if is_comment(line, format) {
             continue;
         }
-        read_line(line, format, &mut |outcome| match outcome {
-            Outcome::Rule(rule, name) => {
-                let rule = overridden(rule, matching);
-                tally.rule(rule.action);
-                visit(rule, &name);
+        let number = index + 1;
+        read_line(line, format, &mut |outcome| {
+            let (action, taken) = match &outcome {
+                Outcome::Rule(rule, name) => {
+                    let rule = overridden(*rule, matching);
+                    (rule.action, visit(Listed::Name(rule, name), number))
+                }
+                Outcome::Regex(rule) => (rule.action, visit(Listed::Regex(rule), number)),
+                Outcome::Rejected(why) => return tally.note(Why::Invalid(*why), number, line),
+                Outcome::Unsupported(why) => {
+                    return tally.note(Why::Unsupported(*why), number, line);
+                }
+            };
+            match taken {
+                Ok(()) => tally.rule(action, matches!(outcome, Outcome::Regex(_))),
+                Err(why) => tally.note(Why::Invalid(why), number, line),
             }
-            Outcome::Rejected(why) => tally.note(Why::Invalid(why), index + 1, line),
-            Outcome::Unsupported(why) => tally.note(Why::Unsupported(why), index + 1, line),
         });
     }
     tally.finish()
 }
 
-fn is_comment(line: &str) -> bool {
-    line.is_empty() || line.starts_with('#') || line.starts_with('!') || line.starts_with('[')
+/// A comment or blank line; a regex list has only `#` comments.
+fn is_comment(line: &str, format: Option<ListFormat>) -> bool {
+    let marks: &[char] = match format {
+        Some(ListFormat::Regex) => &['#'],
+        _ => &['#', '!', '['],
+    };
+    line.is_empty() || line.starts_with(marks)
 }
 
 /// The scope a source's `match` gives a rule; `*.name` rules keep theirs.
@@ -218,6 +261,8 @@ impl Tally {
                 format,
                 blocked: 0,
                 allowed: 0,
+                rewritten: 0,
+                regexes: 0,
                 rejected: 0,
                 unsupported: 0,
                 notes: Vec::new(),
@@ -226,10 +271,12 @@ impl Tally {
         }
     }
 
-    fn rule(&mut self, action: Action) {
+    fn rule(&mut self, action: Action, regex: bool) {
+        self.counts.regexes += usize::from(regex);
         match action {
             Action::Block => self.counts.blocked += 1,
             Action::Allow => self.counts.allowed += 1,
+            Action::Answer(_) => self.counts.rewritten += 1,
         }
     }
 
@@ -283,12 +330,15 @@ enum Shape {
     Domain,
     Adblock,
     Dnsmasq,
+    Regex,
 }
 
 fn shape(line: &str) -> Shape {
     let first = line.split_whitespace().next().unwrap_or("");
     if is_dnsmasq_option(line) {
         Shape::Dnsmasq
+    } else if is_pihole_regex(line) {
+        Shape::Regex
     } else if line.starts_with("||")
         || line.starts_with('|')
         || line.starts_with("@@")
@@ -305,6 +355,28 @@ fn shape(line: &str) -> Shape {
     }
 }
 
+/// A line as Pi-hole regex lists write them: no white space, not an
+/// Adblock rule (`|`, `@@`, `/` first, a `^` separator, a `$` before
+/// modifiers), anchored (`^`, `$`) or with regex syntax (`\.`, `.*`,
+/// groups, classes), options (`;querytype=`) aside.
+fn is_pihole_regex(line: &str) -> bool {
+    let regex = line.split(';').next().unwrap_or(line);
+    let separator = regex
+        .char_indices()
+        .any(|(at, c)| c == '^' && at > 0 && !regex[..at].ends_with(['(', '|', '[']));
+    let modifiers = regex
+        .match_indices('$')
+        .any(|(at, _)| !matches!(regex[at + 1..].chars().next(), None | Some('|' | ')')));
+    let adblock = regex.starts_with(['|', '@', '/']) || separator || modifiers;
+    !adblock
+        && !regex.contains(|c: char| c.is_whitespace() || c == '/' || c == '#')
+        && (regex.starts_with('^')
+            || regex.ends_with('$')
+            || regex.contains("\\.")
+            || regex.contains(".*")
+            || regex.contains(['(', '[', '+', '?', '{']))
+}
+
 /// `key=value` with a lower-case key: how every dnsmasq option is written.
 fn is_dnsmasq_option(line: &str) -> bool {
     line.split_once('=').is_some_and(|(key, _)| {
@@ -317,8 +389,11 @@ fn is_dnsmasq_option(line: &str) -> bool {
 
 /// The format most of the first lines are written in.
 fn detect(text: &str) -> ListFormat {
-    let mut votes = [0usize; 4];
-    let lines = text.lines().map(str::trim).filter(|line| !is_comment(line));
+    let mut votes = [0usize; 5];
+    let lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !is_comment(line, None));
     for line in lines.take(DETECT_LINES) {
         votes[shape(line) as usize] += 1;
     }
@@ -328,6 +403,7 @@ fn detect(text: &str) -> ListFormat {
         (Shape::Domain, ListFormat::Domains),
         (Shape::Hosts, ListFormat::Hosts),
         (Shape::Dnsmasq, ListFormat::Dnsmasq),
+        (Shape::Regex, ListFormat::Regex),
     ]
     .into_iter()
     .rev()
@@ -337,13 +413,15 @@ fn detect(text: &str) -> ListFormat {
 
 /// Whether a source configured as `format` takes lines of `shape`. As in
 /// AdGuard Home, Adblock-style lists take hosts and domain lines too, and a
-/// domain list's line that is not a name is read as an Adblock rule.
+/// domain list's line that is not a name is read as an Adblock rule. A
+/// regex list reads every line as a regex.
 fn takes(format: ListFormat, shape: Shape) -> bool {
     match format {
         ListFormat::Hosts => shape == Shape::Hosts,
         ListFormat::Domains => matches!(shape, Shape::Domain | Shape::Adblock),
-        ListFormat::Adblock => shape != Shape::Dnsmasq,
+        ListFormat::Adblock => !matches!(shape, Shape::Dnsmasq | Shape::Regex),
         ListFormat::Dnsmasq => shape == Shape::Dnsmasq,
+        ListFormat::Regex => true,
     }
 }
 
@@ -353,6 +431,7 @@ fn read_line(line: &str, format: Option<ListFormat>, emit: &mut dyn FnMut(Outcom
     }
     let shape = shape(line);
     match format {
+        Some(ListFormat::Regex) => emit(regex_outcome(regex::pihole_line(line))),
         Some(format) if !takes(format, shape) => {
             emit(Outcome::Rejected(Invalid::OtherSyntax(format)));
         }
@@ -361,6 +440,7 @@ fn read_line(line: &str, format: Option<ListFormat>, emit: &mut dyn FnMut(Outcom
             Shape::Domain => emit(domain_line(line)),
             Shape::Adblock => emit(adblock_rule(line)),
             Shape::Dnsmasq => dnsmasq_line(line, emit),
+            Shape::Regex => emit(regex_outcome(regex::pihole_line(line))),
         },
     }
 }
@@ -382,8 +462,13 @@ fn hosts_line(line: &str, emit: &mut dyn FnMut(Outcome)) {
         }
         emit(match listed_name(name) {
             Err(outcome) => outcome,
-            Ok(name) if is_blocking(address) => Outcome::Rule(block(Scope::Exact), name),
-            Ok(_) => Outcome::Unsupported(Unsupported::Rewrite),
+            Ok(name) => Outcome::Rule(
+                Rule {
+                    action: meaning(address),
+                    scope: Scope::Exact,
+                },
+                name,
+            ),
         });
     }
     if names == 0 {
@@ -429,15 +514,17 @@ fn adblock_rule(line: &str) -> Outcome {
         Some(rule) => (Action::Allow, rule),
         None => (Action::Block, rule),
     };
-    if rule.len() > 1 && rule.starts_with('/') && (rule.ends_with('/') || rule.contains("/$")) {
-        return Outcome::Unsupported(Unsupported::Regex);
-    }
-    let (pattern, modifiers) = match rule.split_once('$') {
-        Some((pattern, modifiers)) => (pattern, Some(modifiers)),
-        None => (rule, None),
+    let regex = adguard_regex(rule);
+    let (pattern, modifiers) = match (regex, rule.split_once('$')) {
+        (Some((regex, modifiers)), _) => (regex, modifiers),
+        (None, Some((pattern, modifiers))) => (pattern, Some(modifiers)),
+        (None, None) => (rule, None),
     };
     if let Some(why) = modifiers.and_then(unsupported_modifier) {
         return Outcome::Unsupported(why);
+    }
+    if regex.is_some() {
+        return Outcome::Regex(regex::adguard_rule(action, line, pattern));
     }
     if pattern.contains('#') || pattern.contains('/') {
         return Outcome::Unsupported(Unsupported::NotDns);
@@ -450,6 +537,27 @@ fn adblock_rule(line: &str) -> Outcome {
     match listed_name(name) {
         Ok(name) => Outcome::Rule(Rule { action, scope }, name),
         Err(outcome) => outcome,
+    }
+}
+
+/// An AdGuard `/regex/[$modifiers]` rule's regex and modifiers.
+fn adguard_regex(rule: &str) -> Option<(&str, Option<&str>)> {
+    let inner = rule.strip_prefix('/')?;
+    let end = inner.rfind('/')?;
+    let (regex, rest) = (&inner[..end], &inner[end + 1..]);
+    let modifiers = match rest {
+        "" => None,
+        _ => Some(rest.strip_prefix('$')?),
+    };
+    (!regex.is_empty()).then_some((regex, modifiers))
+}
+
+/// What a read regex line gives.
+fn regex_outcome(read: Result<RegexRule, regex::Why>) -> Outcome {
+    match read {
+        Ok(rule) => Outcome::Regex(rule),
+        Err(regex::Why::Invalid(why)) => Outcome::Rejected(why),
+        Err(regex::Why::Unsupported(why)) => Outcome::Unsupported(why),
     }
 }
 
@@ -504,10 +612,9 @@ fn dnsmasq_line(line: &str, emit: &mut dyn FnMut(Outcome)) {
     };
     let target = target.trim();
     let meaning = match (key, target) {
-        (_, "") | ("address", "#") => Ok(()),
+        (_, "") | ("address", "#") => Ok(Action::Block),
         ("address", address) => match address.parse::<IpAddr>() {
-            Ok(address) if is_blocking(address) => Ok(()),
-            Ok(_) => Err(Outcome::Unsupported(Unsupported::Rewrite)),
+            Ok(address) => Ok(meaning(address)),
             Err(_) => Err(Outcome::Rejected(Invalid::BadDnsmasq)),
         },
         ("server", _) => Err(Outcome::Unsupported(Unsupported::Forwarding)),
@@ -519,9 +626,15 @@ fn dnsmasq_line(line: &str, emit: &mut dyn FnMut(Outcome)) {
         any = true;
         emit(match (&meaning, name) {
             (Err(outcome), _) => outcome.clone(),
-            (Ok(()), "#") => Outcome::Unsupported(Unsupported::Wildcard),
-            (Ok(()), name) => match listed_name(name) {
-                Ok(name) => Outcome::Rule(block(Scope::Subtree), name),
+            (Ok(_), "#") => Outcome::Unsupported(Unsupported::Wildcard),
+            (&Ok(action), name) => match listed_name(name) {
+                Ok(name) => Outcome::Rule(
+                    Rule {
+                        action,
+                        scope: Scope::Subtree,
+                    },
+                    name,
+                ),
                 Err(outcome) => outcome,
             },
         });
@@ -559,10 +672,15 @@ fn is_address(text: &str) -> bool {
                 .all(|byte| byte.is_ascii_digit() || byte == b'.'))
 }
 
-/// Addresses that mean "block" in a hosts or dnsmasq line: unspecified
-/// (`0.0.0.0`, `::`) and loopback (`127.0.0.1` and alike, `::1`).
-fn is_blocking(address: IpAddr) -> bool {
-    address.is_unspecified() || address.is_loopback()
+/// What a hosts or dnsmasq line's address means: unspecified (`0.0.0.0`,
+/// `::`) and loopback (`127.0.0.1` and alike, `::1`) block, any other is
+/// the answer (as AdGuard Home reads hosts lines).
+fn meaning(address: IpAddr) -> Action {
+    if address.is_unspecified() || address.is_loopback() {
+        Action::Block
+    } else {
+        Action::Answer(address)
+    }
 }
 
 /// Lower-cases and checks a name; an internationalized name becomes its

@@ -9,51 +9,88 @@ use moat_plugin_abi::{RECORDS_HEADER_LEN, RECORDS_MAGIC, name_hash};
 
 use crate::config::{LocalRecord, RecordData, RecordName};
 
-/// Records by owner: exact names and wildcard suffixes apart.
+/// Records by owner: exact names and wildcard suffixes apart, each with
+/// the origin number of the rule that gave its first record.
 #[derive(Debug, Default)]
-struct Owners {
-    exact: BTreeMap<String, Vec<u8>>,
-    wildcard: BTreeMap<String, Vec<u8>>,
+pub(super) struct Owners {
+    exact: BTreeMap<String, (Vec<u8>, u16)>,
+    wildcard: BTreeMap<String, (Vec<u8>, u16)>,
 }
 
 /// Encodes the local records (and their PTRs when `auto_ptr`) as plugin data.
 pub(super) fn encode(records: &[LocalRecord], auto_ptr: bool) -> Vec<u8> {
     let mut owners = Owners::default();
     for record in records {
-        let owner = if record.name.subdomains {
-            &mut owners.wildcard
-        } else {
-            &mut owners.exact
-        };
-        push_record(
-            owner.entry(record.name.name.clone()).or_default(),
-            type_code(&record.data),
-            record.ttl,
-            &rdata(&record.data),
+        let name = &record.name;
+        owners.push(
+            &name.name,
+            name.subdomains,
+            (type_code(&record.data), record.ttl, &rdata(&record.data)),
+            0,
         );
         let address = match record.data {
             RecordData::A(v4) => IpAddr::V4(v4),
             RecordData::Aaaa(v6) => IpAddr::V6(v6),
             _ => continue,
         };
-        if auto_ptr && !record.name.subdomains {
-            let pointer = owners.exact.entry(reverse_name(address)).or_default();
-            push_record(pointer, 12, record.ttl, &wire_name(&record.name.name));
+        if auto_ptr && !name.subdomains {
+            let pointer = (12, record.ttl, &wire_name(&name.name)[..]);
+            owners.push(&reverse_name(address), false, pointer, 0);
         }
     }
-    owners.encode()
+    owners.encode().0
+}
+
+/// A record without its owner: type, TTL, RDATA.
+pub(super) type Record<'a> = (u16, u32, &'a [u8]);
+
+/// The A or AAAA record answering `address`.
+pub(super) fn address_record(address: &IpAddr, ttl: u32) -> (u16, u32, Vec<u8>) {
+    match address {
+        IpAddr::V4(v4) => (1, ttl, v4.octets().to_vec()),
+        IpAddr::V6(v6) => (28, ttl, v6.octets().to_vec()),
+    }
 }
 
 impl Owners {
-    fn encode(&self) -> Vec<u8> {
+    /// Adds a record of `name` (of the names below it when `wildcard`),
+    /// unless the owner has it already.
+    pub(super) fn push(&mut self, name: &str, wildcard: bool, record: Record<'_>, origin: u16) {
+        let owners = if wildcard {
+            &mut self.wildcard
+        } else {
+            &mut self.exact
+        };
+        let (records, _) = owners
+            .entry(name.to_owned())
+            .or_insert_with(|| (Vec::new(), origin));
+        let mut encoded = Vec::with_capacity(8 + record.2.len());
+        push_record(&mut encoded, record);
+        if !holds(records, &encoded) {
+            records.extend_from_slice(&encoded);
+        }
+    }
+
+    /// Owners with records.
+    pub(super) fn len(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
+    }
+
+    /// The records data, and each index entry's origin, in index order.
+    pub(super) fn encode(&self) -> (Vec<u8>, Vec<u16>) {
         let mut records = Vec::new();
-        let mut index = |owners: &BTreeMap<String, Vec<u8>>| {
-            let mut entries: Vec<(u64, u32, u32)> = owners
+        let mut index = |owners: &BTreeMap<String, (Vec<u8>, u16)>| {
+            let mut entries: Vec<(u64, u32, u32, u16)> = owners
                 .iter()
-                .map(|(name, data)| {
+                .map(|(name, (data, origin))| {
                     let offset = records.len() as u32;
                     records.extend_from_slice(data);
-                    (name_hash(name.as_bytes()), offset, data.len() as u32)
+                    (
+                        name_hash(name.as_bytes()),
+                        offset,
+                        data.len() as u32,
+                        *origin,
+                    )
                 })
                 .collect();
             entries.sort_unstable();
@@ -68,17 +105,31 @@ impl Owners {
         for count in [exact.len(), wildcard.len(), records.len()] {
             data.extend_from_slice(&(count as u32).to_le_bytes());
         }
-        for (hash, offset, len) in exact.iter().chain(&wildcard) {
+        for (hash, offset, len, _) in exact.iter().chain(&wildcard) {
             data.extend_from_slice(&hash.to_le_bytes());
             data.extend_from_slice(&offset.to_le_bytes());
             data.extend_from_slice(&len.to_le_bytes());
         }
         data.extend_from_slice(&records);
-        data
+        let origins = exact.iter().chain(&wildcard).map(|entry| entry.3).collect();
+        (data, origins)
     }
 }
 
-fn push_record(into: &mut Vec<u8>, kind: u16, ttl: u32, rdata: &[u8]) {
+/// Whether `records` (an owner's, one after another) hold `record`.
+fn holds(records: &[u8], record: &[u8]) -> bool {
+    let mut at = 0;
+    while at + 8 <= records.len() {
+        let end = at + 8 + usize::from(u16::from_be_bytes([records[at + 6], records[at + 7]]));
+        if records.get(at..end) == Some(record) {
+            return true;
+        }
+        at = end;
+    }
+    false
+}
+
+fn push_record(into: &mut Vec<u8>, (kind, ttl, rdata): Record<'_>) {
     into.extend_from_slice(&kind.to_be_bytes());
     into.extend_from_slice(&ttl.to_be_bytes());
     into.extend_from_slice(&(rdata.len() as u16).to_be_bytes());

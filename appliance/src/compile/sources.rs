@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::config::{BlocklistSource, Config, SourceLocation};
 use crate::store::{Access, DataDir, StoreError};
 
-use super::parse::{ListCounts, Rule, parse_list};
+use super::parse::{Invalid, ListCounts, Listed, parse_list};
 
 /// What one source gave, for the summary.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -39,7 +39,7 @@ pub struct SourceError {
 pub(super) fn load(
     source: &BlocklistSource,
     data: &DataDir,
-    visit: &mut dyn FnMut(Rule, &str),
+    visit: &mut dyn FnMut(Listed<'_>, usize) -> Result<(), Invalid>,
 ) -> Result<SourceReport, SourceError> {
     let name = source.source.to_string();
     let copy = copy_name(&name);
@@ -355,7 +355,10 @@ mod tests {
             matching: None,
             refresh: std::time::Duration::from_secs(60),
         };
-        let good = load(&source(dir.join("lists/good.txt")), &data, &mut |_, _| {}).unwrap();
+        let good = load(&source(dir.join("lists/good.txt")), &data, &mut |_, _| {
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(good.lines.blocked, 1);
         let copy = data.path(&copy_name(
             &dir.join("lists/good.txt").display().to_string(),
@@ -368,7 +371,7 @@ mod tests {
             dir.join("lists/../elsewhere/secret.txt"),
             PathBuf::from("/etc/passwd"),
         ] {
-            let err = load(&source(refused.clone()), &data, &mut |_, _| {}).unwrap_err();
+            let err = load(&source(refused.clone()), &data, &mut |_, _| Ok(())).unwrap_err();
             assert!(
                 err.to_string().contains("outside the directories"),
                 "{}: {err}",

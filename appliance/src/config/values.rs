@@ -185,6 +185,9 @@ pub enum ListFormat {
     Adblock,
     /// dnsmasq `address=`, `local=` and `server=` lines.
     Dnsmasq,
+    /// A Pi-hole regex list: one POSIX extended regex a line, with its
+    /// `;querytype=` and `;invert` options.
+    Regex,
 }
 
 impl fmt::Display for ListFormat {
@@ -194,6 +197,7 @@ impl fmt::Display for ListFormat {
             Self::Domains => "domains",
             Self::Adblock => "adblock",
             Self::Dnsmasq => "dnsmasq",
+            Self::Regex => "regex",
         })
     }
 }

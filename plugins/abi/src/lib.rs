@@ -434,6 +434,10 @@ pub enum RuleKind {
     /// A rule of a configured plugin (`[[policy.plugins]]`): the pattern
     /// and origin are the plugin's to choose.
     Plugin = 10,
+    /// A list's regex rule that blocks (the pattern is the rule as written).
+    BlockRegex = 11,
+    /// A list's regex exception.
+    AllowRegex = 12,
 }
 
 impl RuleKind {
@@ -451,6 +455,8 @@ impl RuleKind {
             8 => Self::AllowBelow,
             9 => Self::BlockBelow,
             10 => Self::Plugin,
+            11 => Self::BlockRegex,
+            12 => Self::AllowRegex,
             _ => return None,
         })
     }
@@ -559,8 +565,146 @@ pub const RECORDS_INDEX_ENTRY: usize = 16;
 /// The CNAME record type, which answers every query type.
 pub const TYPE_CNAME: u16 = 5;
 
+/// Records data in the form of [`RECORDS_HEADER_LEN`]'s doc, read in place:
+/// the local-records plugin's data, and the blocklist's rewrites.
+#[derive(Debug, Clone, Copy)]
+pub struct Records<'a> {
+    exact: &'a [u8],
+    wildcard: &'a [u8],
+    records: &'a [u8],
+}
+
+/// The owner [`Records::find`] found for a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner<'a> {
+    /// The owner's records.
+    pub records: &'a [u8],
+    /// Where in the asked name the owner starts: 0 for the name itself,
+    /// else the wildcard's suffix.
+    pub start: usize,
+    /// The owner's index entry: exact names first, then wildcards.
+    pub entry: usize,
+}
+
+impl<'a> Records<'a> {
+    /// The records data at the start of `bytes` (checking the magic), and
+    /// the bytes after it.
+    pub fn parse(bytes: &'a [u8]) -> Option<(Self, &'a [u8])> {
+        let header = bytes.get(..RECORDS_HEADER_LEN)?;
+        if header[..8] != RECORDS_MAGIC {
+            return None;
+        }
+        let field = |at: usize| {
+            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+                as usize
+        };
+        let exact_len = field(8) * RECORDS_INDEX_ENTRY;
+        let wildcard_len = field(12) * RECORDS_INDEX_ENTRY;
+        let rest = &bytes[RECORDS_HEADER_LEN..];
+        let (exact, rest) = rest.split_at_checked(exact_len)?;
+        let (wildcard, rest) = rest.split_at_checked(wildcard_len)?;
+        let (records, rest) = rest.split_at_checked(field(16))?;
+        Some((
+            Self {
+                exact,
+                wildcard,
+                records,
+            },
+            rest,
+        ))
+    }
+
+    /// Index entries, exact names and wildcards together.
+    pub fn entries(&self) -> usize {
+        (self.exact.len() + self.wildcard.len()) / RECORDS_INDEX_ENTRY
+    }
+
+    /// The records of `name`, or of the longest wildcard suffix covering
+    /// it (`*.lan` covers `a.lan`, not `lan`).
+    pub fn find(&self, name: &[u8]) -> Option<Owner<'a>> {
+        let mut hash = FNV_OFFSET;
+        let mut best = None;
+        for index in (0..name.len()).rev() {
+            hash = fnv_step(hash, name[index]);
+            if index == 0 {
+                if let Some(found) = lookup(self.exact, hash) {
+                    return Some(self.owner(found, 0, 0));
+                }
+            } else if name[index - 1] == b'.'
+                && let Some(found) = lookup(self.wildcard, hash)
+            {
+                // Suffixes come shortest first: a longer match replaces it.
+                best = Some((found, index));
+            }
+        }
+        let exact_count = self.exact.len() / RECORDS_INDEX_ENTRY;
+        best.map(|(found, start)| self.owner(found, start, exact_count))
+    }
+
+    fn owner(
+        &self,
+        (entry, offset, len): (usize, usize, usize),
+        start: usize,
+        base: usize,
+    ) -> Owner<'a> {
+        Owner {
+            records: self.records.get(offset..offset + len).unwrap_or(&[]),
+            start,
+            entry: base + entry,
+        }
+    }
+}
+
+/// The entry, offset and length for `hash` in a sorted records index.
+fn lookup(index: &[u8], hash: u64) -> Option<(usize, usize, usize)> {
+    let (mut low, mut high) = (0usize, index.len() / RECORDS_INDEX_ENTRY);
+    while low < high {
+        let middle = (low + high) / 2;
+        let entry = &index[middle * RECORDS_INDEX_ENTRY..(middle + 1) * RECORDS_INDEX_ENTRY];
+        let word = |at: usize| {
+            u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]])
+        };
+        let value = u64::from(word(0)) | (u64::from(word(4)) << 32);
+        if value == hash {
+            return Some((middle, word(8) as usize, word(12) as usize));
+        }
+        if value < hash {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    None
+}
+
+/// Writes the answer for `qtype` from an owner's records into `answer`: the
+/// records of that type (or CNAME), as many as fit. None is NODATA.
+pub fn write_answer(records: &[u8], qtype: u16, answer: &mut [u8]) {
+    if answer.len() < 2 {
+        return;
+    }
+    let mut count: u16 = 0;
+    let mut out = 2;
+    let mut at = 0;
+    while at + 8 <= records.len() {
+        let kind = u16::from_be_bytes([records[at], records[at + 1]]);
+        let rdlen = u16::from_be_bytes([records[at + 6], records[at + 7]]) as usize;
+        let end = at + 8 + rdlen;
+        if end > records.len() {
+            break;
+        }
+        if (kind == qtype || kind == TYPE_CNAME) && out + (end - at) <= answer.len() {
+            answer[out..out + (end - at)].copy_from_slice(&records[at..end]);
+            out += end - at;
+            count += 1;
+        }
+        at = end;
+    }
+    answer[..2].copy_from_slice(&count.to_be_bytes());
+}
+
 /// Magic at the start of blocklist data.
-pub const BLOCKLIST_MAGIC: [u8; 8] = *b"MOATBL03";
+pub const BLOCKLIST_MAGIC: [u8; 8] = *b"MOATBL04";
 
 /// The rule tables of a blocklist. Deny tables win over allow tables,
 /// allow tables over block tables. An exact table matches the name only,
@@ -591,8 +735,16 @@ pub enum Table {
 pub const TABLES: usize = 8;
 
 /// Layout of blocklist data at [`DATA_BASE`]: the magic, then per table the
-/// number of entries (u32 LE), then the tables one after the other, each a
-/// sorted array of u64 LE name hashes ([`name_hash`]).
+/// number of entries (u32 LE), then the bytes of the rewrites section and
+/// of the regex section (u32 LE each), then the tables one after the
+/// other, each a sorted array of u64 LE name hashes ([`name_hash`]).
+///
+/// Then the rewrites section: the names a list answers with an address
+/// (a hosts line `192.0.2.7 name`), as records data ([`Records`]), then
+/// each index entry's origin (u16 LE, an index into the origins below), in
+/// index order.
+///
+/// Then the regex section ([`RegexRules`]).
 ///
 /// Then, read only to explain ([`Origins`]): per table the origin base
 /// (u16 LE) and bits per entry (u8); per table the entries' origins packed
@@ -604,17 +756,22 @@ pub const TABLES: usize = 8;
 pub struct DataHeader {
     /// Entries per table.
     pub counts: [u32; TABLES],
+    /// Bytes of the rewrites section.
+    pub rewrites: u32,
+    /// Bytes of the regex section.
+    pub regexes: u32,
 }
 
 impl DataHeader {
     /// Bytes the header takes.
-    pub const LEN: usize = 8 + 4 * TABLES;
+    pub const LEN: usize = 8 + 4 * TABLES + 8;
 
     /// Encodes the header.
     pub fn encode(&self) -> [u8; Self::LEN] {
         let mut bytes = [0u8; Self::LEN];
         bytes[..8].copy_from_slice(&BLOCKLIST_MAGIC);
-        for (index, count) in self.counts.iter().enumerate() {
+        let sections = [&self.rewrites, &self.regexes];
+        for (index, count) in self.counts.iter().chain(sections).enumerate() {
             bytes[8 + index * 4..12 + index * 4].copy_from_slice(&count.to_le_bytes());
         }
         bytes
@@ -625,13 +782,119 @@ impl DataHeader {
         if bytes.len() < Self::LEN || bytes[..8] != BLOCKLIST_MAGIC {
             return None;
         }
-        let mut counts = [0u32; TABLES];
-        for (index, count) in counts.iter_mut().enumerate() {
+        let field = |index: usize| {
             let field = &bytes[8 + index * 4..12 + index * 4];
-            *count = u32::from_le_bytes([field[0], field[1], field[2], field[3]]);
-        }
-        Some(Self { counts })
+            u32::from_le_bytes([field[0], field[1], field[2], field[3]])
+        };
+        Some(Self {
+            counts: core::array::from_fn(field),
+            rewrites: field(TABLES),
+            regexes: field(TABLES + 1),
+        })
     }
+
+    /// Bytes of the hash tables.
+    pub fn tables_len(&self) -> usize {
+        self.counts.iter().map(|&count| count as usize * 8).sum()
+    }
+}
+
+/// Flag of a regex rule: an exception, not a block.
+pub const REGEX_ALLOW: u8 = 1;
+
+/// Flag of a regex rule: it covers the names its regex does not match.
+pub const REGEX_INVERT: u8 = 2;
+
+/// Flag of a regex rule: its listed query types are the ones it does not
+/// cover.
+pub const REGEX_EXCEPT_TYPES: u8 = 4;
+
+/// Most query types a regex rule lists.
+pub const REGEX_MAX_TYPES: usize = 8;
+
+/// The regex section of blocklist data: the number of rules (u32 LE), then
+/// per rule its flags (u8: [`REGEX_ALLOW`], [`REGEX_INVERT`],
+/// [`REGEX_EXCEPT_TYPES`]), the number of query types it lists (u8), its
+/// origin number (u16 LE), the types (u16 LE each; none listed: every
+/// type), the rule as written (u16 LE length, bytes), and its automaton: a
+/// `regex-automata` 0.4 sparse DFA, serialized little-endian (u32 LE
+/// length, bytes), matched anywhere in the name.
+#[derive(Debug, Clone, Copy)]
+pub struct RegexRules<'a> {
+    rest: &'a [u8],
+    left: u32,
+}
+
+/// One regex rule of a [`RegexRules`] section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegexRule<'a> {
+    /// [`REGEX_ALLOW`], [`REGEX_INVERT`], [`REGEX_EXCEPT_TYPES`].
+    pub flags: u8,
+    types: &'a [u8],
+    /// Its origin number (see [`Origins::numbered`]).
+    pub origin: u16,
+    /// The rule as its list writes it.
+    pub written: &'a [u8],
+    /// The serialized DFA.
+    pub dfa: &'a [u8],
+}
+
+impl<'a> RegexRules<'a> {
+    /// The rules of a section.
+    pub fn new(section: &'a [u8]) -> Self {
+        match section.split_at_checked(4) {
+            Some((count, rest)) => Self {
+                rest,
+                left: u32::from_le_bytes([count[0], count[1], count[2], count[3]]),
+            },
+            None => Self { rest: &[], left: 0 },
+        }
+    }
+}
+
+impl<'a> Iterator for RegexRules<'a> {
+    type Item = RegexRule<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.left = self.left.checked_sub(1)?;
+        let (&[flags, types, low, high], rest) = self.rest.split_first_chunk::<4>()?;
+        let (types, rest) = rest.split_at_checked(usize::from(types) * 2)?;
+        let (written, rest) = take_field(rest)?;
+        let (len, rest) = rest.split_first_chunk::<4>()?;
+        let (dfa, rest) = rest.split_at_checked(u32::from_le_bytes(*len) as usize)?;
+        self.rest = rest;
+        Some(RegexRule {
+            flags,
+            types,
+            origin: u16::from_le_bytes([low, high]),
+            written,
+            dfa,
+        })
+    }
+}
+
+impl RegexRule<'_> {
+    /// Whether the rule covers questions of type `qtype`.
+    pub fn covers(&self, qtype: u16) -> bool {
+        if self.types.is_empty() {
+            return true;
+        }
+        let listed = self
+            .types
+            .chunks_exact(2)
+            .any(|kind| u16::from_le_bytes([kind[0], kind[1]]) == qtype);
+        listed != (self.flags & REGEX_EXCEPT_TYPES != 0)
+    }
+}
+
+/// The origin of rewrite entry `entry` in the origins that follow a
+/// rewrites section's records data.
+pub fn rewrite_origin(origins: &[u8], entry: usize) -> Option<u16> {
+    let at = entry * 2;
+    Some(u16::from_le_bytes([
+        *origins.get(at)?,
+        *origins.get(at + 1)?,
+    ]))
 }
 
 /// Bytes of one table's entry in the origin header: base (u16) and bits (u8).
@@ -645,37 +908,28 @@ pub struct Origins<'a> {
 }
 
 impl<'a> Origins<'a> {
-    /// The section in `bytes` (which start right after the hash tables) of
-    /// tables with these entry counts.
+    /// The section in `bytes` (which start right after the rewrites
+    /// section) of tables with these entry counts.
     pub fn new(counts: [u32; TABLES], bytes: &'a [u8]) -> Self {
         Self { counts, bytes }
     }
 
     /// The origin of entry `entry` of `table`, if the data holds one.
     pub fn of(&self, table: Table, entry: usize) -> Option<&'a [u8]> {
-        let header = self.bytes.get(..TABLES * ORIGIN_HEADER_ENTRY)?;
-        let field = |table: usize| {
-            let at = table * ORIGIN_HEADER_ENTRY;
-            (
-                u16::from_le_bytes([header[at], header[at + 1]]),
-                u32::from(header[at + 2]),
-            )
-        };
-        let mut at = header.len();
-        for earlier in 0..table as usize {
-            at += packed_len(self.counts[earlier], field(earlier).1);
-        }
-        let (base, bits) = field(table as usize);
+        let (base, bits) = self.field(table as usize)?;
+        let at = self.packed_start(table as usize)?;
         let mut value: u32 = 0;
         for bit in 0..bits {
             let position = entry as u64 * u64::from(bits) + u64::from(bit);
             let byte = *self.bytes.get(at + (position / 8) as usize)?;
             value |= u32::from((byte >> (position % 8)) & 1) << bit;
         }
-        for table in table as usize..TABLES {
-            at += packed_len(self.counts[table], field(table).1);
-        }
-        let wanted = u32::from(base) + value;
+        self.numbered(u32::from(base) + value)
+    }
+
+    /// Origin number `wanted` (a rewrite's, see [`rewrite_origin`]).
+    pub fn numbered(&self, wanted: u32) -> Option<&'a [u8]> {
+        let at = self.packed_start(TABLES)?;
         let count = u16::from_le_bytes([*self.bytes.get(at)?, *self.bytes.get(at + 1)?]);
         let mut rest = self.bytes.get(at + 2..)?;
         for index in 0..u32::from(count) {
@@ -686,6 +940,26 @@ impl<'a> Origins<'a> {
             rest = after;
         }
         None
+    }
+
+    /// The origin base and bits of `table`.
+    fn field(&self, table: usize) -> Option<(u16, u32)> {
+        let at = table * ORIGIN_HEADER_ENTRY;
+        let field = self.bytes.get(at..at + ORIGIN_HEADER_ENTRY)?;
+        Some((
+            u16::from_le_bytes([field[0], field[1]]),
+            u32::from(field[2]),
+        ))
+    }
+
+    /// Where the packed origins of `table` start (of `TABLES`: where the
+    /// origin names start).
+    fn packed_start(&self, table: usize) -> Option<usize> {
+        let mut at = TABLES * ORIGIN_HEADER_ENTRY;
+        for earlier in 0..table {
+            at += packed_len(self.counts[earlier], self.field(earlier)?.1);
+        }
+        Some(at)
     }
 }
 

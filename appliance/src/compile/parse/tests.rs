@@ -7,8 +7,23 @@ fn read(
     matching: Option<ListMatch>,
 ) -> (ListCounts, Vec<(Action, Scope, String)>) {
     let mut rules = Vec::new();
-    let counts = parse_list(text, format, matching, &mut |rule, name| {
-        rules.push((rule.action, rule.scope, name.to_owned()));
+    let counts = parse_list(text, format, matching, &mut |listed, _| {
+        if let Listed::Name(rule, name) = listed {
+            rules.push((rule.action, rule.scope, name.to_owned()));
+        }
+        Ok(())
+    });
+    (counts, rules)
+}
+
+/// Every regex rule a text gives, with its line, and the counts.
+fn read_regexes(text: &str, format: Option<ListFormat>) -> (ListCounts, Vec<(usize, RegexRule)>) {
+    let mut rules = Vec::new();
+    let counts = parse_list(text, format, None, &mut |listed, line| {
+        if let Listed::Regex(rule) = listed {
+            rules.push((line, rule.clone()));
+        }
+        Ok(())
     });
     (counts, rules)
 }
@@ -43,23 +58,38 @@ use NoteKind::{Rejected, Unsupported as Unapplied};
 fn hosts_lines_block_names_exactly() {
     let (counts, rules) = read(include_str!("../fixtures/hosts.txt"), None, None);
     assert_eq!(counts.format, ListFormat::Hosts, "detected");
+    let answer = |address: &str, name: &str| {
+        let action = Action::Answer(address.parse().unwrap());
+        (action, Scope::Exact, name.to_owned())
+    };
+    let mut expected = blocks(
+        Scope::Exact,
+        &[
+            "ads.example",
+            "tracker.example",
+            "metrics.example",
+            "null6.example",
+            "loop6.example",
+        ],
+    );
+    expected.insert(5, answer("192.0.2.7", "rewrite.example"));
+    expected.extend([
+        answer("1.2.3.4", "rewritten.test"),
+        answer("2001:db8::7", "rewrite6.example"),
+        answer("192.0.2.8", "rewrite.example"),
+    ]);
     assert_eq!(
-        rules,
-        blocks(
-            Scope::Exact,
-            &[
-                "ads.example",
-                "tracker.example",
-                "metrics.example",
-                "null6.example",
-                "loop6.example"
-            ]
-        ),
-        "inline comments stripped, every null and loopback address blocks"
+        rules, expected,
+        "inline comments stripped, every null and loopback address blocks, any other answers"
     );
     assert_eq!(
-        (counts.blocked, counts.rejected, counts.unsupported),
-        (5, 1, 4)
+        (
+            counts.blocked,
+            counts.rewritten,
+            counts.rejected,
+            counts.unsupported
+        ),
+        (5, 4, 1, 3)
     );
     assert_eq!(
         notes(&counts),
@@ -77,13 +107,6 @@ fn hosts_lines_block_names_exactly() {
                 1,
                 8,
                 "0.0.0.0 192.0.2.1"
-            ),
-            (
-                Unapplied,
-                "rewrite to an address (not yet supported)",
-                1,
-                9,
-                "192.0.2.7 rewrite.example"
             ),
             (
                 Rejected,
@@ -148,8 +171,10 @@ fn adblock_rules_by_anchor_with_exceptions_and_modifiers() {
             counts.rejected,
             counts.unsupported
         ),
-        (8, 2, 1, 9)
+        (9, 2, 1, 8),
+        "the /regex/ rule is a block"
     );
+    assert_eq!(counts.regexes, 1);
     assert_eq!(
         notes(&counts),
         [
@@ -180,13 +205,6 @@ fn adblock_rules_by_anchor_with_exceptions_and_modifiers() {
                 1,
                 16,
                 "||script.example^$third-party"
-            ),
-            (
-                Unapplied,
-                "regex rule (not yet supported)",
-                1,
-                17,
-                "/^ad[0-9]+\\.example$/"
             ),
             (
                 Unapplied,
@@ -233,17 +251,18 @@ fn dnsmasq_lines_block_subtrees() {
                 "dm-server-empty.example"
             ]
         )
+        .into_iter()
+        .chain([(
+            Action::Answer("192.0.2.5".parse().unwrap()),
+            Scope::Subtree,
+            "dm-rewrite.example".to_owned()
+        )])
+        .collect::<Vec<_>>(),
+        "address=/name/IP answers the subtree with IP"
     );
     assert_eq!(
         notes(&counts),
         [
-            (
-                Unapplied,
-                "rewrite to an address (not yet supported)",
-                1,
-                9,
-                "address=/dm-rewrite.example/192.0.2.5"
-            ),
             (
                 Unapplied,
                 "forwarding (server=), not blocking",
@@ -343,4 +362,50 @@ fn comments_blank_lines_and_a_byte_order_mark_count_as_nothing() {
     );
     assert_eq!(rules, blocks(Scope::Exact, &["ads.example"]));
     assert_eq!((counts.rejected, counts.unsupported), (0, 0));
+}
+
+#[test]
+fn pihole_regex_lists_are_detected_and_read_line_by_line() {
+    let (counts, rules) = read_regexes(include_str!("../fixtures/regex.txt"), None);
+    assert_eq!(counts.format, ListFormat::Regex, "detected");
+    let lines: Vec<usize> = rules.iter().map(|(line, _)| *line).collect();
+    assert_eq!(
+        lines,
+        [2, 3, 4, 5, 6, 8, 10],
+        "every line but the unsupported"
+    );
+    assert_eq!(rules[1].1.pattern, "^ad[[:digit:]]+\\.");
+    assert_eq!(rules[3].1.types.listed, [28]);
+    assert!(rules[4].1.types.except);
+    assert_eq!(
+        notes(&counts),
+        [
+            (
+                Unapplied,
+                "collating element or equivalence class in a regex",
+                1,
+                7,
+                "[[.a.]]x"
+            ),
+            (
+                Unapplied,
+                "Pi-hole ;reply= option (not yet supported)",
+                1,
+                9,
+                "^ok\\.example$;reply=nxdomain"
+            ),
+        ]
+    );
+    let (counts, rules) = read_regexes("doubleclick.net\n[0-9]ads\\.\n", Some(ListFormat::Regex));
+    assert_eq!(
+        (counts.blocked, counts.regexes, rules.len()),
+        (2, 2, 2),
+        "a configured regex list reads every line as a regex, `[` too"
+    );
+    let (counts, _) = read_regexes("doubleclick.net\nads.example\n^ad[0-9]\\.\n", None);
+    assert_eq!(
+        counts.format,
+        ListFormat::Domains,
+        "mostly names: a domains list"
+    );
 }
