@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use moat::clock;
 use moat_system_tests::attack::{Peaks, connect_from, http_exchange, rss_kib};
-use moat_system_tests::{Credentials, MoatProcess, RawApi};
+use moat_system_tests::{Credentials, RawApi};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
