@@ -160,9 +160,7 @@ pub(crate) fn serve(
         addr.to_string().as_bytes(),
         Access::Public,
     )?;
-    let names = Arc::new(origin::Names::of(
-        &daemon.config().instance.name.to_string(),
-    ));
+    let names = Arc::new(origin::Names::of(daemon.config().instance.name.as_ref()));
     let app = router(AppState { daemon, auth }).layer(middleware::from_fn_with_state(
         Arc::clone(&names),
         check_host,
