@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use moat::sync::identity::Identity;
 use moat::sync::tls;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::{query_message, tcp_exchange};
 use crate::moat::Scratch;
@@ -176,6 +176,26 @@ pub async fn connect_from(source: IpAddr, server: SocketAddr) -> std::io::Result
     };
     socket.bind(SocketAddr::new(source, 0))?;
     socket.connect(server).await
+}
+
+/// One HTTP/1.1 exchange over a fresh connection from `source`: the status
+/// and the answer (as much as arrived before the server closed), or `None`
+/// when no answer came.
+pub async fn http_exchange(
+    to: SocketAddr,
+    source: IpAddr,
+    request: &[u8],
+) -> Option<(u16, String)> {
+    let mut stream = connect_from(source, to).await.ok()?;
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(read @ 1..) = stream.read(&mut chunk).await {
+        answer.extend_from_slice(&chunk[..read]);
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text))
 }
 
 /// What a flood sent and got back.

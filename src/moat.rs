@@ -212,6 +212,26 @@ impl MoatProcess {
         ControlClient::for_config(&config).map_err(|err| err.to_string())
     }
 
+    /// The address its plain control endpoint bound, from
+    /// `<data_dir>/control.addr`.
+    pub fn control_addr(&self) -> SocketAddr {
+        std::fs::read_to_string(self.dir.0.join("data/control.addr"))
+            .expect("control.addr of a running moat")
+            .trim()
+            .parse()
+            .expect("a control address")
+    }
+
+    /// The setup code the first admin password needs, from its data
+    /// directory (the daemon made it at start).
+    pub fn setup_code(&self) -> String {
+        let file = self.dir.0.join("data/setup-code");
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|err| panic!("{}: {err}; log:\n{}", file.display(), self.log()))
+            .trim()
+            .to_owned()
+    }
+
     /// A control client for this running instance with `credentials`.
     pub fn api(&self, credentials: Credentials) -> ControlClient {
         self.control()

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use moat::compile::{compile_policy, rule_line, source_dirs};
 use moat::config::{Config, PluginPlace};
-use moat::control::{ClientError, ControlClient, LogQuery};
+use moat::control::{ClientError, ControlClient, Credentials, LogQuery};
 use moat::daemon::{App, ConfigSource, join_offline};
 use moat::policy::{Decision, Policy, PolicyEngine, Question, Ruling, WasmPolicy};
 use moat::store::{Access, DataDir};
@@ -191,12 +191,23 @@ enum PolicyCommand {
     },
 }
 
-/// Which running appliance a command talks to.
+/// Which running appliance a command talks to: the one of `--config` on
+/// this machine, or a remote one at `--url`.
 #[derive(clap::Args)]
 struct Target {
     /// The configuration the daemon runs with (to find its data directory).
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// A remote appliance's control plane, https://HOST[:PORT].
+    #[arg(long, env = "MOAT_URL", requires_all = ["token", "fingerprint"])]
+    url: Option<String>,
+    /// The remote appliance's control token (its data directory's control.token).
+    #[arg(long, env = "MOAT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The SHA-256 fingerprint of the remote appliance's HTTPS certificate
+    /// (hex, colons allowed), as its console and status show it.
+    #[arg(long, env = "MOAT_FINGERPRINT")]
+    fingerprint: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -312,20 +323,27 @@ async fn dispatch(command: Command) -> Result<()> {
     }
 }
 
-/// Pairs through the running daemon, or directly when it is not running.
+/// Pairs through the running daemon (a remote one with `--url`), or
+/// directly when it is not running.
 async fn join(address: Option<&str>, code: &str, target: &Target) -> Result<()> {
-    let config = match &target.config {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded(),
-    };
-    let pin = match ControlClient::for_config(&config) {
-        Ok(client) => match client.join(address, code).await {
-            Ok(pin) => pin,
-            Err(ClientError::Unreachable { .. }) => join_offline(&config, address, code).await?,
+    let pin = if target.url.is_some() {
+        client(target)?.join(address, code).await?
+    } else {
+        let config = match &target.config {
+            Some(path) => Config::load(path)?,
+            None => Config::embedded(),
+        };
+        match ControlClient::for_config(&config) {
+            Ok(client) => match client.join(address, code).await {
+                Ok(pin) => pin,
+                Err(ClientError::Unreachable { .. }) => {
+                    join_offline(&config, address, code).await?
+                }
+                Err(err) => return Err(err.into()),
+            },
+            Err(ClientError::NoToken(_)) => join_offline(&config, address, code).await?,
             Err(err) => return Err(err.into()),
-        },
-        Err(ClientError::NoToken(_)) => join_offline(&config, address, code).await?,
-        Err(err) => return Err(err.into()),
+        }
     };
     println!(
         "paired with primary {} at {} (certificate {})",
@@ -537,6 +555,19 @@ async fn run(source: ConfigSource, safe_mode: Option<String>) -> Result<()> {
 }
 
 fn client(target: &Target) -> Result<ControlClient> {
+    if let (Some(url), Some(token), Some(fingerprint)) =
+        (&target.url, &target.token, &target.fingerprint)
+    {
+        let pin = fingerprint
+            .replace(':', "")
+            .parse()
+            .with_context(|| format!("--fingerprint `{fingerprint}`"))?;
+        return Ok(ControlClient::remote(
+            url,
+            pin,
+            Credentials::Token(token.clone()),
+        )?);
+    }
     let config = match &target.config {
         Some(path) => Config::load(path)?,
         None => Config::embedded(),

@@ -8,8 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use moat::clock;
-use moat_system_tests::attack::{Peaks, connect_from, rss_kib};
-use moat_system_tests::{Credentials, MoatProcess, RawApi};
+use moat_system_tests::attack::{Peaks, connect_from, http_exchange, rss_kib};
+use moat_system_tests::{Credentials, RawApi};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,36 +18,16 @@ use crate::moat_with_upstream;
 
 const PASSWORD: &str = "correct horse battery";
 
-/// The address the control endpoint bound.
-fn control_addr(moat: &MoatProcess) -> SocketAddr {
-    std::fs::read_to_string(moat.dir.0.join("data/control.addr"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// One HTTP/1.1 exchange over a fresh connection from `source`: the status
-/// and the answer (as much as arrived before the server closed), or `None`
-/// when no answer came.
+/// One HTTP/1.1 exchange over a fresh connection from `source`.
 async fn exchange(to: SocketAddr, source: Ipv4Addr, request: &[u8]) -> Option<(u16, String)> {
-    let mut stream = connect_from(source.into(), to).await.ok()?;
-    let _ = stream.write_all(request).await;
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while let Ok(read @ 1..) = stream.read(&mut chunk).await {
-        answer.extend_from_slice(&chunk[..read]);
-    }
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((status, text))
+    http_exchange(to, source.into(), request).await
 }
 
 /// A login request with `password`.
 fn login_request(password: &str) -> Vec<u8> {
     let body = json!({ "password": password }).to_string();
     format!(
-        "POST /api/v1/auth/login HTTP/1.1\r\nhost: moat\r\ncontent-type: application/json\r\n\
+        "POST /api/v1/auth/login HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
@@ -113,10 +93,13 @@ async fn two_hundred_wrong_logins_hash_at_most_two_at_once() {
     let (moat, _upstream) = moat_with_upstream("").await;
     let anonymous = moat.api(Credentials::Anonymous);
     let setup = anonymous
-        .post("/api/v1/auth/setup", &json!({ "password": PASSWORD }))
+        .post(
+            "/api/v1/auth/setup",
+            &json!({ "password": PASSWORD, "code": moat.setup_code() }),
+        )
         .await;
     assert_eq!(setup.status, StatusCode::NO_CONTENT, "{}", setup.text);
-    let to = control_addr(&moat);
+    let to = moat.control_addr();
     let idle = rss_kib(moat.pid());
     let peak = Peaks::watch(moat.pid());
 
@@ -204,7 +187,7 @@ async fn two_hundred_wrong_logins_hash_at_most_two_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_large_and_too_many_requests_are_cut_off() {
     let (moat, _upstream) = moat_with_upstream("").await;
-    let to = control_addr(&moat);
+    let to = moat.control_addr();
     let hog = Ipv4Addr::new(127, 0, 2, 1);
     let mut held = Vec::new();
     for _ in 0..32 {
@@ -215,14 +198,18 @@ async fn slow_large_and_too_many_requests_are_cut_off() {
             .unwrap();
         held.push(stream);
     }
-    let (status, text) = exchange(to, hog, b"GET /api/v1/auth HTTP/1.1\r\nhost: m\r\n\r\n")
-        .await
-        .expect("an answer");
+    let (status, text) = exchange(
+        to,
+        hog,
+        b"GET /api/v1/auth HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
+    )
+    .await
+    .expect("an answer");
     assert_eq!(status, 429, "the 33rd connection from one address: {text}");
     let other = exchange(
         to,
         Ipv4Addr::new(127, 0, 2, 2),
-        b"GET /api/v1/auth HTTP/1.1\r\nhost: m\r\nconnection: close\r\n\r\n",
+        b"GET /api/v1/auth HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(other.map(|(status, _)| status), Some(200), "others get in");

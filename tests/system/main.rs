@@ -10,6 +10,7 @@ mod control;
 mod fleet;
 mod forwarding;
 mod hostile;
+mod https;
 mod listen;
 mod lists;
 mod mdns;
@@ -24,6 +25,24 @@ mod update;
 mod upstreams;
 
 use moat_system_tests::{MoatProcess, TestUpstream};
+
+/// Checks `refused` is a 429 whose `Retry-After` is 1 or 2 seconds (the
+/// first lockout), and returns that wait.
+fn first_lockout(refused: &moat_system_tests::RawResponse, what: &str) -> std::time::Duration {
+    assert_eq!(
+        refused.status,
+        reqwest::StatusCode::TOO_MANY_REQUESTS,
+        "{what}: {}",
+        refused.text
+    );
+    let retry: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "retry after {retry} s");
+    std::time::Duration::from_secs(retry)
+}
 
 /// An upstream and a moat forwarding to it over UDP, with extra config.
 async fn moat_with_upstream(tuning_and_policy: &str) -> (MoatProcess, TestUpstream) {

@@ -7,7 +7,6 @@
 //! test; screenshots (desktop and phone widths) go to
 //! `target/ui-screenshots/`. No browser: the test fails, it never skips.
 
-use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -362,18 +361,14 @@ fn free_tcp_port() -> u16 {
 
 /// `http://<control address>/` of a running moat.
 fn control_url(moat: &MoatProcess) -> String {
-    let addr: SocketAddr = std::fs::read_to_string(moat.dir.0.join("data/control.addr"))
-        .expect("control.addr")
-        .trim()
-        .parse()
-        .expect("control address");
-    format!("http://{addr}/")
+    format!("http://{}/", moat.control_addr())
 }
 
 /// The first use of an appliance's UI: set the password, which logs in.
 async fn set_password(browser: &mut Browser, moat: &MoatProcess) {
     browser.goto(&control_url(moat)).await;
     browser.find("[data-test=setup-form]").await;
+    browser.type_into("#setup-code", &moat.setup_code()).await;
     browser.type_into("#login-password", PASSWORD).await;
     browser.type_into("#login-confirm", PASSWORD).await;
     browser.click("#login-submit").await;

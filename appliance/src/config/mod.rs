@@ -53,6 +53,14 @@ pub struct Instance {
     pub listen: Vec<SocketAddr>,
     /// Address of the control endpoint (HTTP).
     pub control: SocketAddr,
+    /// Address serving the same control plane over HTTPS, if any.
+    pub https: Option<SocketAddr>,
+    /// Address of a plain HTTP listener that only redirects to `https`.
+    pub http_redirect: Option<SocketAddr>,
+    /// A PEM certificate chain for `https`, replacing the one made here.
+    pub https_cert: Option<PathBuf>,
+    /// The PEM private key of `https_cert`.
+    pub https_key: Option<PathBuf>,
     /// Address (UDP) of the primary's sync endpoint (QUIC) that replicas
     /// pair with and dial.
     pub sync: SocketAddr,
@@ -77,6 +85,10 @@ impl Default for Instance {
                 SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5353)),
             ],
             control: SocketAddr::from(([127, 0, 0, 1], 8053)),
+            https: None,
+            http_redirect: None,
+            https_cert: None,
+            https_key: None,
             sync: SocketAddr::from(([0, 0, 0, 0], 8853)),
             data_dir: PathBuf::from("moat-data"),
             upstream_ca_file: None,
@@ -486,6 +498,7 @@ impl Config {
         if self.instance.listen.is_empty() {
             return Err("key `instance.listen`: at least one address is needed".into());
         }
+        self.check_https()?;
         if self.policy.general_upstreams().is_empty() {
             return Err(
                 "key `policy.upstreams`: at least one general upstream (not `[/domain/]`) is needed"
@@ -514,6 +527,26 @@ impl Config {
         }
         if self.tuning.query_log.memory_entries == 0 && self.tuning.query_log.enabled {
             return Err("key `tuning.query_log.memory_entries`: must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn check_https(&self) -> Result<(), String> {
+        let instance = &self.instance;
+        if instance.https_cert.is_some() != instance.https_key.is_some() {
+            return Err("keys `instance.https_cert` and `https_key`: set both or neither".into());
+        }
+        if instance.https.is_none() {
+            for (key, set) in [
+                ("http_redirect", instance.http_redirect.is_some()),
+                ("https_cert", instance.https_cert.is_some()),
+            ] {
+                if set {
+                    return Err(format!("key `instance.{key}`: needs `instance.https`"));
+                }
+            }
         }
         Ok(())
     }

@@ -7,16 +7,17 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{ConnectInfo, FromRequest, OptionalFromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{ApiError, AppState, auth, from_loopback, metrics};
+use super::server::Transport;
+use super::{ApiError, AppState, auth, metrics};
 use crate::clock;
 use crate::config::{Policy, Tuning};
 use crate::daemon::{PolicyView, Status};
@@ -104,29 +105,50 @@ async fn auth_state(State(state): State<AppState>, headers: HeaderMap) -> Json<A
     })
 }
 
-/// A password, to set or to log in with.
+/// A password, to log in with.
 #[derive(Deserialize, ToSchema)]
 struct PasswordBody {
     password: String,
 }
 
+/// The first admin password and what allows setting it.
+#[derive(Deserialize, ToSchema)]
+struct SetupBody {
+    /// The new password, at least 8 characters.
+    password: String,
+    /// The setup code from the log (on the image: the console and the boot
+    /// partition's `moat-setup-code.txt`); not needed with the bearer token.
+    code: Option<String>,
+}
+
 #[utoipa::path(post, path = "/api/v1/auth/setup", tag = "auth",
-    description = "Sets the first admin password; only from this machine or with the bearer token.",
-    request_body = PasswordBody,
+    description = "Sets the first admin password; needs the setup code, or the bearer token.",
+    request_body = SetupBody,
     responses((status = 204, description = "set; the session cookie is in Set-Cookie"),
-        (status = 403, body = super::ApiErrorBody), (status = 409, body = super::ApiErrorBody)))]
+        (status = 403, description = "wrong or missing setup code", body = super::ApiErrorBody),
+        (status = 409, body = super::ApiErrorBody),
+        (status = 429, description = "too many wrong codes; see Retry-After", body = super::ApiErrorBody)))]
 async fn setup(
     State(state): State<AppState>,
     peer: ConnectInfo<SocketAddr>,
+    Extension(transport): Extension<Transport>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<PasswordBody>,
-) -> Result<Response, ApiError> {
-    let trusted = from_loopback(&peer) || state.auth.has_token(&headers);
+    JsonBody(body): JsonBody<SetupBody>,
+) -> Result<Response, Response> {
+    let proof = if state.auth.has_token(&headers) {
+        None
+    } else {
+        Some(body.code.as_deref().unwrap_or_default())
+    };
     let session = state
         .auth
-        .set_first_password(body.password, trusted, clock::unix_now_ms())
-        .await?;
-    Ok(with_cookie(&auth::session_cookie(&session)))
+        .set_first_password(peer.0.ip(), proof, body.password, clock::unix_now_ms())
+        .await
+        .map_err(refusal)?;
+    Ok(with_cookie(&auth::session_cookie(
+        &session,
+        transport == Transport::Tls,
+    )))
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
@@ -137,29 +159,34 @@ async fn setup(
 async fn login(
     State(state): State<AppState>,
     peer: ConnectInfo<SocketAddr>,
+    Extension(transport): Extension<Transport>,
     JsonBody(body): JsonBody<PasswordBody>,
 ) -> Result<Response, Response> {
-    let result = state
+    let session = state
         .auth
         .login(peer.0.ip(), body.password, clock::unix_now_ms())
-        .await;
-    match result {
-        Ok(session) => Ok(with_cookie(&auth::session_cookie(&session))),
-        Err(err) => {
-            let retry = match &err {
-                auth::AuthError::Throttled(wait) => Some(wait.as_secs().max(1)),
-                auth::AuthError::Busy => Some(1),
-                _ => None,
-            };
-            let mut response = ApiError::from(err).into_response();
-            if let Some(secs) = retry {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            }
-            Err(response)
-        }
+        .await
+        .map_err(refusal)?;
+    Ok(with_cookie(&auth::session_cookie(
+        &session,
+        transport == Transport::Tls,
+    )))
+}
+
+/// A refused login or setup, with `Retry-After` when waiting helps.
+fn refusal(err: auth::AuthError) -> Response {
+    let retry = match &err {
+        auth::AuthError::Throttled(wait) => Some(wait.as_secs().max(1)),
+        auth::AuthError::Busy => Some(1),
+        _ => None,
+    };
+    let mut response = ApiError::from(err).into_response();
+    if let Some(secs) = retry {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    response
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",

@@ -1,8 +1,10 @@
 //! Who may use the control API: scripts with the bearer token from the
 //! data directory, browsers with a session cookie got by logging in with
-//! the admin password (argon2-hashed, set on first use). Failed logins
-//! are throttled per client and in all, and hashes are bounded
-//! (`throttle.rs`).
+//! the admin password (argon2-hashed). The first password needs the
+//! one-time setup code kept in the data directory while no password exists
+//! (shown in the log and, on the image, on the console and the boot
+//! partition), or the token. Failed logins and wrong setup codes are
+//! throttled per client and in all, and hashes are bounded (`throttle.rs`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,7 +14,10 @@ use std::time::Duration;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::http::{HeaderMap, header};
+use moat_proto::pairing::PairingCode;
 use parking_lot::Mutex;
+use rand::TryRngCore;
+use rand::rngs::OsRng;
 
 use super::throttle::{Admitted, HashSlots, LoginThrottle};
 use crate::store::{Access, DataDir, StoreError, files};
@@ -26,7 +31,7 @@ const MIN_PASSWORD_CHARS: usize = 8;
 
 /// Why a login or password change was refused.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum AuthError {
+pub(crate) enum AuthError {
     /// Too many wrong passwords from this client, or from all together.
     #[error("too many failed logins; try again in {} s", .0.as_secs().max(1))]
     Throttled(Duration),
@@ -42,9 +47,12 @@ pub(super) enum AuthError {
     /// The password was set before.
     #[error("the admin password is already set")]
     AlreadySet,
-    /// A first password can only come from this machine or with the token.
-    #[error("the first admin password can be set only from this machine or with the control token")]
-    SetupNotAllowed,
+    /// The first password needs the setup code (or the token).
+    #[error(
+        "wrong or missing setup code: the first admin password needs the code shown in the \
+         log (and on the appliance's console and boot partition), or the control token"
+    )]
+    WrongSetupCode,
     /// The new password is too short.
     #[error("the password needs at least {MIN_PASSWORD_CHARS} characters")]
     TooShort,
@@ -62,6 +70,8 @@ pub(super) struct Auth {
     token: String,
     data: DataDir,
     password_hash: Mutex<Option<String>>,
+    /// What lets the first password be set, while none is.
+    setup_code: Option<PairingCode>,
     /// Session id → expiry, Unix milliseconds.
     sessions: Mutex<HashMap<String, u64>>,
     throttle: Mutex<LoginThrottle>,
@@ -82,17 +92,25 @@ pub(super) struct LoginStats {
 }
 
 impl Auth {
-    /// Loads the token (created on first start) and the password hash.
+    /// Loads the token (created on first start) and the password hash, or
+    /// while there is none the setup code (made on first start), which it
+    /// logs.
     pub(super) fn load(data: DataDir) -> Result<Self, StoreError> {
         let token = data.control_token()?;
-        let password_hash = data
-            .read(files::ADMIN_PASSWORD)?
-            .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
-            .filter(|hash| PasswordHash::new(hash).is_ok());
+        let password_hash = stored_hash(&data)?;
+        let setup_code = setup_code(&data)?;
+        if let Some(code) = setup_code {
+            tracing::warn!(
+                "no admin password yet: the setup code is {code} (also in {}); the web UI asks \
+                 for it, then for the new password",
+                data.path(files::SETUP_CODE).display()
+            );
+        }
         Ok(Self {
             token,
             data,
             password_hash: Mutex::new(password_hash),
+            setup_code,
             sessions: Mutex::new(HashMap::new()),
             throttle: Mutex::new(LoginThrottle::default()),
             hashing: HashSlots::default(),
@@ -123,21 +141,33 @@ impl Auth {
             .is_some_and(|presented| constant_time_eq(presented.as_bytes(), self.token.as_bytes()))
     }
 
-    /// Sets the first admin password and opens a session.
+    /// Sets the first admin password and opens a session. `proof` is the
+    /// setup code `client` typed, or `None` for a request with the token;
+    /// a wrong code counts against `client` as a wrong password does.
     pub(super) async fn set_first_password(
         &self,
+        client: IpAddr,
+        proof: Option<&str>,
         password: String,
-        trusted: bool,
         now_ms: u64,
     ) -> Result<String, AuthError> {
-        if !trusted {
-            return Err(AuthError::SetupNotAllowed);
-        }
         if password.chars().count() < MIN_PASSWORD_CHARS {
             return Err(AuthError::TooShort);
         }
         if self.password_set() {
             return Err(AuthError::AlreadySet);
+        }
+        if let Some(typed) = proof {
+            let key = self.attempt(client, now_ms)?;
+            let right = self.setup_code.is_some_and(|code| {
+                PairingCode::parse(typed).is_ok_and(|typed| {
+                    constant_time_eq(typed.normalized().as_bytes(), code.normalized().as_bytes())
+                })
+            });
+            if !right {
+                return Err(AuthError::WrongSetupCode);
+            }
+            self.throttle.lock().succeeded(key);
         }
         let admitted = self.hashing.admit().ok_or(AuthError::Busy)?;
         let hash = self
@@ -147,11 +177,29 @@ impl Auth {
         if stored.is_some() {
             return Err(AuthError::AlreadySet);
         }
-        self.data
-            .write(files::ADMIN_PASSWORD, hash.as_bytes(), Access::Secret)?;
+        store_hash(&self.data, &hash)?;
         *stored = Some(hash);
         drop(stored);
         Ok(self.open_session(now_ms))
+    }
+
+    /// Admits a guess from `client` (a password or a setup code), counted
+    /// as a failure until it proves right.
+    fn attempt(
+        &self,
+        client: IpAddr,
+        now_ms: u64,
+    ) -> Result<super::throttle::ClientKey, AuthError> {
+        self.throttle
+            .lock()
+            .attempt(client, now_ms)
+            .map_err(|wait| {
+                self.hashing
+                    .counters()
+                    .throttled
+                    .fetch_add(1, Ordering::Relaxed);
+                AuthError::Throttled(wait)
+            })
     }
 
     /// Checks a password from `client`; a right one opens a session. The
@@ -169,17 +217,7 @@ impl Auth {
             .clone()
             .ok_or(AuthError::NoPassword)?;
         let admitted = self.hashing.admit().ok_or(AuthError::Busy)?;
-        let key = self
-            .throttle
-            .lock()
-            .attempt(client, now_ms)
-            .map_err(|wait| {
-                self.hashing
-                    .counters()
-                    .throttled
-                    .fetch_add(1, Ordering::Relaxed);
-                AuthError::Throttled(wait)
-            })?;
+        let key = self.attempt(client, now_ms)?;
         if !self
             .hash(&admitted, move || verify(&password, &hash))
             .await??
@@ -231,17 +269,72 @@ impl Auth {
     }
 }
 
-/// The `Set-Cookie` value that gives the browser session `id`.
-pub(super) fn session_cookie(id: &str) -> String {
+/// The admin password's hash kept in `data`, if one was set.
+fn stored_hash(data: &DataDir) -> Result<Option<String>, StoreError> {
+    Ok(data
+        .read(files::ADMIN_PASSWORD)?
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .filter(|hash| PasswordHash::new(hash).is_ok()))
+}
+
+/// Keeps `hash` as the admin password's; the setup code is spent.
+fn store_hash(data: &DataDir, hash: &str) -> Result<(), StoreError> {
+    data.write(files::ADMIN_PASSWORD, hash.as_bytes(), Access::Secret)?;
+    data.remove(files::SETUP_CODE)
+}
+
+/// The setup code kept in `data` (made there on first use) while no admin
+/// password exists; `None` once one does.
+pub(crate) fn setup_code(data: &DataDir) -> Result<Option<PairingCode>, StoreError> {
+    if stored_hash(data)?.is_some() {
+        return Ok(None);
+    }
+    let kept = data
+        .read(files::SETUP_CODE)?
+        .and_then(|bytes| PairingCode::parse(String::from_utf8_lossy(&bytes).trim()).ok());
+    if let Some(code) = kept {
+        return Ok(Some(code));
+    }
+    let code = PairingCode::generate(&mut OsRng.unwrap_err());
+    data.write(
+        files::SETUP_CODE,
+        format!("{code}\n").as_bytes(),
+        Access::Secret,
+    )?;
+    Ok(Some(code))
+}
+
+/// Sets the admin password of `data` unless one is set (init, from the
+/// first-boot settings); whether it did.
+pub(crate) fn set_password_offline(data: &DataDir, password: &str) -> Result<bool, AuthError> {
+    if stored_hash(data)?.is_some() {
+        return Ok(false);
+    }
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(AuthError::TooShort);
+    }
+    store_hash(data, &hash_password(password)?)?;
+    Ok(true)
+}
+
+/// The `Set-Cookie` value that gives the browser session `id`, `Secure`
+/// when it is sent over HTTPS.
+pub(super) fn session_cookie(id: &str, secure: bool) -> String {
     format!(
-        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        SESSION_LIFETIME.as_secs()
+        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        SESSION_LIFETIME.as_secs(),
+        if secure { "; Secure" } else { "" }
     )
 }
 
 /// The `Set-Cookie` value that ends the browser session.
 pub(super) fn expired_cookie() -> String {
     format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+}
+
+/// Whether the request carries a session cookie (live or not).
+pub(super) fn carries_session(headers: &HeaderMap) -> bool {
+    session_id(headers).is_some()
 }
 
 fn session_id(headers: &HeaderMap) -> Option<&str> {
@@ -294,20 +387,36 @@ mod tests {
         let root = std::env::temp_dir().join(format!("moat-auth-{}", std::process::id()));
         let auth = Auth::load(DataDir::open(&root).unwrap()).unwrap();
         assert!(!auth.password_set());
+        let code = auth
+            .setup_code
+            .expect("a setup code while no password exists");
+        let kept = Auth::load(DataDir::open(&root).unwrap()).unwrap();
+        assert_eq!(kept.setup_code, Some(code), "the same code at every start");
+        let set = |proof: Option<String>, password: &str| {
+            let (auth, password) = (&auth, password.to_owned());
+            async move {
+                auth.set_first_password(CLIENT, proof.as_deref(), password, 0)
+                    .await
+            }
+        };
+        for wrong in ["", "AAAA-AAAA", "not a code"] {
+            assert!(matches!(
+                set(Some(wrong.into()), "long enough").await,
+                Err(AuthError::WrongSetupCode)
+            ));
+        }
         assert!(matches!(
-            auth.set_first_password("long enough".into(), false, 0)
-                .await,
-            Err(AuthError::SetupNotAllowed)
-        ));
-        assert!(matches!(
-            auth.set_first_password("short".into(), true, 0).await,
+            set(Some(code.to_string()), "short").await,
             Err(AuthError::TooShort)
         ));
-        auth.set_first_password("long enough".into(), true, 0)
-            .await
-            .unwrap();
+        let typed = code.to_string().to_lowercase().replace('-', " ");
+        set(Some(typed), "long enough").await.unwrap();
+        assert!(
+            !root.join(files::SETUP_CODE).exists(),
+            "the code is spent with the first password"
+        );
         assert!(matches!(
-            auth.set_first_password("another one".into(), true, 0).await,
+            set(None, "another one").await,
             Err(AuthError::AlreadySet)
         ));
         assert!(matches!(
@@ -316,6 +425,7 @@ mod tests {
         ));
         let session = auth.login(CLIENT, "long enough".into(), 0).await.unwrap();
         assert_eq!(auth.login_stats().hashed, 3, "one setup, two logins");
+        assert!(reloaded_has_no_code(&root));
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
@@ -333,6 +443,40 @@ mod tests {
             format!("Bearer {}", reloaded.token).parse().unwrap(),
         );
         assert!(reloaded.admits(&bearer, 0));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    fn reloaded_has_no_code(root: &std::path::Path) -> bool {
+        let reloaded = Auth::load(DataDir::open(root).unwrap()).unwrap();
+        reloaded.setup_code.is_none() && setup_code(&reloaded.data).unwrap().is_none()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wrong_setup_codes_are_throttled_and_the_token_needs_none() {
+        let root = std::env::temp_dir().join(format!("moat-auth-code-{}", std::process::id()));
+        let auth = Auth::load(DataDir::open(&root).unwrap()).unwrap();
+        let code = auth.setup_code.unwrap().to_string();
+        for _ in 0..6 {
+            assert!(matches!(
+                auth.set_first_password(CLIENT, Some("0000-0000"), "long enough".into(), 0)
+                    .await,
+                Err(AuthError::WrongSetupCode)
+            ));
+        }
+        assert!(matches!(
+            auth.set_first_password(CLIENT, Some(&code), "long enough".into(), 1)
+                .await,
+            Err(AuthError::Throttled(_))
+        ));
+        assert_eq!(auth.login_stats().hashed, 0, "no guess reached a hash");
+        auth.set_first_password(CLIENT, None, "long enough".into(), 2)
+            .await
+            .expect("the token's holder needs no code");
+        assert!(auth.password_set());
+        let offline = DataDir::open(&root.join("offline")).unwrap();
+        assert!(set_password_offline(&offline, "long enough").unwrap());
+        assert!(!set_password_offline(&offline, "another one").unwrap());
+        assert!(setup_code(&offline).unwrap().is_none());
         std::fs::remove_dir_all(root).unwrap();
     }
 }

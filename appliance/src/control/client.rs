@@ -1,11 +1,14 @@
 //! The one client of the control API: the `moat` CLI and the test harness
-//! both talk to a running daemon through it. Answers arrive as the
-//! daemon's own types; [`ControlClient::request`] is there for callers that
-//! examine the API itself (status codes, headers, bodies it must refuse).
+//! both talk to a running daemon through it, a local one over plain HTTP on
+//! loopback, a remote one over HTTPS pinned by its certificate's
+//! fingerprint. Answers arrive as the daemon's own types;
+//! [`ControlClient::request`] is there for callers that examine the API
+//! itself (status codes, headers, bodies it must refuse).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -23,7 +26,9 @@ use crate::daemon::{PolicyView, Status};
 use crate::fleet::ReplicaView;
 use crate::policy::PauseState;
 use crate::store::{DataDir, StoreError, files};
+use crate::sync::identity::Fingerprint;
 use crate::sync::pairing::PrimaryPin;
+use crate::sync::tls::{Pins, pinned_https_client};
 
 /// Why a request to the daemon did not give an answer.
 #[derive(Debug, thiserror::Error)]
@@ -37,15 +42,31 @@ pub enum ClientError {
     NoToken(PathBuf),
     /// The HTTP client's TLS backend could not be set up.
     #[error("cannot set up the HTTP client: {0}")]
-    Tls(rustls::Error),
+    Tls(String),
+    /// A remote appliance's URL is not `https://HOST[:PORT]`.
+    #[error("`{0}` is not an https://HOST[:PORT] URL")]
+    BadUrl(String),
+    /// A remote appliance showed another certificate than the pinned one.
+    #[error(
+        "{url} shows a certificate with SHA-256 fingerprint {presented}, not the pinned \
+         {pinned}: refusing to talk to it (check the fingerprint on the appliance's console)"
+    )]
+    WrongCertificate {
+        /// The appliance asked.
+        url: String,
+        /// The fingerprint it showed.
+        presented: Fingerprint,
+        /// The fingerprint asked for.
+        pinned: Fingerprint,
+    },
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Build(reqwest::Error),
     /// The daemon did not answer.
-    #[error("cannot reach moat at {addr}: {reason} (is it running?)")]
+    #[error("cannot reach moat at {at}: {reason} (is it running?)")]
     Unreachable {
         /// Where we looked.
-        addr: SocketAddr,
+        at: String,
         /// The transport error.
         reason: reqwest::Error,
     },
@@ -116,8 +137,11 @@ impl RawResponse {
 #[derive(Debug, Clone)]
 pub struct ControlClient {
     http: reqwest::Client,
-    addr: SocketAddr,
+    /// `http://ADDR` or `https://HOST:PORT`, no trailing slash.
+    base: String,
     credentials: Credentials,
+    /// For a pinned HTTPS client: the pin and the fingerprint last shown.
+    pinned: Option<(Fingerprint, Arc<Mutex<Option<Fingerprint>>>)>,
 }
 
 impl ControlClient {
@@ -135,8 +159,40 @@ impl ControlClient {
             .unwrap_or(config.instance.control);
         Ok(Self {
             http: plain_http()?,
-            addr,
+            base: format!("http://{addr}"),
             credentials: Credentials::Token(token),
+            pinned: None,
+        })
+    }
+
+    /// A client of the appliance at `url` (`https://HOST[:PORT]`) that
+    /// accepts only the certificate whose SHA-256 is `fingerprint`.
+    pub fn remote(
+        url: &str,
+        fingerprint: Fingerprint,
+        credentials: Credentials,
+    ) -> Result<Self, ClientError> {
+        let parsed = url::Url::parse(url).map_err(|_| ClientError::BadUrl(url.to_owned()))?;
+        if parsed.scheme() != "https" || parsed.host_str().is_none() || parsed.path() != "/" {
+            return Err(ClientError::BadUrl(url.to_owned()));
+        }
+        let shown = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&shown);
+        let pins = Pins::new(move |presented| {
+            *seen.lock() = Some(*presented);
+            *presented == fingerprint
+        });
+        let tls = pinned_https_client(pins).map_err(|err| ClientError::Tls(err.to_string()))?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(ClientError::Build)?;
+        Ok(Self {
+            http,
+            base: parsed.origin().ascii_serialization(),
+            credentials,
+            pinned: Some((fingerprint, shown)),
         })
     }
 
@@ -146,11 +202,6 @@ impl ControlClient {
             credentials,
             ..self.clone()
         }
-    }
-
-    /// The address of the control endpoint.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// The daemon's status.
@@ -288,19 +339,31 @@ impl ControlClient {
         let request = match &self.credentials {
             Credentials::Anonymous => request,
             Credentials::Token(token) => request.bearer_auth(token),
-            Credentials::Session(id) => request.header("cookie", format!("{SESSION_COOKIE}={id}")),
+            // As a browser does: the page it runs in is the appliance's own.
+            Credentials::Session(id) => request
+                .header("cookie", format!("{SESSION_COOKIE}={id}"))
+                .header("origin", &self.base),
         };
-        request
-            .send()
-            .await
-            .map_err(|reason| ClientError::Unreachable {
-                addr: self.addr,
+        request.send().await.map_err(|reason| {
+            if let Some((pinned, shown)) = &self.pinned
+                && let Some(presented) = *shown.lock()
+                && presented != *pinned
+            {
+                return ClientError::WrongCertificate {
+                    url: self.base.clone(),
+                    presented,
+                    pinned: *pinned,
+                };
+            }
+            ClientError::Unreachable {
+                at: self.base.clone(),
                 reason,
-            })
+            }
+        })
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.base)
     }
 }
 
@@ -311,7 +374,7 @@ fn plain_http() -> Result<reqwest::Client, ClientError> {
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(ClientError::Tls)?
+    .map_err(|err| ClientError::Tls(err.to_string()))?
     .with_root_certificates(rustls::RootCertStore::empty())
     .with_no_client_auth();
     reqwest::Client::builder()

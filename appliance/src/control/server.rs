@@ -3,7 +3,8 @@
 //! holds the rest), at most [`MAX_PER_CLIENT`] from one client (more are
 //! answered 429 and closed), request heads bounded in size and read
 //! within [`HEADER_TIMEOUT`], which is also how long a kept-alive
-//! connection may sit idle.
+//! connection may sit idle. Over TLS, the handshake must also finish
+//! within [`HEADER_TIMEOUT`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,9 +15,10 @@ use axum::{Extension, Router};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 use super::throttle::ClientKey;
 use crate::limits::{Place, Places};
@@ -37,10 +39,21 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a refused connection is drained so the client reads the 429.
 const REFUSAL_DRAIN: Duration = Duration::from_secs(1);
 
-/// Serves `app` on `listener` until `stop` ends, then closes connections
-/// gracefully and returns once they are all done.
+/// How a request reached the server, for the handlers that answer
+/// differently over TLS (cookies are `Secure` there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Transport {
+    /// Plain HTTP.
+    Plain,
+    /// HTTPS.
+    Tls,
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `stop` ends,
+/// then closes connections gracefully and returns once they are all done.
 pub(super) async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     app: Router,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -59,7 +72,21 @@ pub(super) async fn serve(
         match clients.take(ClientKey::of(peer.ip())) {
             Ok(client) => {
                 let held = (slot, client);
-                tokio::spawn(connection(stream, peer, app.clone(), held, closed.clone()))
+                let (tls, app, closed) = (tls.clone(), app.clone(), closed.clone());
+                tokio::spawn(async move {
+                    let Some(tls) = tls else {
+                        return connection(stream, peer, Transport::Plain, app, held, closed).await;
+                    };
+                    match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            connection(stream, peer, Transport::Tls, app, held, closed).await
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                })
             }
             Err(_) => tokio::spawn(refuse(stream, slot)),
         };
@@ -87,13 +114,17 @@ async fn accept(
 
 /// Serves one connection until it ends, or gracefully after `closing`.
 async fn connection(
-    stream: TcpStream,
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     peer: SocketAddr,
+    transport: Transport,
     app: Router,
     _held: (OwnedSemaphorePermit, Place<ClientKey>),
     mut closing: watch::Receiver<bool>,
 ) {
-    let service = TowerToHyperService::new(app.layer(Extension(ConnectInfo(peer))));
+    let app = app
+        .layer(Extension(ConnectInfo(peer)))
+        .layer(Extension(transport));
+    let service = TowerToHyperService::new(app);
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)

@@ -116,6 +116,9 @@ pub enum DaemonError {
     /// Pairing or sync failed.
     #[error(transparent)]
     Fleet(#[from] FleetError),
+    /// The HTTPS certificate is unusable.
+    #[error(transparent)]
+    Https(#[from] crate::control::HttpsError),
     /// Another I/O failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -206,6 +209,9 @@ pub struct Status {
     /// Why the query log stopped writing to disk, while it has.
     #[serde(default)]
     pub query_log_disk_limit: Option<String>,
+    /// The HTTPS control endpoint and its certificate's fingerprint.
+    #[serde(default)]
+    pub https: Option<crate::control::HttpsView>,
 }
 
 /// A running appliance, as the control plane and the CLI see it: reads
@@ -225,6 +231,7 @@ pub struct Daemon {
     tcp: Vec<SocketAddr>,
     query_log_loss_reported: AtomicBool,
     safe_mode: Option<String>,
+    https: Option<crate::control::HttpsView>,
 }
 
 impl Daemon {
@@ -309,6 +316,7 @@ impl Daemon {
                 .query_log()
                 .disk_limit()
                 .map(|limit| limit.to_string()),
+            https: self.https.clone(),
         }
     }
 
@@ -351,7 +359,7 @@ pub struct App {
     owner: PolicyOwner,
     inbox: mpsc::Receiver<Command>,
     listeners: Listeners,
-    control: std::net::TcpListener,
+    control: control::Endpoints,
     tuning: crate::config::ServerTuning,
 }
 
@@ -427,7 +435,8 @@ impl App {
             SystemClock,
         );
         let listeners = Listeners::bind(&config.instance.listen, config.tuning.server.threads)?;
-        let control = control::bind(config.instance.control)?;
+        let control = control::bind(&config.instance, &data)?;
+        let https = control.https_view()?;
         let (commands, inbox) = Commands::channel();
         let daemon = Arc::new_cyclic(|daemon| Daemon {
             commands,
@@ -442,6 +451,7 @@ impl App {
             tcp: listeners.tcp_addrs(),
             query_log_loss_reported: AtomicBool::new(false),
             safe_mode,
+            https,
         });
         if let Some(bundle) = &bundle {
             daemon.role.lock().publish(bundle);
@@ -471,7 +481,7 @@ impl App {
         Ok(BoundAddrs {
             udp: self.daemon.udp.clone(),
             tcp: self.daemon.tcp.clone(),
-            control: self.control.local_addr()?,
+            control: self.control.control_addr()?,
         })
     }
 

@@ -9,7 +9,10 @@
 //! to `/data/moat` and which listens on port 53 and answers mDNS unless it
 //! says otherwise.
 //! On the image the DNS rate limit defaults to Pi-hole's, 1,000 queries a
-//! minute per client, unless `[tuning.server]` says otherwise.
+//! minute per client, unless `[tuning.server]` says otherwise, and the
+//! control plane is served over HTTPS on port 443 with port 80 redirecting
+//! to it. `[instance] admin_password` is taken out too: init keeps only its
+//! hash, and removes the line from the boot partition's copy.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -76,8 +79,38 @@ pub(crate) struct Settings {
     pub ntp: Vec<SocketAddr>,
     /// Set for a replica: whom to pair with.
     pub join: Option<Join>,
+    /// The first admin password, if the file gives one.
+    pub admin_password: Option<AdminPassword>,
     /// The daemon's configuration file, as TOML text.
     pub daemon_config: String,
+}
+
+/// A password from the settings file; its `Debug` form hides it.
+#[derive(Clone)]
+pub(crate) struct AdminPassword(pub String);
+
+impl std::fmt::Debug for AdminPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminPassword(****)")
+    }
+}
+
+/// The settings text without its `admin_password` line, if it has one.
+pub(crate) fn without_admin_password(text: &str) -> Option<String> {
+    let is_password = |line: &str| {
+        line.trim_start()
+            .strip_prefix("admin_password")
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    if !text.lines().any(is_password) {
+        return None;
+    }
+    Some(
+        text.lines()
+            .filter(|line| !is_password(line))
+            .flat_map(|line| [line, "\n"])
+            .collect(),
+    )
 }
 
 /// What to do with the settings at boot.
@@ -168,6 +201,12 @@ impl Settings {
         let Some(instance) = instance.as_table_mut() else {
             return Err(invalid("instance", "must be a table"));
         };
+        let admin_password = match instance.remove("admin_password") {
+            None => None,
+            Some(toml::Value::String(password)) => Some(AdminPassword(password)),
+            Some(_) => return Err(invalid("instance.admin_password", "must be a string")),
+        };
+        image_https(instance);
         instance.insert("data_dir".into(), DAEMON_DATA_DIR.into());
         instance
             .entry("listen")
@@ -200,8 +239,17 @@ impl Settings {
             network,
             ntp,
             join,
+            admin_password,
             daemon_config,
         })
+    }
+}
+
+/// The image's control plane: HTTPS on 443 and redirects on 80, unless
+/// the file says otherwise.
+fn image_https(instance: &mut toml::Table) {
+    for (key, addr) in [("https", "0.0.0.0:443"), ("http_redirect", "0.0.0.0:80")] {
+        instance.entry(key).or_insert_with(|| addr.into());
     }
 }
 
@@ -278,6 +326,12 @@ mod tests {
         let config = Config::parse(&settings.daemon_config, "t").unwrap();
         assert_eq!(config.instance.data_dir.to_str(), Some(DAEMON_DATA_DIR));
         assert_eq!(config.instance.listen, ["0.0.0.0:53".parse().unwrap()]);
+        assert_eq!(config.instance.https, Some("0.0.0.0:443".parse().unwrap()));
+        assert_eq!(
+            config.instance.http_redirect,
+            Some("0.0.0.0:80".parse().unwrap())
+        );
+        assert!(settings.admin_password.is_none());
         assert_eq!(config.tuning.server.rate_limit_queries, 1_000);
         assert_eq!(
             config.tuning.server.allow_clients,
@@ -334,6 +388,25 @@ deny = ["ads.example"]
         );
         let config = Config::parse(&settings.daemon_config, "t").unwrap();
         assert_eq!(config.instance.data_dir.to_str(), Some(DAEMON_DATA_DIR));
+    }
+
+    #[test]
+    fn an_admin_password_is_taken_out_of_the_daemon_config_and_the_file() {
+        let text =
+            "[instance]\nname = \"den\"\n  admin_password = \"hunter2 hunter2\"\n\n[policy]\n";
+        let settings = Settings::parse(text).unwrap();
+        assert_eq!(
+            settings.admin_password.as_ref().map(|p| p.0.as_str()),
+            Some("hunter2 hunter2")
+        );
+        assert!(!settings.daemon_config.contains("hunter2"));
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        let kept = without_admin_password(text).unwrap();
+        assert_eq!(kept, "[instance]\nname = \"den\"\n\n[policy]\n");
+        assert!(Settings::parse(&kept).unwrap().admin_password.is_none());
+        assert_eq!(without_admin_password(&kept), None);
+        let err = Settings::parse("[instance]\nadmin_password = 1\n").unwrap_err();
+        assert!(err.to_string().contains("instance.admin_password"), "{err}");
     }
 
     #[test]

@@ -66,6 +66,10 @@ const RESET_FILE: &str = "/boot/moat-factory-reset";
 const BOOT_FLAGS: MsFlags = MsFlags::MS_NODEV
     .union(MsFlags::MS_NOSUID)
     .union(MsFlags::MS_NOEXEC);
+/// The setup code's copy on the boot partition, for a headless first setup.
+const BOOT_SETUP_CODE: &str = "/boot/moat-setup-code.txt";
+/// The first-boot settings on the boot partition.
+const BOOT_SETTINGS: &str = "/boot/moat.toml";
 
 /// Children a thread of init waits for, by PID. The supervisor reaps every
 /// child (orphans included), so `Command::status` would lose the race for
@@ -192,7 +196,8 @@ fn stage_root() -> Result<(), InitError> {
     ) {
         eprintln!("moat init: boot partition: {err}; no first-boot settings");
     }
-    let reset_asked = Path::new(RESET_FILE).exists() && remove_reset_file();
+    // Removed first, so the reset happens once; none if it cannot be.
+    let reset_asked = Path::new(RESET_FILE).exists() && on_boot_partition(&[(RESET_FILE, None)]);
     // Before the data partition, which a first boot formats with the time.
     clock_floor();
     mount_data(reset_asked)?;
@@ -204,6 +209,7 @@ fn stage_root() -> Result<(), InitError> {
         source,
     })?;
     system::write_atomic(Path::new(DAEMON_CONFIG), settings.daemon_config.as_bytes())?;
+    first_contact(&settings);
 
     net::loopback_up()?;
     start_network(&settings);
@@ -273,26 +279,6 @@ fn factory_reset(data: &Path, asked_by: &str) {
     }
 }
 
-/// Removes [`RESET_FILE`] from the boot partition (briefly writable), so
-/// the reset happens once; false, and no reset, when it cannot be.
-fn remove_reset_file() -> bool {
-    let remount = |flags: MsFlags| {
-        let flags = MsFlags::MS_REMOUNT | BOOT_FLAGS | flags;
-        nix::mount::mount(None::<&str>, "/boot", None::<&str>, flags, None::<&str>)
-    };
-    let removed = remount(MsFlags::empty())
-        .map_err(std::io::Error::from)
-        .and_then(|()| fs::remove_file(RESET_FILE));
-    let _ = remount(MsFlags::MS_RDONLY);
-    match removed {
-        Ok(()) => true,
-        Err(err) => {
-            eprintln!("moat init: {RESET_FILE} cannot be removed ({err}); no factory reset");
-            false
-        }
-    }
-}
-
 fn format_and_mount(data: &Path) -> Result<(), InitError> {
     match format_if_blank(data) {
         Ok(Some(layout)) => eprintln!(
@@ -357,12 +343,14 @@ fn build_time() -> Option<u64> {
 /// the appliance comes up on the defaults so it can be reached.
 fn settings() -> Settings {
     let stored = fs::read_to_string(STORED_SETTINGS).ok();
-    let boot_file = fs::read_to_string("/boot/moat.toml").ok();
+    let boot_file = fs::read_to_string(BOOT_SETTINGS).ok();
     let defaults = || Settings::parse("").expect("the empty settings parse");
     match firstboot::decide(stored.as_deref(), boot_file.as_deref()) {
         Provisioning::Consume(text) => match Settings::parse(text) {
             Ok(settings) => {
-                match system::write_atomic(Path::new(STORED_SETTINGS), text.as_bytes()) {
+                let kept = firstboot::without_admin_password(text);
+                let kept = kept.as_deref().unwrap_or(text);
+                match system::write_atomic(Path::new(STORED_SETTINGS), kept.as_bytes()) {
                     Ok(()) => eprintln!("moat init: first boot: /boot/moat.toml kept in /data"),
                     Err(err) => eprintln!("moat init: keeping the settings: {err}"),
                 }
@@ -379,6 +367,118 @@ fn settings() -> Settings {
         }),
         Provisioning::Defaults => defaults(),
     }
+}
+
+/// What a person needs to reach the control plane the first time, on the
+/// console at every boot: the HTTPS certificate's fingerprint and, until an
+/// admin password exists, the setup code (also written to the boot
+/// partition). A first-boot `admin_password` is stored as its hash and
+/// then taken off the boot partition.
+fn first_contact(settings: &Settings) {
+    let data = match crate::store::DataDir::open(Path::new(firstboot::DAEMON_DATA_DIR)) {
+        Ok(data) => data,
+        Err(err) => return eprintln!("moat init: {err}"),
+    };
+    if let Some(password) = &settings.admin_password {
+        match crate::control::set_password_offline(&data, &password.0) {
+            Ok(true) => {
+                eprintln!("moat init: admin password from moat.toml set (only its hash is kept)")
+            }
+            Ok(false) => {}
+            Err(err) => eprintln!("moat init: admin_password in moat.toml: {err}"),
+        }
+    }
+    let code = crate::control::setup_code(&data).unwrap_or_else(|err| {
+        eprintln!("moat init: setup code: {err}");
+        None
+    });
+    let mut writes = Vec::new();
+    match code {
+        Some(code) => {
+            let url = format!("https://{}.local/", settings.name);
+            for line in [
+                format!("no admin password yet: setup code {code}"),
+                format!("open {url} (or this appliance's address) and type it"),
+            ] {
+                eprintln!("moat init: {line}");
+            }
+            let note = format!(
+                "Moat setup code: {code}\nOpen {url} (or the appliance's address) and type it \
+                 to set the admin password.\n"
+            );
+            writes.push((BOOT_SETUP_CODE, Some(note)));
+        }
+        None => {
+            if Path::new(BOOT_SETUP_CODE).exists() {
+                writes.push((BOOT_SETUP_CODE, None));
+            }
+            // Only once its hash is kept: a failure above keeps the line.
+            let boot = fs::read_to_string(BOOT_SETTINGS).unwrap_or_default();
+            if let Some(redacted) = firstboot::without_admin_password(&boot) {
+                eprintln!("moat init: admin_password removed from {BOOT_SETTINGS}");
+                writes.push((BOOT_SETTINGS, Some(redacted)));
+            }
+        }
+    }
+    on_boot_partition(&writes);
+    https_fingerprint(settings, &data);
+}
+
+/// Prints the HTTPS certificate's fingerprint (making the certificate on
+/// the first boot) as browsers show it, `AB:CD:…`.
+fn https_fingerprint(settings: &Settings, data: &crate::store::DataDir) {
+    let config = match crate::config::Config::parse(&settings.daemon_config, DAEMON_CONFIG) {
+        Ok(config) if config.instance.https.is_some() => config,
+        _ => return,
+    };
+    match crate::control::HttpsIdentity::load(&config.instance, data) {
+        Ok(identity) => {
+            let colons: Vec<String> = identity
+                .fingerprint
+                .as_bytes()
+                .iter()
+                .map(|byte| format!("{byte:02X}"))
+                .collect();
+            eprintln!(
+                "moat init: HTTPS certificate SHA-256 fingerprint (compare with your browser's):"
+            );
+            eprintln!("moat init:   {}", colons.join(":"));
+        }
+        Err(err) => eprintln!("moat init: HTTPS certificate: {err}"),
+    }
+}
+
+/// Writes (or, for `None`, removes) files on the boot partition, which is
+/// mounted read-only: remounted writable for them, then read-only again.
+/// True when every one was done.
+fn on_boot_partition(writes: &[(&str, Option<String>)]) -> bool {
+    if writes.is_empty() {
+        return true;
+    }
+    let remount = |flags: MsFlags| {
+        let flags = MsFlags::MS_REMOUNT | BOOT_FLAGS | flags;
+        nix::mount::mount(None::<&str>, "/boot", None::<&str>, flags, None::<&str>)
+    };
+    if let Err(err) = remount(MsFlags::empty()) {
+        eprintln!("moat init: boot partition: remount read-write: {err}");
+        return false;
+    }
+    let mut all_done = true;
+    for (path, contents) in writes {
+        let done = match contents {
+            Some(text) => fs::write(path, text),
+            None => fs::remove_file(path),
+        };
+        if let Err(err) = done {
+            eprintln!("moat init: {path}: {err}");
+            all_done = false;
+        }
+    }
+    nix::unistd::sync();
+    if let Err(err) = remount(MsFlags::MS_RDONLY) {
+        eprintln!("moat init: boot partition: remount read-only: {err}");
+    }
+    all_done
 }
 
 /// Brings the network up in the background (DHCP waits on servers; the

@@ -106,6 +106,12 @@ pub(crate) mod files {
     pub(crate) const SOURCE_STATUS: &str = "sources.json";
     /// The admin password's argon2 hash (PHC string, secret).
     pub(crate) const ADMIN_PASSWORD: &str = "admin.password";
+    /// The one-time code that lets the first admin password be set (secret).
+    pub(crate) const SETUP_CODE: &str = "setup-code";
+    /// The control plane's self-signed HTTPS certificate (DER).
+    pub(crate) const HTTPS_CERT: &str = "https.crt";
+    /// Its private key (PKCS#8 DER, secret).
+    pub(crate) const HTTPS_KEY: &str = "https.key";
 }
 
 /// The data directory.

@@ -217,6 +217,19 @@ fn classify(connection: &quinn::Connection, clients: &ClientPins) -> Result<Admi
     }
 }
 
+/// A TLS 1.3 client configuration (HTTP/1.1) that accepts only a server
+/// certificate `pins` accepts: the control client of a remote appliance.
+pub(crate) fn pinned_https_client(pins: Pins) -> Result<rustls::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(danger::FingerprintVerifier::pinned(pins))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
+    Ok(tls)
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

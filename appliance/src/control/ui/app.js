@@ -315,6 +315,10 @@
       return;
     }
     const first = !auth.password_set;
+    const code = first ? h("input#setup-code", {
+      type: "text", name: "code", required: true, autocomplete: "one-time-code", test: "setup-code",
+      placeholder: "XXXX-XXXX", spellcheck: "false", autocapitalize: "characters",
+    }) : null;
     const password = h("input#login-password", {
       type: "password", name: "password", required: true, autocomplete: first ? "new-password" : "current-password",
       test: "password", minlength: first ? 8 : undefined,
@@ -325,14 +329,16 @@
     const submit = h("button#login-submit.primary", { type: "submit", test: "login-submit", text: first ? "Set password" : "Log in" });
     const form = h("form#login-form.card.narrow", { test: first ? "setup-form" : "login-form", onsubmit: onSubmit },
       h("h1", { text: first ? "Set the admin password" : "Log in to Moat" }),
-      first ? h("p.muted", { text: "This appliance has no admin password yet. Choose one (at least 8 characters)." }) : null,
+      first ? h("p.muted", { text: "This appliance has no admin password yet. Type the setup code it shows on its console " +
+        "(and in moat-setup-code.txt on its boot partition, or its log), then choose a password (at least 8 characters)." }) : null,
+      code ? h("label", {}, "Setup code", code) : null,
       // For password managers: the one account there is.
       h("input", { type: "text", name: "username", autocomplete: "username", value: "admin", hidden: true, "aria-hidden": "true" }),
       h("label", {}, "Password", password),
       confirm ? h("label", {}, "Repeat password", confirm) : null,
       submit);
     render(form);
-    password.focus();
+    (code || password).focus();
 
     async function onSubmit(event) {
       event.preventDefault();
@@ -343,7 +349,8 @@
       }
       submit.disabled = true;
       try {
-        await api("POST", first ? "/api/v1/auth/setup" : "/api/v1/auth/login", { password: password.value });
+        if (first) await api("POST", "/api/v1/auth/setup", { code: code.value, password: password.value });
+        else await api("POST", "/api/v1/auth/login", { password: password.value });
         go("dashboard");
       } catch (err) {
         let message = err.message;
