@@ -34,7 +34,7 @@ async fn found_by_name_inner() {
     }
 
     let replies = ask(&host, RecordType::A).await;
-    let addrs: Vec<String> = replies.iter().flat_map(|reply| ips(reply)).collect();
+    let addrs: Vec<String> = replies.iter().flat_map(ips).collect();
     assert_eq!(addrs, ["127.0.0.1"], "{host} over mDNS{}", logs(&[p]));
 
     let control = services(p, "_moat._tcp.local.").await;

@@ -320,14 +320,16 @@ impl Daemon {
         }
     }
 
-    /// What mDNS advertises now: the control plane on `control`, and the
-    /// sync endpoint while this appliance is a primary with it bound.
+    /// What mDNS advertises now: the control plane (over HTTPS when it is
+    /// served so, else on `control`), and the sync endpoint while this
+    /// appliance is a primary with it bound.
     fn advertised(&self, control: SocketAddr) -> crate::mdns::Advertised {
         let sync_port = self.role.lock().sync_port();
+        let https = self.https.as_ref().map(|https| https.addr.port());
         crate::mdns::Advertised {
             name: self.fleet.name.clone(),
-            control_port: control.port(),
-            control_tls: false,
+            control_port: https.unwrap_or(control.port()),
+            control_tls: https.is_some(),
             sync: sync_port.map(|port| crate::mdns::SyncEndpoint {
                 port,
                 fingerprint: self.fleet.identity.fingerprint(),
@@ -506,7 +508,7 @@ impl App {
                 owner.run(inbox);
             })?;
         let dns = listeners.serve(&daemon.handler, &tuning)?;
-        let control_addr = control.local_addr()?;
+        let control_addr = control.control_addr()?;
         tracing::info!(name = %daemon.config().instance.name, udp = ?daemon.udp, tcp = ?daemon.tcp, "serving DNS");
         let (stop_control, control_stopped) = oneshot::channel::<()>();
         let control = control::serve(Arc::clone(&daemon), control, async {

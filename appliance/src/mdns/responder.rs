@@ -331,7 +331,7 @@ mod tests {
             name: "hq".parse().unwrap(),
             control_port: 443,
             control_tls: true,
-            sync: sync.then(|| SyncEndpoint {
+            sync: sync.then_some(SyncEndpoint {
                 port: 8853,
                 fingerprint: Fingerprint([7; 32]),
             }),
