@@ -92,13 +92,7 @@ fn metric(text: &str, name: &str) -> u64 {
 async fn two_hundred_wrong_logins_hash_at_most_two_at_once() {
     let (moat, _upstream) = moat_with_upstream("").await;
     let anonymous = moat.api(Credentials::Anonymous);
-    let setup = anonymous
-        .post(
-            "/api/v1/auth/setup",
-            &json!({ "password": PASSWORD, "code": moat.setup_code() }),
-        )
-        .await;
-    assert_eq!(setup.status, StatusCode::NO_CONTENT, "{}", setup.text);
+    crate::set_first_password(&anonymous, &moat, PASSWORD).await;
     let to = moat.control_addr();
     let idle = rss_kib(moat.pid());
     let peak = Peaks::watch(moat.pid());

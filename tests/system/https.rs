@@ -194,13 +194,7 @@ async fn https_is_pinned_by_the_fingerprint_shown_and_plain_http_only_redirects(
     );
     let url = format!("https://{}", https.addr);
     let anonymous = ControlClient::remote(&url, fingerprint, Credentials::Anonymous).unwrap();
-    let setup = anonymous
-        .post(
-            "/api/v1/auth/setup",
-            &json!({ "password": PASSWORD, "code": moat.setup_code() }),
-        )
-        .await;
-    assert_eq!(setup.status, StatusCode::NO_CONTENT, "{}", setup.text);
+    crate::set_first_password(&anonymous, &moat, PASSWORD).await;
     let login = anonymous
         .post("/api/v1/auth/login", &json!({ "password": PASSWORD }))
         .await;

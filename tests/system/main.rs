@@ -26,6 +26,24 @@ mod upstreams;
 
 use moat_system_tests::{MoatProcess, TestUpstream};
 
+/// Sets `moat`'s first admin password through `api` with its setup code,
+/// and checks it was taken.
+async fn set_first_password(
+    api: &moat_system_tests::ControlClient,
+    moat: &MoatProcess,
+    password: &str,
+) {
+    use moat_system_tests::RawApi;
+    let body = serde_json::json!({ "password": password, "code": moat.setup_code() });
+    let setup = api.post("/api/v1/auth/setup", &body).await;
+    assert_eq!(
+        setup.status,
+        reqwest::StatusCode::NO_CONTENT,
+        "{}",
+        setup.text
+    );
+}
+
 /// Checks `refused` is a 429 whose `Retry-After` is 1 or 2 seconds (the
 /// first lockout), and returns that wait.
 fn first_lockout(refused: &moat_system_tests::RawResponse, what: &str) -> std::time::Duration {

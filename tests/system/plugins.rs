@@ -69,6 +69,16 @@ async fn set_plugins(primary: &MoatProcess, plugins: Value) -> moat_system_tests
     api.put("/api/v1/policy", &policy).await
 }
 
+/// Sets the primary's plugins, checks it took them, and waits until the
+/// replica runs the bundle that carries them; that bundle's version.
+async fn plugins_reach_replica(p: &MoatProcess, r: &MoatProcess, plugins: Value) -> u64 {
+    let saved = set_plugins(p, plugins).await;
+    assert!(saved.status.is_success(), "{}{}", saved.text, logs(&[p, r]));
+    let version = bundle_version(&status(p).await.unwrap()).unwrap();
+    runs_version(r, p, version).await;
+    version
+}
+
 /// `moat plugin check FILE`.
 fn plugin_check(file: &std::path::Path) -> std::process::Output {
     std::process::Command::new(moat_system_tests::moat::binary())
@@ -101,15 +111,7 @@ async fn a_schedule_decides_on_the_replica_at_the_time_it_is_fed() {
     .await;
     pair(p, &r).await;
 
-    let saved = set_plugins(p, json!([schedule(&dir, "21:00")])).await;
-    assert!(
-        saved.status.is_success(),
-        "{}{}",
-        saved.text,
-        logs(&[p, &r])
-    );
-    let version = bundle_version(&status(p).await.unwrap()).unwrap();
-    runs_version(&r, p, version).await;
+    let version = plugins_reach_replica(p, &r, json!([schedule(&dir, "21:00")])).await;
     answers(&r, &[p], "social.test", "0.0.0.0").await;
     assert!(
         blocked(&r, "m.social.test").await,
@@ -138,11 +140,8 @@ async fn a_schedule_decides_on_the_replica_at_the_time_it_is_fed() {
 
     // Its config changed on the primary (from 21:45): at 21:30 the next
     // bundle lets the name through.
-    let saved = set_plugins(p, json!([schedule(&dir, "21:45")])).await;
-    assert!(saved.status.is_success(), "{}", saved.text);
-    let changed = bundle_version(&status(p).await.unwrap()).unwrap();
+    let changed = plugins_reach_replica(p, &r, json!([schedule(&dir, "21:45")])).await;
     assert!(changed > version);
-    runs_version(&r, p, changed).await;
     assert!(
         !blocked(&r, "social.test").await,
         "the new config's window{}",
@@ -215,10 +214,7 @@ async fn a_schedule_decides_on_the_replica_at_the_time_it_is_fed() {
         "module": dir.0.join("trapping.wasm"),
         "fail_mode": "skip",
     });
-    let saved = set_plugins(p, json!([trapping])).await;
-    assert!(saved.status.is_success(), "{}", saved.text);
-    let last = bundle_version(&status(p).await.unwrap()).unwrap();
-    runs_version(&r, p, last).await;
+    plugins_reach_replica(p, &r, json!([trapping])).await;
     for index in 0..10 {
         assert!(
             !blocked(&r, &trap_name(index)).await,
@@ -381,15 +377,7 @@ async fn a_kiosk_on_the_primary_refuses_other_names_for_its_client_on_the_replic
         "place": "first",
         "config": { "clients": ["127.0.0.2"], "names": ["kiosk.test"] },
     }]);
-    let saved = set_plugins(p, kiosk).await;
-    assert!(
-        saved.status.is_success(),
-        "{}{}",
-        saved.text,
-        logs(&[p, &r])
-    );
-    let version = bundle_version(&status(p).await.unwrap()).unwrap();
-    runs_version(&r, p, version).await;
+    plugins_reach_replica(p, &r, kiosk).await;
 
     let kiosk_client: std::net::IpAddr = [127, 0, 0, 2].into();
     let other_client: std::net::IpAddr = [127, 0, 0, 3].into();
