@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod attack;
+pub mod browser;
 pub mod client;
 pub mod http;
 pub mod moat;

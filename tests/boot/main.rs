@@ -13,6 +13,8 @@
 //! namespace, and pairs the booted image with it by the code in its
 //! first-boot `moat.toml`.
 
+mod primary;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,6 +42,16 @@ value = "192.168.1.10"
 /// How long a boot may take to the first answer. Seen: a few seconds to a
 /// minute under TCG on two busy cores.
 const BOOT_DEADLINE: Duration = Duration::from_secs(420);
+
+/// The guest's ports QEMU forwards from the namespace's loopback: DNS,
+/// the control plane (HTTPS and its redirect) and a primary's sync port.
+const GUEST_PORTS: [(&str, u16); 5] = [
+    ("udp", 53),
+    ("tcp", 53),
+    ("tcp", 443),
+    ("tcp", 80),
+    ("udp", 8853),
+];
 
 /// How to start one image in QEMU.
 struct Machine {
@@ -122,6 +134,15 @@ impl Netns {
         let ns = Self(name);
         run(ns.exec("ip").args(["link", "set", "lo", "up"]));
         ns
+    }
+
+    /// Moves the calling thread into the namespace: the sockets it opens
+    /// and the processes it starts from then on are inside it.
+    fn enter(&self) {
+        let path = format!("/run/netns/{}", self.0);
+        let file = fs::File::open(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|err| panic!("setns {path}: {err}"));
     }
 
     fn exec(&self, program: &str) -> Command {
@@ -243,7 +264,12 @@ impl Vm {
             "-device".into(),
             "virtio-blk-pci,drive=disk".into(),
             "-netdev".into(),
-            "user,id=net,hostfwd=udp:127.0.0.1:53-:53,hostfwd=tcp:127.0.0.1:53-:53".into(),
+            format!(
+                "user,id=net,{}",
+                GUEST_PORTS
+                    .map(|(proto, port)| { format!("hostfwd={proto}:127.0.0.1:{port}-:{port}") })
+                    .join(",")
+            ),
             "-device".into(),
             "virtio-net-pci,netdev=net".into(),
         ]);
@@ -406,9 +432,10 @@ fn rpi_arm64_image_boots_with_uefi_on_the_virt_board_and_answers_dns() {
     boots_and_answers(rpi_arm64());
 }
 
-/// The primary's sync port inside the namespace. QEMU's user network shows
-/// the namespace's loopback to the guest as 10.0.2.2.
-const PRIMARY_SYNC_PORT: u16 = 8853;
+/// The primary's sync port inside the namespace (not 8853, which QEMU
+/// forwards to the guest's). QEMU's user network shows the namespace's
+/// loopback to the guest as 10.0.2.2.
+const PRIMARY_SYNC_PORT: u16 = 8854;
 
 /// A primary on the host side: `moat run` inside the VM's namespace, so
 /// its ports are private to the test. Killed by its PID on drop.

@@ -62,7 +62,10 @@ fn module(abi: i32, extra: &str, pages: u32, body: &str) -> Vec<u8> {
 }
 
 /// Replaces the primary's `[[policy.plugins]]` with `plugins`; the answer.
-async fn set_plugins(primary: &MoatProcess, plugins: Value) -> moat_system_tests::api::RawResponse {
+pub(super) async fn set_plugins(
+    primary: &MoatProcess,
+    plugins: Value,
+) -> moat_system_tests::api::RawResponse {
     let api = primary.control().unwrap();
     let mut policy = api.get("/api/v1/policy").await.json()["policy"].clone();
     policy["plugins"] = plugins;

@@ -1,363 +1,22 @@
 //! The web UI in a real headless Chromium driven over WebDriver
-//! (chromedriver, started here by PID and killed on drop): first-use
-//! password, login, a dashboard showing the DNS traffic just sent, the
-//! query log, adding a blocked name on the primary and seeing the replica's
-//! policy page show it read-only after sync, and a pairing code read from
-//! the fleet page and used to pair that replica. Console errors fail the
-//! test; screenshots (desktop and phone widths) go to
-//! `target/ui-screenshots/`. No browser: the test fails, it never skips.
+//! (`moat_system_tests::browser`): first-use password, login, a dashboard
+//! showing the DNS traffic just sent and a plugin's status, the query log,
+//! adding a blocked name on the primary and seeing the replica's policy
+//! page show it read-only after sync, and a pairing code read from the
+//! fleet page and used to pair that replica. Console errors fail the test;
+//! screenshots (desktop and phone widths) go to `target/ui-screenshots/`.
+//! No browser: the test fails, it never skips.
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use fantoccini::wd::WebDriverCompatibleCommand;
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
+use fantoccini::Locator;
 use moat_system_tests::MoatProcess;
+use moat_system_tests::browser::{Browser, DESKTOP, PHONE};
 use moat_system_tests::moat::{Scratch, binary};
 use serde_json::json;
 
 use super::fleet::{PRIMARY, Primary, REPLICA, SYNC_LIMIT, answers, eventually, logs, replica};
-
-/// The Chromium and chromedriver Debian ships (`chromium`, `chromium-driver`).
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-/// How long the page may take to show something.
-const UI_LIMIT: Duration = Duration::from_secs(15);
-/// The admin password the tests set.
-const PASSWORD: &str = "correct horse battery";
-
-/// A desktop and a phone viewport.
-const DESKTOP: (u32, u32) = (1280, 900);
-const PHONE: (u32, u32) = (390, 844);
-
-/// chromedriver on a loopback port and one browser session through it.
-struct Browser {
-    driver: Child,
-    client: Client,
-    /// The browser's fresh profile directory.
-    _profile: Scratch,
-    /// Console errors seen so far, with the page they came from.
-    errors: Vec<String>,
-}
-
-impl Browser {
-    /// Starts chromedriver and a headless Chromium; panics with the reason
-    /// if either cannot start.
-    async fn start() -> Self {
-        for path in [CHROMIUM, CHROMEDRIVER] {
-            assert!(
-                Path::new(path).exists(),
-                "{path} is missing: install Debian's chromium and chromium-driver \
-                 (scripts/test.sh does); the browser tests cannot run without them"
-            );
-        }
-        let profile = Scratch::new("chromium-profile");
-        let port = free_tcp_port();
-        let log = profile.0.join("chromedriver.log");
-        let mut driver = Command::new(CHROMEDRIVER)
-            .process_group(0)
-            .arg(format!("--port={port}"))
-            .arg(format!("--log-path={}", log.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {CHROMEDRIVER}: {err}"));
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = moat::clock::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(exit) = driver.try_wait().unwrap() {
-                panic!(
-                    "chromedriver exited at start ({exit}); its log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if moat::clock::now() > deadline {
-                let _ = driver.kill();
-                let _ = driver.wait();
-                panic!("chromedriver did not listen on {url} within 20 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let user_data = profile.0.join("user-data");
-        let args = [
-            "--headless".to_string(),
-            "--no-sandbox".into(),
-            "--disable-gpu".into(),
-            "--disable-quic".into(),
-            "--no-first-run".into(),
-            "--disable-background-networking".into(),
-            "--disable-component-update".into(),
-            "--disable-sync".into(),
-            "--disable-dev-shm-usage".into(),
-            "--hide-scrollbars".into(),
-            format!("--window-size={},{}", DESKTOP.0, DESKTOP.1),
-            format!("--user-data-dir={}", user_data.display()),
-        ];
-        let capabilities = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
-            "goog:loggingPrefs": { "browser": "ALL" },
-        });
-        let serde_json::Value::Object(capabilities) = capabilities else {
-            unreachable!()
-        };
-        let client = match ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&url)
-            .await
-        {
-            Ok(client) => client,
-            Err(err) => {
-                let _ = driver.kill();
-                let _ = driver.wait();
-                panic!(
-                    "headless Chromium did not start through chromedriver: {err}\nchromedriver log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        };
-        Self {
-            driver,
-            client,
-            _profile: profile,
-            errors: Vec::new(),
-        }
-    }
-
-    async fn resize(&self, (width, height): (u32, u32)) {
-        self.client
-            .set_window_size(width, height)
-            .await
-            .expect("resize the window");
-    }
-
-    async fn goto(&mut self, url: &str) {
-        self.client.goto(url).await.expect("open the page");
-        self.collect_errors(url).await;
-    }
-
-    /// Goes to `#/page` of the page already open (no reload).
-    async fn hash(&mut self, page: &str) {
-        self.client
-            .execute("location.hash = arguments[0];", vec![json!(page)])
-            .await
-            .expect("set location.hash");
-    }
-
-    /// Waits for an element matching the CSS selector.
-    async fn find(&self, css: &str) -> fantoccini::elements::Element {
-        match self
-            .client
-            .wait()
-            .at_most(UI_LIMIT)
-            .for_element(Locator::Css(css))
-            .await
-        {
-            Ok(element) => element,
-            Err(err) => panic!(
-                "no `{css}` on the page after {UI_LIMIT:?} ({err}); page text:\n{}",
-                self.body_text().await
-            ),
-        }
-    }
-
-    async fn exists(&self, css: &str) -> bool {
-        !self
-            .client
-            .find_all(Locator::Css(css))
-            .await
-            .expect("query the page")
-            .is_empty()
-    }
-
-    async fn body_text(&self) -> String {
-        match self.client.find(Locator::Css("body")).await {
-            Ok(body) => body.text().await.unwrap_or_default(),
-            Err(err) => format!("(no body: {err})"),
-        }
-    }
-
-    /// Waits until the text of `css` passes `check`; returns that text.
-    async fn text_until(&self, css: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
-        let deadline = moat::clock::now() + UI_LIMIT;
-        let mut seen = String::new();
-        while moat::clock::now() < deadline {
-            if let Ok(element) = self.client.find(Locator::Css(css)).await
-                && let Ok(text) = element.text().await
-            {
-                if check(&text) {
-                    return text;
-                }
-                seen = text;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "`{css}` never showed {what} within {UI_LIMIT:?}; last text {seen:?}; page:\n{}",
-            self.body_text().await
-        );
-    }
-
-    /// Waits until the text of `css` contains `needle`; returns that text.
-    async fn shows(&self, css: &str, needle: &str) -> String {
-        self.text_until(css, &format!("{needle:?}"), |text| text.contains(needle))
-            .await
-    }
-
-    /// Waits for the element, then clicks it.
-    async fn click(&self, css: &str) {
-        self.find(css).await.click().await.expect("click");
-    }
-
-    async fn type_into(&self, css: &str, text: &str) {
-        let element = self.find(css).await;
-        element.clear().await.expect("clear the field");
-        element.send_keys(text).await.expect("type into the field");
-    }
-
-    /// Saves a screenshot to `target/ui-screenshots/<name>.png`.
-    async fn screenshot(&mut self, name: &str) {
-        self.collect_errors(name).await;
-        let png = self.client.screenshot().await.expect("take a screenshot");
-        let dir = screenshot_dir();
-        std::fs::create_dir_all(&dir).expect("create the screenshot directory");
-        std::fs::write(dir.join(format!("{name}.png")), png).expect("write the screenshot");
-    }
-
-    /// The page must not scroll sideways (a phone layout that fits).
-    async fn assert_fits_width(&self, what: &str) {
-        let sizes = self
-            .client
-            .execute(
-                "return [document.documentElement.scrollWidth, window.innerWidth];",
-                vec![],
-            )
-            .await
-            .expect("measure the page");
-        let (scroll, inner) = (sizes[0].as_f64().unwrap(), sizes[1].as_f64().unwrap());
-        assert!(
-            scroll <= inner + 1.0,
-            "{what}: the page is {scroll}px wide in a {inner}px window"
-        );
-    }
-
-    /// Moves the browser's console errors (and uncaught exceptions) into
-    /// `self.errors`, labelled with `context`.
-    async fn collect_errors(&mut self, context: &str) {
-        let entries = self
-            .client
-            .issue_cmd(BrowserLog)
-            .await
-            .expect("read the browser console log");
-        for entry in entries.as_array().into_iter().flatten() {
-            if entry["level"] == "SEVERE" || entry["level"] == "WARNING" {
-                self.errors.push(format!(
-                    "[{context}] {} {}",
-                    entry["level"].as_str().unwrap_or_default(),
-                    entry["message"].as_str().unwrap_or_default()
-                ));
-            }
-        }
-    }
-
-    async fn assert_no_console_errors(&mut self) {
-        self.collect_errors("end").await;
-        assert!(
-            self.errors.is_empty(),
-            "the browser console reported:\n{}",
-            self.errors.join("\n")
-        );
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // Killing chromedriver alone orphans its Chromium: chromedriver
-        // leads its own process group, which Chromium's processes join, so
-        // the whole group is killed (also on a panic's unwinding). The
-        // session is not closed politely because that needs the runtime.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
-            .status();
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-/// Processes whose command line names `path`.
-fn processes_using(path: &Path) -> Vec<u32> {
-    let needle = path.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&needle))
-        })
-        .collect()
-}
-
-/// Ends `browser` and checks that no Chromium it started lives on and that
-/// its profile is gone.
-fn close(browser: Browser) {
-    let profile = browser._profile.0.clone();
-    drop(browser);
-    let deadline = moat::clock::now() + Duration::from_secs(10);
-    let mut left = processes_using(&profile);
-    while !left.is_empty() && moat::clock::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        left = processes_using(&profile);
-    }
-    assert!(
-        left.is_empty(),
-        "Chromium processes outlived the test: {left:?}"
-    );
-    assert!(
-        !profile.exists(),
-        "the browser profile {} is left",
-        profile.display()
-    );
-}
-
-/// chromedriver's `POST /session/{id}/se/log {"type": "browser"}`: the
-/// console entries since the last call.
-#[derive(Debug)]
-struct BrowserLog;
-
-impl WebDriverCompatibleCommand for BrowserLog {
-    fn endpoint(
-        &self,
-        base_url: &url::Url,
-        session_id: Option<&str>,
-    ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!(
-            "session/{}/se/log",
-            session_id.unwrap_or_default()
-        ))
-    }
-
-    fn method_and_body(&self, _: &url::Url) -> (hyper::Method, Option<String>) {
-        (hyper::Method::POST, Some(r#"{"type":"browser"}"#.into()))
-    }
-}
-
-/// `target/ui-screenshots`, from the workspace root.
-fn screenshot_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots")
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind a loopback TCP port")
-        .port()
-}
 
 /// `http://<control address>/` of a running moat.
 fn control_url(moat: &MoatProcess) -> String {
@@ -366,23 +25,14 @@ fn control_url(moat: &MoatProcess) -> String {
 
 /// The first use of an appliance's UI: set the password, which logs in.
 async fn set_password(browser: &mut Browser, moat: &MoatProcess) {
-    browser.goto(&control_url(moat)).await;
-    browser.find("[data-test=setup-form]").await;
-    browser.type_into("#setup-code", &moat.setup_code()).await;
-    browser.type_into("#login-password", PASSWORD).await;
-    browser.type_into("#login-confirm", PASSWORD).await;
-    browser.click("#login-submit").await;
-    browser.find("[data-test=stat-queries-value]").await;
+    browser
+        .set_first_password(&control_url(moat), &moat.setup_code())
+        .await;
 }
 
-/// Logs in to `moat` with the password set before (from its login page,
-/// or from wherever the browser is if that is the login page already).
+/// Logs in to `moat` with the password set before.
 async fn log_in(browser: &mut Browser, moat: &MoatProcess) {
-    browser.goto(&control_url(moat)).await;
-    browser.find("[data-test=login-form]").await;
-    browser.type_into("#login-password", PASSWORD).await;
-    browser.click("#login-submit").await;
-    browser.find("[data-test=stat-queries-value]").await;
+    browser.log_in(&control_url(moat)).await;
 }
 
 /// The number shown in a dashboard tile (digits only).
@@ -607,7 +257,7 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
     browser.screenshot("fleet-phone").await;
 
     browser.assert_no_console_errors().await;
-    close(browser);
+    browser.close();
     eventually(
         "the primary still answers",
         SYNC_LIMIT,
@@ -619,12 +269,55 @@ async fn login_dashboard_policy_fleet_and_replica_in_a_browser() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_and_tuning_from_the_header_and_tuning_page() {
+async fn pause_tuning_and_a_plugins_status_from_the_header_dashboard_and_tuning_page() {
     let primary = Primary::start("").await;
     let p = &primary.moat;
+    let dir = Scratch::new("ui-kiosk");
+    let module = dir.0.join("kiosk.wasm");
+    std::fs::write(&module, moat::compile::KIOSK_EXAMPLE).unwrap();
+    let kiosk = json!([{
+        "name": "kiosk",
+        "module": module,
+        "place": "first",
+        "config": { "clients": ["127.0.0.2"], "names": ["kiosk.test"] },
+    }]);
+    let saved = super::plugins::set_plugins(p, kiosk).await;
+    assert!(saved.status.is_success(), "{}", saved.text);
+    let kiosk_client: std::net::IpAddr = [127, 0, 0, 2].into();
+    for name in ["one.test", "two.test", "three.test"] {
+        p.dns.a_from(kiosk_client, name).await;
+    }
     let mut browser = Browser::start().await;
     browser.resize(PHONE).await;
     set_password(&mut browser, p).await;
+
+    // The dashboard's status card: the plugin's calls, its time per
+    // decision and the three refusals it gave.
+    let row = browser
+        .text_until("[data-test=status]", "the kiosk's three refusals", |text| {
+            text.contains("Plugin kiosk") && text.contains("refuse 3")
+        })
+        .await;
+    let summary = row
+        .lines()
+        .skip_while(|line| !line.contains("Plugin kiosk"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        summary.contains(" calls")
+            && summary.contains("ns per decision")
+            && summary.contains("0 faults (skip)"),
+        "the kiosk's status row: {summary}"
+    );
+    browser
+        .client
+        .execute(
+            "document.querySelector('[data-test=status]').scrollIntoView();",
+            vec![],
+        )
+        .await
+        .expect("scroll to the status card");
+    browser.screenshot("dashboard-plugin-phone").await;
 
     // Pause for five minutes from the header, then resume.
     browser
@@ -665,5 +358,5 @@ async fn pause_and_tuning_from_the_header_and_tuning_page() {
     browser.assert_fits_width("tuning on a phone").await;
     browser.screenshot("tuning-phone").await;
     browser.assert_no_console_errors().await;
-    close(browser);
+    browser.close();
 }
