@@ -16,16 +16,14 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
-use crate::moat::Scratch;
+use crate::moat::{PASSWORD, Scratch};
 
 /// The Chromium Debian ships (`chromium`).
-pub const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMIUM: &str = "/usr/bin/chromium";
 /// The chromedriver Debian ships (`chromium-driver`).
-pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long the page may take to show something.
-pub const UI_LIMIT: Duration = Duration::from_secs(15);
-/// The admin password the tests set.
-pub const PASSWORD: &str = "correct horse battery";
+const UI_LIMIT: Duration = Duration::from_secs(15);
 
 /// A desktop viewport.
 pub const DESKTOP: (u32, u32) = (1280, 900);
@@ -435,12 +433,12 @@ impl WebDriverCompatibleCommand for SessionPost {
 }
 
 /// `target/ui-screenshots`, from the workspace root.
-pub fn screenshot_dir() -> PathBuf {
+fn screenshot_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots")
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_tcp_port() -> u16 {
+fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("bind a loopback TCP port")

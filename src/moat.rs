@@ -14,6 +14,9 @@ use moat::daemon::Status;
 
 use crate::client::DnsClient;
 
+/// The admin password the tests set (over the API and in the browser).
+pub const PASSWORD: &str = "correct horse battery";
+
 /// The binary every [`MoatProcess`] and [`MoatProcess::cli`] runs.
 static BINARY: OnceLock<PathBuf> = OnceLock::new();
 

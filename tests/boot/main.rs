@@ -176,17 +176,16 @@ fn fresh_dir(name: &str) -> PathBuf {
 /// `dig` at the guest through QEMU's forwarded port 53 in `ns`; its short
 /// answer, or `None` on no answer.
 fn dig(ns: &Netns, name: &str, tcp: bool) -> Option<String> {
+    dig_at(ns, 53, name, tcp)
+}
+
+/// `dig` at `127.0.0.1:port` in `ns`; its short answer, or `None`.
+fn dig_at(ns: &Netns, port: u16, name: &str, tcp: bool) -> Option<String> {
     let mut command = ns.exec("dig");
-    command.args([
-        "@127.0.0.1",
-        "-p",
-        "53",
-        "+short",
-        "+time=2",
-        "+tries=1",
-        name,
-        "A",
-    ]);
+    command
+        .args(["@127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(["+short", "+time=2", "+tries=1", name, "A"]);
     if tcp {
         command.arg("+tcp");
     }

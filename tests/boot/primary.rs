@@ -160,11 +160,11 @@ async fn set_up_in_a_browser(vm: &Vm, setup_code: &str, console_fingerprint: Fin
         .await;
     browser.find("[data-test=primary-card]").await;
     until(vm, "the replica blocks the primary's listed name", || {
-        answer(&replica, "blocked.boot.test") == Some("0.0.0.0".into())
+        answer(vm, &replica, "blocked.boot.test") == Some("0.0.0.0".into())
     })
     .await;
     assert_eq!(
-        answer(&replica, "media.lan"),
+        answer(vm, &replica, "media.lan"),
         Some("192.168.1.20".into()),
         "the replica answers the primary's local record; its log:\n{}",
         replica.log()
@@ -182,16 +182,9 @@ async fn set_up_in_a_browser(vm: &Vm, setup_code: &str, console_fingerprint: Fin
     browser.close();
 }
 
-/// The first A record `moat` answers for `name`, if any (blocking).
-fn answer(moat: &MoatProcess, name: &str) -> Option<String> {
-    let output = std::process::Command::new("dig")
-        .args(["@127.0.0.1", "-p"])
-        .arg(moat.dns.udp.port().to_string())
-        .args(["+short", "+time=2", "+tries=1", name, "A"])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    (!text.is_empty() && !text.starts_with(";;")).then_some(text)
+/// The first A record the replica answers for `name`, if any.
+fn answer(vm: &Vm, replica: &MoatProcess, name: &str) -> Option<String> {
+    super::dig_at(&vm.ns, replica.dns.udp.port(), name, false)
 }
 
 /// Polls `check` every half second for [`CHANGE_LIMIT`].

@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use moat::clock;
 use moat_system_tests::attack::{Peaks, connect_from, http_exchange, rss_kib};
+use moat_system_tests::moat::PASSWORD;
 use moat_system_tests::{Credentials, RawApi};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::moat_with_upstream;
-
-const PASSWORD: &str = "correct horse battery";
 
 /// One HTTP/1.1 exchange over a fresh connection from `source`.
 async fn exchange(to: SocketAddr, source: Ipv4Addr, request: &[u8]) -> Option<(u16, String)> {

@@ -5,14 +5,13 @@
 use std::process::{Command, Stdio};
 
 use moat::control::{ClientError, LogQuery};
+use moat_system_tests::moat::PASSWORD;
 use moat_system_tests::{ControlClient, Credentials, MoatProcess, RawApi, RawResponse};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::fleet::{PRIMARY, Primary, SYNC_LIMIT, answers, eventually, logs, pair, replica};
 use crate::{first_lockout, moat_with_upstream};
-
-const PASSWORD: &str = "correct horse battery";
 
 /// PUTs `body` to `path` and checks it is refused as invalid with a
 /// message naming `key`.

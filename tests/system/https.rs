@@ -9,13 +9,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use moat::control::ClientError;
 use moat::sync::identity::Fingerprint;
 use moat_system_tests::attack::http_exchange;
+use moat_system_tests::moat::PASSWORD;
 use moat_system_tests::{ControlClient, Credentials, MoatProcess, RawApi};
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{first_lockout, moat_with_upstream};
-
-const PASSWORD: &str = "correct horse battery";
 
 /// `[instance]` lines serving HTTPS and the redirect on loopback ports.
 const HTTPS: &str = "https = \"127.0.0.1:0\"\nhttp_redirect = \"127.0.0.1:0\"\n";
